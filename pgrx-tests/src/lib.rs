@@ -1,0 +1,339 @@
+//! Harness for the integration tests: a real PostgreSQL server per test binary, a fresh database
+//! per test, and connections as real roles.
+//!
+//! The server runs as the `postgres` OS user when the tests run as root (initdb refuses root).
+//! The extension must already be installed into that PostgreSQL; the test command
+//! (`scripts/test.sh`) runs `cargo pgrx install` first. Environment:
+//! - `MT_PG_CONFIG`: pg_config of the PostgreSQL to test (default: Debian's PostgreSQL 15).
+//!
+//! Roles (cluster-wide, created once per server):
+//! - [`APP`]: LOGIN, NOSUPERUSER, NOBYPASSRLS, owns nothing — what applications connect as;
+//! - [`OWNER`]: LOGIN, NOSUPERUSER — owns the application tables and runs migrations;
+//! - [`SUPERUSER`]: the bootstrap superuser, for setup and for checking ground truth.
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+pub use postgres::error::{DbError, SqlState};
+pub use postgres::{Client, NoTls, Row, Transaction};
+
+pub const APP: &str = "mt_app";
+pub const OWNER: &str = "mt_owner";
+pub const SUPERUSER: &str = "postgres";
+
+/// A PostgreSQL server started for this test binary, stopped and removed when it exits.
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    bindir: PathBuf,
+    run_as: Option<(u32, u32)>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static STOPPED: Mutex<bool> = Mutex::new(false);
+
+extern "C" fn stop_server_at_exit() {
+    if let Some(server) = SERVER.get() {
+        server.stop();
+    }
+}
+
+fn pg_config() -> String {
+    std::env::var("MT_PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into())
+}
+
+fn postgres_os_user() -> Option<(u32, u32)> {
+    // SAFETY: plain libc calls; getpwnam's result is read before any other passwd call.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        assert!(!pw.is_null(), "running as root needs an OS user named postgres to run the server");
+        Some(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+}
+
+fn check(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl Server {
+    /// The server shared by every test of this binary (started on first use).
+    pub fn shared() -> &'static Server {
+        SERVER.get_or_init(|| {
+            let server = Server::start();
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { libc::atexit(stop_server_at_exit) };
+            server
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env_remove("PGDATA").env("LC_ALL", "C");
+        cmd
+    }
+
+    fn start() -> Server {
+        let bindir = Command::new(pg_config()).arg("--bindir").output().expect("run pg_config");
+        let bindir = PathBuf::from(String::from_utf8(check(bindir, "pg_config --bindir").stdout).unwrap().trim());
+        let run_as = postgres_os_user();
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("multitenancy-it-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the server directory");
+        }
+        let mut server = Server { port: 0, dir, bindir, run_as };
+        let data = server.dir.join("data");
+        check(
+            server
+                .command("initdb")
+                .args(["-D", data.to_str().unwrap(), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"])
+                .output()
+                .expect("run initdb"),
+            "initdb",
+        );
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
+                server.port,
+                server.dir.display()
+            );
+            let output = server
+                .command("pg_ctl")
+                .args(["-D", data.to_str().unwrap(), "-l"])
+                .arg(server.dir.join("server.log"))
+                .args(["-w", "-t", "60", "-o", &options, "start"])
+                .output()
+                .expect("run pg_ctl start");
+            if output.status.success() {
+                server.bootstrap();
+                return server;
+            }
+            last_error = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
+        }
+        panic!("could not start PostgreSQL:\n{last_error}");
+    }
+
+    fn bootstrap(&self) {
+        let mut client = self.connect("postgres", SUPERUSER);
+        let available: i64 = client
+            .query_one("SELECT count(*) FROM pg_available_extensions WHERE name = 'multitenancy'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            available, 1,
+            "the multitenancy extension is not installed into {}; run `cargo pgrx install --pg-config {}` \
+             (scripts/test.sh does)",
+            self.bindir.display(),
+            pg_config()
+        );
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {OWNER} LOGIN NOSUPERUSER NOBYPASSRLS;
+                 CREATE ROLE {APP} LOGIN NOSUPERUSER NOBYPASSRLS;"
+            ))
+            .unwrap();
+    }
+
+    fn stop(&self) {
+        let mut stopped = STOPPED.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
+        *stopped = true;
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", self.dir.join("data").to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .output();
+        if std::env::var_os("MT_KEEP_SERVER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    pub fn url(&self, db: &str, user: &str) -> String {
+        format!("host=127.0.0.1 port={} dbname={db} user={user} application_name=multitenancy-it", self.port)
+    }
+
+    pub fn connect(&self, db: &str, user: &str) -> Client {
+        Client::connect(&self.url(db, user), NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+    }
+
+    /// Path of a program of the server's PostgreSQL (pg_dump, psql, ...).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A database of its own for one test, with the extension created and the roles set up.
+pub struct TestDb {
+    pub name: String,
+    server: &'static Server,
+}
+
+static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestDb {
+    pub fn new(tag: &str) -> TestDb {
+        let server = Server::shared();
+        let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let clean: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        let name = format!("t{n}_{}", &clean[..clean.len().min(40)]);
+        server.connect("postgres", SUPERUSER).batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let db = TestDb { name, server };
+        db.superuser()
+            .batch_execute(&format!(
+                "CREATE EXTENSION multitenancy;
+                 GRANT CREATE, USAGE ON SCHEMA public TO {OWNER};
+                 GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
+                                           multitenancy.tenant_disable(regclass) TO {OWNER};"
+            ))
+            .unwrap();
+        db
+    }
+
+    pub fn connect(&self, user: &str) -> Client {
+        self.server.connect(&self.name, user)
+    }
+
+    pub fn superuser(&self) -> Client {
+        self.connect(SUPERUSER)
+    }
+
+    pub fn app(&self) -> Client {
+        self.connect(APP)
+    }
+
+    pub fn owner(&self) -> Client {
+        self.connect(OWNER)
+    }
+
+    pub fn server(&self) -> &'static Server {
+        self.server
+    }
+
+    /// Create a tenant (as superuser) and return its id as text.
+    pub fn tenant(&self, name: &str, slug: &str) -> String {
+        self.superuser()
+            .query_one("SELECT multitenancy.tenant_create($1, $2)::text", &[&name, &slug])
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// The `DbError` inside a client error, with a readable panic when there is none.
+pub fn db_error(error: &postgres::Error) -> &DbError {
+    error.as_db_error().unwrap_or_else(|| panic!("expected a database error, got: {error}"))
+}
+
+/// Assert that a statement failed with `code`, and return the server's error for more checks.
+#[track_caller]
+pub fn expect_sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>, code: &SqlState) -> DbError {
+    match result {
+        Ok(value) => panic!("expected SQLSTATE {}, but the statement succeeded: {value:?}", code.code()),
+        Err(error) => {
+            let db = db_error(&error).clone();
+            assert_eq!(
+                db.code(),
+                code,
+                "expected SQLSTATE {}, got {}: {} (hint: {:?})",
+                code.code(),
+                db.code().code(),
+                db.message(),
+                db.hint()
+            );
+            db
+        }
+    }
+}
+
+/// Begin a transaction and make `tenant` (slug or id) its context with `tenant_set`.
+pub fn begin_as<'a>(client: &'a mut Client, tenant: &str) -> Transaction<'a> {
+    let mut tx = client.transaction().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_set($1)", &[&tenant]).unwrap();
+    tx
+}
+
+/// Count rows with a query that returns one bigint.
+pub fn count(client: &mut impl postgres::GenericClient, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// The canonical test table: `orders` owned by [`OWNER`], tenant-enabled, readable and writable
+/// by [`APP`], with rows of two tenants written through the tenant context as [`APP`].
+pub struct Orders {
+    pub db: TestDb,
+    /// Tenant A ("acme") and B ("globex") ids.
+    pub a: String,
+    pub b: String,
+    pub rows_a: i64,
+    pub rows_b: i64,
+}
+
+impl Orders {
+    pub fn new(tag: &str) -> Orders {
+        Self::with_rows(tag, 3, 2)
+    }
+
+    pub fn with_rows(tag: &str, rows_a: i64, rows_b: i64) -> Orders {
+        let db = TestDb::new(tag);
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        db.owner()
+            .batch_execute(&format!(
+                "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                                      item text NOT NULL, amount int NOT NULL DEFAULT 1);
+                 SELECT multitenancy.tenant_enable('orders');
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {APP};"
+            ))
+            .unwrap();
+        let mut app = db.app();
+        for (tenant, rows) in [("acme", rows_a), ("globex", rows_b)] {
+            let mut tx = begin_as(&mut app, tenant);
+            for i in 0..rows {
+                tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&format!("{tenant}-item-{i}")]).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        Orders { db, a, b, rows_a, rows_b }
+    }
+
+    /// Ground truth, read by the superuser (who bypasses RLS): rows of a tenant.
+    pub fn true_count(&self, tenant_id: &str) -> i64 {
+        self.db
+            .superuser()
+            .query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&tenant_id])
+            .unwrap()
+            .get(0)
+    }
+}

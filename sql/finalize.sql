@@ -1,0 +1,33 @@
+-- multitenancy finalize: privileges and event triggers. Runs after every function exists.
+
+-- Registry tables are private: application roles reach them only through functions.
+REVOKE ALL ON ALL TABLES IN SCHEMA multitenancy FROM PUBLIC;
+-- Policies call multitenancy.current_tenant_id() as the querying role.
+GRANT USAGE ON SCHEMA multitenancy TO PUBLIC;
+
+-- DBA functions: a DBA grants them to the roles that run migrations or manage tenants.
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_create(text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_disable(regclass) FROM PUBLIC;
+
+-- current_tenant_id() takes no argument, so it cannot leak one: LEAKPROOF lets the planner
+-- use it freely next to security-barrier quals.
+ALTER FUNCTION multitenancy.current_tenant_id() LEAKPROOF;
+ALTER FUNCTION multitenancy.current_tenant_id_or_null() LEAKPROOF;
+
+-- A dropped table leaves the registry with it (so pg_dump never sees a dangling regclass).
+CREATE FUNCTION multitenancy._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM multitenancy.enabled_tables e
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid = 0
+       AND d.objid = e.relid::pg_catalog.oid;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION multitenancy._forget_dropped_tables() FROM PUBLIC;
+
+CREATE EVENT TRIGGER multitenancy_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION multitenancy._forget_dropped_tables();
+ALTER EVENT TRIGGER multitenancy_forget_dropped_tables ENABLE ALWAYS;

@@ -1,0 +1,208 @@
+//! The tenant context: the one place that decides which tenant the current transaction acts for.
+//!
+//! Every other module asks [`current`] / [`resolve`]; none reads the settings itself.
+use crate::error::{MtError, OrRaise, Result};
+use crate::gucs;
+use crate::tenants;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// Parse a uuid the way PostgreSQL's `uuid_in` does: optional surrounding braces, 32 hex digits,
+/// and an optional '-' after any group of four digits.
+pub fn parse_uuid(text: &str) -> Option<pgrx::Uuid> {
+    parse_uuid_bytes(text.as_bytes())
+}
+
+fn parse_uuid_bytes(text: &[u8]) -> Option<pgrx::Uuid> {
+    let inner = match text {
+        [b'{', inner @ .., b'}'] => inner,
+        _ => text,
+    };
+    let mut bytes = [0u8; 16];
+    let mut digits = 0usize;
+    let mut iter = inner.iter().peekable();
+    while let Some(&c) = iter.next() {
+        let nibble = (c as char).to_digit(16)? as u8;
+        if digits == 32 {
+            return None;
+        }
+        bytes[digits / 2] |= if digits % 2 == 0 { nibble << 4 } else { nibble };
+        digits += 1;
+        if digits % 4 == 0 && digits < 32 && iter.peek() == Some(&&b'-') {
+            iter.next();
+        }
+    }
+    (digits == 32).then(|| pgrx::Uuid::from_bytes(bytes))
+}
+
+/// The tenant of the current transaction: `Ok(None)` when no context is set (unset, or the empty
+/// string that RESET and DISCARD ALL leave behind), an error when the setting is not a uuid.
+pub fn resolve() -> Result<Option<pgrx::Uuid>> {
+    let raw = gucs::tenant_id_raw();
+    if raw.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL GUC string values are NUL-terminated and live until the setting changes;
+    // we copy what we need before returning.
+    let value = unsafe { CStr::from_ptr(raw) }.to_bytes();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match parse_uuid_bytes(value) {
+        Some(id) => Ok(Some(id)),
+        None => {
+            let mut shown = String::from_utf8_lossy(value).into_owned();
+            if shown.chars().count() > 64 {
+                shown = shown.chars().take(64).collect::<String>() + "...";
+            }
+            Err(MtError::MalformedContext { value: shown })
+        }
+    }
+}
+
+/// The tenant of the current transaction; no context is an error (fail closed).
+pub fn current() -> Result<pgrx::Uuid> {
+    resolve()?.ok_or(MtError::NoContext)
+}
+
+/// Make `tenant` the context until the end of the current transaction.
+pub fn set_local(tenant: pgrx::Uuid) {
+    let value = std::ffi::CString::new(tenant.to_string()).expect("a uuid has no NUL byte");
+    // SAFETY: the same call set_config(name, value, is_local => true) makes.
+    unsafe {
+        pg_sys::set_config_option(
+            gucs::TENANT_ID_NAME.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
+/// Select a tenant (by slug or id) for the rest of the current transaction.
+pub fn set(tenant: Option<&str>) -> Result<pgrx::Uuid> {
+    // SAFETY: reads transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set" });
+    }
+    let key = tenant.unwrap_or_default();
+    let tenant = tenants::require(key)?;
+    if !tenant.is_active() {
+        return Err(MtError::TenantNotActive { slug: tenant.slug, status: tenant.status });
+    }
+    set_local(tenant.id);
+    Ok(tenant.id)
+}
+
+/// The current tenant. Raises 28000 when there is no tenant context.
+///
+/// STABLE, not IMMUTABLE: a cached plan must read the context again when the tenant changes.
+/// Policies call it as `(SELECT multitenancy.current_tenant_id())`, so it runs once per query.
+#[pg_extern(stable, parallel_safe)]
+fn current_tenant_id() -> pgrx::Uuid {
+    current().or_raise()
+}
+
+/// The current tenant, or NULL when there is no tenant context (a malformed one still raises).
+#[pg_extern(stable, parallel_safe)]
+fn current_tenant_id_or_null() -> Option<pgrx::Uuid> {
+    resolve().or_raise()
+}
+
+/// Select the tenant (slug or id) for the current transaction and return its id. Refuses
+/// unknown and non-active tenants, and calls outside a transaction block.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_set(tenant: Option<&str>) -> pgrx::Uuid {
+    set(tenant).or_raise()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn parses_what_uuid_in_accepts() {
+        let canonical = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        for text in [
+            canonical,
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+            "{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}",
+        ] {
+            let ours = parse_uuid(text).map(|u| u.to_string());
+            let postgres = Spi::get_one_with_args::<pgrx::Uuid>("SELECT $1::uuid", &[text.into()])
+                .unwrap()
+                .map(|u| u.to_string());
+            assert_eq!(ours, postgres, "{text}");
+            assert_eq!(ours.as_deref(), Some(canonical));
+        }
+        for bad in ["", "acme", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111",
+            "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"] {
+            assert!(parse_uuid(bad).is_none(), "{bad:?} should be refused");
+        }
+    }
+
+    #[pg_test]
+    fn no_context_resolves_to_none() {
+        Spi::run("SET LOCAL multitenancy.tenant_id = ''").unwrap();
+        assert!(matches!(resolve(), Ok(None)));
+        assert!(matches!(current(), Err(MtError::NoContext)));
+        Spi::run("SET LOCAL multitenancy.tenant_id = 'not-a-uuid'").unwrap();
+        assert!(matches!(resolve(), Err(MtError::MalformedContext { .. })));
+        Spi::run("SET LOCAL multitenancy.tenant_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'").unwrap();
+        assert_eq!(current().unwrap().to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    }
+
+    #[pg_test(error = "no tenant context: multitenancy.tenant_id is not set in this transaction")]
+    fn current_tenant_id_fails_closed() {
+        Spi::run("RESET multitenancy.tenant_id").unwrap();
+        Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.current_tenant_id()").unwrap();
+    }
+
+    #[pg_test]
+    fn or_null_variant_tests_without_raising() {
+        Spi::run("RESET multitenancy.tenant_id").unwrap();
+        let none = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.current_tenant_id_or_null()").unwrap();
+        assert!(none.is_none());
+    }
+
+    #[pg_test]
+    fn tenant_set_sets_the_context_for_the_transaction() {
+        // pg_test runs inside a transaction block, as applications call tenant_set.
+        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Initech')").unwrap().unwrap();
+        let set = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_set('initech')").unwrap();
+        assert_eq!(set, Some(id));
+        assert_eq!(current().unwrap(), id);
+        let by_id = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT multitenancy.tenant_set($1)",
+            &[id.to_string().into()],
+        )
+        .unwrap();
+        assert_eq!(by_id, Some(id));
+        let local = Spi::get_one::<bool>(
+            "SELECT setting IS NOT NULL FROM pg_settings WHERE name = 'multitenancy.tenant_id'",
+        )
+        .unwrap();
+        assert_eq!(local, Some(true));
+    }
+
+    #[pg_test]
+    fn tenant_set_refuses_unknown_and_inactive_tenants() {
+        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Umbrella')").unwrap().unwrap();
+        assert!(matches!(set(Some("nobody")), Err(MtError::TenantNotFound { .. })));
+        Spi::run_with_args("UPDATE multitenancy.tenants SET status = 'suspended' WHERE id = $1", &[id.into()])
+            .unwrap();
+        assert!(matches!(set(Some("umbrella")), Err(MtError::TenantNotActive { .. })));
+        assert!(resolve().unwrap().is_none(), "a refused tenant_set must not set a context");
+    }
+}

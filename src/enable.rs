@@ -1,0 +1,320 @@
+//! `tenant_enable` / `tenant_disable`: turn a table into a tenant-protected one and back.
+//!
+//! The DDL runs as the caller, so PostgreSQL's own checks decide who may do it (the table owner
+//! or a superuser); only the registry row is written through [`registry`]. Everything happens
+//! in the caller's transaction: an error anywhere leaves the table exactly as it was.
+use crate::catalog::{self, Regclass, Relation};
+use crate::error::{notice, MtError, OrRaise, Result, SpiContext};
+use crate::registry;
+use crate::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN};
+use crate::tenants;
+use pgrx::prelude::*;
+use pgrx::spi::quote_literal;
+
+fn run(sql: &str) -> Result<()> {
+    Spi::run(sql).ctx("enable: DDL")
+}
+
+fn protectable(relid: pg_sys::Oid) -> Result<Relation> {
+    let rel = Relation::lookup(relid)?;
+    if !rel.is_table() {
+        return Err(MtError::WrongRelationKind { table: rel.display(), kind: rel.kind_phrase() });
+    }
+    if catalog::is_reserved_schema(&rel.schema) {
+        return Err(MtError::ReservedSchema { table: rel.display(), schema: rel.schema.clone() });
+    }
+    Ok(rel)
+}
+
+/// Rows of `table` that have no tenant yet (all of them when the column does not exist).
+fn unassigned_rows(rel: &Relation, column_exists: bool) -> Result<i64> {
+    let filter = if column_exists { format!(" WHERE {TENANT_COLUMN} IS NULL") } else { String::new() };
+    let any = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {}{filter})", rel.sql()))
+        .ctx("enable: any unassigned rows")?
+        .unwrap_or(false);
+    if !any {
+        return Ok(0);
+    }
+    Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}{filter}", rel.sql()))
+        .ctx("enable: count unassigned rows")
+        .map(|n| n.unwrap_or(0))
+}
+
+/// Give the tenant column to a table: with `backfill` every existing row gets that tenant (a
+/// constant default, which PostgreSQL stores without rewriting the table).
+fn add_or_fill_column(rel: &Relation, deviations: &[Deviation], backfill: Option<pgrx::Uuid>) -> Result<()> {
+    let table = rel.sql();
+    if deviations.contains(&Deviation::ColumnMissing) {
+        match backfill {
+            Some(tenant) => {
+                // A constant default fills existing rows without rewriting the table (DDL takes
+                // no parameters, so the value goes in as a quoted literal).
+                run(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {TENANT_COLUMN} uuid NOT NULL DEFAULT {}::uuid",
+                    quote_literal(tenant.to_string())
+                ))?;
+                run(&format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET DEFAULT {DEFAULT_SQL}"))?;
+            }
+            None => {
+                let rows = unassigned_rows(rel, false)?;
+                if rows > 0 {
+                    return Err(MtError::BackfillRequired { table: rel.display(), rows, column_exists: false });
+                }
+            }
+        }
+    } else if deviations.contains(&Deviation::ColumnNullable) {
+        let rows = unassigned_rows(rel, true)?;
+        if rows > 0 {
+            let Some(tenant) = backfill else {
+                return Err(MtError::BackfillRequired { table: rel.display(), rows, column_exists: true });
+            };
+            Spi::run_with_args(
+                &format!("UPDATE {table} SET {TENANT_COLUMN} = $1 WHERE {TENANT_COLUMN} IS NULL"),
+                &[tenant.into()],
+            )
+            .ctx("enable: backfill")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
+    let rel = protectable(relid)?;
+    if let Some(tenant) = backfill {
+        tenants::require(&tenant.to_string())?;
+    }
+    run(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", rel.sql()))?;
+
+    let before = spec::inspect(&rel)?;
+    if let Some(Deviation::ColumnType { found }) = before.iter().find(|d| matches!(d, Deviation::ColumnType { .. })) {
+        return Err(MtError::TenantColumnType { table: rel.display(), found: found.clone() });
+    }
+    let was_enabled = registry::is_enabled(relid)?;
+    if before.is_empty() && was_enabled {
+        notice(format!("table {} is already tenant-enabled; nothing changed", rel.display()));
+        return Ok(());
+    }
+
+    add_or_fill_column(&rel, &before, backfill)?;
+    // Whatever is still missing is built from the spec, in the spec's order.
+    let remaining = spec::inspect(&rel)?;
+    for deviation in &remaining {
+        let statements = deviation
+            .repair_sql(&rel.sql())
+            .ok_or_else(|| MtError::internal("tenant_enable", deviation.describe()))?;
+        for statement in statements {
+            run(&statement)?;
+        }
+    }
+    let after = spec::inspect(&rel)?;
+    if let Some(left) = after.first() {
+        return Err(MtError::internal("tenant_enable", format!("after enabling: {}", left.describe())));
+    }
+    registry::record_enabled(relid)?;
+    if was_enabled {
+        let repaired: Vec<String> = before.iter().map(Deviation::describe).collect();
+        notice(format!("repaired tenant protection of {}: {}", rel.display(), repaired.join("; ")));
+    }
+    Ok(())
+}
+
+pub fn disable(relid: pg_sys::Oid) -> Result<()> {
+    let rel = Relation::lookup(relid)?;
+    if !registry::is_enabled(relid)? {
+        notice(format!("table {} is not tenant-enabled; nothing changed", rel.display()));
+        return Ok(());
+    }
+    let table = rel.sql();
+    run(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))?;
+    for policy in POLICIES {
+        run(&policy.drop_sql(&table))?;
+    }
+    let other_policies = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid = $1",
+        &[relid.into()],
+    )
+    .ctx("disable: other policies")?
+    .unwrap_or(0);
+    if other_policies == 0 {
+        run(&format!("ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"))?;
+    } else {
+        notice(format!(
+            "row level security stays enabled on {}: it has {other_policies} other polic{}",
+            rel.display(),
+            if other_policies == 1 { "y" } else { "ies" }
+        ));
+    }
+    let column = spec::column_state(relid)?;
+    if column.is_some_and(|c| c.default.is_some()) {
+        run(&format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} DROP DEFAULT"))?;
+    }
+    registry::forget_enabled(relid)
+}
+
+/// Make `tbl` tenant-isolated: tenant_id column (default = current tenant), index, RLS enabled
+/// and forced, and the extension's policies. Existing rows need `backfill_tenant`. Idempotent.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_enable(tbl: Regclass, backfill_tenant: default!(Option<pgrx::Uuid>, "NULL")) {
+    enable(tbl.0, backfill_tenant).or_raise()
+}
+
+/// Remove the extension's policies, RLS flags, column default and registry entry from `tbl`.
+/// The tenant_id column, its values and its index stay.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_disable(tbl: Regclass) {
+    disable(tbl.0).or_raise()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn oid(name: &str) -> pg_sys::Oid {
+        Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{name}'::regclass::oid")).unwrap().unwrap()
+    }
+
+    fn tenant(name: &str) -> pgrx::Uuid {
+        Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_create($1)", &[name.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    #[pg_test]
+    fn enable_builds_the_shape_and_records_the_table() {
+        Spi::run("CREATE TABLE en_basic (id bigint PRIMARY KEY)").unwrap();
+        enable(oid("en_basic"), None).unwrap();
+        let rel = Relation::lookup(oid("en_basic")).unwrap();
+        assert_eq!(spec::inspect(&rel).unwrap(), vec![]);
+        assert!(registry::is_enabled(rel.oid).unwrap());
+        // idempotent: a second call changes nothing
+        let before = Spi::get_one::<String>(
+            "SELECT string_agg(polname || pg_get_expr(polqual, polrelid), ',' ORDER BY polname) FROM pg_policy \
+             WHERE polrelid = 'en_basic'::regclass",
+        )
+        .unwrap();
+        enable(rel.oid, None).unwrap();
+        let after = Spi::get_one::<String>(
+            "SELECT string_agg(polname || pg_get_expr(polqual, polrelid), ',' ORDER BY polname) FROM pg_policy \
+             WHERE polrelid = 'en_basic'::regclass",
+        )
+        .unwrap();
+        assert_eq!(before, after);
+        let indexes = Spi::get_one::<i64>("SELECT count(*) FROM pg_index WHERE indrelid = 'en_basic'::regclass").unwrap();
+        assert_eq!(indexes, Some(2), "primary key + one tenant index, not a second one");
+    }
+
+    #[pg_test]
+    fn existing_rows_need_a_backfill_tenant() {
+        Spi::run("CREATE TABLE en_rows (id int); INSERT INTO en_rows SELECT generate_series(1, 5)").unwrap();
+        match enable(oid("en_rows"), None) {
+            Err(MtError::BackfillRequired { rows, column_exists: false, .. }) => assert_eq!(rows, 5),
+            other => panic!("expected BackfillRequired, got {other:?}"),
+        }
+        let acme = tenant("Acme");
+        enable(oid("en_rows"), Some(acme)).unwrap();
+        let assigned = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM en_rows WHERE tenant_id = $1",
+            &[acme.into()],
+        )
+        .unwrap();
+        assert_eq!(assigned, Some(5));
+        let default = Spi::get_one::<String>(
+            "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'en_rows'::regclass",
+        )
+        .unwrap();
+        assert_eq!(default.as_deref(), Some("multitenancy.current_tenant_id()"));
+    }
+
+    #[pg_test]
+    fn an_existing_uuid_column_is_reused_and_its_nulls_backfilled() {
+        Spi::run("CREATE TABLE en_reuse (id int, tenant_id uuid); INSERT INTO en_reuse VALUES (1, NULL), (2, NULL)")
+            .unwrap();
+        assert!(matches!(
+            enable(oid("en_reuse"), None),
+            Err(MtError::BackfillRequired { rows: 2, column_exists: true, .. })
+        ));
+        let globex = tenant("Globex");
+        enable(oid("en_reuse"), Some(globex)).unwrap();
+        let columns = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'en_reuse'::regclass AND attnum > 0 AND NOT attisdropped",
+        )
+        .unwrap();
+        assert_eq!(columns, Some(2), "the existing column is reused, not duplicated");
+        let nulls = Spi::get_one::<i64>("SELECT count(*) FROM en_reuse WHERE tenant_id IS NULL").unwrap();
+        assert_eq!(nulls, Some(0));
+    }
+
+    #[pg_test]
+    fn refusals() {
+        Spi::run("CREATE TABLE en_text (tenant_id text)").unwrap();
+        assert!(matches!(enable(oid("en_text"), None), Err(MtError::TenantColumnType { .. })));
+        Spi::run("CREATE VIEW en_view AS SELECT 1 AS x").unwrap();
+        assert!(matches!(enable(oid("en_view"), None), Err(MtError::WrongRelationKind { .. })));
+        assert!(matches!(enable(oid("multitenancy.tenants"), None), Err(MtError::ReservedSchema { .. })));
+        Spi::run("CREATE TABLE en_unknown_backfill (id int)").unwrap();
+        assert!(matches!(
+            enable(oid("en_unknown_backfill"), Some(pgrx::Uuid::from_bytes([7; 16]))),
+            Err(MtError::TenantNotFound { .. })
+        ));
+    }
+
+    #[pg_test]
+    fn a_partitioned_table_can_be_enabled() {
+        Spi::run(
+            "CREATE TABLE en_parted (id int, at date) PARTITION BY RANGE (at);
+             CREATE TABLE en_parted_2026 PARTITION OF en_parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+        )
+        .unwrap();
+        enable(oid("en_parted"), None).unwrap();
+        assert_eq!(spec::inspect(&Relation::lookup(oid("en_parted")).unwrap()).unwrap(), vec![]);
+    }
+
+    #[pg_test]
+    fn disable_removes_the_protection_but_keeps_the_data() {
+        Spi::run("CREATE TABLE en_off (id int)").unwrap();
+        enable(oid("en_off"), None).unwrap();
+        disable(oid("en_off")).unwrap();
+        let (rls, policies) = Spi::get_two::<bool, i64>(
+            "SELECT relrowsecurity, (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) \
+             FROM pg_class c WHERE oid = 'en_off'::regclass",
+        )
+        .unwrap();
+        assert_eq!((rls, policies), (Some(false), Some(0)));
+        let column = spec::column_state(oid("en_off")).unwrap().expect("tenant_id is kept");
+        assert!(column.not_null && column.default.is_none());
+        assert!(!registry::is_enabled(oid("en_off")).unwrap());
+    }
+
+    #[pg_test]
+    fn disable_keeps_row_security_for_the_applications_own_policies() {
+        Spi::run("CREATE TABLE en_own (id int)").unwrap();
+        enable(oid("en_own"), None).unwrap();
+        Spi::run("CREATE POLICY app_policy ON en_own USING (id > 0)").unwrap();
+        disable(oid("en_own")).unwrap();
+        let rls = Spi::get_one::<bool>("SELECT relrowsecurity FROM pg_class WHERE oid = 'en_own'::regclass").unwrap();
+        assert_eq!(rls, Some(true));
+    }
+
+    #[pg_test]
+    fn enable_repairs_a_damaged_table() {
+        Spi::run("CREATE TABLE en_fix (id int)").unwrap();
+        enable(oid("en_fix"), None).unwrap();
+        Spi::run("DROP POLICY multitenancy_isolation ON en_fix; ALTER TABLE en_fix NO FORCE ROW LEVEL SECURITY")
+            .unwrap();
+        enable(oid("en_fix"), None).unwrap();
+        assert_eq!(spec::inspect(&Relation::lookup(oid("en_fix")).unwrap()).unwrap(), vec![]);
+    }
+
+    #[pg_test]
+    fn dropping_an_enabled_table_forgets_it() {
+        Spi::run("CREATE TABLE en_drop (id int)").unwrap();
+        let relid = oid("en_drop");
+        enable(relid, None).unwrap();
+        Spi::run("DROP TABLE en_drop").unwrap();
+        let left = Spi::get_one::<i64>("SELECT count(*) FROM multitenancy.enabled_tables").unwrap();
+        assert_eq!(left, Some(0));
+    }
+}

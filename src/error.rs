@@ -1,0 +1,257 @@
+//! Every error the extension raises, with its SQLSTATE, message, detail and hint.
+//!
+//! Only standard SQLSTATEs are used. pgrx re-raises a Postgres error that crosses one of its FFI
+//! boundaries (an SPI call, say) through a closed enum that maps unknown codes to XX000, so a
+//! custom class such as `MT001` would not survive being raised inside a statement that
+//! `tenant_enable` runs. README's "Error codes" table lists these codes; keep the two in step.
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+#[derive(Debug)]
+pub enum MtError {
+    /// `multitenancy.tenant_id` is unset or empty.
+    NoContext,
+    /// `multitenancy.tenant_id` holds something that is not a uuid.
+    MalformedContext { value: String },
+    /// A transaction-local setter was called outside a transaction block.
+    NotInTransactionBlock { function: &'static str },
+    /// No tenant with that id or slug.
+    TenantNotFound { tenant: String },
+    /// The tenant exists but is suspended or deleted.
+    TenantNotActive { slug: String, status: String },
+    /// A slug breaks the slug rules.
+    InvalidSlug { slug: String, reason: &'static str },
+    /// No slug was given and none can be derived from the name.
+    SlugUnderivable { name: String },
+    /// Another tenant already has this slug.
+    DuplicateSlug { slug: String },
+    /// A tenant name that is empty or too long.
+    InvalidName { reason: &'static str },
+    /// A plan name that breaks the plan-name rules.
+    InvalidPlan { plan: String },
+    /// `tenant_enable` on something that is not an ordinary or partitioned table.
+    WrongRelationKind { table: String, kind: &'static str },
+    /// `tenant_enable` on a table the extension or PostgreSQL owns.
+    ReservedSchema { table: String, schema: String },
+    /// The table has a `tenant_id` column that is not of type uuid.
+    TenantColumnType { table: String, found: String },
+    /// Existing rows have no tenant and no `backfill_tenant` was given.
+    BackfillRequired { table: String, rows: i64, column_exists: bool },
+    /// An SPI call failed in a way that is a bug in the extension, not bad input.
+    Internal { context: &'static str, error: String },
+}
+
+pub type Result<T> = std::result::Result<T, MtError>;
+
+const HINT_SET_CONTEXT: &str = "Inside the transaction, call SELECT multitenancy.tenant_set('<tenant slug or id>'), \
+or SET LOCAL multitenancy.tenant_id = '<tenant uuid>'.";
+
+impl MtError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            MtError::NoContext | MtError::MalformedContext { .. } | MtError::TenantNotActive { .. } => {
+                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            MtError::NotInTransactionBlock { .. } => ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            MtError::TenantNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
+            MtError::InvalidSlug { .. }
+            | MtError::SlugUnderivable { .. }
+            | MtError::InvalidName { .. }
+            | MtError::InvalidPlan { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            MtError::DuplicateSlug { .. } => ERRCODE_UNIQUE_VIOLATION,
+            MtError::WrongRelationKind { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            MtError::ReservedSchema { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::TenantColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
+            MtError::BackfillRequired { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            MtError::NoContext => "no tenant context: multitenancy.tenant_id is not set in this transaction".into(),
+            MtError::MalformedContext { value } => {
+                format!("invalid tenant context: multitenancy.tenant_id = \"{value}\" is not a uuid")
+            }
+            MtError::NotInTransactionBlock { function } => {
+                format!("{function}() can only be used in a transaction block")
+            }
+            MtError::TenantNotFound { tenant } => format!("tenant \"{tenant}\" does not exist"),
+            MtError::TenantNotActive { slug, status } => {
+                format!("tenant \"{slug}\" is {status}")
+            }
+            MtError::InvalidSlug { slug, reason } => format!("invalid tenant slug \"{slug}\": {reason}"),
+            MtError::SlugUnderivable { name } => {
+                format!("cannot derive a slug from tenant name \"{name}\"")
+            }
+            MtError::DuplicateSlug { slug } => format!("tenant slug \"{slug}\" is already taken"),
+            MtError::InvalidName { reason } => format!("invalid tenant name: {reason}"),
+            MtError::InvalidPlan { plan } => format!("invalid plan name \"{plan}\""),
+            MtError::WrongRelationKind { table, kind } => {
+                format!("\"{table}\" is {kind}; only tables can be tenant-enabled")
+            }
+            MtError::ReservedSchema { table, schema } => {
+                format!("cannot tenant-enable \"{table}\": schema \"{schema}\" is reserved")
+            }
+            MtError::TenantColumnType { table, found } => {
+                format!("column \"tenant_id\" of table \"{table}\" has type {found}, not uuid")
+            }
+            MtError::BackfillRequired { table, rows, column_exists } => {
+                if *column_exists {
+                    format!("table \"{table}\" has {rows} row(s) whose tenant_id is NULL")
+                } else {
+                    format!("table \"{table}\" already has {rows} row(s) and no tenant to assign them to")
+                }
+            }
+            MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
+        }
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            MtError::NoContext => Some(
+                "Row-level security on tenant-enabled tables needs a tenant; without one, queries fail \
+                 instead of returning rows. The context lasts one transaction."
+                    .into(),
+            ),
+            MtError::NotInTransactionBlock { .. } => Some(
+                "The tenant context is transaction-local; outside BEGIN ... COMMIT it would end with \
+                 this statement and have no effect."
+                    .into(),
+            ),
+            MtError::TenantNotActive { .. } => {
+                Some("Only active tenants can be the tenant context.".into())
+            }
+            MtError::InvalidSlug { .. } => Some(
+                "A slug is 1 to 63 characters of a-z, 0-9 and '-', and neither starts nor ends with '-'."
+                    .into(),
+            ),
+            MtError::BackfillRequired { .. } => {
+                Some("Every row of a tenant-enabled table must belong to a tenant.".into())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            MtError::NoContext => Some(HINT_SET_CONTEXT.into()),
+            MtError::MalformedContext { .. } => Some(format!(
+                "multitenancy.tenant_id takes a tenant uuid; to select a tenant by slug use \
+                 multitenancy.tenant_set(). {HINT_SET_CONTEXT}"
+            )),
+            MtError::NotInTransactionBlock { function } => Some(format!(
+                "Call {function}() after BEGIN, in the transaction that runs the tenant's queries, \
+                 or use SET multitenancy.tenant_id = '<tenant uuid>' for the whole session."
+            )),
+            MtError::TenantNotFound { .. } => Some(
+                "Pass the slug or id of an existing tenant; DBAs list them with \
+                 SELECT id, slug, status FROM multitenancy.tenants."
+                    .into(),
+            ),
+            MtError::TenantNotActive { .. } => {
+                Some("A DBA can reactivate the tenant; until then it has no context.".into())
+            }
+            MtError::InvalidSlug { .. } => {
+                Some("Pass a slug such as 'acme-corp', or NULL to derive one from the name.".into())
+            }
+            MtError::SlugUnderivable { .. } => Some(
+                "The name has no letters or digits that map to a-z or 0-9; pass slug => 'your-slug'."
+                    .into(),
+            ),
+            MtError::DuplicateSlug { .. } => Some(
+                "Choose another slug: SELECT multitenancy.tenant_create('<name>', slug => '<other-slug>')."
+                    .into(),
+            ),
+            MtError::InvalidName { .. } => Some("Pass a name of 1 to 200 characters.".into()),
+            MtError::InvalidPlan { .. } => {
+                Some("A plan name is 1 to 63 characters of a-z, 0-9, '_' and '-'.".into())
+            }
+            MtError::WrongRelationKind { .. } => Some(
+                "Enable the tables the view or foreign table reads from; RLS on them also protects \
+                 security_invoker views."
+                    .into(),
+            ),
+            MtError::ReservedSchema { .. } => {
+                Some("Only tables in application schemas can be tenant-enabled.".into())
+            }
+            MtError::TenantColumnType { table, .. } => Some(format!(
+                "Convert the column (ALTER TABLE {table} ALTER COLUMN tenant_id TYPE uuid USING ...) \
+                 or rename it, then call multitenancy.tenant_enable again."
+            )),
+            MtError::BackfillRequired { table, .. } => Some(format!(
+                "Pass the tenant that owns the existing rows: SELECT multitenancy.tenant_enable('{table}', \
+                 backfill_tenant => '<tenant uuid>'). Rows of several tenants must get their tenant_id \
+                 set first (UPDATE ... SET tenant_id = ...)."
+            )),
+            MtError::Internal { .. } => {
+                Some("This is a bug in the multitenancy extension; please report it.".into())
+            }
+        }
+    }
+
+    /// Raise this error as a PostgreSQL ERROR. Never returns.
+    #[track_caller]
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "multitenancy");
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR-level reports do not return")
+    }
+
+    pub fn internal(context: &'static str, error: impl std::fmt::Display) -> Self {
+        MtError::Internal { context, error: error.to_string() }
+    }
+}
+
+/// `result.or_raise()` turns an `MtError` into a PostgreSQL ERROR at the SQL boundary.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    #[track_caller]
+    fn or_raise(self) -> T {
+        match self {
+            Ok(value) => value,
+            Err(error) => error.raise(),
+        }
+    }
+}
+
+/// SPI failures (as opposed to SQL errors, which PostgreSQL raises itself) are extension bugs.
+pub trait SpiContext<T> {
+    fn ctx(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> SpiContext<T> for std::result::Result<T, pgrx::spi::SpiError> {
+    fn ctx(self, context: &'static str) -> Result<T> {
+        self.map_err(|e| MtError::internal(context, e))
+    }
+}
+
+/// For a query that may return no row: no row is `Ok(None)`, not an error.
+pub trait NoRowIsNone<T> {
+    fn no_row_is_none(self) -> std::result::Result<Option<T>, pgrx::spi::SpiError>;
+}
+
+impl<T> NoRowIsNone<T> for std::result::Result<Option<T>, pgrx::spi::SpiError> {
+    fn no_row_is_none(self) -> std::result::Result<Option<T>, pgrx::spi::SpiError> {
+        match self {
+            Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+            other => other,
+        }
+    }
+}
+
+/// Emit a NOTICE.
+pub fn notice(message: impl Into<String>) {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message.into(), "multitenancy")
+        .report(PgLogLevel::NOTICE);
+}

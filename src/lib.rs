@@ -1,0 +1,42 @@
+//! multitenancy: tenant isolation as a property of PostgreSQL.
+//!
+//! `lib.rs` only wires the modules together; each capability lives in its own module:
+//! - [`gucs`]: every setting the extension registers (one place),
+//! - [`context`]: resolves the tenant of the current transaction (the only reader of the
+//!   tenant settings) and exposes `current_tenant_id()` / `tenant_set()`,
+//! - [`tenants`]: the tenant registry (`tenant_create`, slug rules),
+//! - [`spec`]: the one description of what a protected table looks like,
+//! - [`enable`]: `tenant_enable` / `tenant_disable`, which build and remove that shape,
+//! - [`registry`]: privileged access to the extension's own tables,
+//! - [`error`]: the typed error enum and its SQLSTATEs.
+use pgrx::prelude::*;
+
+mod catalog;
+mod context;
+mod enable;
+mod error;
+mod gucs;
+mod registry;
+mod spec;
+mod tenants;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

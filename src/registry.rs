@@ -1,0 +1,143 @@
+//! The extension's own tables (the registry) and the one way to touch them.
+//!
+//! Registry tables grant nothing to PUBLIC. Functions callable by ordinary roles read or write
+//! them through [`as_owner`], which runs a closure as the owner of the registry with a pinned
+//! `search_path` — the same thing `SECURITY DEFINER ... SET search_path` does for a SQL
+//! function, limited to the registry statements. Everything else a function does (DDL on the
+//! caller's tables, say) runs as the caller, so PostgreSQL's own ownership checks apply.
+use crate::error::{MtError, Result, SpiContext};
+use pgrx::prelude::*;
+
+const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
+
+/// The role that owns the registry (the role that ran CREATE EXTENSION).
+fn registry_owner() -> Result<pg_sys::Oid> {
+    // SAFETY: syscache lookups; the tuple is released before we return.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
+        let relid = pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp);
+        if relid == pg_sys::InvalidOid {
+            return Err(MtError::internal("registry_owner", "table multitenancy.tenants is missing"));
+        }
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as _, relid.into());
+        if tuple.is_null() {
+            return Err(MtError::internal("registry_owner", "cache lookup failed for multitenancy.tenants"));
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        Ok(owner)
+    }
+}
+
+/// Run `f` with `search_path = pg_catalog, pg_temp`, restoring the caller's on return (on an
+/// ERROR the (sub)transaction abort restores it). Deparsed expressions then print qualified, and
+/// no operator or function can be captured by a schema the caller put on their search_path.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    struct Restore(i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: pops the GUC nest level we pushed. During unwinding from an ERROR the
+            // abort pops it instead (AtEOXact_GUC must not run twice for one level).
+            if !std::thread::panicking() {
+                unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+            }
+        }
+    }
+    // SAFETY: the calls fmgr_security_definer makes for a function's SET clause.
+    let _restore = unsafe {
+        let restore = Restore(pg_sys::NewGUCNestLevel());
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        );
+        restore
+    };
+    f()
+}
+
+/// Run `f` as the owner of the registry, with a pinned search_path — what `SECURITY DEFINER
+/// ... SET search_path` does for a SQL function, limited to the registry statements.
+///
+/// On a normal return the caller's role is restored here; on an ERROR the (sub)transaction
+/// abort restores it, as it does for SECURITY DEFINER functions.
+pub fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    struct Restore {
+        user: pg_sys::Oid,
+        sec_context: i32,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores exactly what `as_owner` saved.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
+        }
+    }
+
+    let owner = registry_owner()?;
+    with_pinned_search_path(|| {
+        let mut user = pg_sys::InvalidOid;
+        let mut sec_context = 0;
+        // SAFETY: save, then switch the current user for the duration of `f`.
+        let _restore = unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                sec_context
+                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
+            Restore { user, sec_context }
+        };
+        f()
+    })
+}
+
+/// The role calling us, as a name (for the registry's "who" columns).
+pub fn calling_role() -> String {
+    // SAFETY: GetUserNameFromId errors out for an unknown role; the current user always exists.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
+        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
+/// Is this table recorded in `multitenancy.enabled_tables`?
+pub fn is_enabled(relid: pg_sys::Oid) -> Result<bool> {
+    as_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM multitenancy.enabled_tables WHERE relid = $1)",
+            &[relid.into()],
+        )
+        .ctx("registry::is_enabled")
+        .map(|found| found.unwrap_or(false))
+    })
+}
+
+/// Record a table as tenant-enabled (no-op when it already is).
+pub fn record_enabled(relid: pg_sys::Oid) -> Result<()> {
+    let who = calling_role();
+    as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO multitenancy.enabled_tables (relid, enabled_by) VALUES ($1::oid::regclass, $2) \
+             ON CONFLICT (relid) DO NOTHING",
+            &[relid.into(), who.into()],
+        )
+        .ctx("registry::record_enabled")
+    })
+}
+
+/// Remove a table from `multitenancy.enabled_tables`.
+pub fn forget_enabled(relid: pg_sys::Oid) -> Result<()> {
+    as_owner(|| {
+        Spi::run_with_args(
+            "DELETE FROM multitenancy.enabled_tables WHERE relid = $1::oid::regclass",
+            &[relid.into()],
+        )
+        .ctx("registry::forget_enabled")
+    })
+}

@@ -1,0 +1,341 @@
+//! The one description of a tenant-protected table.
+//!
+//! `tenant_enable` builds this shape, `tenant_disable` removes it, and everything that checks a
+//! table (the DDL guard, `verify()`) compares the catalog against it through [`inspect`]. The
+//! policy SQL exists only here.
+use crate::catalog::Relation;
+use crate::error::{Result, SpiContext};
+use crate::registry;
+use pgrx::prelude::*;
+
+/// The tenant column every protected table has.
+pub const TENANT_COLUMN: &str = "tenant_id";
+
+/// How policies read the context: a scalar sub-select, which the planner turns into an
+/// initPlan — evaluated once per query and usable as an index condition — instead of a
+/// function call per row.
+pub const CONTEXT_SQL: &str = "(SELECT multitenancy.current_tenant_id())";
+
+/// The column default: new rows belong to the current tenant (and fail without one).
+pub const DEFAULT_SQL: &str = "multitenancy.current_tenant_id()";
+
+/// A policy the extension owns on every protected table.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySpec {
+    pub name: &'static str,
+    pub permissive: bool,
+    /// `true`: the policy's USING and WITH CHECK are the tenant predicate; `false`: `true`.
+    pub tenant_predicate: bool,
+}
+
+/// Both policies apply to all commands and all roles, with USING and WITH CHECK.
+///
+/// PostgreSQL returns no rows through RLS unless some PERMISSIVE policy passes, and ANDs every
+/// RESTRICTIVE policy onto the result. So isolation is the RESTRICTIVE policy: whatever
+/// permissive policies a table has — ours, or one an application adds later such as
+/// `USING (true)` — rows outside the tenant stay invisible and cannot be written. The permissive
+/// policy only opens the default-deny; keeping the predicate out of it means the planner sees
+/// the context once per query (one initPlan, one filter), not twice.
+pub const POLICIES: [PolicySpec; 2] = [
+    PolicySpec { name: "multitenancy_access", permissive: true, tenant_predicate: false },
+    PolicySpec { name: "multitenancy_isolation", permissive: false, tenant_predicate: true },
+];
+
+/// The predicate of the isolation policy.
+pub fn predicate_sql() -> String {
+    format!("{TENANT_COLUMN} = {CONTEXT_SQL}")
+}
+
+/// How PostgreSQL prints [`predicate_sql`] back (pg_get_expr under `search_path = pg_catalog`).
+const PREDICATE_DEPARSED: &str = "(tenant_id = ( SELECT multitenancy.current_tenant_id() AS current_tenant_id))";
+/// How PostgreSQL prints [`DEFAULT_SQL`] back.
+const DEFAULT_DEPARSED: &str = "multitenancy.current_tenant_id()";
+
+impl PolicySpec {
+    fn expression_sql(&self) -> String {
+        if self.tenant_predicate { predicate_sql() } else { "true".to_string() }
+    }
+
+    fn expression_deparsed(&self) -> &'static str {
+        if self.tenant_predicate { PREDICATE_DEPARSED } else { "true" }
+    }
+
+    pub fn create_sql(&self, table: &str) -> String {
+        let expression = self.expression_sql();
+        format!(
+            "CREATE POLICY {name} ON {table} AS {kind} FOR ALL TO PUBLIC USING ({expression}) WITH CHECK ({expression})",
+            name = self.name,
+            kind = if self.permissive { "PERMISSIVE" } else { "RESTRICTIVE" },
+        )
+    }
+
+    pub fn drop_sql(&self, table: &str) -> String {
+        format!("DROP POLICY IF EXISTS {} ON {table}", self.name)
+    }
+}
+
+/// One way a table differs from the protected shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deviation {
+    ColumnMissing,
+    ColumnType { found: String },
+    ColumnNullable,
+    ColumnDefault { found: Option<String> },
+    IndexMissing,
+    RowSecurityDisabled,
+    RowSecurityNotForced,
+    PolicyMissing { policy: &'static str },
+    PolicyDiffers { policy: &'static str },
+}
+
+impl Deviation {
+    pub fn describe(&self) -> String {
+        match self {
+            Deviation::ColumnMissing => "column tenant_id is missing".into(),
+            Deviation::ColumnType { found } => format!("column tenant_id has type {found}, not uuid"),
+            Deviation::ColumnNullable => "column tenant_id is nullable".into(),
+            Deviation::ColumnDefault { found: None } => "column tenant_id has no default".into(),
+            Deviation::ColumnDefault { found: Some(found) } => {
+                format!("column tenant_id defaults to {found}, not {DEFAULT_SQL}")
+            }
+            Deviation::IndexMissing => "no valid btree index has tenant_id as its first column".into(),
+            Deviation::RowSecurityDisabled => "row level security is disabled".into(),
+            Deviation::RowSecurityNotForced => "row level security is not forced (the owner bypasses it)".into(),
+            Deviation::PolicyMissing { policy } => format!("policy {policy} is missing"),
+            Deviation::PolicyDiffers { policy } => format!("policy {policy} differs from the canonical one"),
+        }
+    }
+
+    /// The statements that repair this deviation on an empty or fully assigned table; `None`
+    /// when it cannot be repaired without a decision (a wrong column type, rows to assign).
+    pub fn repair_sql(&self, table: &str) -> Option<Vec<String>> {
+        let policy = |name: &str| POLICIES.iter().find(|p| p.name == name).expect("known policy");
+        Some(match self {
+            // Added without a default first: PostgreSQL evaluates a non-volatile default of a new
+            // column at once (for existing rows), and current_tenant_id() needs a context.
+            Deviation::ColumnMissing => vec![
+                format!("ALTER TABLE {table} ADD COLUMN {TENANT_COLUMN} uuid"),
+                format!(
+                    "ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET DEFAULT {DEFAULT_SQL}, \
+                     ALTER COLUMN {TENANT_COLUMN} SET NOT NULL"
+                ),
+            ],
+            Deviation::ColumnType { .. } => return None,
+            Deviation::ColumnNullable => {
+                vec![format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET NOT NULL")]
+            }
+            Deviation::ColumnDefault { .. } => {
+                vec![format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET DEFAULT {DEFAULT_SQL}")]
+            }
+            Deviation::IndexMissing => vec![format!("CREATE INDEX ON {table} ({TENANT_COLUMN})")],
+            Deviation::RowSecurityDisabled => vec![format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")],
+            Deviation::RowSecurityNotForced => vec![format!("ALTER TABLE {table} FORCE ROW LEVEL SECURITY")],
+            Deviation::PolicyMissing { policy: name } => vec![policy(name).create_sql(table)],
+            Deviation::PolicyDiffers { policy: name } => {
+                let p = policy(name);
+                vec![p.drop_sql(table), p.create_sql(table)]
+            }
+        })
+    }
+}
+
+/// The state of the tenant column, as found in the catalog.
+#[derive(Debug, Clone)]
+pub struct ColumnState {
+    pub attnum: i16,
+    pub is_uuid: bool,
+    pub type_name: String,
+    pub not_null: bool,
+    pub default: Option<String>,
+}
+
+/// Read the tenant column of a table.
+pub fn column_state(relid: pg_sys::Oid) -> Result<Option<ColumnState>> {
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT a.attnum, a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype, \
+                        pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                        pg_catalog.pg_get_expr(d.adbin, d.adrelid) \
+                   FROM pg_catalog.pg_attribute a \
+                   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                  WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped",
+                None,
+                &[relid.into(), TENANT_COLUMN.into()],
+            )
+            .ctx("spec::column_state")?;
+        let Some(row) = rows.into_iter().next() else { return Ok(None) };
+        Ok(Some(ColumnState {
+            attnum: row.get::<i16>(1).ctx("attnum")?.unwrap_or_default(),
+            is_uuid: row.get::<bool>(2).ctx("is_uuid")?.unwrap_or(false),
+            type_name: row.get::<String>(3).ctx("type_name")?.unwrap_or_default(),
+            not_null: row.get::<bool>(4).ctx("not_null")?.unwrap_or(false),
+            default: row.get::<String>(5).ctx("default")?,
+        }))
+    })
+}
+
+fn normalize(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Compare a table with the protected shape: the deviations, in the order they must be repaired
+/// (column, index, row level security, policies). Empty means protected.
+pub fn inspect(rel: &Relation) -> Result<Vec<Deviation>> {
+    registry::with_pinned_search_path(|| inspect_pinned(rel))
+}
+
+fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
+    let mut found = Vec::new();
+    let column = column_state(rel.oid)?;
+    match &column {
+        None => found.push(Deviation::ColumnMissing),
+        Some(c) if !c.is_uuid => found.push(Deviation::ColumnType { found: c.type_name.clone() }),
+        Some(c) => {
+            if !c.not_null {
+                found.push(Deviation::ColumnNullable);
+            }
+            if c.default.as_deref().map(normalize).as_deref() != Some(DEFAULT_DEPARSED) {
+                found.push(Deviation::ColumnDefault { found: c.default.clone() });
+            }
+        }
+    }
+
+    Spi::connect(|client| {
+        let attnum = column.as_ref().map(|c| c.attnum).unwrap_or(0);
+        let flags = client
+            .select(
+                "SELECT c.relrowsecurity, c.relforcerowsecurity, \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                                  JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+                                  JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+                                 WHERE i.indrelid = c.oid AND i.indkey[0] = $2 AND $2 > 0 \
+                                   AND i.indpred IS NULL AND i.indisvalid AND am.amname = 'btree') \
+                   FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                None,
+                &[rel.oid.into(), attnum.into()],
+            )
+            .ctx("spec::inspect flags")?
+            .first();
+        let rls = flags.get::<bool>(1).ctx("relrowsecurity")?.unwrap_or(false);
+        let forced = flags.get::<bool>(2).ctx("relforcerowsecurity")?.unwrap_or(false);
+        let indexed = flags.get::<bool>(3).ctx("index")?.unwrap_or(false);
+        if !indexed {
+            found.push(Deviation::IndexMissing);
+        }
+        if !rls {
+            found.push(Deviation::RowSecurityDisabled);
+        }
+        if !forced {
+            found.push(Deviation::RowSecurityNotForced);
+        }
+
+        for spec in POLICIES {
+            let rows = client
+                .select(
+                    "SELECT p.polpermissive, p.polcmd = '*', p.polroles = '{0}'::pg_catalog.oid[], \
+                            pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
+                            pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+                       FROM pg_catalog.pg_policy p WHERE p.polrelid = $1 AND p.polname = $2",
+                    None,
+                    &[rel.oid.into(), spec.name.into()],
+                )
+                .ctx("spec::inspect policies")?;
+            let Some(row) = rows.into_iter().next() else {
+                found.push(Deviation::PolicyMissing { policy: spec.name });
+                continue;
+            };
+            let canonical = row.get::<bool>(1).ctx("polpermissive")? == Some(spec.permissive)
+                && row.get::<bool>(2).ctx("polcmd")? == Some(true)
+                && row.get::<bool>(3).ctx("polroles")? == Some(true)
+                && row.get::<String>(4).ctx("polqual")?.map(|s| normalize(&s)).as_deref()
+                    == Some(spec.expression_deparsed())
+                && row.get::<String>(5).ctx("polwithcheck")?.map(|s| normalize(&s)).as_deref()
+                    == Some(spec.expression_deparsed());
+            if !canonical {
+                found.push(Deviation::PolicyDiffers { policy: spec.name });
+            }
+        }
+        Ok(found)
+    })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+    use crate::catalog::Relation;
+
+    fn protected_table(name: &str) -> Relation {
+        Spi::run(&format!("CREATE TABLE {name} (id bigint PRIMARY KEY, note text)")).unwrap();
+        Spi::run(&format!("SELECT multitenancy.tenant_enable('{name}')")).unwrap();
+        let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{name}'::regclass::oid")).unwrap().unwrap();
+        Relation::lookup(oid).unwrap()
+    }
+
+    #[pg_test]
+    fn an_enabled_table_matches_the_spec() {
+        let rel = protected_table("spec_clean");
+        assert_eq!(inspect(&rel).unwrap(), vec![]);
+    }
+
+    #[pg_test]
+    fn an_ordinary_table_deviates_everywhere() {
+        Spi::run("CREATE TABLE spec_plain (id int)").unwrap();
+        let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'spec_plain'::regclass::oid").unwrap().unwrap();
+        let found = inspect(&Relation::lookup(oid).unwrap()).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Deviation::ColumnMissing,
+                Deviation::IndexMissing,
+                Deviation::RowSecurityDisabled,
+                Deviation::RowSecurityNotForced,
+                Deviation::PolicyMissing { policy: "multitenancy_access" },
+                Deviation::PolicyMissing { policy: "multitenancy_isolation" },
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn each_tampering_is_detected() {
+        let cases: [(&str, Deviation); 7] = [
+            ("ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY", Deviation::RowSecurityNotForced),
+            ("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY", Deviation::RowSecurityDisabled),
+            ("ALTER TABLE {t} ALTER COLUMN tenant_id DROP NOT NULL", Deviation::ColumnNullable),
+            ("ALTER TABLE {t} ALTER COLUMN tenant_id DROP DEFAULT", Deviation::ColumnDefault { found: None }),
+            ("DROP INDEX {t}_tenant_id_idx", Deviation::IndexMissing),
+            (
+                "ALTER POLICY multitenancy_isolation ON {t} USING (true)",
+                Deviation::PolicyDiffers { policy: "multitenancy_isolation" },
+            ),
+            (
+                "DROP POLICY multitenancy_access ON {t}",
+                Deviation::PolicyMissing { policy: "multitenancy_access" },
+            ),
+        ];
+        for (i, (tamper, expected)) in cases.into_iter().enumerate() {
+            let table = format!("spec_tampered_{i}");
+            let rel = protected_table(&table);
+            let tamper = tamper.replace("{t}", &table);
+            Spi::run(&tamper).unwrap();
+            assert_eq!(inspect(&rel).unwrap(), vec![expected], "after {tamper}");
+        }
+    }
+
+    #[pg_test]
+    fn a_policy_for_other_roles_or_commands_is_not_the_canonical_one() {
+        let rel = protected_table("spec_roles");
+        Spi::run("ALTER POLICY multitenancy_isolation ON spec_roles TO pg_monitor").unwrap();
+        assert_eq!(inspect(&rel).unwrap(), vec![Deviation::PolicyDiffers { policy: "multitenancy_isolation" }]);
+    }
+
+    #[pg_test]
+    fn inspection_does_not_depend_on_the_callers_search_path() {
+        let rel = protected_table("spec_path");
+        Spi::run("SET LOCAL search_path = multitenancy, public").unwrap();
+        assert_eq!(inspect(&rel).unwrap(), vec![]);
+        let after = Spi::get_one::<String>("SELECT current_setting('search_path')").unwrap();
+        assert_eq!(after.as_deref(), Some("multitenancy, public"), "the caller's search_path is restored");
+    }
+}
