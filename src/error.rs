@@ -142,8 +142,8 @@ impl MtError {
                  multitenancy.tenant_set(). {HINT_SET_CONTEXT}"
             )),
             MtError::NotInTransactionBlock { function } => Some(format!(
-                "Call {function}() after BEGIN, in the transaction that runs the tenant's queries, \
-                 or use SET multitenancy.tenant_id = '<tenant uuid>' for the whole session."
+                "Call {function}() after BEGIN, in the transaction that runs the tenant's queries \
+                 (a multi-statement query string is one implicit transaction, too)."
             )),
             MtError::TenantNotFound { .. } => Some(
                 "Pass the slug or id of an existing tenant; DBAs list them with \

@@ -1,24 +1,81 @@
 //! Every setting the extension registers. Only [`crate::context`] reads the tenant settings;
 //! other modules ask it for the tenant instead of reading them.
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::{c_char, CString};
+use pgrx::prelude::*;
+use pgrx::GucSetting;
+use std::ffi::{c_char, c_void, CStr, CString};
 
 /// `multitenancy.tenant_id`: the tenant of the current transaction, as a uuid.
 pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-pub const TENANT_ID_NAME: &std::ffi::CStr = c"multitenancy.tenant_id";
+pub const TENANT_ID_NAME: &CStr = c"multitenancy.tenant_id";
 
 pub fn init() {
-    GucRegistry::define_string_guc(
-        TENANT_ID_NAME,
-        c"Tenant of the current transaction (a tenant uuid).",
-        c"Set it per transaction with SET LOCAL multitenancy.tenant_id or multitenancy.tenant_set(). \
-          Row-level security on tenant-enabled tables compares tenant_id with it; empty means no \
-          tenant, and queries on tenant-enabled tables then fail.",
-        &TENANT_ID,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: registering a custom variable backed by a static, with a check hook; what pgrx's
+    // GucRegistry::define_string_guc does, plus the hook it does not take.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            TENANT_ID_NAME.as_ptr(),
+            c"Tenant of the current transaction (a tenant uuid).".as_ptr(),
+            c"Set it per transaction with SET LOCAL multitenancy.tenant_id or multitenancy.tenant_set(). \
+              Row-level security on tenant-enabled tables compares tenant_id with it; empty means no \
+              tenant, and queries on tenant-enabled tables then fail. It cannot be a server, database \
+              or role default, so RESET and DISCARD ALL always leave no tenant."
+                .as_ptr(),
+            TENANT_ID.as_ptr(),
+            std::ptr::null(),
+            pg_sys::GucContext::PGC_USERSET,
+            (pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
+            Some(check_tenant_id),
+            None,
+            None,
+        );
+        // Misspelled settings such as multitenancy.tenantid are errors, not silent placeholders.
+        #[cfg(not(feature = "pg14"))]
+        pg_sys::MarkGUCPrefixReserved(c"multitenancy".as_ptr());
+    }
+}
+
+/// Where a value of `multitenancy.tenant_id` may come from: only the session itself (SET, SET
+/// LOCAL, set_config, tenant_set). A default from the server configuration, a database or a role
+/// (`ALTER ROLE app SET multitenancy.tenant_id = ...`, which a role may do to itself), or the
+/// connection's startup options would become what RESET and DISCARD ALL return to — a tenant
+/// that outlives every transaction and follows the connection from client to client behind a
+/// pooler. Setting it to '' is allowed from anywhere.
+fn source_may_set_a_tenant(source: pg_sys::GucSource::Type) -> bool {
+    use pg_sys::GucSource::*;
+    matches!(source, PGC_S_DEFAULT | PGC_S_DYNAMIC_DEFAULT | PGC_S_SESSION | PGC_S_OVERRIDE)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_tenant_id(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL).
+    let value = unsafe { *newval };
+    let empty = value.is_null() || unsafe { *value } == 0;
+    if empty || source_may_set_a_tenant(source) {
+        return true;
+    }
+    // SAFETY: GUC_check_* strings must live in ErrorContext; PostgreSQL reports and frees them.
+    unsafe {
+        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errmsg_string = pg_sys::MemoryContextStrdup(
+            pg_sys::ErrorContext,
+            c"multitenancy.tenant_id cannot have a server, database, role or connection default".as_ptr(),
+        );
+        pg_sys::GUC_check_errdetail_string = pg_sys::MemoryContextStrdup(
+            pg_sys::ErrorContext,
+            c"A default tenant would survive RESET and DISCARD ALL and reach every client of a pooled connection."
+                .as_ptr(),
+        );
+        pg_sys::GUC_check_errhint_string = pg_sys::MemoryContextStrdup(
+            pg_sys::ErrorContext,
+            c"Set the tenant in each transaction: SELECT multitenancy.tenant_set('<tenant>') after BEGIN.".as_ptr(),
+        );
+    }
+    false
 }
 
 /// The raw value of `multitenancy.tenant_id`, borrowed from the GUC machinery without copying.
@@ -27,4 +84,39 @@ pub fn tenant_id_raw() -> *const c_char {
     // SAFETY: the GUC machinery keeps this pointer either NULL or pointing at a NUL-terminated
     // string it owns; we read it on the backend's main thread.
     unsafe { *TENANT_ID.as_ptr() }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn only_the_session_may_set_a_tenant() {
+        use pg_sys::GucSource::*;
+        for source in [PGC_S_SESSION, PGC_S_DEFAULT, PGC_S_DYNAMIC_DEFAULT, PGC_S_OVERRIDE] {
+            assert!(source_may_set_a_tenant(source), "{source}");
+        }
+        for source in [PGC_S_FILE, PGC_S_ARGV, PGC_S_GLOBAL, PGC_S_DATABASE, PGC_S_USER, PGC_S_DATABASE_USER,
+            PGC_S_CLIENT, PGC_S_TEST, PGC_S_ENV_VAR]
+        {
+            assert!(!source_may_set_a_tenant(source), "{source}");
+        }
+    }
+
+    #[pg_test(error = "multitenancy.tenant_id cannot have a server, database, role or connection default")]
+    fn a_role_default_is_refused() {
+        Spi::run("ALTER ROLE CURRENT_USER SET multitenancy.tenant_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'").unwrap();
+    }
+
+    #[pg_test]
+    fn an_empty_role_default_is_harmless_and_allowed() {
+        Spi::run("ALTER ROLE CURRENT_USER SET multitenancy.tenant_id = ''").unwrap();
+        Spi::run("ALTER ROLE CURRENT_USER RESET multitenancy.tenant_id").unwrap();
+    }
+
+    #[pg_test(error = "invalid configuration parameter name \"multitenancy.tenantid\"")]
+    fn misspelled_settings_are_errors() {
+        Spi::run("SET multitenancy.tenantid = 'x'").unwrap();
+    }
 }

@@ -236,14 +236,19 @@ impl TestDb {
         let name = format!("t{n}_{}", &clean[..clean.len().min(40)]);
         server.connect("postgres", SUPERUSER).batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         let db = TestDb { name, server };
-        db.superuser()
-            .batch_execute(&format!(
+        let mut su = db.superuser();
+        su.batch_execute(&format!(
                 "CREATE EXTENSION multitenancy;
                  GRANT CREATE, USAGE ON SCHEMA public TO {OWNER};
                  GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
                                            multitenancy.tenant_disable(regclass) TO {OWNER};"
             ))
             .unwrap();
+        // `cargo pgrx test` installs a build with a `tests` schema of test functions into the same
+        // PostgreSQL; these suites must run against the real extension.
+        let test_build: bool =
+            su.query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'tests')", &[]).unwrap().get(0);
+        assert!(!test_build, "a pg_test build of the extension is installed; run `cargo pgrx install --pg-config {}`", pg_config());
         db
     }
 
