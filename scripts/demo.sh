@@ -74,21 +74,17 @@ INSERT INTO orders (item, amount) VALUES ('hammock', 35.00);
 COMMIT;
 SQL
 
-say "as tenant acme, demo_app sees only acme's rows"
-psql_as demo_app -e <<'SQL'
+show_tenant() { # slug
+    say "as tenant $1, demo_app sees only $1's rows"
+    psql_as demo_app -e -v tenant="$1" <<'SQL'
 BEGIN;
-SELECT multitenancy.tenant_set('acme');
+SELECT multitenancy.tenant_set(:'tenant');
 SELECT id, item, amount, tenant_id FROM orders ORDER BY id;
 COMMIT;
 SQL
-
-say "as tenant globex, demo_app sees only globex's rows"
-psql_as demo_app -e <<'SQL'
-BEGIN;
-SELECT multitenancy.tenant_set('globex');
-SELECT id, item, amount, tenant_id FROM orders ORDER BY id;
-COMMIT;
-SQL
+}
+show_tenant acme
+show_tenant globex
 
 say "without a tenant context: an error, never all rows"
 psql_as demo_app -e -v ON_ERROR_STOP=0 <<'SQL' || true

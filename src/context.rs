@@ -68,19 +68,7 @@ pub fn current() -> Result<pgrx::Uuid> {
 /// Make `tenant` the context until the end of the current transaction.
 pub fn set_local(tenant: pgrx::Uuid) {
     let value = std::ffi::CString::new(tenant.to_string()).expect("a uuid has no NUL byte");
-    // SAFETY: the same call set_config(name, value, is_local => true) makes.
-    unsafe {
-        pg_sys::set_config_option(
-            gucs::TENANT_ID_NAME.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
+    gucs::set(gucs::TENANT_ID_NAME, &value, pg_sys::GucAction::GUC_ACTION_LOCAL);
 }
 
 /// Select a tenant (by slug or id) for the rest of the current transaction.

@@ -95,6 +95,13 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
         return Ok(());
     }
 
+    // A forced table filters its owner too, and a migration has no tenant context: the rows
+    // to count and backfill would be invisible (or raise "no tenant context"). Within this
+    // transaction, with the table locked, the owner reads it unfiltered; FORCE comes back with
+    // the repairs below and the final inspection checks it.
+    if !before.contains(&Deviation::RowSecurityNotForced) {
+        run(&format!("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", rel.sql()))?;
+    }
     add_or_fill_column(&rel, &before, backfill)?;
     // Whatever is still missing is built from the spec, in the spec's order.
     let remaining = spec::inspect(&rel)?;

@@ -78,6 +78,24 @@ unsafe extern "C-unwind" fn check_tenant_id(
     false
 }
 
+/// Set a setting the way `set_config()` does, for the current transaction
+/// (`GUC_ACTION_LOCAL`) or until the current GUC nest level is popped (`GUC_ACTION_SAVE`).
+pub fn set(name: &CStr, value: &CStr, action: pg_sys::GucAction::Type) {
+    // SAFETY: both strings are NUL-terminated; errors are raised as PostgreSQL ERRORs.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
 /// The raw value of `multitenancy.tenant_id`, borrowed from the GUC machinery without copying.
 /// Valid until the setting next changes, so callers must finish with it before running SQL.
 pub fn tenant_id_raw() -> *const c_char {

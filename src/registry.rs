@@ -6,6 +6,7 @@
 //! function, limited to the registry statements. Everything else a function does (DDL on the
 //! caller's tables, say) runs as the caller, so PostgreSQL's own ownership checks apply.
 use crate::error::{MtError, Result, SpiContext};
+use crate::gucs;
 use pgrx::prelude::*;
 
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
@@ -43,21 +44,10 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
             }
         }
     }
-    // SAFETY: the calls fmgr_security_definer makes for a function's SET clause.
-    let _restore = unsafe {
-        let restore = Restore(pg_sys::NewGUCNestLevel());
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            PgLogLevel::ERROR as i32,
-            false,
-        );
-        restore
-    };
+    // What fmgr_security_definer does for a function's SET clause.
+    // SAFETY: pushes a GUC nest level, popped by `Restore` or by the abort.
+    let _restore = Restore(unsafe { pg_sys::NewGUCNestLevel() });
+    gucs::set(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
     f()
 }
 

@@ -174,3 +174,33 @@ fn disable_is_the_reverse_and_keeps_the_data() {
     // Without RLS the app sees every row again: what a DBA asks for when disabling.
     assert_eq!(count(&mut orders.db.app(), "SELECT count(*) FROM orders"), orders.rows_a + orders.rows_b);
 }
+
+#[test]
+fn repairing_a_forced_table_sees_every_row_not_only_the_owners_tenant() {
+    // An enabled table forces RLS on its owner, and the owner has no tenant context while
+    // migrating; tenant_enable must still count and backfill the rows the repair is about.
+    let orders = Orders::new("enable_repair_forced");
+    let mut su = orders.db.superuser();
+    su.batch_execute(
+        "ALTER TABLE orders ALTER COLUMN tenant_id DROP NOT NULL;
+         INSERT INTO orders (item, tenant_id) VALUES ('orphan', NULL);",
+    )
+    .unwrap();
+    let damaged = table_snapshot(&mut su, "orders");
+    let mut owner = orders.db.owner();
+
+    let err = expect_sqlstate(
+        owner.execute("SELECT multitenancy.tenant_enable('orders')", &[]),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+    );
+    assert!(err.message().contains("1 row(s) whose tenant_id is NULL"), "{}", err.message());
+    assert_eq!(table_snapshot(&mut su, "orders"), damaged, "a refused repair changes nothing");
+
+    owner.execute("SELECT multitenancy.tenant_enable('orders', $1::text::uuid)", &[&orders.a]).unwrap();
+    let orphan_owner: String =
+        su.query_one("SELECT tenant_id::text FROM orders WHERE item = 'orphan'", &[]).unwrap().get(0);
+    assert_eq!(orphan_owner, orders.a);
+    let forced: bool = su.query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'orders'::regclass", &[]).unwrap().get(0);
+    assert!(forced, "FORCE is back on after the repair");
+    assert_eq!(orders.true_count(&orders.b), orders.rows_b, "other tenants' rows are untouched");
+}
