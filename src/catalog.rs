@@ -113,3 +113,33 @@ pub fn is_reserved_schema(schema: &str) -> bool {
         || schema.starts_with("pg_temp_")
         || schema.starts_with("pg_toast_temp_")
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn relations_are_described_and_quoted() {
+        Spi::run(r#"CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema"."My Table" (id int)"#).unwrap();
+        let oid = Spi::get_one::<pg_sys::Oid>(r#"SELECT '"Odd Schema"."My Table"'::regclass::oid"#).unwrap().unwrap();
+        let rel = Relation::lookup(oid).unwrap();
+        assert_eq!(rel.display(), "Odd Schema.My Table");
+        assert_eq!(rel.sql(), r#""Odd Schema"."My Table""#);
+        assert!(rel.is_table());
+        Spi::run(r#"CREATE VIEW v AS SELECT 1"#).unwrap();
+        let view = Relation::lookup(Spi::get_one::<pg_sys::Oid>("SELECT 'v'::regclass::oid").unwrap().unwrap()).unwrap();
+        assert!(!view.is_table());
+        assert_eq!(view.kind_phrase(), "a view");
+    }
+
+    #[pg_test]
+    fn reserved_schemas() {
+        for schema in ["multitenancy", "pg_catalog", "information_schema", "pg_toast", "pg_temp_3", "pg_toast_temp_3"] {
+            assert!(is_reserved_schema(schema), "{schema}");
+        }
+        for schema in ["public", "app", "pg_tempo"] {
+            assert!(!is_reserved_schema(schema), "{schema}");
+        }
+    }
+}

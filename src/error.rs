@@ -134,60 +134,50 @@ impl MtError {
         }
     }
 
-    pub fn hint(&self) -> Option<String> {
+    /// Every error says what to do about it.
+    pub fn hint(&self) -> String {
         match self {
-            MtError::NoContext => Some(HINT_SET_CONTEXT.into()),
-            MtError::MalformedContext { .. } => Some(format!(
+            MtError::NoContext => HINT_SET_CONTEXT.into(),
+            MtError::MalformedContext { .. } => format!(
                 "multitenancy.tenant_id takes a tenant uuid; to select a tenant by slug use \
                  multitenancy.tenant_set(). {HINT_SET_CONTEXT}"
-            )),
-            MtError::NotInTransactionBlock { function } => Some(format!(
+            ),
+            MtError::NotInTransactionBlock { function } => format!(
                 "Call {function}() after BEGIN, in the transaction that runs the tenant's queries \
                  (a multi-statement query string is one implicit transaction, too)."
-            )),
-            MtError::TenantNotFound { .. } => Some(
-                "Pass the slug or id of an existing tenant; DBAs list them with \
-                 SELECT id, slug, status FROM multitenancy.tenants."
-                    .into(),
             ),
+            MtError::TenantNotFound { .. } => "Pass the slug or id of an existing tenant; DBAs list them with \
+                 SELECT id, slug, status FROM multitenancy.tenants."
+                .into(),
             MtError::TenantNotActive { .. } => {
-                Some("A DBA can reactivate the tenant; until then it has no context.".into())
+                "A DBA can reactivate the tenant; until then it has no context.".into()
             }
             MtError::InvalidSlug { .. } => {
-                Some("Pass a slug such as 'acme-corp', or NULL to derive one from the name.".into())
+                "Pass a slug such as 'acme-corp', or NULL to derive one from the name.".into()
             }
-            MtError::SlugUnderivable { .. } => Some(
-                "The name has no letters or digits that map to a-z or 0-9; pass slug => 'your-slug'."
-                    .into(),
-            ),
-            MtError::DuplicateSlug { .. } => Some(
+            MtError::SlugUnderivable { .. } => {
+                "The name has no letters or digits that map to a-z or 0-9; pass slug => 'your-slug'.".into()
+            }
+            MtError::DuplicateSlug { .. } => {
                 "Choose another slug: SELECT multitenancy.tenant_create('<name>', slug => '<other-slug>')."
-                    .into(),
-            ),
-            MtError::InvalidName { .. } => Some("Pass a name of 1 to 200 characters.".into()),
-            MtError::InvalidPlan { .. } => {
-                Some("A plan name is 1 to 63 characters of a-z, 0-9, '_' and '-'.".into())
+                    .into()
             }
-            MtError::WrongRelationKind { .. } => Some(
-                "Enable the tables the view or foreign table reads from; RLS on them also protects \
-                 security_invoker views."
-                    .into(),
-            ),
-            MtError::ReservedSchema { .. } => {
-                Some("Only tables in application schemas can be tenant-enabled.".into())
-            }
-            MtError::TenantColumnType { table, .. } => Some(format!(
+            MtError::InvalidName { .. } => "Pass a name of 1 to 200 characters.".into(),
+            MtError::InvalidPlan { .. } => "A plan name is 1 to 63 characters of a-z, 0-9, '_' and '-'.".into(),
+            MtError::WrongRelationKind { .. } => "Enable the tables the view or foreign table reads from; RLS on \
+                 them also protects security_invoker views."
+                .into(),
+            MtError::ReservedSchema { .. } => "Only tables in application schemas can be tenant-enabled.".into(),
+            MtError::TenantColumnType { table, .. } => format!(
                 "Convert the column (ALTER TABLE {table} ALTER COLUMN tenant_id TYPE uuid USING ...) \
                  or rename it, then call multitenancy.tenant_enable again."
-            )),
-            MtError::BackfillRequired { table, .. } => Some(format!(
+            ),
+            MtError::BackfillRequired { table, .. } => format!(
                 "Pass the tenant that owns the existing rows: SELECT multitenancy.tenant_enable('{table}', \
                  backfill_tenant => '<tenant uuid>'). Rows of several tenants must get their tenant_id \
                  set first (UPDATE ... SET tenant_id = ...)."
-            )),
-            MtError::Internal { .. } => {
-                Some("This is a bug in the multitenancy extension; please report it.".into())
-            }
+            ),
+            MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }
 
@@ -198,10 +188,7 @@ impl MtError {
         if let Some(detail) = self.detail() {
             report = report.set_detail(detail);
         }
-        if let Some(hint) = self.hint() {
-            report = report.set_hint(hint);
-        }
-        report.report(PgLogLevel::ERROR);
+        report.set_hint(self.hint()).report(PgLogLevel::ERROR);
         unreachable!("ERROR-level reports do not return")
     }
 
@@ -254,4 +241,34 @@ impl<T> NoRowIsNone<T> for std::result::Result<Option<T>, pgrx::spi::SpiError> {
 pub fn notice(message: impl Into<String>) {
     ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message.into(), "multitenancy")
         .report(PgLogLevel::NOTICE);
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test(error = "no tenant context: multitenancy.tenant_id is not set in this transaction")]
+    fn raise_reports_the_message() {
+        MtError::NoContext.raise();
+    }
+
+    #[pg_test]
+    fn context_failures_share_one_sqlstate_apps_can_catch() {
+        for error in [
+            MtError::NoContext,
+            MtError::MalformedContext { value: "x".into() },
+            MtError::TenantNotActive { slug: "x".into(), status: "suspended".into() },
+        ] {
+            assert_eq!(error.sqlstate(), PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "{error:?}");
+        }
+    }
+
+    #[pg_test]
+    fn an_spi_failure_is_an_internal_error_that_says_so() {
+        let error = Spi::get_one::<i64>("SELECT 'not a number'::text").ctx("test").unwrap_err();
+        assert_eq!(error.sqlstate(), PgSqlErrorCode::ERRCODE_INTERNAL_ERROR);
+        assert!(error.message().starts_with("multitenancy internal error in test"));
+        assert!(error.hint().contains("bug"));
+    }
 }

@@ -131,3 +131,53 @@ pub fn forget_enabled(relid: pg_sys::Oid) -> Result<()> {
         .ctx("registry::forget_enabled")
     })
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn current_user_and_path() -> (Option<String>, Option<String>) {
+        Spi::get_two::<String, String>("SELECT current_user::text, current_setting('search_path')").unwrap()
+    }
+
+    #[pg_test]
+    fn as_owner_reads_the_registry_for_an_unprivileged_role_and_restores_it() {
+        Spi::run("CREATE ROLE registry_probe NOLOGIN; SET LOCAL ROLE registry_probe; SET LOCAL search_path = public")
+            .unwrap();
+        let before = current_user_and_path();
+        assert_eq!(before.0.as_deref(), Some("registry_probe"));
+
+        let inside = as_owner(|| {
+            let (user, path) = current_user_and_path();
+            let tenants = Spi::get_one::<i64>("SELECT count(*) FROM multitenancy.tenants").ctx("count")?;
+            Ok((user, path, tenants))
+        })
+        .unwrap();
+        assert_ne!(inside.0.as_deref(), Some("registry_probe"), "runs as the registry owner");
+        assert_eq!(inside.1.as_deref(), Some("pg_catalog, pg_temp"), "with a pinned search_path");
+        assert_eq!(inside.2, Some(0));
+
+        assert_eq!(current_user_and_path(), before, "role and search_path are restored");
+    }
+
+    #[pg_test(error = "permission denied for table tenants")]
+    fn the_same_role_cannot_read_the_registry_directly() {
+        Spi::run("CREATE ROLE registry_probe2 NOLOGIN; SET LOCAL ROLE registry_probe2").unwrap();
+        Spi::run("SELECT count(*) FROM multitenancy.tenants").unwrap();
+    }
+
+    #[pg_test]
+    fn the_registry_records_and_forgets_tables() {
+        Spi::run("CREATE TABLE registry_t (id int)").unwrap();
+        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'registry_t'::regclass::oid").unwrap().unwrap();
+        assert!(!is_enabled(relid).unwrap());
+        record_enabled(relid).unwrap();
+        record_enabled(relid).unwrap();
+        assert!(is_enabled(relid).unwrap());
+        let who = Spi::get_one::<String>("SELECT enabled_by::text FROM multitenancy.enabled_tables").unwrap();
+        assert_eq!(who, Some(calling_role()));
+        forget_enabled(relid).unwrap();
+        assert!(!is_enabled(relid).unwrap());
+    }
+}
