@@ -314,34 +314,19 @@ fn no_tenant_context_fails_closed_with_an_error() {
         assert_no_context(&mut app, "SET multitenancy.tenant_id = ''");
     }
 
-    // (c) Set (positive control: it works), then RESET.
-    {
+    // (c) RESET, (d) DISCARD ALL (what poolers run between clients), (e) RESET ALL, each after
+    // a session-level SET that works (positive control).
+    for (clear, tenant, rows) in [
+        ("RESET multitenancy.tenant_id", &o.a, o.rows_a),
+        ("DISCARD ALL", &o.a, o.rows_a),
+        ("RESET ALL", &o.b, o.rows_b),
+    ] {
         let mut app = o.db.app();
-        app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
-        assert_sees_exactly_own_rows(&mut app, &o.a, o.rows_a);
-        app.batch_execute("RESET multitenancy.tenant_id").unwrap();
-        assert_no_context(&mut app, "after RESET multitenancy.tenant_id");
-        assert_eq!(setting(&mut app), "");
-    }
-
-    // (d) Session-level SET, then DISCARD ALL (what poolers run between clients).
-    {
-        let mut app = o.db.app();
-        app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
-        assert_sees_exactly_own_rows(&mut app, &o.a, o.rows_a);
-        app.batch_execute("DISCARD ALL").unwrap();
-        assert_no_context(&mut app, "after DISCARD ALL");
-        assert_eq!(setting(&mut app), "");
-    }
-
-    // (e) RESET ALL.
-    {
-        let mut app = o.db.app();
-        app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.b)).unwrap();
-        assert_sees_exactly_own_rows(&mut app, &o.b, o.rows_b);
-        app.batch_execute("RESET ALL").unwrap();
-        assert_no_context(&mut app, "after RESET ALL");
-        assert_eq!(setting(&mut app), "");
+        app.batch_execute(&format!("SET multitenancy.tenant_id = '{tenant}'")).unwrap();
+        assert_sees_exactly_own_rows(&mut app, tenant, rows);
+        app.batch_execute(clear).unwrap();
+        assert_no_context(&mut app, &format!("after {clear}"));
+        assert_eq!(setting(&mut app), "", "after {clear}");
     }
 
     // (f) Malformed: a slug is not a uuid (SET takes ids; slugs go through tenant_set).
