@@ -318,6 +318,16 @@ pub fn begin_as<'a>(client: &'a mut Client, tenant: &str) -> Transaction<'a> {
     tx
 }
 
+/// Reading the `orders` table must fail closed with 28000 "no tenant context", not return rows.
+#[track_caller]
+pub fn assert_no_context(client: &mut impl postgres::GenericClient, situation: &str) {
+    let error = expect_sqlstate(
+        client.query("SELECT count(*) FROM orders", &[]),
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    );
+    assert!(error.message().contains("no tenant context"), "{situation}: unexpected message {:?}", error.message());
+}
+
 /// Count rows with a query that returns one bigint.
 pub fn count(client: &mut impl postgres::GenericClient, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)

@@ -46,16 +46,6 @@ fn assert_both_tenants_have_rows(o: &Orders) {
     assert!(o.rows_a > 0 && o.rows_b > 0, "the fixture must give both tenants rows");
 }
 
-/// Reading the tenant table must fail closed with 28000 "no tenant context", not return rows.
-#[track_caller]
-fn assert_no_context(client: &mut impl postgres::GenericClient, situation: &str) {
-    let error = expect_sqlstate(
-        client.query("SELECT count(*) FROM orders", &[]),
-        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-    );
-    assert!(error.message().contains("no tenant context"), "{situation}: unexpected message {:?}", error.message());
-}
-
 /// The value of `multitenancy.tenant_id` as `current_setting` shows it.
 fn setting(client: &mut impl postgres::GenericClient) -> String {
     client.query_one("SELECT current_setting('multitenancy.tenant_id')", &[]).unwrap().get(0)
