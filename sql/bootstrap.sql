@@ -46,3 +46,16 @@ COMMENT ON TABLE multitenancy.enabled_tables IS
     'Tables protected by multitenancy.tenant_enable(). Maintained by the extension; rows are kept by pg_dump.';
 
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.enabled_tables', '');
+
+CREATE TABLE multitenancy.exempt_tables (
+    relid       regclass    NOT NULL,
+    reason      text        NOT NULL,
+    exempted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    exempted_by name        NOT NULL,
+    CONSTRAINT exempt_tables_pkey PRIMARY KEY (relid),
+    CONSTRAINT exempt_tables_reason CHECK (pg_catalog.length(pg_catalog.btrim(reason)) > 0)
+);
+COMMENT ON TABLE multitenancy.exempt_tables IS
+    'Global tables (not tenant data), declared with multitenancy.tenant_exempt(). Rows are kept by pg_dump.';
+
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.exempt_tables', '');

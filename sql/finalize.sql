@@ -9,6 +9,10 @@ GRANT USAGE ON SCHEMA multitenancy TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_create(text, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_disable(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_exempt(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_unexempt(regclass) FROM PUBLIC;
+-- The audit lists roles and tables: for DBAs and CI.
+REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
 
 -- current_tenant_id() takes no argument, so it cannot leak one: LEAKPROOF lets the planner
 -- use it freely next to security-barrier quals.
@@ -24,6 +28,11 @@ BEGIN
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
        AND d.objsubid = 0
        AND d.objid = e.relid::pg_catalog.oid;
+    DELETE FROM multitenancy.exempt_tables e
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid = 0
+       AND d.objid = e.relid::pg_catalog.oid;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION multitenancy._forget_dropped_tables() FROM PUBLIC;
@@ -31,3 +40,29 @@ REVOKE EXECUTE ON FUNCTION multitenancy._forget_dropped_tables() FROM PUBLIC;
 CREATE EVENT TRIGGER multitenancy_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION multitenancy._forget_dropped_tables();
 ALTER EVENT TRIGGER multitenancy_forget_dropped_tables ENABLE ALWAYS;
+
+-- The DDL guard (src/guard.rs). The trigger functions run as the role doing the DDL, so what
+-- they build (tenant_enable of a new table, hardened keys) is owned and checked as usual.
+-- ENABLE ALWAYS: session_replication_role = replica does not switch them off; only the
+-- superuser-only setting multitenancy.ddl_guard does, and every unchecked command is logged.
+CREATE FUNCTION multitenancy._guard_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._guard_ddl_command_end();
+END
+$$;
+
+CREATE FUNCTION multitenancy._guard_drop() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._guard_sql_drop();
+END
+$$;
+
+CREATE EVENT TRIGGER multitenancy_guard_ddl ON ddl_command_end
+    EXECUTE FUNCTION multitenancy._guard_ddl();
+ALTER EVENT TRIGGER multitenancy_guard_ddl ENABLE ALWAYS;
+
+CREATE EVENT TRIGGER multitenancy_guard_drop ON sql_drop
+    EXECUTE FUNCTION multitenancy._guard_drop();
+ALTER EVENT TRIGGER multitenancy_guard_drop ENABLE ALWAYS;

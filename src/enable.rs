@@ -4,7 +4,9 @@
 //! or a superuser); only the registry row is written through [`registry`]. Everything happens
 //! in the caller's transaction: an error anywhere leaves the table exactly as it was.
 use crate::catalog::{self, Regclass, Relation};
-use crate::error::{notice, MtError, OrRaise, Result, SpiContext};
+use crate::error::{notice, warning, MtError, OrRaise, Result, SpiContext};
+use crate::guard::{self, Busy};
+use crate::hardening;
 use crate::registry;
 use crate::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN};
 use crate::tenants;
@@ -79,7 +81,12 @@ fn add_or_fill_column(rel: &Relation, deviations: &[Deviation], backfill: Option
 }
 
 pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
+    // Our own DDL below is not for the DDL guard to check.
+    let _busy = Busy::enter();
     let rel = protectable(relid)?;
+    if let Some(reason) = registry::exemption(relid)? {
+        return Err(MtError::TableExempt { table: rel.display(), reason });
+    }
     if let Some(tenant) = backfill {
         tenants::require(&tenant.to_string())?;
     }
@@ -90,8 +97,14 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
         return Err(MtError::TenantColumnType { table: rel.display(), found: found.clone() });
     }
     let was_enabled = registry::is_enabled(relid)?;
+    let mut enabled = registry::enabled_set()?;
+    enabled.insert(relid);
     if before.is_empty() && was_enabled {
-        notice(format!("table {} is already tenant-enabled; nothing changed", rel.display()));
+        let hardened = hardening::harden(&rel, &enabled)?;
+        let children = enable_children(&rel, backfill)?;
+        if hardened.is_empty() && children == 0 {
+            notice(format!("table {} is already tenant-enabled; nothing changed", rel.display()));
+        }
         return Ok(());
     }
 
@@ -117,15 +130,94 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     if let Some(left) = after.first() {
         return Err(MtError::internal("tenant_enable", format!("after enabling: {}", left.describe())));
     }
+    hardening::harden(&rel, &enabled)?;
     registry::record_enabled(relid)?;
+    enable_children(&rel, backfill)?;
     if was_enabled {
         let repaired: Vec<String> = before.iter().map(Deviation::describe).collect();
         notice(format!("repaired tenant protection of {}: {}", rel.display(), repaired.join("; ")));
+    }
+    warn_about_leaks(&rel)
+}
+
+/// Partitions and inheritance children are queried directly too: they get the same protection.
+fn enable_children(rel: &Relation, backfill: Option<pgrx::Uuid>) -> Result<usize> {
+    let mut count = 0;
+    for child in guard::children(rel.oid)? {
+        if !registry::is_enabled(child)? {
+            enable(child, backfill)?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Views and publications created before the table was enabled can still leak it; the guard
+/// refuses new ones, and verify() lists these.
+fn warn_about_leaks(rel: &Relation) -> Result<()> {
+    let only_this: std::collections::HashSet<pg_sys::Oid> = [rel.oid].into_iter().collect();
+    let readers = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT DISTINCT w.ev_class FROM pg_catalog.pg_depend d \
+                   JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid \
+                  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1 \
+                    AND w.ev_class <> $1",
+                None,
+                &[rel.oid.into()],
+            )
+            .ctx("enable: views")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.get::<pg_sys::Oid>(1).ctx("view")?.unwrap_or_default());
+        }
+        Ok::<_, MtError>(out)
+    })?;
+    for view in readers {
+        let view_rel = Relation::lookup(view)?;
+        let leaks = match view_rel.kind {
+            pg_sys::RELKIND_MATVIEW => true,
+            pg_sys::RELKIND_VIEW => guard::leaky_view(view, &only_this)?.is_some(),
+            _ => false,
+        };
+        if leaks {
+            warning(format!(
+                "{} {} reads {} outside its row level security; see multitenancy.verify()",
+                if view_rel.kind == pg_sys::RELKIND_MATVIEW { "materialized view" } else { "view" },
+                view_rel.display(),
+                rel.display()
+            ));
+        }
+    }
+    let publications = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname",
+                None,
+                &[],
+            )
+            .ctx("enable: publications")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.get::<pg_sys::Oid>(1).ctx("publication")?.unwrap_or_default());
+        }
+        Ok::<_, MtError>(out)
+    })?;
+    for publication in publications {
+        let (name, tables) = guard::published_tables(publication, &only_this)?;
+        if !tables.is_empty() {
+            warning(format!(
+                "publication {name} publishes {}: logical decoding ignores row level security; see multitenancy.verify()",
+                rel.display()
+            ));
+        }
     }
     Ok(())
 }
 
 pub fn disable(relid: pg_sys::Oid) -> Result<()> {
+    let _busy = Busy::enter();
     let rel = Relation::lookup(relid)?;
     if !registry::is_enabled(relid)? {
         notice(format!("table {} is not tenant-enabled; nothing changed", rel.display()));
@@ -155,7 +247,14 @@ pub fn disable(relid: pg_sys::Oid) -> Result<()> {
     if column.is_some_and(|c| c.default.is_some()) {
         run(&format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} DROP DEFAULT"))?;
     }
-    registry::forget_enabled(relid)
+    registry::forget_enabled(relid)?;
+    // A partitioned table is one table to the application: its partitions go with it.
+    for child in guard::children(relid)? {
+        if registry::is_enabled(child)? {
+            disable(child)?;
+        }
+    }
+    Ok(())
 }
 
 /// Make `tbl` tenant-isolated: tenant_id column (default = current tenant), index, RLS enabled
@@ -172,6 +271,44 @@ fn tenant_enable(tbl: Regclass, backfill_tenant: default!(Option<pgrx::Uuid>, "N
 #[search_path(pg_catalog, pg_temp)]
 fn tenant_disable(tbl: Regclass) {
     disable(tbl.0).or_raise()
+}
+
+pub fn exempt(relid: pg_sys::Oid, reason: Option<&str>) -> Result<()> {
+    let rel = protectable(relid)?;
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty()).ok_or(MtError::MissingReason)?;
+    if !registry::caller_owns(relid)? {
+        return Err(MtError::NotTableOwner { table: rel.display(), function: "tenant_exempt" });
+    }
+    if registry::is_enabled(relid)? {
+        return Err(MtError::TableEnabled { table: rel.display() });
+    }
+    registry::record_exempt(relid, reason)
+}
+
+pub fn unexempt(relid: pg_sys::Oid) -> Result<()> {
+    let rel = Relation::lookup(relid)?;
+    if !registry::caller_owns(relid)? {
+        return Err(MtError::NotTableOwner { table: rel.display(), function: "tenant_unexempt" });
+    }
+    if !registry::forget_exempt(relid)? {
+        notice(format!("table {} is not exempt; nothing changed", rel.display()));
+    }
+    Ok(())
+}
+
+/// Declare `tbl` global (not tenant data: countries, plans): the DDL guard and verify() leave it
+/// alone. The reason is kept in multitenancy.exempt_tables.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_exempt(tbl: Regclass, reason: Option<&str>) {
+    exempt(tbl.0, reason).or_raise()
+}
+
+/// Withdraw an exemption (then tenant-enable the table, or the guard's checks apply to it again).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_unexempt(tbl: Regclass) {
+    unexempt(tbl.0).or_raise()
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -210,7 +347,7 @@ mod tests {
         .unwrap();
         assert_eq!(before, after);
         let indexes = Spi::get_one::<i64>("SELECT count(*) FROM pg_index WHERE indrelid = 'en_basic'::regclass").unwrap();
-        assert_eq!(indexes, Some(2), "primary key + one tenant index, not a second one");
+        assert_eq!(indexes, Some(3), "primary key, tenant index and UNIQUE (tenant_id, id); not a second tenant index");
     }
 
     #[pg_test]
@@ -237,7 +374,11 @@ mod tests {
 
     #[pg_test]
     fn an_existing_uuid_column_is_reused_and_its_nulls_backfilled() {
-        Spi::run("CREATE TABLE en_reuse (id int, tenant_id uuid); INSERT INTO en_reuse VALUES (1, NULL), (2, NULL)")
+        // With the guard on, a new table with a tenant_id uuid column is enabled at once.
+        Spi::run(
+            "SET LOCAL multitenancy.ddl_guard = off; CREATE TABLE en_reuse (id int, tenant_id uuid); \
+             INSERT INTO en_reuse VALUES (1, NULL), (2, NULL); RESET multitenancy.ddl_guard",
+        )
             .unwrap();
         assert!(matches!(
             enable(oid("en_reuse"), None),
@@ -309,8 +450,11 @@ mod tests {
     fn enable_repairs_a_damaged_table() {
         Spi::run("CREATE TABLE en_fix (id int)").unwrap();
         enable(oid("en_fix"), None).unwrap();
-        Spi::run("DROP POLICY multitenancy_isolation ON en_fix; ALTER TABLE en_fix NO FORCE ROW LEVEL SECURITY")
-            .unwrap();
+        Spi::run(
+            "SET LOCAL multitenancy.ddl_guard = off; DROP POLICY multitenancy_isolation ON en_fix; \
+             ALTER TABLE en_fix NO FORCE ROW LEVEL SECURITY; RESET multitenancy.ddl_guard",
+        )
+        .unwrap();
         enable(oid("en_fix"), None).unwrap();
         assert_eq!(spec::inspect(&Relation::lookup(oid("en_fix")).unwrap()).unwrap(), vec![]);
     }

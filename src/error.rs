@@ -37,6 +37,26 @@ pub enum MtError {
     TenantColumnType { table: String, found: String },
     /// Existing rows have no tenant and no `backfill_tenant` was given.
     BackfillRequired { table: String, rows: i64, column_exists: bool },
+    /// DDL that would leave a tenant-enabled table unprotected (the DDL guard).
+    GuardWeakens { command: String, table: String, what: String },
+    /// A view that is not security_invoker over a tenant-enabled table.
+    LeakyView { view: String, table: String },
+    /// A materialized view over a tenant-enabled table.
+    MaterializedView { view: String, table: String },
+    /// A publication that would publish a tenant-enabled table.
+    PublishesTenantTable { publication: String, table: String },
+    /// A transaction created tables in guarded schemas and neither enabled nor exempted them.
+    UnprotectedAtCommit { tables: Vec<String> },
+    /// `tenant_enable` on an exempt table.
+    TableExempt { table: String, reason: String },
+    /// `tenant_exempt` on a tenant-enabled table.
+    TableEnabled { table: String },
+    /// `tenant_exempt` without a reason.
+    MissingReason,
+    /// A registry change on a table the caller does not own.
+    NotTableOwner { table: String, function: &'static str },
+    /// A constraint cannot be rebuilt with tenant_id.
+    CannotHarden { table: String, object: String, reason: String },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     Internal { context: &'static str, error: String },
 }
@@ -61,7 +81,17 @@ impl MtError {
             | MtError::InvalidPlan { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             MtError::DuplicateSlug { .. } => ERRCODE_UNIQUE_VIOLATION,
             MtError::WrongRelationKind { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            MtError::ReservedSchema { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::ReservedSchema { .. }
+            | MtError::GuardWeakens { .. }
+            | MtError::LeakyView { .. }
+            | MtError::MaterializedView { .. }
+            | MtError::PublishesTenantTable { .. }
+            | MtError::UnprotectedAtCommit { .. }
+            | MtError::NotTableOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::TableExempt { .. } | MtError::TableEnabled { .. } | MtError::CannotHarden { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            MtError::MissingReason => ERRCODE_INVALID_PARAMETER_VALUE,
             MtError::TenantColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             MtError::BackfillRequired { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
@@ -104,6 +134,34 @@ impl MtError {
                     format!("table \"{table}\" already has {rows} row(s) and no tenant to assign them to")
                 }
             }
+            MtError::GuardWeakens { command, table, what } => {
+                format!("refused: {command} would leave tenant-enabled table \"{table}\" unprotected: {what}")
+            }
+            MtError::LeakyView { view, table } => {
+                format!("refused: view \"{view}\" reads tenant-enabled table \"{table}\" but is not security_invoker")
+            }
+            MtError::MaterializedView { view, table } => format!(
+                "refused: materialized view \"{view}\" would store rows of tenant-enabled table \"{table}\" \
+                 outside row level security"
+            ),
+            MtError::PublishesTenantTable { publication, table } => {
+                format!("refused: publication \"{publication}\" would publish tenant-enabled table \"{table}\"")
+            }
+            MtError::UnprotectedAtCommit { tables } => format!(
+                "refused: COMMIT would leave new table(s) in guarded schemas unprotected: {}",
+                tables.join(", ")
+            ),
+            MtError::TableExempt { table, reason } => {
+                format!("table \"{table}\" is exempt from tenant isolation ({reason})")
+            }
+            MtError::TableEnabled { table } => format!("table \"{table}\" is tenant-enabled and cannot be exempt"),
+            MtError::MissingReason => "an exemption needs a reason".into(),
+            MtError::NotTableOwner { table, function } => {
+                format!("{function}: must be the owner of table \"{table}\"")
+            }
+            MtError::CannotHarden { table, object, reason } => {
+                format!("cannot add tenant_id to {object} of table \"{table}\": {reason}")
+            }
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
     }
@@ -130,6 +188,24 @@ impl MtError {
             MtError::BackfillRequired { .. } => {
                 Some("Every row of a tenant-enabled table must belong to a tenant.".into())
             }
+            MtError::LeakyView { .. } => Some(
+                "A view that is not security_invoker reads its tables with its owner's rights; a \
+                 superuser or BYPASSRLS owner would show every tenant's rows."
+                    .into(),
+            ),
+            MtError::MaterializedView { .. } => Some(
+                "A materialized view is a copy of the rows; row level security of the source table does \
+                 not apply to it."
+                    .into(),
+            ),
+            MtError::PublishesTenantTable { .. } => Some(
+                "Logical decoding ignores row level security: a subscriber receives every tenant's rows.".into(),
+            ),
+            MtError::UnprotectedAtCommit { .. } => Some(
+                "multitenancy.guarded_schemas lists schemas in which every table holds tenant data unless \
+                 declared global."
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -177,6 +253,42 @@ impl MtError {
                  backfill_tenant => '<tenant uuid>'). Rows of several tenants must get their tenant_id \
                  set first (UPDATE ... SET tenant_id = ...)."
             ),
+            MtError::GuardWeakens { table, .. } => format!(
+                "The protection of tenant-enabled tables cannot be weakened. To remove it on purpose, call \
+                 SELECT multitenancy.tenant_disable('{table}'); for maintenance a superuser can SET \
+                 multitenancy.ddl_guard = off."
+            ),
+            MtError::LeakyView { view, .. } => format!(
+                "Create it WITH (security_invoker = true), so that row level security applies to the \
+                 querying role: CREATE OR REPLACE VIEW {view} WITH (security_invoker = true) AS ..."
+            ),
+            MtError::MaterializedView { .. } => "Use a view WITH (security_invoker = true), or a tenant-enabled \
+                 table filled by the application."
+                .into(),
+            MtError::PublishesTenantTable { .. } => "Publish only global tables; if replicating every tenant is \
+                 intended, a superuser can SET multitenancy.ddl_guard = off for this command."
+                .into(),
+            MtError::UnprotectedAtCommit { tables } => {
+                let first = tables.first().map(String::as_str).unwrap_or("<table>");
+                format!(
+                    "Before COMMIT, call SELECT multitenancy.tenant_enable('{first}') for tenant data, or \
+                     SELECT multitenancy.tenant_exempt('{first}', '<why it is global>') for global data."
+                )
+            }
+            MtError::TableExempt { table, .. } => {
+                format!("Remove the exemption first: SELECT multitenancy.tenant_unexempt('{table}').")
+            }
+            MtError::TableEnabled { table } => format!(
+                "A table holds tenant data or global data, not both; to make it global call \
+                 SELECT multitenancy.tenant_disable('{table}') first."
+            ),
+            MtError::MissingReason => "Say why the table is global, e.g. 'country codes shared by all tenants'.".into(),
+            MtError::NotTableOwner { .. } => "Run it as the table's owner (the role that runs migrations) or a \
+                 superuser."
+                .into(),
+            MtError::CannotHarden { .. } => "Change the constraint so that tenant_id can join it, or drop it, and \
+                 call multitenancy.tenant_enable again."
+                .into(),
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }
@@ -235,6 +347,17 @@ impl<T> NoRowIsNone<T> for std::result::Result<Option<T>, pgrx::spi::SpiError> {
             other => other,
         }
     }
+}
+
+/// Emit a WARNING.
+pub fn warning(message: impl Into<String>) {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_WARNING, message.into(), "multitenancy").report(PgLogLevel::WARNING);
+}
+
+/// Write a line to the server log (not sent to the client at default settings).
+pub fn log(message: impl Into<String>) {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message.into(), "multitenancy")
+        .report(PgLogLevel::LOG);
 }
 
 /// Emit a NOTICE.

@@ -9,6 +9,12 @@ pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 
 pub const TENANT_ID_NAME: &CStr = c"multitenancy.tenant_id";
 
+/// `multitenancy.guarded_schemas`: schemas whose new tables must be tenant-enabled or exempt.
+pub static GUARDED_SCHEMAS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"public"));
+
+/// `multitenancy.ddl_guard`: the event triggers check DDL (on) or only log it (off).
+pub static DDL_GUARD: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
     // SAFETY: registering a custom variable backed by a static, with a check hook; what pgrx's
     // GucRegistry::define_string_guc does, plus the hook it does not take.
@@ -28,6 +34,24 @@ pub fn init() {
             Some(check_tenant_id),
             None,
             None,
+        );
+        pgrx::GucRegistry::define_string_guc(
+            c"multitenancy.guarded_schemas",
+            c"Schemas whose new tables must be tenant-enabled or exempt by the end of their transaction.",
+            c"A comma-separated list of schema names. A DBA sets it per database: ALTER DATABASE db SET \
+              multitenancy.guarded_schemas = 'public, app'. Empty guards no schema.",
+            &GUARDED_SCHEMAS,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
+        );
+        pgrx::GucRegistry::define_bool_guc(
+            c"multitenancy.ddl_guard",
+            c"Whether the extension's event triggers check DDL (superuser only).",
+            c"Off lets a superuser run maintenance or a restore (PGOPTIONS='-c multitenancy.ddl_guard=off' \
+              pg_restore ...) without the checks; every command that passes unchecked is logged.",
+            &DDL_GUARD,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
         );
         // Misspelled settings such as multitenancy.tenantid are errors, not silent placeholders.
         #[cfg(not(feature = "pg14"))]
@@ -76,6 +100,30 @@ unsafe extern "C-unwind" fn check_tenant_id(
         );
     }
     false
+}
+
+/// The schema names in `multitenancy.guarded_schemas` (unquoted; folded to lower case unless
+/// written in double quotes, as PostgreSQL folds identifiers).
+pub fn guarded_schemas() -> Vec<String> {
+    let raw = GUARDED_SCHEMAS.get();
+    let raw = raw.as_deref().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    parse_schema_list(&raw)
+}
+
+fn parse_schema_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => s.to_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether the DDL guard is on.
+pub fn ddl_guard() -> bool {
+    DDL_GUARD.get()
 }
 
 /// Set a setting the way `set_config()` does, for the current transaction
@@ -131,6 +179,14 @@ mod tests {
     fn an_empty_role_default_is_harmless_and_allowed() {
         Spi::run("ALTER ROLE CURRENT_USER SET multitenancy.tenant_id = ''").unwrap();
         Spi::run("ALTER ROLE CURRENT_USER RESET multitenancy.tenant_id").unwrap();
+    }
+
+    #[pg_test]
+    fn schema_lists_fold_like_identifiers() {
+        assert_eq!(parse_schema_list(" public, App ,\"Mixed\"\"Case\",,"), vec!["public", "app", "Mixed\"Case"]);
+        assert!(parse_schema_list("").is_empty());
+        assert_eq!(guarded_schemas(), vec!["public"]);
+        assert!(ddl_guard());
     }
 
     #[pg_test(error = "invalid configuration parameter name \"multitenancy.tenantid\"")]

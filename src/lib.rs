@@ -6,7 +6,12 @@
 //!   tenant settings) and exposes `current_tenant_id()` / `tenant_set()`,
 //! - [`tenants`]: the tenant registry (`tenant_create`, slug rules),
 //! - [`spec`]: the one description of what a protected table looks like,
-//! - [`enable`]: `tenant_enable` / `tenant_disable`, which build and remove that shape,
+//! - [`enable`]: `tenant_enable` / `tenant_disable` (which build and remove that shape) and
+//!   `tenant_exempt` / `tenant_unexempt`,
+//! - [`hardening`]: tenant-scoped unique keys and foreign keys, and the grants an enabled table
+//!   may not have,
+//! - [`guard`]: the event triggers that keep protected tables protected through later DDL,
+//! - [`verify`]: the catalog audit,
 //! - [`registry`]: privileged access to the extension's own tables,
 //! - [`error`]: the typed error enum and its SQLSTATEs.
 use pgrx::prelude::*;
@@ -15,10 +20,13 @@ mod catalog;
 mod context;
 mod enable;
 mod error;
+mod guard;
 mod gucs;
+mod hardening;
 mod registry;
 mod spec;
 mod tenants;
+mod verify;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -28,6 +36,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    guard::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -5,7 +5,8 @@
 //! `search_path` — the same thing `SECURITY DEFINER ... SET search_path` does for a SQL
 //! function, limited to the registry statements. Everything else a function does (DDL on the
 //! caller's tables, say) runs as the caller, so PostgreSQL's own ownership checks apply.
-use crate::error::{MtError, Result, SpiContext};
+use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
+use std::collections::HashSet;
 use crate::gucs;
 use pgrx::prelude::*;
 
@@ -130,6 +131,92 @@ pub fn forget_enabled(relid: pg_sys::Oid) -> Result<()> {
         )
         .ctx("registry::forget_enabled")
     })
+}
+
+/// Every tenant-enabled table (that still exists).
+pub fn enabled_set() -> Result<HashSet<pg_sys::Oid>> {
+    as_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select("SELECT relid::oid FROM multitenancy.enabled_tables", None, &[])
+                .ctx("registry::enabled_set")?;
+            let mut set = HashSet::new();
+            for row in rows {
+                if let Some(oid) = row.get::<pg_sys::Oid>(1).ctx("registry::enabled_set oid")? {
+                    set.insert(oid);
+                }
+            }
+            Ok(set)
+        })
+    })
+}
+
+/// The reason a table is exempt, or `None` when it is not.
+pub fn exemption(relid: pg_sys::Oid) -> Result<Option<String>> {
+    as_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT reason FROM multitenancy.exempt_tables WHERE relid = $1",
+            &[relid.into()],
+        )
+        .no_row_is_none()
+        .ctx("registry::exemption")
+    })
+}
+
+/// Every exempt table.
+pub fn exempt_set() -> Result<HashSet<pg_sys::Oid>> {
+    as_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select("SELECT relid::oid FROM multitenancy.exempt_tables", None, &[])
+                .ctx("registry::exempt_set")?;
+            let mut set = HashSet::new();
+            for row in rows {
+                if let Some(oid) = row.get::<pg_sys::Oid>(1).ctx("registry::exempt_set oid")? {
+                    set.insert(oid);
+                }
+            }
+            Ok(set)
+        })
+    })
+}
+
+/// Record (or re-word) an exemption.
+pub fn record_exempt(relid: pg_sys::Oid, reason: &str) -> Result<()> {
+    let who = calling_role();
+    as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO multitenancy.exempt_tables (relid, reason, exempted_by) VALUES ($1::oid::regclass, $2, $3) \
+             ON CONFLICT (relid) DO UPDATE SET reason = EXCLUDED.reason, exempted_by = EXCLUDED.exempted_by, \
+             exempted_at = pg_catalog.now()",
+            &[relid.into(), reason.into(), who.into()],
+        )
+        .ctx("registry::record_exempt")
+    })
+}
+
+/// Remove an exemption; whether there was one.
+pub fn forget_exempt(relid: pg_sys::Oid) -> Result<bool> {
+    as_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "WITH gone AS (DELETE FROM multitenancy.exempt_tables WHERE relid = $1::oid::regclass RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM gone)",
+            &[relid.into()],
+        )
+        .ctx("registry::forget_exempt")
+        .map(|found| found.unwrap_or(false))
+    })
+}
+
+/// Whether the calling role may change the registry entry of a table: its owner (or a member of
+/// the owning role) or a superuser — who may ALTER it.
+pub fn caller_owns(relid: pg_sys::Oid) -> Result<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[relid.into()],
+    )
+    .ctx("registry::caller_owns")
+    .map(|owns| owns.unwrap_or(false))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,0 +1,572 @@
+//! The DDL guard: event triggers that keep tenant data protected through every later migration.
+//!
+//! - `ddl_command_end`: an enabled table whose protection a command weakened is refused (compared
+//!   with [`spec::inspect`], the one description of a protected table); its keys and grants are
+//!   kept hardened ([`hardening::harden`]); partitions and inheritance children of enabled tables
+//!   are enabled; a new table in a guarded schema with a `tenant_id uuid` column is enabled, any
+//!   other one must be enabled or exempt by COMMIT; views must be `security_invoker`;
+//!   materialized views and publications may not include enabled tables.
+//! - `sql_drop`: dropping the extension's policies (or the tenant index) of an enabled table is
+//!   refused.
+//! - pre-commit: the tables created in guarded schemas during the transaction are enabled or
+//!   exempt, or the COMMIT fails.
+//!
+//! The extension's own DDL (`tenant_enable`, hardening) runs with the guard [`Busy`], so it does
+//! not check itself. With `multitenancy.ddl_guard = off` (superusers only) nothing is checked and
+//! every command is logged instead.
+use crate::catalog::Relation;
+use crate::enable;
+use crate::error::{log, notice, MtError, OrRaise, Result, SpiContext};
+use crate::gucs;
+use crate::hardening;
+use crate::registry;
+use crate::spec;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+
+thread_local! {
+    /// Set while the extension runs its own DDL.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// Tables created in guarded schemas during this transaction, checked at COMMIT.
+    static PENDING: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+}
+
+/// While alive, the event triggers ignore DDL (the extension's own).
+pub struct Busy(bool);
+
+impl Busy {
+    pub fn enter() -> Busy {
+        Busy(BUSY.with(|b| b.replace(true)))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(self.0));
+    }
+}
+
+fn busy() -> bool {
+    BUSY.with(Cell::get)
+}
+
+pub fn init() {
+    // SAFETY: registers a callback for the life of the backend; it only touches our statics and,
+    // before commit, runs the pending-table check.
+    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
+            let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            if !pending.is_empty() {
+                check_pending(pending).or_raise();
+            }
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT
+        | XACT_EVENT_PARALLEL_ABORT => {
+            PENDING.with(|p| p.borrow_mut().clear());
+            BUSY.with(|b| b.set(false));
+        }
+        _ => {}
+    }
+}
+
+/// The tables created in guarded schemas must be enabled or exempt when the transaction commits.
+fn check_pending(pending: Vec<pg_sys::Oid>) -> Result<()> {
+    if !gucs::ddl_guard() {
+        log(format!("multitenancy.ddl_guard is off: {} new table(s) not checked at COMMIT", pending.len()));
+        return Ok(());
+    }
+    let guarded = gucs::guarded_schemas();
+    let enabled = registry::enabled_set()?;
+    let exempt = registry::exempt_set()?;
+    let mut unprotected = Vec::new();
+    let mut seen = HashSet::new();
+    for oid in pending {
+        if !seen.insert(oid) || enabled.contains(&oid) || exempt.contains(&oid) {
+            continue;
+        }
+        // Gone (dropped, or created in a rolled-back savepoint) or moved out of the guarded schemas.
+        let Ok(rel) = Relation::lookup(oid) else { continue };
+        if rel.is_table() && guarded.contains(&rel.schema) {
+            unprotected.push(rel.display());
+        }
+    }
+    if unprotected.is_empty() {
+        Ok(())
+    } else {
+        Err(MtError::UnprotectedAtCommit { tables: unprotected })
+    }
+}
+
+/// One command reported by `pg_event_trigger_ddl_commands()`, resolved to what we check.
+struct Command {
+    tag: String,
+    identity: String,
+    /// The table, view or materialized view the command is about (an index or policy maps to
+    /// its table).
+    relid: Option<pg_sys::Oid>,
+    relkind: Option<u8>,
+    publication: Option<pg_sys::Oid>,
+}
+
+#[cfg(feature = "pg14")]
+const PUBLICATION_NAMESPACE: &str = "NULL::pg_catalog.oid";
+#[cfg(not(feature = "pg14"))]
+const PUBLICATION_NAMESPACE: &str = "(SELECT n.pnpubid FROM pg_catalog.pg_publication_namespace n WHERE n.oid = c.objid)";
+
+fn commands() -> Result<Vec<Command>> {
+    let sql = format!(
+        "SELECT c.command_tag, COALESCE(c.object_identity, c.object_type), \
+                CASE WHEN c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                     THEN COALESCE(ix.indrelid, c.objid) \
+                     WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+                     THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) END, \
+                (SELECT r.relkind::text FROM pg_catalog.pg_class r \
+                  WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                    AND r.oid = COALESCE(ix.indrelid, c.objid)), \
+                CASE c.classid WHEN 'pg_catalog.pg_publication'::pg_catalog.regclass THEN c.objid \
+                     WHEN 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
+                     THEN (SELECT pr.prpubid FROM pg_catalog.pg_publication_rel pr WHERE pr.oid = c.objid) \
+                     ELSE {PUBLICATION_NAMESPACE} END \
+           FROM pg_catalog.pg_event_trigger_ddl_commands() c \
+           LEFT JOIN pg_catalog.pg_index ix \
+                  ON c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND ix.indexrelid = c.objid \
+          WHERE NOT c.in_extension"
+    );
+    Spi::connect(|client| {
+        let rows = client.select(&sql, None, &[]).ctx("guard::commands")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(Command {
+                tag: row.get::<String>(1).ctx("tag")?.unwrap_or_default(),
+                identity: row.get::<String>(2).ctx("identity")?.unwrap_or_default(),
+                relid: row.get::<pg_sys::Oid>(3).ctx("relid")?,
+                relkind: row.get::<String>(4).ctx("relkind")?.and_then(|k| k.bytes().next()),
+                publication: row.get::<pg_sys::Oid>(5).ctx("publication")?,
+            });
+        }
+        Ok(out)
+    })
+}
+
+fn creates_table(tag: &str) -> bool {
+    matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO")
+}
+
+/// `ddl_command_end`.
+fn ddl_command_end() -> Result<()> {
+    if busy() {
+        return Ok(());
+    }
+    if !gucs::ddl_guard() {
+        for command in commands()? {
+            log(format!(
+                "multitenancy.ddl_guard is off: {} {} by {} not checked",
+                command.tag,
+                command.identity,
+                session_user()
+            ));
+        }
+        return Ok(());
+    }
+    let commands = commands()?;
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let _busy = Busy::enter();
+    let mut enabled = registry::enabled_set()?;
+    let mut checked = HashSet::new();
+    for command in &commands {
+        if let Some(publication) = command.publication {
+            check_publication(publication, &enabled)?;
+        }
+        if command.tag == "GRANT" {
+            revoke_unsafe_grants(&enabled)?;
+        }
+        let Some(relid) = command.relid else { continue };
+        match command.relkind {
+            Some(pg_sys::RELKIND_VIEW) => check_view(relid, &enabled)?,
+            Some(pg_sys::RELKIND_MATVIEW) => check_matview(relid, &enabled)?,
+            Some(pg_sys::RELKIND_RELATION | pg_sys::RELKIND_PARTITIONED_TABLE) => {
+                let created = creates_table(&command.tag);
+                if checked.insert((relid, created)) {
+                    check_table(&command.tag, relid, created, &mut enabled)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The enabled parent of a partition or inheritance child, if it has one.
+fn enabled_parent(relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<(Relation, bool)>> {
+    let parents = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT h.inhparent, c.relispartition FROM pg_catalog.pg_inherits h \
+                   JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid WHERE h.inhrelid = $1",
+                None,
+                &[relid.into()],
+            )
+            .ctx("guard::parents")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((
+                row.get::<pg_sys::Oid>(1).ctx("inhparent")?.unwrap_or_default(),
+                row.get::<bool>(2).ctx("relispartition")?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, MtError>(out)
+    })?;
+    for (parent, partition) in parents {
+        if enabled.contains(&parent) {
+            return Ok(Some((Relation::lookup(parent)?, partition)));
+        }
+    }
+    Ok(None)
+}
+
+/// Children (partitions, inheritance children) of a table.
+pub fn children(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1 ORDER BY inhrelid",
+                None,
+                &[relid.into()],
+            )
+            .ctx("guard::children")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.get::<pg_sys::Oid>(1).ctx("inhrelid")?.unwrap_or_default());
+        }
+        Ok(out)
+    })
+}
+
+fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashSet<pg_sys::Oid>) -> Result<()> {
+    let rel = Relation::lookup(relid)?;
+    if enabled.contains(&relid) {
+        if let Some(deviation) = spec::inspect(&rel)?.first() {
+            return Err(MtError::GuardWeakens { command: tag.into(), table: rel.display(), what: deviation.describe() });
+        }
+        hardening::harden(&rel, enabled)?;
+        for child in children(relid)? {
+            if !enabled.contains(&child) {
+                let child_rel = Relation::lookup(child)?;
+                enable::enable(child, None)?;
+                enabled.insert(child);
+                notice(format!(
+                    "table {} is a {} of tenant-enabled table {}: tenant-enabled automatically",
+                    child_rel.display(),
+                    if child_rel.kind == pg_sys::RELKIND_PARTITIONED_TABLE || is_partition(child)? { "partition" } else { "child" },
+                    rel.display()
+                ));
+            }
+        }
+        return Ok(());
+    }
+    if let Some((parent, partition)) = enabled_parent(relid, enabled)? {
+        enable::enable(relid, None)?;
+        enabled.insert(relid);
+        notice(format!(
+            "table {} is a {} of tenant-enabled table {}: tenant-enabled automatically",
+            rel.display(),
+            if partition { "partition" } else { "child" },
+            parent.display()
+        ));
+        return Ok(());
+    }
+    if !created || !gucs::guarded_schemas().contains(&rel.schema) || registry::exemption(relid)?.is_some() {
+        return Ok(());
+    }
+    if spec::column_state(relid)?.is_some_and(|c| c.is_uuid) {
+        enable::enable(relid, None)?;
+        enabled.insert(relid);
+        notice(format!("table {} has a tenant_id uuid column: tenant-enabled automatically", rel.display()));
+    } else {
+        PENDING.with(|p| p.borrow_mut().push(relid));
+    }
+    Ok(())
+}
+
+fn is_partition(relid: pg_sys::Oid) -> Result<bool> {
+    Spi::get_one_with_args::<bool>("SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])
+        .ctx("guard::is_partition")
+        .map(|p| p.unwrap_or(false))
+}
+
+/// The tables a view or materialized view reads, through any depth of views.
+pub fn tables_read_by(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "WITH RECURSIVE reads(relid) AS ( \
+                     SELECT d.refobjid FROM pg_catalog.pg_rewrite w \
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                      WHERE w.ev_class = $1 AND d.refobjid <> $1 \
+                   UNION \
+                     SELECT d.refobjid FROM reads r \
+                       JOIN pg_catalog.pg_class v ON v.oid = r.relid AND v.relkind IN ('v', 'm') \
+                       JOIN pg_catalog.pg_rewrite w ON w.ev_class = v.oid \
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                      WHERE d.refobjid <> v.oid) \
+                 SELECT DISTINCT relid FROM reads ORDER BY relid",
+                None,
+                &[relid.into()],
+            )
+            .ctx("guard::tables_read_by")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.get::<pg_sys::Oid>(1).ctx("relid")?.unwrap_or_default());
+        }
+        Ok(out)
+    })
+}
+
+fn first_enabled(tables: Vec<pg_sys::Oid>, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {
+    match tables.into_iter().find(|t| enabled.contains(t)) {
+        Some(t) => Relation::lookup(t).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether a view applies row level security as the querying role. Before PostgreSQL 15 there is
+/// no `security_invoker`: a view then reads as its owner, which row level security (forced on
+/// enabled tables) still filters unless the owner is a superuser or has BYPASSRLS.
+pub fn view_is_safe(view: pg_sys::Oid) -> Result<bool> {
+    #[cfg(not(feature = "pg14"))]
+    const SQL: &str = "SELECT COALESCE((SELECT o.option_value::bool \
+           FROM pg_catalog.pg_options_to_table(c.reloptions) o WHERE o.option_name = 'security_invoker'), false) \
+           FROM pg_catalog.pg_class c WHERE c.oid = $1";
+    #[cfg(feature = "pg14")]
+    const SQL: &str = "SELECT NOT (r.rolsuper OR r.rolbypassrls) FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $1";
+    Spi::get_one_with_args::<bool>(SQL, &[view.into()]).ctx("guard::view_is_safe").map(|s| s.unwrap_or(false))
+}
+
+/// The enabled table a leaky view reads, if it is one.
+pub fn leaky_view(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {
+    if view_is_safe(view)? {
+        return Ok(None);
+    }
+    first_enabled(tables_read_by(view)?, enabled)
+}
+
+fn check_view(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    match leaky_view(view, enabled)? {
+        Some(table) => Err(MtError::LeakyView { view: Relation::lookup(view)?.display(), table: table.display() }),
+        None => Ok(()),
+    }
+}
+
+fn check_matview(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    match first_enabled(tables_read_by(view)?, enabled)? {
+        Some(table) => {
+            Err(MtError::MaterializedView { view: Relation::lookup(view)?.display(), table: table.display() })
+        }
+        None => Ok(()),
+    }
+}
+
+/// Enabled tables a publication publishes, with the publication's name.
+pub fn published_tables(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<(String, Vec<Relation>)> {
+    let (name, tables) = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT p.pubname::text, c.oid FROM pg_catalog.pg_publication p \
+                   JOIN pg_catalog.pg_publication_tables t ON t.pubname = p.pubname \
+                   JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
+                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+                  WHERE p.oid = $1 ORDER BY c.oid",
+                None,
+                &[publication.into()],
+            )
+            .ctx("guard::published_tables")?;
+        let mut name = String::new();
+        let mut tables = Vec::new();
+        for row in rows {
+            name = row.get::<String>(1).ctx("pubname")?.unwrap_or_default();
+            tables.push(row.get::<pg_sys::Oid>(2).ctx("table")?.unwrap_or_default());
+        }
+        Ok::<_, MtError>((name, tables))
+    })?;
+    let tables = tables.into_iter().filter(|t| enabled.contains(t)).map(Relation::lookup).collect::<Result<_>>()?;
+    Ok((name, tables))
+}
+
+fn check_publication(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    let (name, tables) = published_tables(publication, enabled)?;
+    match tables.first() {
+        Some(table) => Err(MtError::PublishesTenantTable { publication: name, table: table.display() }),
+        None => Ok(()),
+    }
+}
+
+fn revoke_unsafe_grants(enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    for &relid in enabled {
+        let Ok(rel) = Relation::lookup(relid) else { continue };
+        let grants: Vec<_> = hardening::weaknesses(&rel, enabled)?
+            .into_iter()
+            .filter(|w| matches!(w, hardening::Weakness::Grant { .. }))
+            .collect();
+        if !grants.is_empty() {
+            hardening::harden(&rel, enabled)?;
+        }
+    }
+    Ok(())
+}
+
+/// `sql_drop`: the extension's policies and the tenant index of enabled tables stay.
+fn sql_drop() -> Result<()> {
+    if busy() {
+        return Ok(());
+    }
+    let dropped = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT d.object_type, d.object_identity, \
+                        CASE WHEN d.object_type = 'policy' THEN pg_catalog.to_regclass( \
+                             pg_catalog.quote_ident(d.address_names[1]) || '.' || \
+                             pg_catalog.quote_ident(d.address_names[2]))::pg_catalog.oid END, \
+                        d.schema_name \
+                   FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+                  WHERE d.original AND d.object_type IN ('policy', 'index')",
+                None,
+                &[],
+            )
+            .ctx("guard::dropped")?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((
+                row.get::<String>(1).ctx("object_type")?.unwrap_or_default(),
+                row.get::<String>(2).ctx("identity")?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(3).ctx("table")?,
+                row.get::<String>(4).ctx("schema")?,
+            ));
+        }
+        Ok::<_, MtError>(out)
+    })?;
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    if !gucs::ddl_guard() {
+        for (kind, identity, _, _) in &dropped {
+            log(format!("multitenancy.ddl_guard is off: DROP {kind} {identity} by {} not checked", session_user()));
+        }
+        return Ok(());
+    }
+    let _busy = Busy::enter();
+    let enabled = registry::enabled_set()?;
+    let mut tables = Vec::new();
+    for (kind, _, table, schema) in dropped {
+        match (kind.as_str(), table) {
+            ("policy", Some(table)) => tables.push(table),
+            // An index names no table once it is gone: check the enabled tables of its schema.
+            ("index", _) => {
+                for &relid in &enabled {
+                    if let Ok(rel) = Relation::lookup(relid) {
+                        if Some(&rel.schema) == schema.as_ref() {
+                            tables.push(relid);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for relid in tables {
+        if !enabled.contains(&relid) {
+            continue;
+        }
+        let rel = Relation::lookup(relid)?;
+        if let Some(deviation) = spec::inspect(&rel)?.first() {
+            return Err(MtError::GuardWeakens { command: "DROP".into(), table: rel.display(), what: deviation.describe() });
+        }
+    }
+    Ok(())
+}
+
+fn session_user() -> String {
+    // SAFETY: the session user always exists.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
+        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
+/// Called by the `multitenancy_guard_ddl` event trigger (ddl_command_end).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _guard_ddl_command_end() {
+    ddl_command_end().or_raise()
+}
+
+/// Called by the `multitenancy_guard_drop` event trigger (sql_drop).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _guard_sql_drop() {
+    sql_drop().or_raise()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn enabled(name: &str) -> bool {
+        let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{name}'::regclass::oid")).unwrap().unwrap();
+        registry::is_enabled(oid).unwrap()
+    }
+
+    #[pg_test]
+    fn a_new_table_with_a_tenant_column_and_its_partitions_are_enabled() {
+        Spi::run(
+            "CREATE TABLE g_events (id int, at date, tenant_id uuid) PARTITION BY RANGE (at);
+             CREATE SCHEMA g_other;
+             CREATE TABLE g_other.g_events_2026 PARTITION OF g_events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
+        )
+        .unwrap();
+        assert!(enabled("g_events"));
+        assert!(enabled("g_other.g_events_2026"), "a partition is enabled in any schema");
+        Spi::run("CREATE TABLE g_plain (id int)").unwrap();
+        assert!(!enabled("g_plain"), "without tenant_id it waits for COMMIT");
+        assert_eq!(PENDING.with(|p| p.borrow().len()), 1);
+    }
+
+    #[pg_test(error = "refused: ALTER TABLE would leave tenant-enabled table \"public.g_weak\" unprotected: row level security is disabled")]
+    fn weakening_an_enabled_table_is_refused() {
+        Spi::run("CREATE TABLE g_weak (id int, tenant_id uuid); ALTER TABLE g_weak DISABLE ROW LEVEL SECURITY").unwrap();
+    }
+
+    #[pg_test(error = "refused: view \"public.g_view\" reads tenant-enabled table \"public.g_base\" but is not security_invoker")]
+    fn a_view_that_is_not_security_invoker_is_refused() {
+        Spi::run(
+            "CREATE TABLE g_base (id int, tenant_id uuid);
+             CREATE VIEW g_safe WITH (security_invoker = true) AS SELECT * FROM g_base;
+             CREATE VIEW g_view AS SELECT * FROM g_safe",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn with_the_guard_off_nothing_is_checked() {
+        Spi::run(
+            "CREATE TABLE g_off (id int, tenant_id uuid);
+             SET LOCAL multitenancy.ddl_guard = off;
+             ALTER TABLE g_off DISABLE ROW LEVEL SECURITY;
+             CREATE TABLE g_off_plain (id int);",
+        )
+        .unwrap();
+        assert_eq!(PENDING.with(|p| p.borrow().len()), 0);
+    }
+}
