@@ -64,7 +64,13 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
             let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             if !pending.is_empty() {
-                check_pending(pending).or_raise();
+                // No statement is running at COMMIT: SPI needs a snapshot of its own.
+                // SAFETY: pushed and popped around the check; an ERROR aborts the transaction,
+                // which pops it.
+                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+                let result = check_pending(pending);
+                unsafe { pg_sys::PopActiveSnapshot() };
+                result.or_raise();
             }
         }
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT
