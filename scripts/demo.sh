@@ -51,8 +51,9 @@ SELECT multitenancy.tenant_create('Acme Corp', 'acme') AS acme,
        multitenancy.tenant_create('Globex', 'globex') AS globex;
 SQL
 
-say "migration (demo_owner): an ordinary table, then tenant_enable"
+say "migration (demo_owner): an ordinary table, then tenant_enable, in one transaction"
 psql_as demo_owner -e <<'SQL'
+BEGIN;
 CREATE TABLE orders (
     id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     item   text NOT NULL,
@@ -60,8 +61,15 @@ CREATE TABLE orders (
 );
 SELECT multitenancy.tenant_enable('orders');
 GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO demo_app;
+COMMIT;
 SQL
 psql_as demo_owner -c '\d orders'
+
+say "the DDL guard: a later migration cannot weaken the protection, or forget it on a new table"
+psql_as demo_owner -e -v ON_ERROR_STOP=0 <<'SQL' || true
+ALTER TABLE orders NO FORCE ROW LEVEL SECURITY;
+CREATE TABLE notes (body text);
+SQL
 
 say "application (demo_app): each tenant writes plain SQL inside its transaction"
 psql_as demo_app -e <<'SQL'
@@ -95,6 +103,9 @@ SQL
 
 say "the same table as the superuser (who bypasses row level security): all 3 rows exist"
 psql_as postgres -c "SELECT o.id, o.item, o.amount, t.slug AS tenant FROM orders o JOIN multitenancy.tenants t ON t.id = o.tenant_id ORDER BY o.id"
+
+say "the DBA's audit: no rows means healthy"
+psql_as postgres -e -c "SELECT * FROM multitenancy.verify()"
 
 cat <<EOF2
 
