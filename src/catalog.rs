@@ -107,6 +107,21 @@ impl Relation {
     }
 }
 
+/// The first column of every row of a query that returns oids (NULLs skipped).
+pub fn oid_column(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> crate::error::Result<Vec<pg_sys::Oid>> {
+    use crate::error::SpiContext;
+    Spi::connect(|client| {
+        let rows = client.select(sql, None, args).ctx("catalog::oid_column")?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(oid) = row.get::<pg_sys::Oid>(1).ctx("catalog::oid_column value")? {
+                out.push(oid);
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Schemas whose tables are never tenant data.
 pub fn is_reserved_schema(schema: &str) -> bool {
     matches!(schema, "multitenancy" | "pg_catalog" | "information_schema" | "pg_toast")

@@ -156,24 +156,14 @@ fn enable_children(rel: &Relation, backfill: Option<pgrx::Uuid>) -> Result<usize
 /// refuses new ones, and verify() lists these.
 fn warn_about_leaks(rel: &Relation) -> Result<()> {
     let only_this: std::collections::HashSet<pg_sys::Oid> = [rel.oid].into_iter().collect();
-    let readers = Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT DISTINCT w.ev_class FROM pg_catalog.pg_depend d \
-                   JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid \
-                  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1 \
-                    AND w.ev_class <> $1",
-                None,
-                &[rel.oid.into()],
-            )
-            .ctx("enable: views")?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.get::<pg_sys::Oid>(1).ctx("view")?.unwrap_or_default());
-        }
-        Ok::<_, MtError>(out)
-    })?;
+    let readers = catalog::oid_column(
+        "SELECT DISTINCT w.ev_class FROM pg_catalog.pg_depend d \
+           JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid \
+          WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+            AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1 \
+            AND w.ev_class <> $1",
+        &[rel.oid.into()],
+    )?;
     for view in readers {
         let view_rel = Relation::lookup(view)?;
         let leaks = match view_rel.kind {
@@ -190,20 +180,7 @@ fn warn_about_leaks(rel: &Relation) -> Result<()> {
             ));
         }
     }
-    let publications = Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname",
-                None,
-                &[],
-            )
-            .ctx("enable: publications")?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.get::<pg_sys::Oid>(1).ctx("publication")?.unwrap_or_default());
-        }
-        Ok::<_, MtError>(out)
-    })?;
+    let publications = catalog::oid_column("SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname", &[])?;
     for publication in publications {
         let (name, tables) = guard::published_tables(publication, &only_this)?;
         if !tables.is_empty() {

@@ -14,7 +14,7 @@
 //! The extension's own DDL (`tenant_enable`, hardening) runs with the guard [`Busy`], so it does
 //! not check itself. With `multitenancy.ddl_guard = off` (superusers only) nothing is checked and
 //! every command is logged instead.
-use crate::catalog::Relation;
+use crate::catalog::{oid_column, Relation};
 use crate::enable;
 use crate::error::{log, notice, MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
@@ -241,20 +241,7 @@ fn enabled_parent(relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<
 
 /// Children (partitions, inheritance children) of a table.
 pub fn children(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
-    Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1 ORDER BY inhrelid",
-                None,
-                &[relid.into()],
-            )
-            .ctx("guard::children")?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.get::<pg_sys::Oid>(1).ctx("inhrelid")?.unwrap_or_default());
-        }
-        Ok(out)
-    })
+    oid_column("SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1 ORDER BY inhrelid", &[relid.into()])
 }
 
 fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashSet<pg_sys::Oid>) -> Result<()> {
@@ -303,7 +290,7 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
     Ok(())
 }
 
-fn is_partition(relid: pg_sys::Oid) -> Result<bool> {
+pub fn is_partition(relid: pg_sys::Oid) -> Result<bool> {
     Spi::get_one_with_args::<bool>("SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])
         .ctx("guard::is_partition")
         .map(|p| p.unwrap_or(false))
@@ -311,9 +298,7 @@ fn is_partition(relid: pg_sys::Oid) -> Result<bool> {
 
 /// The tables a view or materialized view reads, through any depth of views.
 pub fn tables_read_by(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
-    Spi::connect(|client| {
-        let rows = client
-            .select(
+    oid_column(
                 "WITH RECURSIVE reads(relid) AS ( \
                      SELECT d.refobjid FROM pg_catalog.pg_rewrite w \
                        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
@@ -327,16 +312,8 @@ pub fn tables_read_by(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
                         AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                       WHERE d.refobjid <> v.oid) \
                  SELECT DISTINCT relid FROM reads ORDER BY relid",
-                None,
-                &[relid.into()],
-            )
-            .ctx("guard::tables_read_by")?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.get::<pg_sys::Oid>(1).ctx("relid")?.unwrap_or_default());
-        }
-        Ok(out)
-    })
+        &[relid.into()],
+    )
 }
 
 fn first_enabled(tables: Vec<pg_sys::Oid>, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {

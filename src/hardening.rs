@@ -173,9 +173,9 @@ fn tenant_attnum(relid: pg_sys::Oid) -> Result<Option<i16>> {
 /// Foreign keys matching `filter` (`c.conrelid = $1` or `c.confrelid = $1`) that do not
 /// include the tenant column on the referencing side.
 fn foreign_keys(relid: pg_sys::Oid, incoming: bool) -> Result<Vec<ForeignKey>> {
-    #[cfg(any(feature = "pg14"))]
+    #[cfg(feature = "pg14")]
     const DELETE_SET: &str = "NULL::text[]";
-    #[cfg(not(any(feature = "pg14")))]
+    #[cfg(not(feature = "pg14"))]
     const DELETE_SET: &str = "(SELECT pg_catalog.array_agg(pg_catalog.quote_ident(a.attname) ORDER BY k.n) \
           FROM pg_catalog.unnest(c.confdelsetcols) WITH ORDINALITY k(attnum, n) \
           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum)";

@@ -6,6 +6,7 @@
 //! function, limited to the registry statements. Everything else a function does (DDL on the
 //! caller's tables, say) runs as the caller, so PostgreSQL's own ownership checks apply.
 use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
+use crate::catalog::oid_column;
 use std::collections::HashSet;
 use crate::gucs;
 use pgrx::prelude::*;
@@ -135,20 +136,7 @@ pub fn forget_enabled(relid: pg_sys::Oid) -> Result<()> {
 
 /// Every tenant-enabled table (that still exists).
 pub fn enabled_set() -> Result<HashSet<pg_sys::Oid>> {
-    as_owner(|| {
-        Spi::connect(|client| {
-            let rows = client
-                .select("SELECT relid::oid FROM multitenancy.enabled_tables", None, &[])
-                .ctx("registry::enabled_set")?;
-            let mut set = HashSet::new();
-            for row in rows {
-                if let Some(oid) = row.get::<pg_sys::Oid>(1).ctx("registry::enabled_set oid")? {
-                    set.insert(oid);
-                }
-            }
-            Ok(set)
-        })
-    })
+    as_owner(|| Ok(oid_column("SELECT relid::oid FROM multitenancy.enabled_tables", &[])?.into_iter().collect()))
 }
 
 /// The reason a table is exempt, or `None` when it is not.
@@ -165,20 +153,7 @@ pub fn exemption(relid: pg_sys::Oid) -> Result<Option<String>> {
 
 /// Every exempt table.
 pub fn exempt_set() -> Result<HashSet<pg_sys::Oid>> {
-    as_owner(|| {
-        Spi::connect(|client| {
-            let rows = client
-                .select("SELECT relid::oid FROM multitenancy.exempt_tables", None, &[])
-                .ctx("registry::exempt_set")?;
-            let mut set = HashSet::new();
-            for row in rows {
-                if let Some(oid) = row.get::<pg_sys::Oid>(1).ctx("registry::exempt_set oid")? {
-                    set.insert(oid);
-                }
-            }
-            Ok(set)
-        })
-    })
+    as_owner(|| Ok(oid_column("SELECT relid::oid FROM multitenancy.exempt_tables", &[])?.into_iter().collect()))
 }
 
 /// Record (or re-word) an exemption.

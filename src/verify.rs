@@ -4,7 +4,7 @@
 //! It compares with the same sources as the rest of the extension: [`spec::inspect`] for the
 //! shape of enabled tables, [`hardening::weaknesses`] for their keys and grants, and the DDL
 //! guard's view and publication checks.
-use crate::catalog::Relation;
+use crate::catalog::{oid_column, Relation};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::guard;
 use crate::gucs;
@@ -32,17 +32,6 @@ fn warning(object: impl Into<String>, problem: impl Into<String>, fix: impl Into
 
 fn literal(s: &str) -> String {
     pgrx::spi::quote_literal(s)
-}
-
-fn oids(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<pg_sys::Oid>> {
-    Spi::connect(|client| {
-        let rows = client.select(sql, None, args).ctx("verify: oids")?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.get::<pg_sys::Oid>(1).ctx("verify: oid")?.unwrap_or_default());
-        }
-        Ok(out)
-    })
 }
 
 pub fn findings() -> Result<Vec<Finding>> {
@@ -88,12 +77,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
         for child in guard::children(rel.oid)? {
             if !enabled.contains(&child) {
                 let child_rel = Relation::lookup(child)?;
-                let partition = Spi::get_one_with_args::<bool>(
-                    "SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1",
-                    &[child.into()],
-                )
-                .ctx("verify: relispartition")?
-                .unwrap_or(false);
+                let partition = guard::is_partition(child)?;
                 found.push(error(
                     child_rel.display(),
                     format!(
@@ -109,7 +93,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
 
     // Tables in guarded schemas that are neither enabled nor exempt (extension members excluded).
     let guarded = gucs::guarded_schemas();
-    let candidates = oids(
+    let candidates = oid_column(
         "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
           WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY ($1) \
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
@@ -136,7 +120,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
 
     if !enabled.is_empty() {
         // Views and materialized views over enabled tables.
-        let views = oids(
+        let views = oid_column(
             "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
               WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
               ORDER BY n.nspname, c.relname",
@@ -166,7 +150,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
         }
 
         // Publications: logical decoding ignores row level security.
-        for publication in oids("SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname", &[])? {
+        for publication in oid_column("SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname", &[])? {
             let (name, tables) = guard::published_tables(publication, &enabled)?;
             for table in tables {
                 found.push(error(
