@@ -10,6 +10,11 @@
 //! - [`APP`]: LOGIN, NOSUPERUSER, NOBYPASSRLS, owns nothing — what applications connect as;
 //! - [`OWNER`]: LOGIN, NOSUPERUSER — owns the application tables and runs migrations;
 //! - [`SUPERUSER`]: the bootstrap superuser, for setup and for checking ground truth.
+//!
+//! The DDL guard is on in every test database. A table "that existed before" (unprotected, in
+//! `public`) is made with [`TestDb::legacy`]; damage the guard would refuse is done with
+//! [`TestDb::unguarded`]; a database with tables from before `CREATE EXTENSION` comes from
+//! [`TestDb::with_setup`]. New tables are created and enabled in one transaction, as migrations do.
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -230,6 +235,13 @@ static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl TestDb {
     pub fn new(tag: &str) -> TestDb {
+        Self::with_setup(tag, "")
+    }
+
+    /// Like [`TestDb::new`], but runs `setup` as the superuser before `CREATE EXTENSION`: a
+    /// database that already had tables (and data) when the extension arrived. [`OWNER`] already
+    /// has CREATE on `public` when `setup` runs (`SET ROLE mt_owner` to create tables it owns).
+    pub fn with_setup(tag: &str, setup: &str) -> TestDb {
         let server = Server::shared();
         let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let clean: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -237,11 +249,17 @@ impl TestDb {
         server.connect("postgres", SUPERUSER).batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         let db = TestDb { name, server };
         let mut su = db.superuser();
+        su.batch_execute(&format!("GRANT CREATE, USAGE ON SCHEMA public TO {OWNER}")).unwrap();
+        if !setup.is_empty() {
+            su.batch_execute(setup).unwrap_or_else(|e| panic!("setup before CREATE EXTENSION: {e}"));
+            su.batch_execute("RESET ROLE").unwrap();
+        }
         su.batch_execute(&format!(
                 "CREATE EXTENSION multitenancy;
-                 GRANT CREATE, USAGE ON SCHEMA public TO {OWNER};
                  GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
-                                           multitenancy.tenant_disable(regclass) TO {OWNER};"
+                                           multitenancy.tenant_disable(regclass),
+                                           multitenancy.tenant_exempt(regclass, text),
+                                           multitenancy.tenant_unexempt(regclass) TO {OWNER};"
             ))
             .unwrap();
         // `cargo pgrx test` installs a build with a `tests` schema of test functions into the same
@@ -276,12 +294,142 @@ impl TestDb {
         self.server
     }
 
+    /// Run `sql` the way a table that existed before the guard would have been made: as the
+    /// superuser, in one transaction, with `multitenancy.ddl_guard` off and the role switched to
+    /// [`OWNER`] (so the tables belong to the migration role). Nothing is checked, nothing is
+    /// enabled automatically: the result is an unprotected table, as on a database that had
+    /// tables before `CREATE EXTENSION`.
+    #[track_caller]
+    pub fn legacy(&self, sql: &str) {
+        self.unguarded(&format!("SET LOCAL ROLE {OWNER};\n{sql}"));
+    }
+
+    /// Run `sql` as the superuser in one transaction with `SET LOCAL multitenancy.ddl_guard =
+    /// off`: how a DBA (or a test) breaks what the guard would refuse.
+    #[track_caller]
+    pub fn unguarded(&self, sql: &str) {
+        let mut su = self.superuser();
+        let mut tx = su.transaction().unwrap();
+        tx.batch_execute("SET LOCAL multitenancy.ddl_guard = off").unwrap();
+        tx.batch_execute(sql).unwrap_or_else(|e| panic!("with ddl_guard off: {sql}: {e}"));
+        tx.commit().unwrap_or_else(|e| panic!("COMMIT with ddl_guard off: {sql}: {e}"));
+    }
+
+    /// `multitenancy.verify()` as the superuser, in a stable order.
+    pub fn verify(&self) -> Vec<Problem> {
+        verify(&mut self.superuser())
+    }
+
     /// Create a tenant (as superuser) and return its id as text.
     pub fn tenant(&self, name: &str, slug: &str) -> String {
         self.superuser()
             .query_one("SELECT multitenancy.tenant_create($1, $2)::text", &[&name, &slug])
             .unwrap()
             .get(0)
+    }
+}
+
+/// One row of `multitenancy.verify()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: String,
+    pub object: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// `multitenancy.verify()` on `client`'s database, ordered, so tests can print and compare it.
+pub fn verify(client: &mut impl postgres::GenericClient) -> Vec<Problem> {
+    client
+        .query("SELECT severity, object, problem, fix FROM multitenancy.verify() ORDER BY 1, 2, 3", &[])
+        .unwrap_or_else(|e| panic!("SELECT * FROM multitenancy.verify(): {e}"))
+        .iter()
+        .map(|r| Problem {
+            severity: r.get::<_, Option<String>>(0).unwrap_or_default(),
+            object: r.get::<_, Option<String>>(1).unwrap_or_default(),
+            problem: r.get::<_, Option<String>>(2).unwrap_or_default(),
+            fix: r.get::<_, Option<String>>(3).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Assert that a DDL statement was refused by the guard: SQLSTATE 42501, a message that starts
+/// with `refused:` and names `object` (as it appears in the message, e.g. `public.orders`), and
+/// a hint saying how to do it right. Returns the error for more checks.
+#[track_caller]
+pub fn expect_refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, object: &str) -> DbError {
+    let error = expect_sqlstate(result, &SqlState::INSUFFICIENT_PRIVILEGE);
+    assert!(
+        error.message().starts_with("refused:"),
+        "expected the guard's refusal (message starting with \"refused:\"), got {:?}",
+        error.message()
+    );
+    assert!(error.message().contains(object), "expected the refusal to name {object}, got {:?}", error.message());
+    assert!(
+        error.hint().is_some_and(|h| !h.trim().is_empty()),
+        "expected a hint with the fix for {:?}",
+        error.message()
+    );
+    error
+}
+
+/// Whether a relation exists (ground truth, as superuser); `name` as `to_regclass` takes it.
+pub fn relation_exists(superuser: &mut Client, name: &str) -> bool {
+    superuser.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).unwrap().get(0)
+}
+
+/// Whether `multitenancy.enabled_tables` lists the table (ground truth, as superuser).
+pub fn is_enabled(superuser: &mut Client, table: &str) -> bool {
+    superuser
+        .query_one("SELECT EXISTS (SELECT 1 FROM multitenancy.enabled_tables WHERE relid = to_regclass($1))", &[&table])
+        .unwrap()
+        .get(0)
+}
+
+/// Whether `multitenancy.exempt_tables` lists the table (ground truth, as superuser).
+pub fn is_exempt(superuser: &mut Client, table: &str) -> bool {
+    superuser
+        .query_one("SELECT EXISTS (SELECT 1 FROM multitenancy.exempt_tables WHERE relid = to_regclass($1))", &[&table])
+        .unwrap()
+        .get(0)
+}
+
+/// Tenant isolation on one table of database `db`, as [`APP`] (which must have SELECT on it):
+/// for every `(slug, id)` in `tenants`, the ground truth (superuser) has rows of that tenant and
+/// of every other listed tenant, and with `slug`'s context APP sees exactly that tenant's rows
+/// and none of any other's. Fails if the table is not filtered, or if the fixture has no rows.
+#[track_caller]
+pub fn assert_isolated(server: &Server, db: &str, table: &str, tenants: &[(&str, &str)]) {
+    assert!(tenants.len() >= 2, "isolation needs at least two tenants");
+    let mut su = server.connect(db, SUPERUSER);
+    let truth = |su: &mut Client, id: &str| -> i64 {
+        su.query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[&id])
+            .unwrap_or_else(|e| panic!("ground truth on {table}: {e}"))
+            .get(0)
+    };
+    let mut app = server.connect(db, APP);
+    for (slug, id) in tenants {
+        let own = truth(&mut su, id);
+        assert!(own > 0, "ground truth: tenant {slug} must have rows in {table} for the check to mean anything");
+        let mut tx = begin_as(&mut app, slug);
+        let seen: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap_or_else(|e| panic!("as {APP} with {slug}'s context, SELECT from {table}: {e}"))
+            .get(0);
+        assert_eq!(seen, own, "as {APP} with {slug}'s context, {table} must show exactly {slug}'s {own} row(s)");
+        for (other_slug, other_id) in tenants.iter().filter(|(s, _)| s != slug) {
+            let exists = truth(&mut su, other_id);
+            assert!(exists > 0, "ground truth: tenant {other_slug} must have rows in {table}");
+            let leaked: i64 = tx
+                .query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[other_id])
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                leaked, 0,
+                "as {APP} with {slug}'s context, {table} must show none of {other_slug}'s {exists} row(s)"
+            );
+        }
+        tx.commit().unwrap();
     }
 }
 

@@ -1,5 +1,7 @@
 //! The registry is the extension's data: pg_dump keeps its rows, and a restore into a fresh
-//! database gives the same tenants, the same enabled tables and the same isolation.
+//! database gives the same tenants, the same enabled and exempt tables, the same table shapes and
+//! the same isolation. A restore runs with `multitenancy.ddl_guard` off (PGOPTIONS), as the
+//! README says: it recreates protected tables one piece at a time.
 use multitenancy_integration::*;
 use std::process::Command;
 
@@ -19,7 +21,9 @@ fn dump_and_restore_keep_tenants_enabled_tables_and_isolation() {
     let sql = String::from_utf8(dump.stdout).unwrap();
     assert!(sql.contains("COPY multitenancy.tenants"), "the registry's rows are in the dump");
 
+    // A restore recreates protected tables piece by piece: the guard must be off (README).
     let mut restore = Command::new(server.program("psql"))
+        .env("PGOPTIONS", "-c multitenancy.ddl_guard=off")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &server.port.to_string()])
         .args(["-U", SUPERUSER, "-d", &target])
         .stdin(std::process::Stdio::piped())
@@ -66,4 +70,110 @@ fn dump_and_restore_keep_tenants_enabled_tables_and_isolation() {
         .get(0);
     assert_eq!(b_rows, orders.rows_b, "ground truth: B's rows were restored");
     assert_no_context(&mut app, "in the restored database");
+}
+
+/// Run a server program against the test server as the superuser; `guard_off` sets
+/// `PGOPTIONS='-c multitenancy.ddl_guard=off'` as the README tells DBAs to for pg_restore.
+fn run(server: &Server, program: &str, args: &[&str], guard_off: bool) -> std::process::Output {
+    let mut command = Command::new(server.program(program));
+    command.env_remove("PGOPTIONS").args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", SUPERUSER]).args(args);
+    if guard_off {
+        command.env("PGOPTIONS", "-c multitenancy.ddl_guard=off");
+    }
+    command.output().unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// Everything a restore must reproduce, read as the superuser: tenants, both registries (every
+/// column), and the catalog snapshot and rows of every table.
+fn state(server: &Server, db: &str, tables: &[&str]) -> Vec<String> {
+    let mut su = server.connect(db, SUPERUSER);
+    let mut rows: Vec<String> = Vec::new();
+    for sql in [
+        "SELECT format('tenant %s %s %s %s', id, slug, status, plan) FROM multitenancy.tenants ORDER BY slug",
+        "SELECT format('enabled %s %s %s', relid, enabled_by, enabled_at) FROM multitenancy.enabled_tables ORDER BY relid::text",
+        "SELECT format('exempt %s %s %s %s', relid, reason, exempted_by, exempted_at) FROM multitenancy.exempt_tables ORDER BY relid::text",
+    ] {
+        rows.extend(su.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get::<_, String>(0)));
+    }
+    for table in tables {
+        rows.push(format!("{table}: {}", table_snapshot(&mut su, table)));
+    }
+    rows
+}
+
+/// A database with an enabled table, an exempt table and an enabled partitioned table with two
+/// partitions (rows of both tenants in each), dumped with `pg_dump -Fc` and restored with
+/// `pg_restore` and the guard off, is the same database: verify() is clean, both registries and
+/// every table's shape and rows are identical, and [`APP`] sees one tenant only through the
+/// parent and through each partition. Restoring with the guard on fails (or, if it did not, the
+/// result is checked the same way).
+#[test]
+fn a_custom_format_dump_restores_with_the_guard_off() {
+    let orders = Orders::with_rows("dump_guard_source", 3, 2);
+    let (a, b) = (orders.a.clone(), orders.b.clone());
+    let db = &orders.db;
+    let server = db.server();
+    db.owner()
+        .batch_execute(&format!(
+            "CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
+             SELECT multitenancy.tenant_exempt('countries', 'reference data shared by all tenants');
+             INSERT INTO countries VALUES ('de', 'Germany'), ('fr', 'France');
+             CREATE TABLE events (id int NOT NULL, at date NOT NULL, note text) PARTITION BY RANGE (at);
+             CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             SELECT multitenancy.tenant_enable('events');
+             CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+             GRANT SELECT, INSERT ON events, events_2025, events_2026 TO {APP};
+             GRANT SELECT ON countries TO {APP};"
+        ))
+        .unwrap();
+    db.superuser()
+        .batch_execute(&format!(
+            "INSERT INTO events (id, at, note, tenant_id) VALUES
+                 (1, '2025-02-01', 'a', '{a}'), (2, '2025-02-02', 'b', '{b}'), (3, '2025-02-03', 'b', '{b}'),
+                 (4, '2026-02-01', 'a', '{a}'), (5, '2026-02-02', 'a', '{a}'), (6, '2026-02-03', 'b', '{b}');"
+        ))
+        .unwrap();
+    let tables = ["orders", "countries", "events", "events_2025", "events_2026"];
+    assert_eq!(db.verify(), [], "precondition: the source database verifies clean");
+    let source = state(server, &db.name, &tables);
+
+    let file = std::env::temp_dir().join(format!("multitenancy-{}-{}.dump", db.name, std::process::id()));
+    let file_arg = file.to_str().unwrap();
+    let dump = run(server, "pg_dump", &["-Fc", "-f", file_arg, "-d", &db.name], false);
+    assert!(dump.status.success(), "pg_dump -Fc: {}", String::from_utf8_lossy(&dump.stderr));
+
+    let check_restored = |target: &str| {
+        assert_eq!(verify(&mut server.connect(target, SUPERUSER)), [], "expected verify() to be clean on the restored database");
+        assert_eq!(state(server, target, &tables), source, "expected the same registry, table shapes and rows");
+        for table in ["orders", "events", "events_2025", "events_2026"] {
+            assert_isolated(server, target, table, &[("acme", &a), ("globex", &b)]);
+        }
+        assert_no_context(&mut server.connect(target, APP), "in the restored database");
+    };
+
+    let mut admin = server.connect("postgres", SUPERUSER);
+    let target = format!("{}_restored", db.name);
+    admin.batch_execute(&format!("CREATE DATABASE {target}")).unwrap();
+    let restore = run(server, "pg_restore", &["--exit-on-error", "-d", &target, file_arg], true);
+    assert!(
+        restore.status.success(),
+        "PGOPTIONS='-c multitenancy.ddl_guard=off' pg_restore --exit-on-error must succeed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    check_restored(&target);
+
+    // Without the guard off: the restore recreates tables unprotected before their policies and
+    // registry rows arrive, which the guard refuses.
+    let guarded = format!("{}_guarded", db.name);
+    admin.batch_execute(&format!("CREATE DATABASE {guarded}")).unwrap();
+    let restore = run(server, "pg_restore", &["--exit-on-error", "-d", &guarded, file_arg], false);
+    let _ = std::fs::remove_file(&file);
+    if restore.status.success() {
+        eprintln!("NOTE: pg_restore with the guard ON succeeded; checking that the result is protected");
+        check_restored(&guarded);
+    } else {
+        let stderr = String::from_utf8_lossy(&restore.stderr);
+        eprintln!("NOTE: pg_restore with the guard ON failed, as the README expects:\n{stderr}");
+        assert!(stderr.contains("refused:"), "expected the guard's refusal to be why pg_restore failed: {stderr}");
+    }
 }

@@ -3,15 +3,14 @@
 //! application role afterwards.
 use multitenancy_integration::*;
 
-/// A table with three rows and no tenant column, owned by the migration role.
+/// A table with three rows and no tenant column, owned by the migration role, as it was before
+/// the DDL guard (which would refuse to commit it unprotected in `public`).
 fn legacy_table(db: &TestDb, name: &str) {
-    db.owner()
-        .batch_execute(&format!(
-            "CREATE TABLE {name} (id int PRIMARY KEY, body text);
-             INSERT INTO {name} VALUES (1, 'one'), (2, 'two'), (3, 'three');
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO {APP};"
-        ))
-        .unwrap();
+    db.legacy(&format!(
+        "CREATE TABLE {name} (id int PRIMARY KEY, body text);
+         INSERT INTO {name} VALUES (1, 'one'), (2, 'two'), (3, 'three');
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO {APP};"
+    ));
 }
 
 #[test]
@@ -35,7 +34,7 @@ fn a_non_empty_table_without_backfill_is_refused_and_left_unchanged() {
 #[test]
 fn a_tenant_id_column_of_another_type_is_refused_and_left_unchanged() {
     let db = TestDb::new("enable_wrong_type");
-    db.owner().batch_execute("CREATE TABLE accounts (id int, tenant_id text); INSERT INTO accounts VALUES (1, 'x')").unwrap();
+    db.legacy("CREATE TABLE accounts (id int, tenant_id text); INSERT INTO accounts VALUES (1, 'x')");
     let mut su = db.superuser();
     let before = table_snapshot(&mut su, "accounts");
     let a = db.tenant("Acme", "acme");
@@ -149,8 +148,9 @@ fn enable_repairs_a_table_whose_protection_was_damaged() {
     let orders = Orders::new("enable_repair");
     let mut su = orders.db.superuser();
     let healthy = table_snapshot(&mut su, "orders");
+    // The guard refuses this damage; a superuser with the guard off can still do it.
+    orders.db.unguarded("DROP POLICY multitenancy_isolation ON orders; ALTER TABLE orders NO FORCE ROW LEVEL SECURITY");
     let (mut owner, notices) = orders.db.connect_with_notices(OWNER);
-    owner.batch_execute("DROP POLICY multitenancy_isolation ON orders; ALTER TABLE orders NO FORCE ROW LEVEL SECURITY").unwrap();
 
     owner.execute("SELECT multitenancy.tenant_enable('orders')", &[]).unwrap();
 
@@ -180,12 +180,11 @@ fn repairing_a_forced_table_sees_every_row_not_only_the_owners_tenant() {
     // An enabled table forces RLS on its owner, and the owner has no tenant context while
     // migrating; tenant_enable must still count and backfill the rows the repair is about.
     let orders = Orders::new("enable_repair_forced");
-    let mut su = orders.db.superuser();
-    su.batch_execute(
+    orders.db.unguarded(
         "ALTER TABLE orders ALTER COLUMN tenant_id DROP NOT NULL;
          INSERT INTO orders (item, tenant_id) VALUES ('orphan', NULL);",
-    )
-    .unwrap();
+    );
+    let mut su = orders.db.superuser();
     let damaged = table_snapshot(&mut su, "orders");
     let mut owner = orders.db.owner();
 
