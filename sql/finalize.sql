@@ -41,24 +41,9 @@ CREATE EVENT TRIGGER multitenancy_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION multitenancy._forget_dropped_tables();
 ALTER EVENT TRIGGER multitenancy_forget_dropped_tables ENABLE ALWAYS;
 
--- The DDL guard (src/guard.rs). The trigger functions run as the role doing the DDL, so what
--- they build (tenant_enable of a new table, hardened keys) is owned and checked as usual.
--- ENABLE ALWAYS: session_replication_role = replica does not switch them off; only the
--- superuser-only setting multitenancy.ddl_guard does, and every unchecked command is logged.
-CREATE FUNCTION multitenancy._guard_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._guard_ddl_command_end();
-END
-$$;
-
-CREATE FUNCTION multitenancy._guard_drop() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._guard_sql_drop();
-END
-$$;
-
+-- The DDL guard (src/guard.rs; its functions _guard_ddl and _guard_drop run as the role doing
+-- the DDL). ENABLE ALWAYS: session_replication_role = replica does not switch them off; only
+-- the superuser-only setting multitenancy.ddl_guard does, and every unchecked command is logged.
 CREATE EVENT TRIGGER multitenancy_guard_ddl ON ddl_command_end
     EXECUTE FUNCTION multitenancy._guard_ddl();
 ALTER EVENT TRIGGER multitenancy_guard_ddl ENABLE ALWAYS;

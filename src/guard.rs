@@ -134,8 +134,10 @@ fn commands() -> Result<Vec<Command>> {
                      WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
                      THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) END, \
                 (SELECT r.relkind::text FROM pg_catalog.pg_class r \
-                  WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                    AND r.oid = COALESCE(ix.indrelid, c.objid)), \
+                  WHERE r.oid = CASE WHEN c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                                     THEN COALESCE(ix.indrelid, c.objid) \
+                                     WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+                                     THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) END), \
                 CASE c.classid WHEN 'pg_catalog.pg_publication'::pg_catalog.regclass THEN c.objid \
                      WHEN 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
                      THEN (SELECT pr.prpubid FROM pg_catalog.pg_publication_rel pr WHERE pr.oid = c.objid) \
@@ -452,14 +454,15 @@ fn sql_drop() -> Result<()> {
     let enabled = registry::enabled_set()?;
     let mut tables = Vec::new();
     for (kind, _, table, schema) in dropped {
+        let command = format!("DROP {}", kind.to_uppercase());
         match (kind.as_str(), table) {
-            ("policy", Some(table)) => tables.push(table),
+            ("policy", Some(table)) => tables.push((command, table)),
             // An index names no table once it is gone: check the enabled tables of its schema.
             ("index", _) => {
                 for &relid in &enabled {
                     if let Ok(rel) = Relation::lookup(relid) {
                         if Some(&rel.schema) == schema.as_ref() {
-                            tables.push(relid);
+                            tables.push((command.clone(), relid));
                         }
                     }
                 }
@@ -467,13 +470,13 @@ fn sql_drop() -> Result<()> {
             _ => {}
         }
     }
-    for relid in tables {
+    for (command, relid) in tables {
         if !enabled.contains(&relid) {
             continue;
         }
         let rel = Relation::lookup(relid)?;
         if let Some(deviation) = spec::inspect(&rel)?.first() {
-            return Err(MtError::GuardWeakens { command: "DROP".into(), table: rel.display(), what: deviation.describe() });
+            return Err(MtError::GuardWeakens { command, table: rel.display(), what: deviation.describe() });
         }
     }
     Ok(())
@@ -487,17 +490,26 @@ fn session_user() -> String {
     }
 }
 
-/// Called by the `multitenancy_guard_ddl` event trigger (ddl_command_end).
-#[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn _guard_ddl_command_end() {
+// The event trigger functions themselves (RETURNS event_trigger, which pgrx cannot spell, hence
+// the SQL). They run as the role doing the DDL, so what they build is owned and checked as usual.
+
+/// The `multitenancy_guard_ddl` event trigger (ddl_command_end).
+#[pg_extern(sql = "
+CREATE FUNCTION multitenancy._guard_ddl() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', '_guard_ddl_wrapper';
+")]
+fn _guard_ddl() {
     ddl_command_end().or_raise()
 }
 
-/// Called by the `multitenancy_guard_drop` event trigger (sql_drop).
-#[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn _guard_sql_drop() {
+/// The `multitenancy_guard_drop` event trigger (sql_drop).
+#[pg_extern(sql = "
+CREATE FUNCTION multitenancy._guard_drop() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', '_guard_drop_wrapper';
+")]
+fn _guard_drop() {
     sql_drop().or_raise()
 }
 

@@ -339,6 +339,15 @@ fn weaknesses_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<V
     Ok(found)
 }
 
+fn is_forced(relid: pg_sys::Oid) -> Result<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
+        &[relid.into()],
+    )
+    .ctx("hardening::is_forced")
+    .map(|f| f.unwrap_or(false))
+}
+
 /// `CREATE UNIQUE INDEX ... (a, b)` as `... (tenant_id, a, b)` — the index definition PostgreSQL
 /// prints, with tenant_id put first.
 fn unique_index_with_tenant(rel: &Relation, index: pg_sys::Oid, name: &str) -> Result<String> {
@@ -459,6 +468,21 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
             Weakness::ForeignKey(_) | Weakness::GlobalReference(_) => {}
         }
     }
+    // PostgreSQL checks the existing rows of a new foreign key with a query as the owner, and
+    // FORCE ROW LEVEL SECURITY would filter it by a tenant context a migration does not have.
+    // Within this transaction (the tables are locked by the ALTERs) the check sees every row;
+    // FORCE comes back right after.
+    let mut forced = Vec::new();
+    for fk in &to_convert {
+        for table in [&fk.table, &fk.parent] {
+            if !forced.iter().any(|t: &Relation| t.oid == table.oid) && is_forced(table.oid)? {
+                forced.push(table.clone());
+            }
+        }
+    }
+    for table in &forced {
+        statements.push(format!("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", table.sql()));
+    }
     for fk in &to_convert {
         statements.push(fk.add_composite_sql()?);
         changes.push(format!(
@@ -468,6 +492,9 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
             fk.parent.display(),
             fk.parent_columns.join(", ")
         ));
+    }
+    for table in &forced {
+        statements.push(format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", table.sql()));
     }
     for statement in &statements {
         Spi::run(statement).ctx("hardening: DDL")?;
