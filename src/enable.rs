@@ -102,7 +102,7 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     if before.is_empty() && was_enabled {
         let hardened = hardening::harden(&rel, &enabled)?;
         let children = enable_children(&rel, backfill)?;
-        if hardened.is_empty() && children == 0 {
+        if hardened.is_empty() && children.is_empty() {
             notice(format!("table {} is already tenant-enabled; nothing changed", rel.display()));
         }
         return Ok(());
@@ -141,15 +141,16 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
 }
 
 /// Partitions and inheritance children are queried directly too: they get the same protection.
-fn enable_children(rel: &Relation, backfill: Option<pgrx::Uuid>) -> Result<usize> {
-    let mut count = 0;
+/// Returns the children that were not enabled before.
+pub fn enable_children(rel: &Relation, backfill: Option<pgrx::Uuid>) -> Result<Vec<pg_sys::Oid>> {
+    let mut enabled = Vec::new();
     for child in guard::children(rel.oid)? {
         if !registry::is_enabled(child)? {
             enable(child, backfill)?;
-            count += 1;
+            enabled.push(child);
         }
     }
-    Ok(count)
+    Ok(enabled)
 }
 
 /// Views and publications created before the table was enabled can still leak it; the guard

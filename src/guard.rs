@@ -178,7 +178,7 @@ fn ddl_command_end() -> Result<()> {
                 "multitenancy.ddl_guard is off: {} {} by {} not checked",
                 command.tag,
                 command.identity,
-                session_user()
+                registry::session_role()
             ));
         }
         return Ok(());
@@ -214,36 +214,24 @@ fn ddl_command_end() -> Result<()> {
 }
 
 /// The enabled parent of a partition or inheritance child, if it has one.
-fn enabled_parent(relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<(Relation, bool)>> {
-    let parents = Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT h.inhparent, c.relispartition FROM pg_catalog.pg_inherits h \
-                   JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid WHERE h.inhrelid = $1",
-                None,
-                &[relid.into()],
-            )
-            .ctx("guard::parents")?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push((
-                row.get::<pg_sys::Oid>(1).ctx("inhparent")?.unwrap_or_default(),
-                row.get::<bool>(2).ctx("relispartition")?.unwrap_or(false),
-            ));
-        }
-        Ok::<_, MtError>(out)
-    })?;
-    for (parent, partition) in parents {
-        if enabled.contains(&parent) {
-            return Ok(Some((Relation::lookup(parent)?, partition)));
-        }
-    }
-    Ok(None)
+fn enabled_parent(relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {
+    let parents = oid_column("SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1", &[relid.into()])?;
+    parents.into_iter().find(|p| enabled.contains(p)).map(Relation::lookup).transpose()
 }
 
 /// Children (partitions, inheritance children) of a table.
 pub fn children(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
     oid_column("SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1 ORDER BY inhrelid", &[relid.into()])
+}
+
+fn announce_child(child: pg_sys::Oid, parent: &Relation) -> Result<()> {
+    notice(format!(
+        "table {} is a {} of tenant-enabled table {}: tenant-enabled automatically",
+        Relation::lookup(child)?.display(),
+        if is_partition(child)? { "partition" } else { "child" },
+        parent.display()
+    ));
+    Ok(())
 }
 
 fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashSet<pg_sys::Oid>) -> Result<()> {
@@ -253,31 +241,16 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
             return Err(MtError::GuardWeakens { command: tag.into(), table: rel.display(), what: deviation.describe() });
         }
         hardening::harden(&rel, enabled)?;
-        for child in children(relid)? {
-            if !enabled.contains(&child) {
-                let child_rel = Relation::lookup(child)?;
-                enable::enable(child, None)?;
-                enabled.insert(child);
-                notice(format!(
-                    "table {} is a {} of tenant-enabled table {}: tenant-enabled automatically",
-                    child_rel.display(),
-                    if child_rel.kind == pg_sys::RELKIND_PARTITIONED_TABLE || is_partition(child)? { "partition" } else { "child" },
-                    rel.display()
-                ));
-            }
+        for child in enable::enable_children(&rel, None)? {
+            enabled.insert(child);
+            announce_child(child, &rel)?;
         }
         return Ok(());
     }
-    if let Some((parent, partition)) = enabled_parent(relid, enabled)? {
+    if let Some(parent) = enabled_parent(relid, enabled)? {
         enable::enable(relid, None)?;
         enabled.insert(relid);
-        notice(format!(
-            "table {} is a {} of tenant-enabled table {}: tenant-enabled automatically",
-            rel.display(),
-            if partition { "partition" } else { "child" },
-            parent.display()
-        ));
-        return Ok(());
+        return announce_child(relid, &parent);
     }
     if !created || !gucs::guarded_schemas().contains(&rel.schema) || registry::exemption(relid)?.is_some() {
         return Ok(());
@@ -446,7 +419,7 @@ fn sql_drop() -> Result<()> {
     }
     if !gucs::ddl_guard() {
         for (kind, identity, _, _) in &dropped {
-            log(format!("multitenancy.ddl_guard is off: DROP {kind} {identity} by {} not checked", session_user()));
+            log(format!("multitenancy.ddl_guard is off: DROP {kind} {identity} by {} not checked", registry::session_role()));
         }
         return Ok(());
     }
@@ -480,14 +453,6 @@ fn sql_drop() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn session_user() -> String {
-    // SAFETY: the session user always exists.
-    unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
-        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
-    }
 }
 
 // The event trigger functions themselves (RETURNS event_trigger, which pgrx cannot spell, hence

@@ -89,13 +89,25 @@ pub fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     })
 }
 
-/// The role calling us, as a name (for the registry's "who" columns).
-pub fn calling_role() -> String {
-    // SAFETY: GetUserNameFromId errors out for an unknown role; the current user always exists.
+/// The name of a role that exists (the current or the session user).
+fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId errors out for an unknown role; ours always exist.
     unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
+        let name = pg_sys::GetUserNameFromId(role, false);
         std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
     }
+}
+
+/// The role calling us, as a name (for the registry's "who" columns).
+pub fn calling_role() -> String {
+    // SAFETY: reads the current user id.
+    role_name(unsafe { pg_sys::GetUserId() })
+}
+
+/// The role that logged in (what a log line should name, whatever SET ROLE says).
+pub fn session_role() -> String {
+    // SAFETY: reads the session user id.
+    role_name(unsafe { pg_sys::GetSessionUserId() })
 }
 
 /// Is this table recorded in `multitenancy.enabled_tables`?
