@@ -19,6 +19,21 @@ REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
 ALTER FUNCTION multitenancy.current_tenant_id() LEAKPROOF;
 ALTER FUNCTION multitenancy.current_tenant_id_or_null() LEAKPROOF;
 
+-- Every session caches the tenants it looks up (tenant_set runs in every transaction); a change
+-- to the registry invalidates those caches in all sessions when it commits (src/tenants.rs).
+-- Row-level: a statement-level trigger is skipped when an INSERT ... RETURNING run through SPI
+-- stops at its row limit (as tenant_create's does). ENABLE ALWAYS: session_replication_role =
+-- replica does not skip them.
+CREATE TRIGGER multitenancy_tenants_changed
+    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION multitenancy._tenants_changed();
+CREATE TRIGGER multitenancy_tenants_truncated
+    AFTER TRUNCATE ON multitenancy.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._tenants_changed();
+ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_tenants_changed;
+ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_tenants_truncated;
+REVOKE EXECUTE ON FUNCTION multitenancy._tenants_changed() FROM PUBLIC;
+
 -- A dropped table leaves the registry with it (so pg_dump never sees a dangling regclass).
 CREATE FUNCTION multitenancy._forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

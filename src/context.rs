@@ -103,8 +103,10 @@ fn current_tenant_id_or_null() -> Option<pgrx::Uuid> {
 
 /// Select the tenant (slug or id) for the current transaction and return its id. Refuses
 /// unknown and non-active tenants, and calls outside a transaction block.
+///
+/// The registry lookup runs with a pinned search_path of its own (see `registry::as_owner`); a
+/// SET clause on the function would cost every call a GUC save and restore for nothing.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn tenant_set(tenant: Option<&str>) -> pgrx::Uuid {
     set(tenant).or_raise()
 }

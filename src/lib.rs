@@ -37,6 +37,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     guard::init();
+    tenants::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -13,15 +13,24 @@ use pgrx::prelude::*;
 
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
+/// The oid of `multitenancy.tenants`.
+pub fn tenants_relid() -> Result<pg_sys::Oid> {
+    // SAFETY: syscache lookups by name.
+    let relid = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
+        pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp)
+    };
+    if relid == pg_sys::InvalidOid {
+        return Err(MtError::internal("registry", "table multitenancy.tenants is missing"));
+    }
+    Ok(relid)
+}
+
 /// The role that owns the registry (the role that ran CREATE EXTENSION).
 fn registry_owner() -> Result<pg_sys::Oid> {
-    // SAFETY: syscache lookups; the tuple is released before we return.
+    let relid = tenants_relid()?;
+    // SAFETY: a syscache lookup; the tuple is released before we return.
     unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
-        let relid = pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp);
-        if relid == pg_sys::InvalidOid {
-            return Err(MtError::internal("registry_owner", "table multitenancy.tenants is missing"));
-        }
         let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as _, relid.into());
         if tuple.is_null() {
             return Err(MtError::internal("registry_owner", "cache lookup failed for multitenancy.tenants"));

@@ -3,6 +3,10 @@ use crate::context;
 use crate::error::{MtError, NoRowIsNone, OrRaise, Result, SpiContext};
 use crate::registry;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgBuiltInOids, PgOid};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use unicode_normalization::UnicodeNormalization;
 
 pub const SLUG_MAX_LEN: usize = 63;
@@ -74,16 +78,144 @@ fn validate_plan(plan: &str) -> Result<()> {
     }
 }
 
+/// Tenants this session has looked up, by id and by slug.
+///
+/// `tenant_set` runs in every transaction of an application, and reading the registry with SPI
+/// costs about as much as the application's own query. So lookups are cached per session and
+/// the cache follows the registry exactly: a statement trigger on `multitenancy.tenants`
+/// (`_tenants_changed`) sends a relcache invalidation for the table on every change, which
+/// PostgreSQL delivers to every other session when the change commits; the callback below then
+/// bumps [`GENERATION`], which empties the cache. [`find`] processes pending invalidations
+/// first, so it never answers from a state older than what a fresh snapshot would see. The
+/// session that makes a change bypasses the cache until its transaction ends, and then empties
+/// it (committed or not).
+#[derive(Default)]
+struct Cache {
+    generation: u64,
+    by_id: HashMap<[u8; 16], Tenant>,
+    by_slug: HashMap<String, Tenant>,
+}
+
+/// Bounds the memory a session spends on the cache.
+const CACHE_MAX: usize = 10_000;
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The registry was changed in the current transaction (by this session).
+    static CHANGED_IN_THIS_TRANSACTION: Cell<bool> = const { Cell::new(false) };
+    static TENANTS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The lookups by id and by slug, prepared on first use; PostgreSQL re-plans them when the
+    /// registry table changes.
+    static LOOKUPS: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
+}
+
+pub fn init() {
+    // SAFETY: registers callbacks for the life of the backend; they only touch our counters.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(registry_changed), pg_sys::Datum::from(0));
+        pg_sys::RegisterXactCallback(Some(transaction_ended), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn registry_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // InvalidOid: "all relations" (after an invalidation queue overflow).
+    if relid == pg_sys::InvalidOid || relid == TENANTS_RELID.with(Cell::get) {
+        GENERATION.with(|g| g.set(g.get() + 1));
+    }
+}
+
+/// The `multitenancy_tenants_changed` trigger: every session's cache of the registry is stale.
+#[pg_extern(sql = "
+CREATE FUNCTION multitenancy._tenants_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_tenants_changed_wrapper';
+")]
+fn _tenants_changed() {
+    let relid = registry::tenants_relid().or_raise();
+    // SAFETY: queues an invalidation for the other sessions, sent when this transaction commits.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    // This session reads its own uncommitted changes: no caching until the transaction ends,
+    // whichever way it ends.
+    CHANGED_IN_THIS_TRANSACTION.with(|c| c.set(true));
+    GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn transaction_ended(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE)
+        && CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false))
+    {
+        GENERATION.with(|g| g.set(g.get() + 1));
+    }
+}
+
+fn cached(key: &std::result::Result<[u8; 16], &str>) -> Option<Tenant> {
+    let generation = GENERATION.with(Cell::get);
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.generation != generation {
+            *cache = Cache { generation, ..Cache::default() };
+            return None;
+        }
+        match key {
+            Ok(id) => cache.by_id.get(id).cloned(),
+            Err(slug) => cache.by_slug.get(*slug).cloned(),
+        }
+    })
+}
+
+fn remember(tenant: &Tenant, generation: u64) {
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        // An invalidation that arrived during the lookup may predate what it read: keep nothing.
+        if cache.generation != generation || GENERATION.with(Cell::get) != generation {
+            return;
+        }
+        if cache.by_id.len() >= CACHE_MAX {
+            cache.by_id.clear();
+            cache.by_slug.clear();
+        }
+        cache.by_id.insert(*tenant.id.as_bytes(), tenant.clone());
+        cache.by_slug.insert(tenant.slug.clone(), tenant.clone());
+    })
+}
+
 /// Look a tenant up by id or slug (a uuid string is taken as an id).
 pub fn find(key: &str) -> Result<Option<Tenant>> {
     let key = key.trim();
-    let (sql, arg): (&str, pgrx::datum::DatumWithOid) = match context::parse_uuid(key) {
-        Some(id) => ("SELECT id, slug, status FROM multitenancy.tenants WHERE id = $1", id.into()),
-        None => ("SELECT id, slug, status FROM multitenancy.tenants WHERE slug = lower($1)", key.into()),
+    let id = context::parse_uuid(key);
+    let slug = key.to_lowercase();
+    let cache_key = id.map(|id| *id.as_bytes()).ok_or(slug.as_str());
+    // SAFETY: applies invalidations other sessions have committed (a shared-memory check when
+    // there are none), as taking a lock would.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let changed_here = CHANGED_IN_THIS_TRANSACTION.with(Cell::get);
+    if !changed_here {
+        if let Some(tenant) = cached(&cache_key) {
+            return Ok(Some(tenant));
+        }
+    }
+    let generation = GENERATION.with(Cell::get);
+    // A miss executes one of two statements prepared once per session (SPI_keepplan).
+    let (index, sql, arg_type, arg): (usize, &str, PgBuiltInOids, pgrx::datum::DatumWithOid) = match id {
+        Some(id) => (0, "SELECT id, slug, status FROM multitenancy.tenants WHERE id = $1", PgBuiltInOids::UUIDOID, id.into()),
+        None => (1, "SELECT id, slug, status FROM multitenancy.tenants WHERE slug = $1", PgBuiltInOids::TEXTOID, slug.as_str().into()),
     };
-    registry::as_owner(|| {
+    let found = registry::as_owner(|| {
         Spi::connect(|client| {
-            let Some(row) = client.select(sql, Some(1), &[arg]).ctx("tenants::find")?.into_iter().next() else {
+            let missing = LOOKUPS.with(|l| l.borrow()[index].is_none());
+            if missing {
+                let prepared = client.prepare(sql, &[PgOid::BuiltIn(arg_type)]).ctx("tenants::find prepare")?.keep();
+                LOOKUPS.with(|l| l.borrow_mut()[index] = Some(prepared));
+            }
+            let rows = LOOKUPS.with(|l| {
+                let lookups = l.borrow();
+                let statement = lookups[index].as_ref().expect("prepared above");
+                client.select(statement, Some(1), &[arg]).ctx("tenants::find")
+            })?;
+            let Some(row) = rows.into_iter().next() else {
                 return Ok(None);
             };
             Ok(Some(Tenant {
@@ -95,7 +227,12 @@ pub fn find(key: &str) -> Result<Option<Tenant>> {
                 status: row.get::<String>(3).ctx("tenants::find status")?.unwrap_or_default(),
             }))
         })
-    })
+    })?;
+    if let (Some(tenant), false) = (&found, changed_here) {
+        TENANTS_RELID.with(|r| r.set(registry::tenants_relid().unwrap_or(pg_sys::InvalidOid)));
+        remember(tenant, generation);
+    }
+    Ok(found)
 }
 
 /// Like [`find`], but a missing tenant is an error.
