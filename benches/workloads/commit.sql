@@ -1,0 +1,2 @@
+-- Ends the transactions of workload 4.
+COMMIT;
