@@ -476,6 +476,18 @@ pub fn assert_no_context(client: &mut impl postgres::GenericClient, situation: &
     assert!(error.message().contains("no tenant context"), "{situation}: unexpected message {:?}", error.message());
 }
 
+/// A reference table every tenant shares: `countries`, exempt, owned by whoever runs this
+/// ([`OWNER`] in the suites), with one row ('de', 'Germany').
+pub fn create_exempt_countries(owner: &mut impl postgres::GenericClient) {
+    owner
+        .batch_execute(
+            "CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
+             SELECT multitenancy.tenant_exempt('countries', 'reference data');
+             INSERT INTO countries VALUES ('de', 'Germany');",
+        )
+        .unwrap();
+}
+
 /// Count rows with a query that returns one bigint.
 pub fn count(client: &mut impl postgres::GenericClient, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)

@@ -482,13 +482,7 @@ fn views_over_enabled_tables_must_be_security_invoker() {
     let o = Orders::new("guard_views");
     let mut su = o.db.superuser();
     let mut owner = o.db.owner();
-    owner
-        .batch_execute(
-            "CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
-             SELECT multitenancy.tenant_exempt('countries', 'reference data');
-             INSERT INTO countries VALUES ('de', 'Germany');",
-        )
-        .unwrap();
+    create_exempt_countries(&mut owner);
 
     let error = refuse(&mut owner, "CREATE VIEW orders_report AS SELECT * FROM orders", "public.orders_report");
     assert!(
@@ -574,12 +568,7 @@ fn materialized_views_over_enabled_tables_are_refused() {
 #[test]
 fn publications_of_enabled_tables_are_refused_unless_the_guard_is_off() {
     let o = Orders::new("guard_publications");
-    o.db.owner()
-        .batch_execute(
-            "CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
-             SELECT multitenancy.tenant_exempt('countries', 'reference data');",
-        )
-        .unwrap();
+    create_exempt_countries(&mut o.db.owner());
     let mut su = o.db.superuser();
     su.batch_execute("CREATE SCHEMA refdata").unwrap();
     let publications = |su: &mut Client| -> Vec<String> {
@@ -728,13 +717,7 @@ fn exemptions_are_explicit_exclusive_and_for_migrations_only() {
     let o = Orders::new("guard_exempt");
     let mut su = o.db.superuser();
     let mut owner = o.db.owner();
-    owner
-        .batch_execute(
-            "CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
-             SELECT multitenancy.tenant_exempt('countries', 'reference data');
-             INSERT INTO countries VALUES ('de', 'Germany');",
-        )
-        .unwrap();
+    create_exempt_countries(&mut owner);
     let orders_before = table_snapshot(&mut su, "orders");
     let countries_before = table_snapshot(&mut su, "countries");
 
