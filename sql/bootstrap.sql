@@ -12,13 +12,16 @@ CREATE TABLE multitenancy.tenants (
     settings    jsonb       NOT NULL DEFAULT '{}',
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    status_reason text,
+    deleted_at  timestamptz,
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_slug_format CHECK (slug ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
     CONSTRAINT tenants_name_length CHECK (pg_catalog.length(pg_catalog.btrim(name)) BETWEEN 1 AND 200),
     CONSTRAINT tenants_status_values CHECK (status IN ('active', 'suspended', 'deleted')),
     CONSTRAINT tenants_plan_format CHECK (plan ~ '^[a-z0-9_-]{1,63}$'),
-    CONSTRAINT tenants_settings_object CHECK (pg_catalog.jsonb_typeof(settings) = 'object')
+    CONSTRAINT tenants_settings_object CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
+    CONSTRAINT tenants_deleted_at CHECK ((status = 'deleted') = (deleted_at IS NOT NULL))
 );
 COMMENT ON TABLE multitenancy.tenants IS
     'Tenant registry. Create tenants with multitenancy.tenant_create(); rows are kept by pg_dump.';
@@ -27,6 +30,12 @@ CREATE FUNCTION multitenancy._touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     NEW.updated_at := pg_catalog.now();
+    -- deleted_at follows the status, also for a DBA's direct UPDATE.
+    IF NEW.status = 'deleted' AND NEW.deleted_at IS NULL THEN
+        NEW.deleted_at := pg_catalog.now();
+    ELSIF NEW.status <> 'deleted' THEN
+        NEW.deleted_at := NULL;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -59,3 +68,84 @@ COMMENT ON TABLE multitenancy.exempt_tables IS
     'Global tables (not tenant data), declared with multitenancy.tenant_exempt(). Rows are kept by pg_dump.';
 
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.exempt_tables', '');
+
+-- Members of a tenant: end users (multitenancy.user_id) and their role in it.
+CREATE TABLE multitenancy.members (
+    tenant_id   uuid        NOT NULL,
+    user_id     uuid        NOT NULL,
+    role        text        NOT NULL DEFAULT 'member',
+    joined_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    invited_by  uuid,
+    CONSTRAINT members_pkey PRIMARY KEY (tenant_id, user_id),
+    CONSTRAINT members_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id),
+    CONSTRAINT members_role_values CHECK (role IN ('owner', 'admin', 'member', 'guest'))
+);
+CREATE INDEX members_user_id_idx ON multitenancy.members (user_id);
+COMMENT ON TABLE multitenancy.members IS
+    'Members of each tenant and their roles. Change them with multitenancy.member_add() and friends.';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.members', '');
+
+-- Host names as stored and looked up: lower case, surrounding blanks, a trailing dot and a
+-- :port removed; NULL for anything that is not a DNS host name (letters, digits, '-', at least
+-- two labels, labels of 1 to 63 characters, at most 253 in all; internationalised names in
+-- their xn-- form).
+CREATE FUNCTION multitenancy.domain_normalize(host text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN pg_catalog.length(h) <= 253
+                 AND h ~ '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'
+                THEN h END
+      FROM (SELECT pg_catalog.regexp_replace(
+                       pg_catalog.regexp_replace(pg_catalog.lower(pg_catalog.btrim(host)), ':[0-9]{1,5}$', ''),
+                       '\.$', '') AS h) AS normalised
+$$;
+
+-- Host names that route to a tenant (multitenancy.tenant_resolve). Stored normalised.
+CREATE TABLE multitenancy.domains (
+    domain              text        NOT NULL,
+    tenant_id           uuid        NOT NULL,
+    is_primary          boolean     NOT NULL DEFAULT false,
+    verification_token  text        NOT NULL,
+    verified_at         timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT domains_pkey PRIMARY KEY (domain),
+    CONSTRAINT domains_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id),
+    CONSTRAINT domains_normalised CHECK (domain = multitenancy.domain_normalize(domain))
+);
+CREATE UNIQUE INDEX domains_one_primary ON multitenancy.domains (tenant_id) WHERE is_primary;
+CREATE INDEX domains_tenant_id_idx ON multitenancy.domains (tenant_id);
+COMMENT ON TABLE multitenancy.domains IS
+    'Custom domains of tenants. Change them with multitenancy.domain_add(), domain_verify(), domain_remove().';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.domains', '');
+
+-- Plans: limits (quotas) and features every tenant on the plan gets unless it overrides them.
+CREATE TABLE multitenancy.plans (
+    name        text        NOT NULL,
+    limits      jsonb       NOT NULL DEFAULT '{}',
+    features    jsonb       NOT NULL DEFAULT '{}',
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT plans_pkey PRIMARY KEY (name),
+    CONSTRAINT plans_name_format CHECK (name ~ '^[a-z0-9_-]{1,63}$'),
+    CONSTRAINT plans_limits_object CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
+    CONSTRAINT plans_features_object CHECK (pg_catalog.jsonb_typeof(features) = 'object')
+);
+COMMENT ON TABLE multitenancy.plans IS
+    'Plans: default limits and features of their tenants. Change them with multitenancy.plan_set().';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.plans', '');
+
+-- Every state change the extension's functions make, append-only (see finalize.sql).
+CREATE TABLE multitenancy.audit_log (
+    id           bigint      GENERATED BY DEFAULT AS IDENTITY,
+    at           timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    session_role name        NOT NULL DEFAULT session_user,
+    acting_role  name        NOT NULL,
+    user_id      uuid,
+    tenant_id    uuid,
+    action       text        NOT NULL,
+    details      jsonb       NOT NULL DEFAULT '{}',
+    CONSTRAINT audit_log_pkey PRIMARY KEY (id)
+);
+CREATE INDEX audit_log_tenant_id_idx ON multitenancy.audit_log (tenant_id, at);
+COMMENT ON TABLE multitenancy.audit_log IS
+    'Who changed what: lifecycle, member, domain, setting and admin actions. Append-only.';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.audit_log_id_seq', '');

@@ -1,12 +1,83 @@
 -- multitenancy finalize: privileges and event triggers. Runs after every function exists.
 
--- Registry tables are private: application roles reach them only through functions.
+-- Registry tables change only through the extension's functions.
 REVOKE ALL ON ALL TABLES IN SCHEMA multitenancy FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA multitenancy FROM PUBLIC;
 -- Policies call multitenancy.current_tenant_id() as the querying role.
 GRANT USAGE ON SCHEMA multitenancy TO PUBLIC;
 
+-- Application roles read the registry rows of the tenant of their context (and, in admin mode,
+-- of every tenant): row level security, not FORCEd, so the registry owner (the extension's
+-- functions) sees everything. enabled_tables and exempt_tables stay private.
+GRANT SELECT ON multitenancy.tenants, multitenancy.members, multitenancy.domains, multitenancy.audit_log,
+                multitenancy.plans TO PUBLIC;
+ALTER TABLE multitenancy.tenants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE multitenancy.members ENABLE ROW LEVEL SECURITY;
+ALTER TABLE multitenancy.domains ENABLE ROW LEVEL SECURITY;
+ALTER TABLE multitenancy.audit_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_scope ON multitenancy.tenants FOR SELECT TO PUBLIC
+    USING (id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+CREATE POLICY tenant_scope ON multitenancy.members FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+CREATE POLICY tenant_scope ON multitenancy.domains FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+CREATE POLICY tenant_scope ON multitenancy.audit_log FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+
+-- The audit log is append-only for everyone but superusers, the registry owner included.
+CREATE FUNCTION multitenancy._audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'multitenancy.audit_log is append-only'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Audit rows cannot be changed or removed; a superuser can archive them.';
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION multitenancy._audit_log_append_only() FROM PUBLIC;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON multitenancy.audit_log
+    FOR EACH ROW EXECUTE FUNCTION multitenancy._audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON multitenancy.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._audit_log_append_only();
+ALTER TABLE multitenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only;
+ALTER TABLE multitenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+-- Cross-tenant admin access (multitenancy.admin_begin) is for members of this role. Roles are
+-- cluster-wide: a second database's CREATE EXTENSION finds it already there.
+-- (Two databases creating the extension at once race on the role's unique index: 23505.)
+DO $$
+BEGIN
+    CREATE ROLE multitenancy_admin NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$;
+
+-- The internal data functions of sql/model.sql run only as the registry owner.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
+                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_tenant_id', '_base_domain')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
+
 -- DBA functions: a DBA grants them to the roles that run migrations or manage tenants.
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_create(text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_suspend(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_activate(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_delete(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_purge(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_rename(text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_change_plan(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.plan_set(text, jsonb, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_disable(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_exempt(regclass, text) FROM PUBLIC;
@@ -18,21 +89,30 @@ REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
 -- use it freely next to security-barrier quals.
 ALTER FUNCTION multitenancy.current_tenant_id() LEAKPROOF;
 ALTER FUNCTION multitenancy.current_tenant_id_or_null() LEAKPROOF;
+ALTER FUNCTION multitenancy._admin_mode() LEAKPROOF;
 
 -- Every session caches the tenants it looks up (tenant_set runs in every transaction); a change
 -- to the registry invalidates those caches in all sessions when it commits (src/tenants.rs).
 -- Row-level: a statement-level trigger is skipped when an INSERT ... RETURNING run through SPI
 -- stops at its row limit (as tenant_create's does). ENABLE ALWAYS: session_replication_role =
 -- replica does not skip them.
-CREATE TRIGGER multitenancy_tenants_changed
+CREATE TRIGGER multitenancy_registry_changed
     AFTER INSERT OR UPDATE OR DELETE ON multitenancy.tenants
-    FOR EACH ROW EXECUTE FUNCTION multitenancy._tenants_changed();
-CREATE TRIGGER multitenancy_tenants_truncated
+    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
+CREATE TRIGGER multitenancy_registry_truncated
     AFTER TRUNCATE ON multitenancy.tenants
-    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._tenants_changed();
-ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_tenants_changed;
-ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_tenants_truncated;
-REVOKE EXECUTE ON FUNCTION multitenancy._tenants_changed() FROM PUBLIC;
+    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
+ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
+ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
+-- Memberships are cached the same way (tenant_set, has_role).
+CREATE TRIGGER multitenancy_registry_changed
+    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.members
+    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
+CREATE TRIGGER multitenancy_registry_truncated
+    AFTER TRUNCATE ON multitenancy.members
+    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
+ALTER TABLE multitenancy.members ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
+ALTER TABLE multitenancy.members ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
 
 -- A dropped table leaves the registry with it (so pg_dump never sees a dangling regclass).
 CREATE FUNCTION multitenancy._forget_dropped_tables() RETURNS event_trigger

@@ -1,10 +1,13 @@
 //! The tenant context: the one place that decides which tenant the current transaction acts for.
 //!
 //! Every other module asks [`current`] / [`resolve`]; none reads the settings itself.
-use crate::error::{MtError, OrRaise, Result};
+use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
+use crate::access;
+use crate::members::Role;
 use crate::tenants;
 use pgrx::prelude::*;
+use std::cell::Cell;
 use std::ffi::CStr;
 
 /// Parse a uuid the way PostgreSQL's `uuid_in` does: optional surrounding braces, 32 hex digits,
@@ -35,10 +38,9 @@ fn parse_uuid_bytes(text: &[u8]) -> Option<pgrx::Uuid> {
     (digits == 32).then(|| pgrx::Uuid::from_bytes(bytes))
 }
 
-/// The tenant of the current transaction: `Ok(None)` when no context is set (unset, or the empty
-/// string that RESET and DISCARD ALL leave behind), an error when the setting is not a uuid.
-pub fn resolve() -> Result<Option<pgrx::Uuid>> {
-    let raw = gucs::tenant_id_raw();
+/// Read one of the context settings: `Ok(None)` when unset or empty (what RESET and DISCARD ALL
+/// leave behind), `Err(shown value)` when it is not a uuid.
+fn read_uuid_setting(raw: *const std::ffi::c_char) -> std::result::Result<Option<pgrx::Uuid>, String> {
     if raw.is_null() {
         return Ok(None);
     }
@@ -48,21 +50,86 @@ pub fn resolve() -> Result<Option<pgrx::Uuid>> {
     if value.is_empty() {
         return Ok(None);
     }
-    match parse_uuid_bytes(value) {
-        Some(id) => Ok(Some(id)),
-        None => {
-            let mut shown = String::from_utf8_lossy(value).into_owned();
-            if shown.chars().count() > 64 {
-                shown = shown.chars().take(64).collect::<String>() + "...";
-            }
-            Err(MtError::MalformedContext { value: shown })
+    parse_uuid_bytes(value).map(Some).ok_or_else(|| {
+        let mut shown = String::from_utf8_lossy(value).into_owned();
+        if shown.chars().count() > 64 {
+            shown = shown.chars().take(64).collect::<String>() + "...";
         }
-    }
+        shown
+    })
 }
 
-/// The tenant of the current transaction; no context is an error (fail closed).
+/// The tenant setting of the current transaction, unchecked: `Ok(None)` when no context is set,
+/// an error when the setting is not a uuid.
+pub fn resolve() -> Result<Option<pgrx::Uuid>> {
+    read_uuid_setting(gucs::tenant_id_raw()).map_err(|value| MtError::MalformedContext { value })
+}
+
+/// The end user of the current transaction (`multitenancy.user_id`), if one is set.
+pub fn resolve_user() -> Result<Option<pgrx::Uuid>> {
+    read_uuid_setting(gucs::user_id_raw()).map_err(|value| MtError::MalformedUserContext { value })
+}
+
+/// A context the current transaction has already checked against the registry.
+#[derive(Clone, Copy, PartialEq)]
+struct Checked {
+    tenant: pgrx::Uuid,
+    user: Option<pgrx::Uuid>,
+    admin: bool,
+    role: Option<Role>,
+}
+
+thread_local! {
+    /// The registry is consulted once per transaction (and again only if the context changes):
+    /// a tenant suspended or a member removed by another session stops working at the next
+    /// transaction of every session, at the cost of one comparison per call until then.
+    static CHECKED: Cell<Option<Checked>> = const { Cell::new(None) };
+}
+
+/// Called at the end of every top-level transaction.
+pub fn transaction_ended() {
+    CHECKED.with(|c| c.set(None));
+}
+
+/// The tenant of the current transaction, checked: it exists, it is active, and the user (if
+/// one is set) is a member. In admin mode only existence is checked.
+fn checked() -> Result<Checked> {
+    let tenant = resolve()?.ok_or(MtError::NoContext)?;
+    let user = resolve_user()?;
+    let admin = access::admin_mode().is_some();
+    if let Some(done) = CHECKED.with(Cell::get) {
+        if done.tenant == tenant && done.user == user && done.admin == admin {
+            return Ok(done);
+        }
+    }
+    let found = tenants::lookup(tenants::Key::Id(tenant))?
+        .ok_or_else(|| MtError::ContextTenantUnknown { id: tenant.to_string() })?;
+    let role = match user {
+        Some(user) => tenants::role_of(tenant, user)?,
+        None => None,
+    };
+    if !admin {
+        if !found.is_active() {
+            return Err(MtError::TenantNotActive { slug: found.slug, status: found.status });
+        }
+        if let (Some(user), None) = (user, role) {
+            return Err(MtError::NotAMember { tenant: found.slug, user: user.to_string() });
+        }
+    }
+    let done = Checked { tenant, user, admin, role };
+    CHECKED.with(|c| c.set(Some(done)));
+    Ok(done)
+}
+
+/// The tenant of the current transaction; no context is an error (fail closed), and so is a
+/// tenant that is not active or a user who is not a member.
 pub fn current() -> Result<pgrx::Uuid> {
-    resolve()?.ok_or(MtError::NoContext)
+    checked().map(|c| c.tenant)
+}
+
+/// The current user's role in the current tenant (`None`: no user set, or not a member).
+pub fn current_role() -> Result<Option<Role>> {
+    checked().map(|c| c.role)
 }
 
 /// Make `tenant` the context until the end of the current transaction.
@@ -78,9 +145,20 @@ pub fn set(tenant: Option<&str>) -> Result<pgrx::Uuid> {
         return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set" });
     }
     let key = tenant.unwrap_or_default();
-    let tenant = tenants::require(key)?;
-    if !tenant.is_active() {
+    set_tenant(tenants::require(key)?)
+}
+
+/// Make a tenant from the registry the context, if it may be: active (unless in admin mode),
+/// and with the current user (if one is set) as a member.
+pub fn set_tenant(tenant: tenants::Tenant) -> Result<pgrx::Uuid> {
+    let admin = access::admin_mode().is_some();
+    if !admin && !tenant.is_active() {
         return Err(MtError::TenantNotActive { slug: tenant.slug, status: tenant.status });
+    }
+    if let Some(user) = resolve_user()? {
+        if !admin && tenants::role_of(tenant.id, user)?.is_none() {
+            return Err(MtError::NotAMember { tenant: tenant.slug, user: user.to_string() });
+        }
     }
     set_local(tenant.id);
     Ok(tenant.id)
@@ -95,10 +173,26 @@ fn current_tenant_id() -> pgrx::Uuid {
     current().or_raise()
 }
 
-/// The current tenant, or NULL when there is no tenant context (a malformed one still raises).
+/// The current tenant, or NULL when there is no tenant context (a malformed, unknown or inactive
+/// one still raises).
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant_id_or_null() -> Option<pgrx::Uuid> {
-    resolve().or_raise()
+    match resolve().or_raise() {
+        Some(_) => Some(current().or_raise()),
+        None => None,
+    }
+}
+
+/// The end user of the current transaction. Raises 28000 when `multitenancy.user_id` is unset.
+#[pg_extern(stable, parallel_safe)]
+fn current_user_id() -> pgrx::Uuid {
+    resolve_user().and_then(|user| user.ok_or(MtError::NoUserContext)).or_raise()
+}
+
+/// The end user of the current transaction, or NULL when none is set.
+#[pg_extern(stable, parallel_safe)]
+fn current_user_id_or_null() -> Option<pgrx::Uuid> {
+    resolve_user().or_raise()
 }
 
 /// Select the tenant (slug or id) for the current transaction and return its id. Refuses
@@ -109,6 +203,24 @@ fn current_tenant_id_or_null() -> Option<pgrx::Uuid> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn tenant_set(tenant: Option<&str>) -> pgrx::Uuid {
     set(tenant).or_raise()
+}
+
+/// Select the tenant a host name routes to (see `tenant_resolve`) for the current transaction.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_set_by_host(host: Option<&str>) -> pgrx::Uuid {
+    set_by_host(host.unwrap_or_default()).or_raise()
+}
+
+fn set_by_host(host: &str) -> Result<pgrx::Uuid> {
+    // SAFETY: reads transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set_by_host" });
+    }
+    let id = Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_resolve($1)", &[host.into()])
+        .ctx("context::set_by_host")?
+        .ok_or_else(|| MtError::HostNotFound { host: host.to_string() })?;
+    let tenant = tenants::lookup(tenants::Key::Id(id))?.ok_or_else(|| MtError::HostNotFound { host: host.to_string() })?;
+    set_tenant(tenant)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -150,7 +262,27 @@ mod tests {
         Spi::run("SET LOCAL multitenancy.tenant_id = 'not-a-uuid'").unwrap();
         assert!(matches!(resolve(), Err(MtError::MalformedContext { .. })));
         Spi::run("SET LOCAL multitenancy.tenant_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'").unwrap();
-        assert_eq!(current().unwrap().to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+        assert!(matches!(current(), Err(MtError::ContextTenantUnknown { .. })), "a uuid that names no tenant");
+        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Hooli')").unwrap().unwrap();
+        Spi::run_with_args("SELECT set_config('multitenancy.tenant_id', $1, true)", &[id.to_string().into()]).unwrap();
+        assert_eq!(current().unwrap(), id);
+    }
+
+    #[pg_test]
+    fn the_user_must_be_a_member_of_the_context_tenant() {
+        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Pied Piper')").unwrap().unwrap();
+        Spi::run_with_args("SELECT set_config('multitenancy.tenant_id', $1, true)", &[id.to_string().into()]).unwrap();
+        Spi::run("SET LOCAL multitenancy.user_id = '5f0c6c8e-0f3a-4d43-9d57-2f1b8a6c0001'").unwrap();
+        assert!(matches!(current(), Err(MtError::NotAMember { .. })));
+        Spi::run_with_args(
+            "SELECT multitenancy.member_add($1, '5f0c6c8e-0f3a-4d43-9d57-2f1b8a6c0001', 'guest')",
+            &[id.to_string().into()],
+        )
+        .unwrap();
+        // The same transaction added the member: the check sees it (no stale cache).
+        Spi::run("SET LOCAL multitenancy.user_id = '5f0c6c8e-0f3a-4d43-9d57-2f1b8a6c0001'").unwrap();
+        assert_eq!(current().unwrap(), id);
+        assert_eq!(current_role().unwrap(), Some(Role::Guest));
     }
 
     #[pg_test(error = "no tenant context: multitenancy.tenant_id is not set in this transaction")]

@@ -57,6 +57,24 @@ pub enum MtError {
     NotTableOwner { table: String, function: &'static str },
     /// A constraint cannot be rebuilt with tenant_id.
     CannotHarden { table: String, object: String, reason: String },
+    /// `multitenancy.user_id` is unset or empty where a user is required.
+    NoUserContext,
+    /// `multitenancy.user_id` holds something that is not a uuid.
+    MalformedUserContext { value: String },
+    /// `multitenancy.tenant_id` names no tenant.
+    ContextTenantUnknown { id: String },
+    /// The user in `multitenancy.user_id` is not a member of the tenant.
+    NotAMember { tenant: String, user: String },
+    /// A management call on a tenant the caller may not manage.
+    NotAuthorized { action: &'static str, tenant: String, reason: String },
+    /// `admin_begin` by a role that is not a member of multitenancy_admin.
+    NotAdmin { role: String },
+    /// An argument that breaks a rule; the message says which.
+    InvalidArgument { message: String, hint: String },
+    /// A role name that is not owner, admin, member or guest.
+    InvalidRole { role: String },
+    /// No tenant answers to a host name.
+    HostNotFound { host: String },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     Internal { context: &'static str, error: String },
 }
@@ -70,9 +88,16 @@ impl MtError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
-            MtError::NoContext | MtError::MalformedContext { .. } | MtError::TenantNotActive { .. } => {
-                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
-            }
+            MtError::NoContext
+            | MtError::MalformedContext { .. }
+            | MtError::TenantNotActive { .. }
+            | MtError::NoUserContext
+            | MtError::MalformedUserContext { .. }
+            | MtError::ContextTenantUnknown { .. }
+            | MtError::NotAMember { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            MtError::NotAuthorized { .. } | MtError::NotAdmin { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::InvalidArgument { .. } | MtError::InvalidRole { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            MtError::HostNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
             MtError::NotInTransactionBlock { .. } => ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
             MtError::TenantNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
             MtError::InvalidSlug { .. }
@@ -162,6 +187,25 @@ impl MtError {
             MtError::CannotHarden { table, object, reason } => {
                 format!("cannot add tenant_id to {object} of table \"{table}\": {reason}")
             }
+            MtError::NoUserContext => "no user context: multitenancy.user_id is not set in this transaction".into(),
+            MtError::MalformedUserContext { value } => {
+                format!("invalid user context: multitenancy.user_id = \"{value}\" is not a uuid")
+            }
+            MtError::ContextTenantUnknown { id } => {
+                format!("invalid tenant context: tenant {id} does not exist")
+            }
+            MtError::NotAMember { tenant, user } => {
+                format!("user {user} is not a member of tenant \"{tenant}\"")
+            }
+            MtError::NotAuthorized { action, tenant, reason } => {
+                format!("permission denied to {action} tenant \"{tenant}\": {reason}")
+            }
+            MtError::NotAdmin { role } => {
+                format!("permission denied for admin access: role \"{role}\" is not a member of multitenancy_admin")
+            }
+            MtError::InvalidArgument { message, .. } => message.clone(),
+            MtError::InvalidRole { role } => format!("invalid member role \"{role}\""),
+            MtError::HostNotFound { host } => format!("no tenant for host \"{host}\""),
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
     }
@@ -178,9 +222,16 @@ impl MtError {
                  this statement and have no effect."
                     .into(),
             ),
-            MtError::TenantNotActive { .. } => {
-                Some("Only active tenants can be the tenant context.".into())
-            }
+            MtError::TenantNotActive { .. } => Some(
+                "Only active tenants can be the tenant context; a context set earlier stops working at the \
+                 next transaction."
+                    .into(),
+            ),
+            MtError::NotAMember { .. } => Some(
+                "When multitenancy.user_id is set, the tenant context is valid only for tenants the user is a \
+                 member of."
+                    .into(),
+            ),
             MtError::InvalidSlug { .. } => Some(
                 "A slug is 1 to 63 characters of a-z, 0-9 and '-', and neither starts nor ends with '-'."
                     .into(),
@@ -288,6 +339,29 @@ impl MtError {
                 .into(),
             MtError::CannotHarden { .. } => "Change the constraint so that tenant_id can join it, or drop it, and \
                  call multitenancy.tenant_enable again."
+                .into(),
+            MtError::NoUserContext => "Inside the transaction, SET LOCAL multitenancy.user_id = '<user uuid>'.".into(),
+            MtError::MalformedUserContext { .. } => {
+                "multitenancy.user_id takes a user uuid: SET LOCAL multitenancy.user_id = '<user uuid>'.".into()
+            }
+            MtError::ContextTenantUnknown { .. } => format!(
+                "The tenant may have been purged, or the uuid is wrong. {HINT_SET_CONTEXT}"
+            ),
+            MtError::NotAMember { tenant, .. } => format!(
+                "Choose one of the user's tenants (SELECT * FROM multitenancy.user_tenants()), or have an admin \
+                 of \"{tenant}\" add the user with multitenancy.member_add()."
+            ),
+            MtError::NotAuthorized { .. } => "Act as an admin of the tenant (its context plus multitenancy.user_id of a \
+                 member with a high enough role), or as an operator: a superuser, the extension's owner, or a \
+                 multitenancy_admin member after SELECT multitenancy.admin_begin('<reason>', write => true)."
+                .into(),
+            MtError::NotAdmin { .. } => {
+                "A DBA grants admin access with GRANT multitenancy_admin TO <role>.".into()
+            }
+            MtError::InvalidArgument { hint, .. } => hint.clone(),
+            MtError::InvalidRole { .. } => "A role is one of 'owner', 'admin', 'member', 'guest'.".into(),
+            MtError::HostNotFound { .. } => "Register the host with multitenancy.domain_add() and verify it, or \
+                 use <slug>.<multitenancy.base_domain>."
                 .into(),
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }

@@ -9,6 +9,12 @@ pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 
 pub const TENANT_ID_NAME: &CStr = c"multitenancy.tenant_id";
 
+/// `multitenancy.user_id`: the end user of the current transaction, as a uuid.
+pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `multitenancy.base_domain`: tenants are reachable as `<slug>.<base_domain>`.
+pub static BASE_DOMAIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// `multitenancy.guarded_schemas`: schemas whose new tables must be tenant-enabled or exempt.
 pub static GUARDED_SCHEMAS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"public"));
 
@@ -34,6 +40,30 @@ pub fn init() {
             Some(check_tenant_id),
             None,
             None,
+        );
+        pg_sys::DefineCustomStringVariable(
+            c"multitenancy.user_id".as_ptr(),
+            c"End user of the current transaction (a user uuid).".as_ptr(),
+            c"Set it per transaction like multitenancy.tenant_id. When it is set, the tenant context is valid \
+              only for tenants the user is a member of, and multitenancy.tenant_role() / has_role() answer \
+              for this user. Like the tenant, it cannot be a server, database, role or connection default."
+                .as_ptr(),
+            USER_ID.as_ptr(),
+            std::ptr::null(),
+            pg_sys::GucContext::PGC_USERSET,
+            (pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
+            Some(check_user_id),
+            None,
+            None,
+        );
+        pgrx::GucRegistry::define_string_guc(
+            c"multitenancy.base_domain",
+            c"Tenants are reachable at <slug>.<base_domain> (multitenancy.tenant_resolve).",
+            c"A host name such as 'example.com'. A DBA sets it per database: ALTER DATABASE db SET \
+              multitenancy.base_domain = 'example.com'. Empty: only verified custom domains resolve.",
+            &BASE_DOMAIN,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
         );
         pgrx::GucRegistry::define_string_guc(
             c"multitenancy.guarded_schemas",
@@ -77,7 +107,22 @@ unsafe extern "C-unwind" fn check_tenant_id(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL).
-    let value = unsafe { *newval };
+    unsafe { check_session_only(*newval, source, c"multitenancy.tenant_id cannot have a server, database, role or connection default") }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_user_id(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: as above.
+    unsafe { check_session_only(*newval, source, c"multitenancy.user_id cannot have a server, database, role or connection default") }
+}
+
+/// The check both context settings share: a value may only come from the session itself.
+unsafe fn check_session_only(value: *const c_char, source: pg_sys::GucSource::Type, message: &CStr) -> bool {
+    // SAFETY: a non-NULL proposed value is a NUL-terminated string.
     let empty = value.is_null() || unsafe { *value } == 0;
     if empty || source_may_set_a_tenant(source) {
         return true;
@@ -85,13 +130,10 @@ unsafe extern "C-unwind" fn check_tenant_id(
     // SAFETY: GUC_check_* strings must live in ErrorContext; PostgreSQL reports and frees them.
     unsafe {
         pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
-        pg_sys::GUC_check_errmsg_string = pg_sys::MemoryContextStrdup(
-            pg_sys::ErrorContext,
-            c"multitenancy.tenant_id cannot have a server, database, role or connection default".as_ptr(),
-        );
+        pg_sys::GUC_check_errmsg_string = pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, message.as_ptr());
         pg_sys::GUC_check_errdetail_string = pg_sys::MemoryContextStrdup(
             pg_sys::ErrorContext,
-            c"A default tenant would survive RESET and DISCARD ALL and reach every client of a pooled connection."
+            c"A default would survive RESET and DISCARD ALL and reach every client of a pooled connection."
                 .as_ptr(),
         );
         pg_sys::GUC_check_errhint_string = pg_sys::MemoryContextStrdup(
@@ -150,6 +192,28 @@ pub fn tenant_id_raw() -> *const c_char {
     // SAFETY: the GUC machinery keeps this pointer either NULL or pointing at a NUL-terminated
     // string it owns; we read it on the backend's main thread.
     unsafe { *TENANT_ID.as_ptr() }
+}
+
+/// The raw value of `multitenancy.user_id`; the same rules as [`tenant_id_raw`].
+pub fn user_id_raw() -> *const c_char {
+    // SAFETY: as in tenant_id_raw.
+    unsafe { *USER_ID.as_ptr() }
+}
+
+/// `multitenancy.base_domain`, lower case, without surrounding dots or blanks; `None` when
+/// unset or empty.
+pub fn base_domain() -> Option<String> {
+    let raw = BASE_DOMAIN.get()?;
+    let domain = raw.to_string_lossy().trim().trim_matches('.').to_lowercase();
+    (!domain.is_empty()).then_some(domain)
+}
+
+/// `multitenancy.base_domain` for SQL (`tenant_resolve`). Read through the library so that a
+/// value an unprivileged session set before the library was loaded (a placeholder, which
+/// PostgreSQL drops when the library defines the superuser-only setting) is never used.
+#[pg_extern(stable, parallel_safe)]
+fn _base_domain() -> Option<String> {
+    base_domain()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

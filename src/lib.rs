@@ -4,7 +4,11 @@
 //! - [`gucs`]: every setting the extension registers (one place),
 //! - [`context`]: resolves the tenant of the current transaction (the only reader of the
 //!   tenant settings) and exposes `current_tenant_id()` / `tenant_set()`,
-//! - [`tenants`]: the tenant registry (`tenant_create`, slug rules),
+//! - [`tenants`]: the tenant registry (`tenant_create`, slug rules) and its per-session cache,
+//! - [`members`]: members and roles (`member_add`, `has_role`, ...),
+//! - [`lifecycle`]: suspend, activate, delete, purge, rename; plans and settings,
+//! - [`domains`]: custom domains and host routing,
+//! - [`access`]: who may manage what, audited admin access (`admin_begin`), the audit log,
 //! - [`spec`]: the one description of what a protected table looks like,
 //! - [`enable`]: `tenant_enable` / `tenant_disable` (which build and remove that shape) and
 //!   `tenant_exempt` / `tenant_unexempt`,
@@ -16,13 +20,17 @@
 //! - [`error`]: the typed error enum and its SQLSTATEs.
 use pgrx::prelude::*;
 
+mod access;
 mod catalog;
 mod context;
+mod domains;
 mod enable;
 mod error;
 mod guard;
 mod gucs;
 mod hardening;
+mod lifecycle;
+mod members;
 mod registry;
 mod spec;
 mod tenants;
@@ -31,6 +39,11 @@ mod verify;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/model.sql",
+    name = "model",
+    requires = ["bootstrap", current_tenant_id, current_user_id, access::_readable_tenant, gucs::_base_domain]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
@@ -38,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     guard::init();
     tenants::init();
+    access::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -27,7 +27,7 @@ pub fn tenants_relid() -> Result<pg_sys::Oid> {
 }
 
 /// The role that owns the registry (the role that ran CREATE EXTENSION).
-fn registry_owner() -> Result<pg_sys::Oid> {
+pub fn registry_owner() -> Result<pg_sys::Oid> {
     let relid = tenants_relid()?;
     // SAFETY: a syscache lookup; the tuple is released before we return.
     unsafe {
@@ -244,10 +244,21 @@ mod tests {
         assert_eq!(current_user_and_path(), before, "role and search_path are restored");
     }
 
-    #[pg_test(error = "permission denied for table tenants")]
-    fn the_same_role_cannot_read_the_registry_directly() {
+    #[pg_test]
+    fn the_same_role_reads_no_registry_row_without_a_context() {
+        Spi::run("SELECT multitenancy.tenant_create('Registry Probe')").unwrap();
         Spi::run("CREATE ROLE registry_probe2 NOLOGIN; SET LOCAL ROLE registry_probe2").unwrap();
-        Spi::run("SELECT count(*) FROM multitenancy.tenants").unwrap();
+        let seen = Spi::get_one::<i64>("SELECT count(*) FROM multitenancy.tenants").unwrap();
+        assert_eq!(seen, Some(0), "row level security hides every tenant without a context");
+        Spi::run("RESET ROLE").unwrap();
+        let there = Spi::get_one::<i64>("SELECT count(*) FROM multitenancy.tenants").unwrap();
+        assert_eq!(there, Some(1));
+    }
+
+    #[pg_test(error = "permission denied for table enabled_tables")]
+    fn the_same_role_cannot_read_the_table_registry() {
+        Spi::run("CREATE ROLE registry_probe3 NOLOGIN; SET LOCAL ROLE registry_probe3").unwrap();
+        Spi::run("SELECT count(*) FROM multitenancy.enabled_tables").unwrap();
     }
 
     #[pg_test]

@@ -41,13 +41,19 @@ pub const POLICIES: [PolicySpec; 2] = [
     PolicySpec { name: "multitenancy_isolation", permissive: false, tenant_predicate: true },
 ];
 
+/// Audited cross-tenant access (`admin_begin`). An IMMUTABLE function the planner folds into a
+/// constant: outside admin mode the predicate plans exactly as `tenant_id = <context>` (one
+/// initPlan, an index condition); see `access.rs` for how plans of the two modes are kept apart.
+pub const ADMIN_SQL: &str = "multitenancy._admin_mode()";
+
 /// The predicate of the isolation policy.
 pub fn predicate_sql() -> String {
-    format!("{TENANT_COLUMN} = {CONTEXT_SQL}")
+    format!("{TENANT_COLUMN} = {CONTEXT_SQL} OR {ADMIN_SQL}")
 }
 
 /// How PostgreSQL prints [`predicate_sql`] back (pg_get_expr under `search_path = pg_catalog`).
-const PREDICATE_DEPARSED: &str = "(tenant_id = ( SELECT multitenancy.current_tenant_id() AS current_tenant_id))";
+const PREDICATE_DEPARSED: &str =
+    "((tenant_id = ( SELECT multitenancy.current_tenant_id() AS current_tenant_id)) OR multitenancy._admin_mode())";
 /// How PostgreSQL prints [`DEFAULT_SQL`] back.
 const DEFAULT_DEPARSED: &str = "multitenancy.current_tenant_id()";
 

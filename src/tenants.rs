@@ -1,6 +1,8 @@
 //! The tenant registry: creating tenants, slug rules, looking tenants up.
+use crate::access;
 use crate::context;
-use crate::error::{MtError, NoRowIsNone, OrRaise, Result, SpiContext};
+use crate::members::Role;
+use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -67,7 +69,7 @@ pub fn derive_slug(name: &str) -> Option<String> {
     (!slug.is_empty()).then_some(slug)
 }
 
-fn validate_plan(plan: &str) -> Result<()> {
+pub fn validate_plan(plan: &str) -> Result<()> {
     let ok = !plan.is_empty()
         && plan.len() <= 63
         && plan.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -78,22 +80,24 @@ fn validate_plan(plan: &str) -> Result<()> {
     }
 }
 
-/// Tenants this session has looked up, by id and by slug.
+/// Tenants (and memberships) this session has looked up.
 ///
 /// `tenant_set` runs in every transaction of an application, and reading the registry with SPI
 /// costs about as much as the application's own query. So lookups are cached per session and
-/// the cache follows the registry exactly: a statement trigger on `multitenancy.tenants`
-/// (`_tenants_changed`) sends a relcache invalidation for the table on every change, which
-/// PostgreSQL delivers to every other session when the change commits; the callback below then
-/// bumps [`GENERATION`], which empties the cache. [`find`] processes pending invalidations
-/// first, so it never answers from a state older than what a fresh snapshot would see. The
-/// session that makes a change bypasses the cache until its transaction ends, and then empties
-/// it (committed or not).
+/// the cache follows the registry exactly: a row trigger on `multitenancy.tenants` and
+/// `multitenancy.members` (`_registry_changed`) sends a relcache invalidation for the tenants
+/// table on every change, which PostgreSQL delivers to every other session when the change
+/// commits; the callback below then bumps [`GENERATION`], which empties the cache. [`lookup`]
+/// processes pending invalidations first, so it never answers from a state older than what a
+/// fresh snapshot would see. The session that makes a change bypasses the cache until its
+/// transaction ends, and then empties it (committed or not).
 #[derive(Default)]
 struct Cache {
     generation: u64,
     by_id: HashMap<[u8; 16], Tenant>,
     by_slug: HashMap<String, Tenant>,
+    /// (tenant, user) -> role; `None`: not a member.
+    roles: HashMap<([u8; 16], [u8; 16]), Option<Role>>,
 }
 
 /// Bounds the memory a session spends on the cache.
@@ -105,9 +109,9 @@ thread_local! {
     /// The registry was changed in the current transaction (by this session).
     static CHANGED_IN_THIS_TRANSACTION: Cell<bool> = const { Cell::new(false) };
     static TENANTS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    /// The lookups by id and by slug, prepared on first use; PostgreSQL re-plans them when the
-    /// registry table changes.
-    static LOOKUPS: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
+    /// The lookups by id, by slug and of a membership, prepared on first use; PostgreSQL
+    /// re-plans them when the registry tables change.
+    static LOOKUPS: RefCell<[Option<OwnedPreparedStatement>; 3]> = const { RefCell::new([None, None, None]) };
 }
 
 pub fn init() {
@@ -126,13 +130,15 @@ unsafe extern "C-unwind" fn registry_changed(_arg: pg_sys::Datum, relid: pg_sys:
     }
 }
 
-/// The `multitenancy_tenants_changed` trigger: every session's cache of the registry is stale.
+/// The `multitenancy_registry_changed` triggers: every session's cache of the registry is stale.
 #[pg_extern(sql = "
-CREATE FUNCTION multitenancy._tenants_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_tenants_changed_wrapper';
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_registry_changed_wrapper';
 ")]
-fn _tenants_changed() {
-    let relid = registry::tenants_relid().or_raise();
+fn _registry_changed() {
+    let relid = TENANTS_RELID.with(Cell::get);
+    let relid = if relid == pg_sys::InvalidOid { registry::tenants_relid().or_raise() } else { relid };
+    TENANTS_RELID.with(|r| r.set(relid));
     // SAFETY: queues an invalidation for the other sessions, sent when this transaction commits.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     // This session reads its own uncommitted changes: no caching until the transaction ends,
@@ -144,14 +150,20 @@ fn _tenants_changed() {
 #[pg_guard]
 unsafe extern "C-unwind" fn transaction_ended(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE)
-        && CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false))
-    {
-        GENERATION.with(|g| g.set(g.get() + 1));
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE) {
+        if CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false)) {
+            GENERATION.with(|g| g.set(g.get() + 1));
+        }
+        context::transaction_ended();
+        access::transaction_ended();
     }
 }
 
-fn cached(key: &std::result::Result<[u8; 16], &str>) -> Option<Tenant> {
+/// Answer from the cache, or `None` (also when the cache is stale: it is emptied then).
+fn cached<T>(read: impl FnOnce(&Cache) -> Option<T>) -> Option<T> {
+    if CHANGED_IN_THIS_TRANSACTION.with(Cell::get) {
+        return None;
+    }
     let generation = GENERATION.with(Cell::get);
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
@@ -159,80 +171,149 @@ fn cached(key: &std::result::Result<[u8; 16], &str>) -> Option<Tenant> {
             *cache = Cache { generation, ..Cache::default() };
             return None;
         }
-        match key {
-            Ok(id) => cache.by_id.get(id).cloned(),
-            Err(slug) => cache.by_slug.get(*slug).cloned(),
-        }
+        read(&cache)
     })
 }
 
-fn remember(tenant: &Tenant, generation: u64) {
+/// Keep what a lookup that started at `generation` found, unless the registry changed since.
+fn remember(generation: u64, write: impl FnOnce(&mut Cache)) {
+    if CHANGED_IN_THIS_TRANSACTION.with(Cell::get) {
+        return;
+    }
+    if TENANTS_RELID.with(Cell::get) == pg_sys::InvalidOid {
+        // Without it the invalidation callback could not recognise the registry.
+        let Ok(relid) = registry::tenants_relid() else { return };
+        TENANTS_RELID.with(|r| r.set(relid));
+    }
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         // An invalidation that arrived during the lookup may predate what it read: keep nothing.
         if cache.generation != generation || GENERATION.with(Cell::get) != generation {
             return;
         }
-        if cache.by_id.len() >= CACHE_MAX {
-            cache.by_id.clear();
-            cache.by_slug.clear();
+        if cache.by_id.len() + cache.roles.len() >= CACHE_MAX {
+            *cache = Cache { generation, ..Cache::default() };
         }
-        cache.by_id.insert(*tenant.id.as_bytes(), tenant.clone());
-        cache.by_slug.insert(tenant.slug.clone(), tenant.clone());
+        write(&mut cache);
     })
 }
 
-/// Look a tenant up by id or slug (a uuid string is taken as an id).
-pub fn find(key: &str) -> Result<Option<Tenant>> {
-    let key = key.trim();
-    let id = context::parse_uuid(key);
-    let slug = key.to_lowercase();
-    let cache_key = id.map(|id| *id.as_bytes()).ok_or(slug.as_str());
-    // SAFETY: applies invalidations other sessions have committed (a shared-memory check when
-    // there are none), as taking a lock would.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
-    let changed_here = CHANGED_IN_THIS_TRANSACTION.with(Cell::get);
-    if !changed_here {
-        if let Some(tenant) = cached(&cache_key) {
-            return Ok(Some(tenant));
-        }
-    }
-    let generation = GENERATION.with(Cell::get);
-    // A miss executes one of two statements prepared once per session (SPI_keepplan).
-    let (index, sql, arg_type, arg): (usize, &str, PgBuiltInOids, pgrx::datum::DatumWithOid) = match id {
-        Some(id) => (0, "SELECT id, slug, status FROM multitenancy.tenants WHERE id = $1", PgBuiltInOids::UUIDOID, id.into()),
-        None => (1, "SELECT id, slug, status FROM multitenancy.tenants WHERE slug = $1", PgBuiltInOids::TEXTOID, slug.as_str().into()),
-    };
-    let found = registry::as_owner(|| {
+/// Run one of the kept lookup statements (prepared once per session with SPI_keepplan) as the
+/// registry owner; `read` turns the first row, if any, into the answer.
+fn run_lookup<T>(
+    index: usize,
+    sql: &str,
+    arg_types: &[PgBuiltInOids],
+    args: &[pgrx::datum::DatumWithOid],
+    read: impl FnOnce(&pgrx::spi::SpiHeapTupleData) -> Result<T>,
+) -> Result<Option<T>> {
+    registry::as_owner(|| {
         Spi::connect(|client| {
             let missing = LOOKUPS.with(|l| l.borrow()[index].is_none());
             if missing {
-                let prepared = client.prepare(sql, &[PgOid::BuiltIn(arg_type)]).ctx("tenants::find prepare")?.keep();
+                let types: Vec<PgOid> = arg_types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
+                let prepared = client.prepare(sql, &types).ctx("tenants::lookup prepare")?.keep();
                 LOOKUPS.with(|l| l.borrow_mut()[index] = Some(prepared));
             }
             let rows = LOOKUPS.with(|l| {
                 let lookups = l.borrow();
                 let statement = lookups[index].as_ref().expect("prepared above");
-                client.select(statement, Some(1), &[arg]).ctx("tenants::find")
+                client.select(statement, Some(1), args).ctx("tenants::lookup")
             })?;
-            let Some(row) = rows.into_iter().next() else {
-                return Ok(None);
-            };
-            Ok(Some(Tenant {
-                id: row
-                    .get::<pgrx::Uuid>(1)
-                    .ctx("tenants::find id")?
-                    .ok_or_else(|| MtError::internal("tenants::find", "tenant without id"))?,
-                slug: row.get::<String>(2).ctx("tenants::find slug")?.unwrap_or_default(),
-                status: row.get::<String>(3).ctx("tenants::find status")?.unwrap_or_default(),
-            }))
+            match rows.into_iter().next() {
+                Some(row) => read(&row).map(Some),
+                None => Ok(None),
+            }
         })
-    })?;
-    if let (Some(tenant), false) = (&found, changed_here) {
-        TENANTS_RELID.with(|r| r.set(registry::tenants_relid().unwrap_or(pg_sys::InvalidOid)));
-        remember(tenant, generation);
+    })
+}
+
+/// How a tenant is named: by id or by (lower-case) slug.
+pub enum Key<'a> {
+    Id(pgrx::Uuid),
+    Slug(&'a str),
+}
+
+/// Look a tenant up in the registry (through the cache).
+pub fn lookup(key: Key) -> Result<Option<Tenant>> {
+    // SAFETY: applies invalidations other sessions have committed (a shared-memory check when
+    // there are none), as taking a lock would.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let hit = cached(|cache| match &key {
+        Key::Id(id) => cache.by_id.get(id.as_bytes()).cloned(),
+        Key::Slug(slug) => cache.by_slug.get(*slug).cloned(),
+    });
+    if hit.is_some() {
+        return Ok(hit);
+    }
+    let generation = GENERATION.with(Cell::get);
+    let read = |row: &pgrx::spi::SpiHeapTupleData| -> Result<Tenant> {
+        Ok(Tenant {
+            id: row
+                .get::<pgrx::Uuid>(1)
+                .ctx("tenants::find id")?
+                .ok_or_else(|| MtError::internal("tenants::find", "tenant without id"))?,
+            slug: row.get::<String>(2).ctx("tenants::find slug")?.unwrap_or_default(),
+            status: row.get::<String>(3).ctx("tenants::find status")?.unwrap_or_default(),
+        })
+    };
+    let found = match key {
+        Key::Id(id) => run_lookup(
+            0,
+            "SELECT id, slug, status FROM multitenancy.tenants WHERE id = $1",
+            &[PgBuiltInOids::UUIDOID],
+            &[id.into()],
+            read,
+        )?,
+        Key::Slug(slug) => run_lookup(
+            1,
+            "SELECT id, slug, status FROM multitenancy.tenants WHERE slug = $1",
+            &[PgBuiltInOids::TEXTOID],
+            &[slug.into()],
+            read,
+        )?,
+    };
+    if let Some(tenant) = &found {
+        remember(generation, |cache| {
+            cache.by_id.insert(*tenant.id.as_bytes(), tenant.clone());
+            cache.by_slug.insert(tenant.slug.clone(), tenant.clone());
+        });
     }
     Ok(found)
+}
+
+/// Look a tenant up by id or slug (a uuid string is taken as an id).
+pub fn find(key: &str) -> Result<Option<Tenant>> {
+    let key = key.trim();
+    match context::parse_uuid(key) {
+        Some(id) => lookup(Key::Id(id)),
+        None => lookup(Key::Slug(&key.to_lowercase())),
+    }
+}
+
+/// The role of `user` in `tenant`, `None` when the user is not a member (through the cache).
+pub fn role_of(tenant: pgrx::Uuid, user: pgrx::Uuid) -> Result<Option<Role>> {
+    // SAFETY: as in lookup.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let key = (*tenant.as_bytes(), *user.as_bytes());
+    if let Some(role) = cached(|cache| cache.roles.get(&key).copied()) {
+        return Ok(role);
+    }
+    let generation = GENERATION.with(Cell::get);
+    let role = run_lookup(
+        2,
+        "SELECT role FROM multitenancy.members WHERE tenant_id = $1 AND user_id = $2",
+        &[PgBuiltInOids::UUIDOID, PgBuiltInOids::UUIDOID],
+        &[tenant.into(), user.into()],
+        |row| {
+            let name = row.get::<String>(1).ctx("tenants::role_of")?.unwrap_or_default();
+            Role::parse(&name).ok_or_else(|| MtError::internal("tenants::role_of", format!("unknown role {name}")))
+        },
+    )?;
+    remember(generation, |cache| {
+        cache.roles.insert(key, role);
+    });
+    Ok(role)
 }
 
 /// Like [`find`], but a missing tenant is an error.
@@ -240,8 +321,8 @@ pub fn require(key: &str) -> Result<Tenant> {
     find(key)?.ok_or_else(|| MtError::TenantNotFound { tenant: key.to_string() })
 }
 
-/// Create a tenant; returns its id.
-pub fn create(name: Option<&str>, slug: Option<&str>, plan: Option<&str>) -> Result<pgrx::Uuid> {
+/// Check a display name: 1 to 200 characters after trimming. Returns it trimmed.
+pub fn validate_name(name: Option<&str>) -> Result<&str> {
     let name = name.map(str::trim).unwrap_or_default();
     if name.is_empty() {
         return Err(MtError::InvalidName { reason: "it is empty" });
@@ -249,6 +330,13 @@ pub fn create(name: Option<&str>, slug: Option<&str>, plan: Option<&str>) -> Res
     if name.chars().count() > NAME_MAX_LEN {
         return Err(MtError::InvalidName { reason: "it is longer than 200 characters" });
     }
+    Ok(name)
+}
+
+/// Create a tenant; returns its id. When `multitenancy.user_id` is set, that user becomes the
+/// tenant's owner.
+pub fn create(name: Option<&str>, slug: Option<&str>, plan: Option<&str>) -> Result<pgrx::Uuid> {
+    let name = validate_name(name)?;
     let slug = match slug {
         Some(slug) => {
             validate_slug(slug)?;
@@ -258,17 +346,16 @@ pub fn create(name: Option<&str>, slug: Option<&str>, plan: Option<&str>) -> Res
     };
     let plan = plan.unwrap_or_default();
     validate_plan(plan)?;
+    let owner = context::resolve_user()?;
 
-    let id = registry::as_owner(|| {
-        Spi::get_one_with_args::<pgrx::Uuid>(
-            "INSERT INTO multitenancy.tenants (name, slug, plan) VALUES ($1, $2, $3) \
-             ON CONFLICT (slug) DO NOTHING RETURNING id",
-            &[name.into(), slug.as_str().into(), plan.into()],
-        )
-        .no_row_is_none()
-        .ctx("tenants::create")
-    })?;
-    id.ok_or(MtError::DuplicateSlug { slug })
+    let id = access::change(
+        "tenant_create",
+        None,
+        "SELECT multitenancy._tenant_create($1, $2, $3, $4)",
+        &[name.into(), slug.as_str().into(), plan.into(), owner.into()],
+    )?;
+    let id = id.ok_or(MtError::DuplicateSlug { slug })?;
+    context::parse_uuid(&id).ok_or_else(|| MtError::internal("tenants::create", "no tenant id"))
 }
 
 /// Create a tenant. `slug` defaults to one derived from `name`; `plan` defaults to 'free'.

@@ -563,7 +563,19 @@ fn app_role_cannot_touch_the_registry_or_manage_tables() {
 
     let mut app = o.db.app();
     let denied = SqlState::INSUFFICIENT_PRIVILEGE;
-    expect_sqlstate(app.query("SELECT * FROM multitenancy.tenants", &[]), &denied);
+    // The tenant registry is readable through row level security: without a context no row,
+    // with one only the context's own row (the ground truth above says both exist).
+    assert_eq!(count(&mut app, "SELECT count(*) FROM multitenancy.tenants"), 0);
+    {
+        let mut tx = begin_as(&mut app, "acme");
+        let seen: Vec<String> = tx
+            .query("SELECT id::text FROM multitenancy.tenants", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(seen, [o.a.clone()]);
+    }
     expect_sqlstate(app.query("SELECT * FROM multitenancy.enabled_tables", &[]), &denied);
     expect_sqlstate(app.execute("INSERT INTO multitenancy.tenants (slug, name) VALUES ('evil', 'Evil')", &[]), &denied);
     expect_sqlstate(app.execute("UPDATE multitenancy.tenants SET status = 'active'", &[]), &denied);

@@ -1,0 +1,256 @@
+//! Who may do what: operators, tenant admins, and audited cross-tenant admin access.
+//!
+//! - An *operator* may manage any tenant's members, domains and settings: a superuser, a member
+//!   of the role that owns the extension, or a member of `multitenancy_admin` who called
+//!   `admin_begin(reason, write => true)` in this transaction.
+//! - Everyone else manages only the tenant of the current context, as the end user in
+//!   `multitenancy.user_id`, and only with a high enough role in that tenant.
+//! - `admin_begin(reason)` is the only way to see across tenants. It sets admin mode for the
+//!   rest of the transaction in backend memory, which no setting can forge, and writes an audit
+//!   row. Policies read the mode through `multitenancy._admin_mode()`, an IMMUTABLE function the
+//!   planner folds into a constant: outside admin mode `tenant_id = <context> OR false` plans
+//!   exactly like `tenant_id = <context>`. Plans made in one mode must not be reused in the
+//!   other, so entering and leaving admin mode resets this backend's plan cache.
+//!
+//! Every state change made through the extension's functions writes one row to
+//! `multitenancy.audit_log` ([`change`]).
+use crate::context;
+use crate::error::{MtError, OrRaise, Result, SpiContext};
+use crate::gucs;
+use crate::members::Role;
+use crate::registry;
+use crate::tenants::{self, Tenant};
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+pub const ADMIN_ROLE: &std::ffi::CStr = c"multitenancy_admin";
+
+#[derive(Clone, Copy, Debug)]
+pub struct AdminMode {
+    /// The transaction nest level that admin mode belongs to (a rolled-back savepoint at or
+    /// below it ends admin mode).
+    level: i32,
+    pub write: bool,
+}
+
+thread_local! {
+    static ADMIN: Cell<Option<AdminMode>> = const { Cell::new(None) };
+}
+
+pub fn init() {
+    // SAFETY: registers a callback for the life of the backend; it only touches ADMIN.
+    unsafe { pg_sys::RegisterSubXactCallback(Some(subtransaction_ended), std::ptr::null_mut()) };
+}
+
+/// Admin mode of the current transaction, if `admin_begin` was called in it.
+pub fn admin_mode() -> Option<AdminMode> {
+    ADMIN.with(Cell::get)
+}
+
+fn leave_admin_mode() {
+    if ADMIN.with(|a| a.take()).is_some() {
+        // SAFETY: marks every cached plan of this backend for re-planning.
+        unsafe { pg_sys::ResetPlanCache() };
+    }
+}
+
+/// Called at the end of every top-level transaction.
+pub fn transaction_ended() {
+    leave_admin_mode();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subtransaction_ended(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    let Some(mode) = admin_mode() else { return };
+    // SAFETY: reads transaction state; the callback runs while the subtransaction is current.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB if level <= mode.level => leave_admin_mode(),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB if level == mode.level => {
+            ADMIN.with(|a| a.set(Some(AdminMode { level: level - 1, ..mode })));
+        }
+        _ => {}
+    }
+}
+
+fn has_privileges_of(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups for the current user.
+    role != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), role) }
+}
+
+/// May the calling role manage every tenant?
+pub fn is_operator() -> Result<bool> {
+    // SAFETY: reads the current user's superuser flag.
+    if unsafe { pg_sys::superuser() } || admin_mode().is_some_and(|m| m.write) {
+        return Ok(true);
+    }
+    Ok(has_privileges_of(registry::registry_owner()?))
+}
+
+/// What a caller needs in a tenant.
+#[derive(Clone, Copy)]
+pub struct Need {
+    pub role: Role,
+    /// What the call does, for the error message ("add members to").
+    pub action: &'static str,
+}
+
+/// The caller as a manager of `tenant`: an operator, or the current end user with at least
+/// `need.role` in the tenant of the current context. Returns the caller's role (Owner for
+/// operators).
+pub fn authorize(tenant: &Tenant, need: Need) -> Result<Role> {
+    if is_operator()? {
+        return Ok(Role::Owner);
+    }
+    let refuse = |reason: String| Err(MtError::NotAuthorized { action: need.action, tenant: tenant.slug.clone(), reason });
+    if context::resolve()? != Some(tenant.id) {
+        return refuse("it is not the tenant of the current context".into());
+    }
+    let Some(user) = context::resolve_user()? else {
+        return refuse("multitenancy.user_id is not set, so there is no member to act as".into());
+    };
+    match tenants::role_of(tenant.id, user)? {
+        Some(role) if role >= need.role => Ok(role),
+        Some(role) => refuse(format!("user {user} is {}, and this needs {}", role.as_str(), need.role.as_str())),
+        None => refuse(format!("user {user} is not a member")),
+    }
+}
+
+/// Run one of the registry's internal functions (`call` returns jsonb details, or NULL for "no
+/// change") as the registry owner and write its audit row. A details key `result` is returned
+/// to the caller and not audited; a key `tenant_id` names the tenant when `tenant` is `None`;
+/// `"unchanged": true` returns a result without a change (no audit row).
+pub fn change(
+    action: &'static str,
+    tenant: Option<pgrx::Uuid>,
+    call: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<String>> {
+    let acting_role = registry::calling_role();
+    let user = context::resolve_user().unwrap_or(None);
+    let sql = format!(
+        "SELECT d IS NULL OR COALESCE((d->>'unchanged')::boolean, false), d->>'result', \
+                COALESCE(d - 'result' - 'tenant_id', '{{}}'), (d->>'tenant_id')::uuid \
+           FROM ({call}) AS c(d)"
+    );
+    registry::as_owner(|| {
+        let (unchanged, result, details, tenant_in_details) = Spi::connect(|client| {
+            let row = client.select(&sql, Some(1), args).ctx("access::change")?.first();
+            Ok::<_, MtError>((
+                row.get::<bool>(1).ctx("unchanged")?.unwrap_or(true),
+                row.get::<String>(2).ctx("result")?,
+                row.get::<pgrx::JsonB>(3).ctx("details")?,
+                row.get::<pgrx::Uuid>(4).ctx("tenant")?,
+            ))
+        })?;
+        if !unchanged {
+            audit(action, tenant.or(tenant_in_details), details, &acting_role, user)?;
+        }
+        Ok(result)
+    })
+}
+
+fn audit(
+    action: &str,
+    tenant: Option<pgrx::Uuid>,
+    details: Option<pgrx::JsonB>,
+    acting_role: &str,
+    user: Option<pgrx::Uuid>,
+) -> Result<()> {
+    Spi::run_with_args(
+        "INSERT INTO multitenancy.audit_log (acting_role, user_id, tenant_id, action, details) \
+         VALUES ($1, $2, $3, $4, COALESCE($5, '{}'))",
+        &[acting_role.into(), user.into(), tenant.into(), action.into(), details.into()],
+    )
+    .ctx("access::audit")
+}
+
+/// `admin_begin`: enter admin mode for the rest of the transaction.
+pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
+    // SAFETY: reads transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return Err(MtError::NotInTransactionBlock { function: "multitenancy.admin_begin" });
+    }
+    // SAFETY: a catalog lookup by name.
+    let admin = unsafe { pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true) };
+    if !has_privileges_of(admin) {
+        return Err(MtError::NotAdmin { role: registry::calling_role() });
+    }
+    let reason = reason.map(str::trim).unwrap_or_default();
+    if reason.is_empty() {
+        return Err(MtError::InvalidArgument {
+            message: "admin access needs a reason".into(),
+            hint: "Say why, e.g. SELECT multitenancy.admin_begin('support ticket 4711').".into(),
+        });
+    }
+    let acting_role = registry::calling_role();
+    let user = context::resolve_user().unwrap_or(None);
+    let details = pgrx::JsonB(serde_json::json!({ "reason": reason, "write": write }));
+    registry::as_owner(|| audit("admin_begin", None, Some(details), &acting_role, user))?;
+    // SAFETY: reads transaction state.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    ADMIN.with(|a| a.set(Some(AdminMode { level, write: write || admin_mode().is_some_and(|m| m.write) })));
+    // SAFETY: marks every cached plan of this backend for re-planning.
+    unsafe { pg_sys::ResetPlanCache() };
+    if !write && !admin_mode().is_some_and(|m| m.write) {
+        gucs::set(c"transaction_read_only", c"on", pg_sys::GucAction::GUC_ACTION_LOCAL);
+    }
+    crate::error::log(format!(
+        "admin access by role \"{acting_role}\" (session role \"{}\"), {}: {reason}",
+        registry::session_role(),
+        if write { "read and write" } else { "read only" }
+    ));
+    Ok(())
+}
+
+/// Enter admin mode for the rest of the transaction: reads (and with `write => true`, writes)
+/// of every tenant's rows, audited. Only for members of `multitenancy_admin`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn admin_begin(reason: Option<&str>, write: default!(bool, false)) {
+    begin(reason, write).or_raise()
+}
+
+/// Whether this transaction is in admin mode. For the extension's policies only; IMMUTABLE on
+/// purpose, see the module documentation.
+#[pg_extern(immutable, parallel_safe)]
+fn _admin_mode() -> bool {
+    admin_mode().is_some()
+}
+
+/// Look a tenant up by slug or id for a management function; unknown is 42704.
+pub fn tenant(key: Option<&str>) -> Result<Tenant> {
+    tenants::require(key.unwrap_or_default())
+}
+
+/// `multitenancy._tenant_id(text)`: the id of a tenant named by slug or id, for the SQL
+/// functions (42704 when there is none).
+#[pg_extern(stable, parallel_safe)]
+fn _tenant_id(tenant: Option<&str>) -> pgrx::Uuid {
+    self::tenant(tenant).or_raise().id
+}
+
+/// Whether the caller may read the registry entries of `tenant`: it is the tenant of the current
+/// context, or admin mode is on, or the caller is an operator.
+pub fn may_read(tenant: &Tenant) -> Result<bool> {
+    Ok(context::resolve()? == Some(tenant.id) || admin_mode().is_some() || is_operator()?)
+}
+
+/// For `member_list` and friends (SQL): 42501 unless [`may_read`].
+#[pg_extern(stable, parallel_safe)]
+fn _readable_tenant(tenant: Option<&str>) -> pgrx::Uuid {
+    let found = self::tenant(tenant).or_raise();
+    if !may_read(&found).or_raise() {
+        MtError::NotAuthorized {
+            action: "read the registry of",
+            tenant: found.slug,
+            reason: "it is not the tenant of the current context".into(),
+        }
+        .raise()
+    }
+    found.id
+}

@@ -1,0 +1,74 @@
+//! Custom domains of tenants and host-based routing. `tenant_resolve` and the normalisation are
+//! SQL (`sql/bootstrap.sql`, `sql/model.sql`); the changes are authorised here.
+use crate::access::{self, Need};
+use crate::error::{MtError, NoRowIsNone, OrRaise, Result, SpiContext};
+use crate::members::Role;
+use crate::registry;
+use crate::tenants;
+use pgrx::prelude::*;
+
+fn normalize(domain: Option<&str>) -> Result<String> {
+    let raw = domain.unwrap_or_default();
+    Spi::get_one_with_args::<String>("SELECT multitenancy.domain_normalize($1)", &[raw.into()])
+        .ctx("domains::normalize")?
+        .ok_or_else(|| MtError::InvalidArgument {
+            message: format!("invalid domain \"{raw}\""),
+            hint: "Pass a host name such as 'shop.example.com' (letters, digits, '-' and dots; no scheme or path)."
+                .into(),
+        })
+}
+
+/// Register a custom domain for a tenant; returns the verification token (the domain routes to
+/// the tenant once `domain_verify` has seen the token). Tenant admins may call it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn domain_add(tenant: Option<&str>, domain: Option<&str>, is_primary: default!(bool, false)) -> Option<String> {
+    let run = || {
+        let domain = normalize(domain)?;
+        let tenant = access::tenant(tenant)?;
+        access::authorize(&tenant, Need { role: Role::Admin, action: "add domains to" })?;
+        access::change("domain_add", Some(tenant.id), "SELECT multitenancy._domain_add($1, $2, $3)", &[
+            tenant.id.into(),
+            domain.as_str().into(),
+            is_primary.into(),
+        ])
+    };
+    run().or_raise()
+}
+
+/// Mark a domain verified when `token` is the one `domain_add` returned. Anyone holding the
+/// token may call it (the token is the proof of control over the domain's DNS or web root).
+#[pg_extern(volatile, parallel_unsafe)]
+fn domain_verify(domain: Option<&str>, token: Option<&str>) {
+    let run = || {
+        let domain = normalize(domain)?;
+        access::change("domain_verify", None, "SELECT multitenancy._domain_verify($1, $2)", &[
+            domain.as_str().into(),
+            token.unwrap_or_default().into(),
+        ])
+    };
+    run().or_raise();
+}
+
+/// Remove a custom domain. Admins of the domain's tenant may call it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn domain_remove(domain: Option<&str>) {
+    let run = || {
+        let domain = normalize(domain)?;
+        let owner = registry::as_owner(|| {
+            Spi::get_one_with_args::<pgrx::Uuid>(
+                "SELECT tenant_id FROM multitenancy.domains WHERE domain = $1",
+                &[domain.as_str().into()],
+            )
+            .no_row_is_none()
+            .ctx("domains::remove")
+        })?;
+        let not_found = || MtError::HostNotFound { host: domain.clone() };
+        let tenant = tenants::lookup(tenants::Key::Id(owner.ok_or_else(not_found)?))?.ok_or_else(not_found)?;
+        access::authorize(&tenant, Need { role: Role::Admin, action: "remove domains of" })?;
+        access::change("domain_remove", Some(tenant.id), "SELECT multitenancy._domain_remove($1, $2)", &[
+            domain.as_str().into(),
+            tenant.id.into(),
+        ])
+    };
+    run().or_raise();
+}

@@ -1,0 +1,156 @@
+//! Members of a tenant and their roles: `member_add`, `member_remove`, `member_set_role`, and
+//! the cheap checks applications use in queries and policies (`is_member`, `tenant_role`,
+//! `has_role`). The data changes themselves are SQL functions in `sql/model.sql`, run as the
+//! registry owner after the caller has been authorised here.
+use crate::access::{self, Need};
+use crate::context;
+use crate::error::{MtError, OrRaise, Result};
+use crate::tenants;
+use pgrx::prelude::*;
+
+/// A member's role; the order is the rank (owner > admin > member > guest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Guest,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "guest" => Some(Role::Guest),
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+pub fn parse_role(name: Option<&str>) -> Result<Role> {
+    let name = name.unwrap_or_default();
+    Role::parse(&name.trim().to_lowercase()).ok_or_else(|| MtError::InvalidRole { role: name.to_string() })
+}
+
+/// Authorise a membership change and run it. `target_is_caller` lets any member leave.
+fn change_member(
+    action: &'static str,
+    verb: &'static str,
+    tenant: Option<&str>,
+    user: Option<pgrx::Uuid>,
+    call: &str,
+    extra: Option<Role>,
+) -> Result<()> {
+    let tenant = access::tenant(tenant)?;
+    let user = user.ok_or_else(|| MtError::InvalidArgument {
+        message: "user_id must not be NULL".into(),
+        hint: "Pass the uuid of the end user, as the application sets it in multitenancy.user_id.".into(),
+    })?;
+    let leaving = action == "member_remove" && context::resolve_user()? == Some(user) && context::resolve()? == Some(tenant.id);
+    let need = Need { role: if leaving { Role::Guest } else { Role::Admin }, action: verb };
+    let caller = access::authorize(&tenant, need)?;
+    // Changes that involve the owner role need an owner (checked again under the tenant's lock
+    // in SQL, where the target's current role is known for sure).
+    let may_manage_owners = caller == Role::Owner || leaving;
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![tenant.id.into(), user.into()];
+    if let Some(role) = extra {
+        args.push(role.as_str().into());
+    }
+    args.push(may_manage_owners.into());
+    access::change(action, Some(tenant.id), call, &args)?;
+    Ok(())
+}
+
+/// Add a user to a tenant with a role (default 'member').
+#[pg_extern(volatile, parallel_unsafe)]
+fn member_add(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: default!(Option<&str>, "'member'")) {
+    let run = || {
+        let role = parse_role(role)?;
+        change_member(
+            "member_add",
+            "add members to",
+            tenant,
+            user_id,
+            "SELECT multitenancy._member_add($1, $2, $3, $4, multitenancy.current_user_id_or_null())",
+            Some(role),
+        )
+    };
+    run().or_raise()
+}
+
+/// Remove a user from a tenant. The last owner cannot be removed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn member_remove(tenant: Option<&str>, user_id: Option<pgrx::Uuid>) {
+    change_member("member_remove", "remove members of", tenant, user_id, "SELECT multitenancy._member_remove($1, $2, $3)", None)
+        .or_raise()
+}
+
+/// Change a member's role. The last owner cannot be demoted.
+#[pg_extern(volatile, parallel_unsafe)]
+fn member_set_role(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: Option<&str>) {
+    let run = || {
+        let role = parse_role(role)?;
+        change_member(
+            "member_set_role",
+            "change member roles of",
+            tenant,
+            user_id,
+            "SELECT multitenancy._member_set_role($1, $2, $3, $4)",
+            Some(role),
+        )
+    };
+    run().or_raise()
+}
+
+/// Whether `user_id` is a member of `tenant` (by default: the current user and tenant).
+/// Applications may ask about their current tenant or their current user; operators and admin
+/// mode about anyone.
+#[pg_extern(stable, parallel_safe)]
+fn is_member(
+    tenant: default!(Option<pgrx::Uuid>, "multitenancy.current_tenant_id()"),
+    user_id: default!(Option<pgrx::Uuid>, "multitenancy.current_user_id()"),
+) -> Option<bool> {
+    let run = || -> Result<Option<bool>> {
+        let (Some(tenant), Some(user)) = (tenant, user_id) else { return Ok(None) };
+        let own = context::resolve()? == Some(tenant) || context::resolve_user()? == Some(user);
+        if !own && access::admin_mode().is_none() && !access::is_operator()? {
+            let slug = tenants::lookup(tenants::Key::Id(tenant))?.map(|t| t.slug).unwrap_or_else(|| tenant.to_string());
+            return Err(MtError::NotAuthorized {
+                action: "look up members of",
+                tenant: slug,
+                reason: "it is neither the tenant of the current context nor a question about the current user".into(),
+            });
+        }
+        Ok(Some(tenants::role_of(tenant, user)?.is_some()))
+    };
+    run().or_raise()
+}
+
+/// The current user's role in the current tenant; NULL when no user is set or the user is not a
+/// member. Raises when there is no tenant context.
+#[pg_extern(stable, parallel_safe)]
+fn tenant_role() -> Option<&'static str> {
+    context::current_role().or_raise().map(Role::as_str)
+}
+
+/// Whether the current user's role in the current tenant is at least `min_role`
+/// (owner > admin > member > guest). For policies: `USING (multitenancy.has_role('admin'))`.
+#[pg_extern(stable, parallel_safe)]
+fn has_role(min_role: Option<&str>) -> bool {
+    let run = || -> Result<bool> {
+        let min = parse_role(min_role)?;
+        Ok(context::current_role()?.is_some_and(|role| role >= min))
+    };
+    run().or_raise()
+}
