@@ -177,3 +177,150 @@ fn a_custom_format_dump_restores_with_the_guard_off() {
         assert!(stderr.contains("refused:"), "expected the guard's refusal to be why pg_restore failed: {stderr}");
     }
 }
+
+/// Every row of the registry tables (tenants, members, domains, plans, audit log, enabled
+/// tables) and of `orders`, as ordered text, read as the superuser.
+fn registry_rows(server: &Server, db: &str) -> Vec<String> {
+    let mut su = server.connect(db, SUPERUSER);
+    let mut rows = Vec::new();
+    for table in [
+        "multitenancy.tenants",
+        "multitenancy.members",
+        "multitenancy.domains",
+        "multitenancy.plans",
+        "multitenancy.audit_log",
+        "multitenancy.enabled_tables",
+        "orders",
+    ] {
+        let sql = format!("SELECT t::text FROM {table} t ORDER BY 1");
+        rows.extend(
+            su.query(&sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|r| format!("{table}: {}", r.get::<_, String>(0))),
+        );
+    }
+    rows
+}
+
+/// Members, domains (one verified), a plan, settings and the audit log survive pg_dump -Fc and
+/// pg_restore into a fresh database row for row; there, APP is still isolated per tenant, the
+/// verified domain still resolves (the unverified one does not), memberships and settings still
+/// apply, and the audit log goes on without colliding with the restored rows.
+#[test]
+fn dump_and_restore_keep_members_domains_settings_and_audit() {
+    const OWNER_A: &str = "a0000000-0000-4000-8000-000000000001";
+    const MEMBER_A: &str = "a0000000-0000-4000-8000-000000000003";
+    const OWNER_B: &str = "b0000000-0000-4000-8000-000000000001";
+    let orders = Orders::with_rows("dump_registry_source", 3, 2);
+    let (a, b) = (orders.a.clone(), orders.b.clone());
+    let db = &orders.db;
+    let server = db.server();
+    let mut su = db.superuser();
+    su.batch_execute(&format!(
+        r#"SELECT multitenancy.plan_set('pro', '{{"rows": 100}}', '{{"sso": true}}');
+           SELECT multitenancy.tenant_change_plan('acme', 'pro');
+           SELECT multitenancy.member_add('acme', '{OWNER_A}', 'owner');
+           SELECT multitenancy.member_add('acme', '{MEMBER_A}', 'member');
+           SELECT multitenancy.member_add('globex', '{OWNER_B}', 'owner');
+           SELECT multitenancy.setting_set('acme', 'color', '"blue"');
+           SELECT multitenancy.setting_set('globex', 'beta', 'true');"#
+    ))
+    .unwrap();
+    let token: String =
+        su.query_one("SELECT multitenancy.domain_add('acme', 'shop.acme-corp.test', true)", &[]).unwrap().get(0);
+    su.execute("SELECT multitenancy.domain_verify('shop.acme-corp.test', $1)", &[&token]).unwrap();
+    su.query_one("SELECT multitenancy.domain_add('globex', 'shop.globex-corp.test')", &[]).unwrap();
+
+    // Preconditions: the source has what the comparison is about.
+    for (sql, expected) in [
+        ("SELECT count(*) FROM multitenancy.members", 3),
+        ("SELECT count(*) FROM multitenancy.domains", 2),
+        ("SELECT count(*) FROM multitenancy.domains WHERE verified_at IS NOT NULL", 1),
+        ("SELECT count(*) FROM multitenancy.plans WHERE name = 'pro'", 1),
+        ("SELECT count(*) FROM multitenancy.tenants WHERE settings <> '{}'", 2),
+    ] {
+        assert_eq!(count(&mut su, sql), expected, "source precondition: {sql}");
+    }
+    let audit_rows = count(&mut su, "SELECT count(*) FROM multitenancy.audit_log");
+    assert!(audit_rows >= 10, "source precondition: the calls above were audited ({audit_rows} rows)");
+    let source = registry_rows(server, &db.name);
+    let source_problems = db.verify();
+
+    let file = std::env::temp_dir().join(format!("multitenancy-{}-{}.dump", db.name, std::process::id()));
+    let file_arg = file.to_str().unwrap();
+    let dump = run(server, "pg_dump", &["-Fc", "-f", file_arg, "-d", &db.name], false);
+    assert!(dump.status.success(), "pg_dump -Fc: {}", String::from_utf8_lossy(&dump.stderr));
+    let target = format!("{}_restored", db.name);
+    server.connect("postgres", SUPERUSER).batch_execute(&format!("CREATE DATABASE {target}")).unwrap();
+    let restore = run(server, "pg_restore", &["--exit-on-error", "-d", &target, file_arg], true);
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        restore.status.success(),
+        "PGOPTIONS='-c multitenancy.ddl_guard=off' pg_restore --exit-on-error must succeed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+
+    // Row for row the same registry and data.
+    assert_eq!(registry_rows(server, &target), source, "the same registry rows and enabled table rows");
+    let mut restored_su = server.connect(&target, SUPERUSER);
+    assert_eq!(verify(&mut restored_su), source_problems, "verify() says the same about both databases");
+
+    // Isolation as APP, with ground truth (assert_isolated checks both tenants' rows exist).
+    assert_isolated(server, &target, "orders", &[("acme", &a), ("globex", &b)]);
+    let mut app = server.connect(&target, APP);
+    assert_no_context(&mut app, "in the restored database");
+
+    // Routing: the verified domain resolves, the unverified one does not.
+    let resolve = |app: &mut Client, host: &str| -> Option<String> {
+        app.query_one("SELECT multitenancy.tenant_resolve($1)::text", &[&host]).unwrap().get(0)
+    };
+    assert_eq!(resolve(&mut app, "shop.acme-corp.test"), Some(a.clone()), "the verified domain resolves");
+    assert_eq!(resolve(&mut app, "shop.globex-corp.test"), None, "the unverified domain still does not");
+
+    // Memberships: ground truth, and as the app acting as acme's owner.
+    let member = |su: &mut Client, tenant: &str, user: &str| -> bool {
+        su.query_one("SELECT multitenancy.is_member($1::text::uuid, $2::text::uuid)", &[&tenant, &user]).unwrap().get(0)
+    };
+    assert!(member(&mut restored_su, &a, OWNER_A), "acme's owner is still a member");
+    assert!(member(&mut restored_su, &a, MEMBER_A), "acme's member is still a member");
+    assert!(!member(&mut restored_su, &b, OWNER_A), "acme's owner is still not a member of globex");
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&OWNER_A]).unwrap();
+        tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
+        let row = tx
+            .query_one(
+                "SELECT multitenancy.is_member(), multitenancy.tenant_role(), multitenancy.setting_get('color')::text,
+                        multitenancy.feature_enabled('sso'), multitenancy.feature_enabled('beta')",
+                &[],
+            )
+            .unwrap();
+        let (is_member, role, color, sso, beta): (bool, Option<String>, Option<String>, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        assert!(is_member, "is_member() for acme's owner in the restored database");
+        assert_eq!(role.as_deref(), Some("owner"));
+        assert_eq!(color.as_deref(), Some("\"blue\""), "acme's override was restored");
+        assert!(sso, "acme's plan (pro) features were restored");
+        assert!(!beta, "globex's override does not apply to acme");
+        tx.commit().unwrap();
+    }
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&OWNER_A]).unwrap();
+        let error = expect_sqlstate(
+            tx.query_one("SELECT multitenancy.tenant_set('globex')", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        );
+        assert!(error.message().contains("not a member"), "unexpected message {:?}", error.message());
+    }
+
+    // The audit log continues after the restored rows (its id sequence came along).
+    let max_id: i64 = restored_su.query_one("SELECT max(id) FROM multitenancy.audit_log", &[]).unwrap().get(0);
+    restored_su
+        .execute("SELECT multitenancy.setting_set('acme', 'after_restore', 'true')", &[])
+        .unwrap_or_else(|e| panic!("an audited call in the restored database: {e}"));
+    assert_eq!(count(&mut restored_su, "SELECT count(*) FROM multitenancy.audit_log"), audit_rows + 1);
+    let new_id: i64 = restored_su.query_one("SELECT max(id) FROM multitenancy.audit_log", &[]).unwrap().get(0);
+    assert!(new_id > max_id, "the new audit row's id ({new_id}) follows the restored ones (max {max_id})");
+}
