@@ -342,3 +342,40 @@ fn admin_begin_writes_one_audit_row_with_reason_and_role() {
     assert!(rows[1].2.contains("ticket 2"), "the second reason: {}", rows[1].2);
     assert!(!rows[1].2.contains("ticket 1"), "each row has its own reason: {}", rows[1].2);
 }
+
+/// Admin mode is folded into plans (`_admin_mode()` is IMMUTABLE), so a cached plan must never
+/// cross between the two modes: a generic plan made before `admin_begin` must not keep the
+/// admin isolated, and — what matters for security — one made in admin mode must not keep
+/// showing every tenant after the transaction. Removing either plan cache reset fails this.
+#[test]
+fn cached_plans_do_not_cross_into_or_out_of_admin_mode() {
+    let o = support_orders("admin_plan_cache");
+    let mut s = support(&o);
+    s.batch_execute("SET plan_cache_mode = force_generic_plan; PREPARE q AS SELECT count(*) FROM orders").unwrap();
+    let run = |s: &mut Client, setup: &str| -> i64 {
+        let mut tx = s.transaction().unwrap();
+        tx.batch_execute(setup).unwrap();
+        let n: i64 = tx.query_one("EXECUTE q", &[]).unwrap().get(0);
+        tx.commit().unwrap();
+        n
+    };
+    let acme = o.true_count(&o.a);
+    let all = total(&o);
+    assert!(all > acme, "ground truth: another tenant's rows exist");
+    // Twice isolated (the generic plan is made and then reused), then admin, then isolated again.
+    assert_eq!(run(&mut s, "SELECT multitenancy.tenant_set('acme')"), acme);
+    assert_eq!(run(&mut s, "SELECT multitenancy.tenant_set('acme')"), acme);
+    assert_eq!(run(&mut s, "SELECT multitenancy.admin_begin('plan cache test')"), all);
+    assert_eq!(run(&mut s, "SELECT multitenancy.admin_begin('plan cache test, again')"), all);
+    assert_eq!(run(&mut s, "SELECT multitenancy.tenant_set('acme')"), acme, "an admin-mode plan outlived its transaction");
+    // The same through a rolled-back savepoint.
+    {
+        let mut tx = s.transaction().unwrap();
+        tx.batch_execute("SELECT multitenancy.tenant_set('acme'); SAVEPOINT a; SELECT multitenancy.admin_begin('savepoint')")
+            .unwrap();
+        assert_eq!(tx.query_one("EXECUTE q", &[]).unwrap().get::<_, i64>(0), all);
+        tx.batch_execute("ROLLBACK TO SAVEPOINT a").unwrap();
+        assert_eq!(tx.query_one("EXECUTE q", &[]).unwrap().get::<_, i64>(0), acme, "admin mode outlived its savepoint");
+        tx.rollback().unwrap();
+    }
+}
