@@ -871,3 +871,43 @@ fn tenant_create_with_a_user_id_makes_that_user_the_owner() {
         &["not a member"],
     );
 }
+
+/// Two owners each removing the other at the same time, as the app: without the tenant's row
+/// lock both would see "another owner is left" and the tenant would end with none. The second
+/// waits for the first, then sees it commit and is refused.
+#[test]
+fn two_owners_leaving_at_once_leave_one_owner() {
+    let (db, a, _b) = staffed("members_concurrent_owners");
+    let mut su = db.superuser();
+    dba_add(&mut su, "acme", U_OWNER2, "owner");
+    let mut first = db.app();
+    let mut tx = begin_as_user(&mut first, "acme", U_OWNER);
+    tx.execute(&remove("acme", U_OWNER2), &[]).unwrap();
+    // The second owner, in another session, removes the first while the first removal is open.
+    let second = {
+        let url = db.server().url(&db.name, APP);
+        std::thread::spawn(move || {
+            let mut app = Client::connect(&url, NoTls).unwrap();
+            let mut tx = begin_as_user(&mut app, "acme", U_OWNER2);
+            let result = tx.execute(&remove("acme", U_OWNER), &[]).map(|_| ());
+            if result.is_ok() {
+                tx.commit().unwrap();
+            }
+            result
+        })
+    };
+    // Let the second session reach the lock before the first commits.
+    let waiting = |su: &mut Client| {
+        count(su, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%member_remove%'")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting(&mut su) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the second removal never waited for the tenant's lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    tx.commit().unwrap();
+    refused(second.join().unwrap(), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, &["last owner"]);
+    let owners: Vec<String> =
+        roles_of(&mut su, &a).into_iter().filter(|(_, r)| r == "owner").map(|(u, _)| u).collect();
+    assert_eq!(owners, [U_OWNER]);
+}
