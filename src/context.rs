@@ -70,38 +70,55 @@ pub fn resolve_user() -> Result<Option<pgrx::Uuid>> {
     read_uuid_setting(gucs::user_id_raw()).map_err(|value| MtError::MalformedUserContext { value })
 }
 
-/// A context the current transaction has already checked against the registry.
+/// A context already checked against the registry.
 #[derive(Clone, Copy, PartialEq)]
 struct Checked {
     tenant: pgrx::Uuid,
     user: Option<pgrx::Uuid>,
     admin: bool,
     role: Option<Role>,
+    /// The registry cache generation the check was made at, and the transaction it was last
+    /// confirmed in.
+    generation: u64,
+    transaction: u64,
 }
 
 thread_local! {
-    /// The registry is consulted once per transaction (and again only if the context changes):
-    /// a tenant suspended or a member removed by another session stops working at the next
-    /// transaction of every session, at the cost of one comparison per call until then.
     static CHECKED: Cell<Option<Checked>> = const { Cell::new(None) };
+    /// Counts the session's transactions (bumped when one ends).
+    static TRANSACTION: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
-    CHECKED.with(|c| c.set(None));
+    TRANSACTION.with(|t| t.set(t.get() + 1));
 }
 
 /// The tenant of the current transaction, checked: it exists, it is active, and the user (if
 /// one is set) is a member. In admin mode only existence is checked.
+///
+/// The registry is consulted when the context or the registry changes, and otherwise trusted:
+/// within a transaction a repeated call is one comparison; the first call of a transaction also
+/// applies pending invalidations, so a tenant suspended or a member removed by another session
+/// (which bumps the registry cache's generation when it commits) stops working at the next
+/// transaction of every session.
 fn checked() -> Result<Checked> {
     let tenant = resolve()?.ok_or(MtError::NoContext)?;
     let user = resolve_user()?;
     let admin = access::admin_mode().is_some();
-    if let Some(done) = CHECKED.with(Cell::get) {
-        if done.tenant == tenant && done.user == user && done.admin == admin {
+    let transaction = TRANSACTION.with(Cell::get);
+    let same = |done: &Checked| done.tenant == tenant && done.user == user && done.admin == admin;
+    if let Some(done) = CHECKED.with(Cell::get).filter(same) {
+        if done.transaction == transaction {
+            return Ok(done);
+        }
+        if done.generation == tenants::current_generation() {
+            let done = Checked { transaction, ..done };
+            CHECKED.with(|c| c.set(Some(done)));
             return Ok(done);
         }
     }
+    let generation = tenants::current_generation();
     let found = tenants::lookup(tenants::Key::Id(tenant))?
         .ok_or_else(|| MtError::ContextTenantUnknown { id: tenant.to_string() })?;
     let role = match user {
@@ -116,7 +133,7 @@ fn checked() -> Result<Checked> {
             return Err(MtError::NotAMember { tenant: found.slug, user: user.to_string() });
         }
     }
-    let done = Checked { tenant, user, admin, role };
+    let done = Checked { tenant, user, admin, role, generation, transaction };
     CHECKED.with(|c| c.set(Some(done)));
     Ok(done)
 }

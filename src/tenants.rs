@@ -159,6 +159,15 @@ unsafe extern "C-unwind" fn transaction_ended(event: pg_sys::XactEvent::Type, _a
     }
 }
 
+/// The cache generation after applying pending invalidations: a registry change committed by
+/// any session, or made by this one, gives a new number.
+pub fn current_generation() -> u64 {
+    // SAFETY: applies invalidations other sessions have committed (a shared-memory check when
+    // there are none).
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    GENERATION.with(Cell::get)
+}
+
 /// Answer from the cache, or `None` (also when the cache is stale: it is emptied then).
 fn cached<T>(read: impl FnOnce(&Cache) -> Option<T>) -> Option<T> {
     if CHANGED_IN_THIS_TRANSACTION.with(Cell::get) {
