@@ -466,6 +466,48 @@ pub fn begin_as<'a>(client: &'a mut Client, tenant: &str) -> Transaction<'a> {
     tx
 }
 
+/// Begin a transaction as end user `user` (`multitenancy.user_id`) with `tenant` (slug or id) as
+/// its context, set with `tenant_set` — which checks that the user is a member.
+pub fn begin_as_user<'a>(client: &'a mut Client, tenant: &str, user: &str) -> Transaction<'a> {
+    let mut tx = client.transaction().unwrap();
+    tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&user]).unwrap();
+    tx.query_one("SELECT multitenancy.tenant_set($1)", &[&tenant])
+        .unwrap_or_else(|e| panic!("tenant_set({tenant:?}) as user {user}: {e}"));
+    tx
+}
+
+/// One statement as end user `user` with `tenant`'s context, in its own transaction, committed
+/// when it succeeds (rolled back otherwise).
+pub fn as_user(app: &mut Client, tenant: &str, user: &str, sql: &str) -> Result<u64, postgres::Error> {
+    let mut tx = begin_as_user(app, tenant, user);
+    let n = tx.execute(sql, &[])?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Message fragments (any of them, case-insensitive) accepted for a 42501 refusal of a
+/// management call.
+pub const DENIED: &[&str] = &["permission denied", "not allowed", "not permitted", "requires", "must be", "only", "cannot"];
+
+/// Assert a refusal: SQLSTATE `code` and a message containing one of `fragments`
+/// (case-insensitive).
+#[track_caller]
+pub fn expect_sqlstate_mentioning<T: std::fmt::Debug>(
+    result: Result<T, postgres::Error>,
+    code: &SqlState,
+    fragments: &[&str],
+) -> DbError {
+    let error = expect_sqlstate(result, code);
+    let message = error.message().to_lowercase();
+    assert!(
+        fragments.iter().any(|f| message.contains(&f.to_lowercase())),
+        "expected the message of {} to mention one of {fragments:?}, got {:?}",
+        code.code(),
+        error.message()
+    );
+    error
+}
+
 /// Reading the `orders` table must fail closed with 28000 "no tenant context", not return rows.
 #[track_caller]
 pub fn assert_no_context(client: &mut impl postgres::GenericClient, situation: &str) {

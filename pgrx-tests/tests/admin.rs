@@ -6,6 +6,7 @@
 //!
 //! Every check pairs what the support role sees with the ground truth read by the superuser.
 use multitenancy_integration::*;
+use multitenancy_integration::expect_sqlstate_mentioning as refused;
 use std::sync::OnceLock;
 
 /// The support role of these tests: LOGIN, NOSUPERUSER, NOBYPASSRLS, member of
@@ -87,20 +88,6 @@ fn seen_of(client: &mut impl postgres::GenericClient, tenant_id: &str) -> i64 {
         .query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&tenant_id])
         .unwrap()
         .get(0)
-}
-
-/// Assert the message of a refusal mentions one of `fragments` (case-insensitive).
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, code: &SqlState, fragments: &[&str]) -> DbError {
-    let error = expect_sqlstate(result, code);
-    let message = error.message().to_lowercase();
-    assert!(
-        fragments.iter().any(|f| message.contains(&f.to_lowercase())),
-        "expected the message of {} to mention one of {fragments:?}, got {:?}",
-        code.code(),
-        error.message()
-    );
-    error
 }
 
 // ---------------------------------------------------------------------------------------------

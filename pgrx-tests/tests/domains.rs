@@ -7,6 +7,7 @@
 //! by SQLSTATE and a message fragment, next to the ground truth read by the superuser (the
 //! registry did not change) and a positive control (the right user may do it).
 use multitenancy_integration::*;
+use multitenancy_integration::expect_sqlstate_mentioning as refused;
 use postgres::types::ToSql;
 
 /// End users of the fixture (see [`site`]).
@@ -45,12 +46,10 @@ fn exec_as(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, postgres::Error> {
-    let mut tx = client.transaction().unwrap();
-    if let Some(user) = user {
-        tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&user]).unwrap();
-    }
-    tx.query_one("SELECT multitenancy.tenant_set($1)", &[&tenant])
-        .unwrap_or_else(|e| panic!("tenant_set({tenant}) with user {user:?}: {e}"));
+    let mut tx = match user {
+        Some(user) => begin_as_user(client, tenant, user),
+        None => begin_as(client, tenant),
+    };
     let result = tx.query(sql, params);
     if result.is_ok() {
         tx.commit().unwrap();
@@ -137,26 +136,6 @@ fn settings_of(o: &Orders, tenant_id: &str) -> String {
         .query_one("SELECT settings::text FROM multitenancy.tenants WHERE id = $1::text::uuid", &[&tenant_id])
         .unwrap()
         .get(0)
-}
-
-/// Assert the message of a refusal mentions one of `fragments` (case-insensitive).
-#[track_caller]
-fn assert_mentions(error: &DbError, fragments: &[&str]) {
-    let message = error.message().to_lowercase();
-    assert!(
-        fragments.iter().any(|f| message.contains(&f.to_lowercase())),
-        "expected the message of {} to mention one of {fragments:?}, got {:?}",
-        error.code().code(),
-        error.message()
-    );
-}
-
-/// Assert a statement failed with `code` and a message mentioning one of `fragments`.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, code: &SqlState, fragments: &[&str]) -> DbError {
-    let error = expect_sqlstate(result, code);
-    assert_mentions(&error, fragments);
-    error
 }
 
 /// Point `multitenancy.base_domain` of the test database at `example.test` (as the superuser:

@@ -286,9 +286,7 @@ fn dump_and_restore_keep_members_domains_settings_and_audit() {
     assert!(member(&mut restored_su, &a, MEMBER_A), "acme's member is still a member");
     assert!(!member(&mut restored_su, &b, OWNER_A), "acme's owner is still not a member of globex");
     {
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&OWNER_A]).unwrap();
-        tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
+        let mut tx = begin_as_user(&mut app, "acme", OWNER_A);
         let row = tx
             .query_one(
                 "SELECT multitenancy.is_member(), multitenancy.tenant_role(), multitenancy.setting_get('color')::text,

@@ -6,6 +6,7 @@
 //! snapshot (as superuser) showing that nothing changed; every "cannot see" is paired with the
 //! ground truth that the rows exist.
 use multitenancy_integration::*;
+use multitenancy_integration::expect_sqlstate_mentioning as refused;
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------------------------------------
@@ -37,44 +38,9 @@ const ALL_ACTIONS: [&str; 16] = [
     "tenant_suspend",
 ];
 
-/// Message fragments (any of them, case-insensitive) accepted for a 42501 refusal.
-const DENIED: &[&str] = &["permission denied", "not allowed", "not permitted", "requires", "must be", "only", "cannot"];
-
 // ---------------------------------------------------------------------------------------------
 // Private helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Assert a refusal: SQLSTATE `code` and a message containing one of `any_of` (case-insensitive).
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, code: &SqlState, any_of: &[&str]) -> DbError {
-    let error = expect_sqlstate(result, code);
-    let message = error.message().to_lowercase();
-    assert!(
-        any_of.iter().any(|f| message.contains(&f.to_lowercase())),
-        "expected a message containing one of {any_of:?}, got {:?}",
-        error.message()
-    );
-    error
-}
-
-/// Begin a transaction as end user `user` of `tenant` (SET LOCAL multitenancy.user_id, then
-/// tenant_set).
-fn begin_as_user<'a>(client: &'a mut Client, tenant: &str, user: &str) -> Transaction<'a> {
-    let mut tx = client.transaction().unwrap();
-    tx.batch_execute(&format!("SET LOCAL multitenancy.user_id = '{user}'")).unwrap();
-    tx.query_one("SELECT multitenancy.tenant_set($1)", &[&tenant])
-        .unwrap_or_else(|e| panic!("tenant_set({tenant:?}) as user {user}: {e}"));
-    tx
-}
-
-/// One statement as end user `user` with `tenant`'s context, in its own transaction, committed
-/// when it succeeds.
-fn as_user(app: &mut Client, tenant: &str, user: &str, sql: &str) -> Result<u64, postgres::Error> {
-    let mut tx = begin_as_user(app, tenant, user);
-    let n = tx.execute(sql, &[])?;
-    tx.commit()?;
-    Ok(n)
-}
 
 /// The status, status_reason and whether deleted_at is set, of a tenant (ground truth).
 fn status_of(su: &mut Client, tenant_id: &str) -> (String, Option<String>, bool) {

@@ -8,6 +8,7 @@
 //! with its SQLSTATE and a message fragment, and next to it the ground truth as superuser (the
 //! member rows exist and are unchanged), with a positive control where one makes sense.
 use multitenancy_integration::*;
+use multitenancy_integration::expect_sqlstate_mentioning as refused;
 
 // ---------------------------------------------------------------------------------------------
 // End users (values of multitenancy.user_id). Their order as uuids is the order below.
@@ -21,10 +22,6 @@ const U_GUEST: &str = "55555555-5555-4555-8555-555555555555";
 const U_NEW: &str = "66666666-6666-4666-8666-666666666666";
 const U_STRANGER: &str = "77777777-7777-4777-8777-777777777777";
 
-/// Message fragments (any of them, case-insensitive) accepted for an authorization refusal
-/// (42501) of a member function: the contract fixes the SQLSTATE, not the wording.
-const DENIED: &[&str] = &["permission denied", "not allowed", "not permitted", "requires", "must be", "only", "cannot"];
-
 // ---------------------------------------------------------------------------------------------
 // Private helpers
 // ---------------------------------------------------------------------------------------------
@@ -35,38 +32,6 @@ fn tenants(tag: &str) -> (TestDb, String, String) {
     let a = db.tenant("Acme", "acme");
     let b = db.tenant("Globex", "globex");
     (db, a, b)
-}
-
-/// Assert a refusal: SQLSTATE `code` and a message containing one of `any_of` (case-insensitive).
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, code: &SqlState, any_of: &[&str]) -> DbError {
-    let error = expect_sqlstate(result, code);
-    let message = error.message().to_lowercase();
-    assert!(
-        any_of.iter().any(|f| message.contains(&f.to_lowercase())),
-        "expected a message containing one of {any_of:?}, got {:?}",
-        error.message()
-    );
-    error
-}
-
-/// Begin a transaction as end user `user` of `tenant`: `SET LOCAL multitenancy.user_id`, then
-/// `tenant_set` (which checks the membership).
-fn begin_as_user<'a>(client: &'a mut Client, tenant: &str, user: &str) -> Transaction<'a> {
-    let mut tx = client.transaction().unwrap();
-    tx.batch_execute(&format!("SET LOCAL multitenancy.user_id = '{user}'")).unwrap();
-    tx.query_one("SELECT multitenancy.tenant_set($1)", &[&tenant])
-        .unwrap_or_else(|e| panic!("tenant_set({tenant:?}) as user {user}: {e}"));
-    tx
-}
-
-/// Run one statement as end user `user` with `tenant`'s context, in its own transaction,
-/// committed when it succeeds (rolled back otherwise).
-fn as_user(app: &mut Client, tenant: &str, user: &str, sql: &str) -> Result<u64, postgres::Error> {
-    let mut tx = begin_as_user(app, tenant, user);
-    let n = tx.execute(sql, &[])?;
-    tx.commit()?;
-    Ok(n)
 }
 
 fn add(tenant: &str, user: &str, role: &str) -> String {
