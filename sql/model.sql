@@ -76,17 +76,28 @@ BEGIN
 END
 $$;
 
+-- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
+-- when the user is not a member.
+CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    slug := multitenancy._lock_tenant(p_tenant);
+    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'user % is not a member of tenant "%"', p_user, slug
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'List the members with multitenancy.member_list(''<tenant>''); add one with multitenancy.member_add().';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_slug text;
     v_role text;
 BEGIN
-    SELECT role INTO v_role FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
-    IF v_role IS NULL THEN
-        RAISE EXCEPTION 'user % is not a member of tenant "%"', p_user, v_slug
-            USING ERRCODE = 'undefined_object', HINT = 'List the members with multitenancy.member_list(''<tenant>'').';
-    END IF;
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
     IF v_role = 'owner' THEN
         IF NOT p_may_manage_owners THEN
             RAISE EXCEPTION 'permission denied to remove an owner of tenant "%": only owners may', v_slug
@@ -103,14 +114,10 @@ CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_slug text;
     v_role text;
 BEGIN
-    SELECT role INTO v_role FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
-    IF v_role IS NULL THEN
-        RAISE EXCEPTION 'user % is not a member of tenant "%"', p_user, v_slug
-            USING ERRCODE = 'undefined_object', HINT = 'Add the user with multitenancy.member_add().';
-    END IF;
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
     IF v_role = p_role THEN
         RETURN NULL;
     END IF;
@@ -303,24 +310,16 @@ BEGIN
     SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
     IF v_existing.tenant_id = p_tenant AND v_existing.is_primary = p_primary THEN
         -- Registered already: the same token again, nothing changes.
-        RETURN jsonb_build_object('result', v_existing.verification_token, 'unchanged', true);
-    ELSIF v_existing.tenant_id IS NOT NULL AND v_existing.tenant_id <> p_tenant THEN
-        RAISE EXCEPTION 'domain "%" is already registered to another tenant', p_domain
-            USING ERRCODE = 'unique_violation',
-                  HINT = 'A domain routes to one tenant; the other tenant must remove it first (multitenancy.domain_remove).';
     END IF;
     IF p_primary THEN
         UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
     END IF;
-    BEGIN
-        INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-        VALUES (p_domain, p_tenant, p_primary, v_token)
-        ON CONFLICT (domain) DO UPDATE SET is_primary = EXCLUDED.is_primary
-        WHERE multitenancy.domains.tenant_id = p_tenant
-        RETURNING verification_token INTO v_token;
-    EXCEPTION WHEN unique_violation THEN
-        v_token := NULL;
-    END;
+    -- Another tenant's domain (also one registered concurrently) returns no row.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE SET is_primary = EXCLUDED.is_primary
+    WHERE multitenancy.domains.tenant_id = p_tenant
+    RETURNING verification_token INTO v_token;
     IF v_token IS NULL THEN
         RAISE EXCEPTION 'domain "%" is already registered to another tenant', p_domain
             USING ERRCODE = 'unique_violation',

@@ -192,18 +192,22 @@ pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
     let user = context::resolve_user().unwrap_or(None);
     let details = pgrx::JsonB(serde_json::json!({ "reason": reason, "write": write }));
     registry::as_owner(|| audit("admin_begin", None, Some(details), &acting_role, user))?;
-    // SAFETY: reads transaction state.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    ADMIN.with(|a| a.set(Some(AdminMode { level, write: write || admin_mode().is_some_and(|m| m.write) })));
+    // A second admin_begin in the same transaction does not take back write access.
+    let mode = AdminMode {
+        // SAFETY: reads transaction state.
+        level: unsafe { pg_sys::GetCurrentTransactionNestLevel() },
+        write: write || admin_mode().is_some_and(|m| m.write),
+    };
+    ADMIN.with(|a| a.set(Some(mode)));
     // SAFETY: marks every cached plan of this backend for re-planning.
     unsafe { pg_sys::ResetPlanCache() };
-    if !write && !admin_mode().is_some_and(|m| m.write) {
+    if !mode.write {
         gucs::set(c"transaction_read_only", c"on", pg_sys::GucAction::GUC_ACTION_LOCAL);
     }
     crate::error::log(format!(
         "admin access by role \"{acting_role}\" (session role \"{}\"), {}: {reason}",
         registry::session_role(),
-        if write { "read and write" } else { "read only" }
+        if mode.write { "read and write" } else { "read only" }
     ));
     Ok(())
 }

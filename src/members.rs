@@ -43,7 +43,8 @@ pub fn parse_role(name: Option<&str>) -> Result<Role> {
     Role::parse(&name.trim().to_lowercase()).ok_or_else(|| MtError::InvalidRole { role: name.to_string() })
 }
 
-/// Authorise a membership change and run it. `target_is_caller` lets any member leave.
+/// Authorise a membership change and run it. `may_leave`: the change is a removal, which any
+/// member may make of themself.
 fn change_member(
     action: &'static str,
     verb: &'static str,
@@ -51,13 +52,14 @@ fn change_member(
     user: Option<pgrx::Uuid>,
     call: &str,
     extra: Option<Role>,
+    may_leave: bool,
 ) -> Result<()> {
     let tenant = access::tenant(tenant)?;
     let user = user.ok_or_else(|| MtError::InvalidArgument {
         message: "user_id must not be NULL".into(),
         hint: "Pass the uuid of the end user, as the application sets it in multitenancy.user_id.".into(),
     })?;
-    let leaving = action == "member_remove" && context::resolve_user()? == Some(user) && context::resolve()? == Some(tenant.id);
+    let leaving = may_leave && context::resolve_user()? == Some(user) && context::resolve()? == Some(tenant.id);
     let need = Need { role: if leaving { Role::Guest } else { Role::Admin }, action: verb };
     let caller = access::authorize(&tenant, need)?;
     // Changes that involve the owner role need an owner (checked again under the tenant's lock
@@ -84,6 +86,7 @@ fn member_add(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: default!(
             user_id,
             "SELECT multitenancy._member_add($1, $2, $3, $4, multitenancy.current_user_id_or_null())",
             Some(role),
+            false,
         )
     };
     run().or_raise()
@@ -92,8 +95,16 @@ fn member_add(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: default!(
 /// Remove a user from a tenant. The last owner cannot be removed.
 #[pg_extern(volatile, parallel_unsafe)]
 fn member_remove(tenant: Option<&str>, user_id: Option<pgrx::Uuid>) {
-    change_member("member_remove", "remove members of", tenant, user_id, "SELECT multitenancy._member_remove($1, $2, $3)", None)
-        .or_raise()
+    change_member(
+        "member_remove",
+        "remove members of",
+        tenant,
+        user_id,
+        "SELECT multitenancy._member_remove($1, $2, $3)",
+        None,
+        true,
+    )
+    .or_raise()
 }
 
 /// Change a member's role. The last owner cannot be demoted.
@@ -108,6 +119,7 @@ fn member_set_role(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: Opti
             user_id,
             "SELECT multitenancy._member_set_role($1, $2, $3, $4)",
             Some(role),
+            false,
         )
     };
     run().or_raise()

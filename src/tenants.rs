@@ -168,12 +168,12 @@ pub fn current_generation() -> u64 {
     GENERATION.with(Cell::get)
 }
 
-/// Answer from the cache, or `None` (also when the cache is stale: it is emptied then).
-fn cached<T>(read: impl FnOnce(&Cache) -> Option<T>) -> Option<T> {
+/// Answer from the cache as of `generation` (from [`current_generation`]), or `None` (also
+/// when the cache is older: it is emptied then).
+fn cached<T>(generation: u64, read: impl FnOnce(&Cache) -> Option<T>) -> Option<T> {
     if CHANGED_IN_THIS_TRANSACTION.with(Cell::get) {
         return None;
     }
-    let generation = GENERATION.with(Cell::get);
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.generation != generation {
@@ -245,17 +245,15 @@ pub enum Key<'a> {
 
 /// Look a tenant up in the registry (through the cache).
 pub fn lookup(key: Key) -> Result<Option<Tenant>> {
-    // SAFETY: applies invalidations other sessions have committed (a shared-memory check when
-    // there are none), as taking a lock would.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
-    let hit = cached(|cache| match &key {
+    // Applies the invalidations other sessions have committed, as taking a lock would.
+    let generation = current_generation();
+    let hit = cached(generation, |cache| match &key {
         Key::Id(id) => cache.by_id.get(id.as_bytes()).cloned(),
         Key::Slug(slug) => cache.by_slug.get(*slug).cloned(),
     });
     if hit.is_some() {
         return Ok(hit);
     }
-    let generation = GENERATION.with(Cell::get);
     let read = |row: &pgrx::spi::SpiHeapTupleData| -> Result<Tenant> {
         Ok(Tenant {
             id: row
@@ -302,13 +300,11 @@ pub fn find(key: &str) -> Result<Option<Tenant>> {
 
 /// The role of `user` in `tenant`, `None` when the user is not a member (through the cache).
 pub fn role_of(tenant: pgrx::Uuid, user: pgrx::Uuid) -> Result<Option<Role>> {
-    // SAFETY: as in lookup.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let generation = current_generation();
     let key = (*tenant.as_bytes(), *user.as_bytes());
-    if let Some(role) = cached(|cache| cache.roles.get(&key).copied()) {
+    if let Some(role) = cached(generation, |cache| cache.roles.get(&key).copied()) {
         return Ok(role);
     }
-    let generation = GENERATION.with(Cell::get);
     let role = run_lookup(
         2,
         "SELECT role FROM multitenancy.members WHERE tenant_id = $1 AND user_id = $2",
