@@ -149,3 +149,60 @@ COMMENT ON TABLE multitenancy.audit_log IS
     'Who changed what: lifecycle, member, domain, setting and admin actions. Append-only.';
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.audit_log_id_seq', '');
+
+-- Quotas (src/quotas.rs). A tenant's limit for a key is its override here if it has one (NULL:
+-- unlimited), else its plan's `limits` entry, else unlimited. Keys: 'members', 'rows', 'bytes',
+-- 'rows:<table>', and any other name for a metered counter (multitenancy.usage_record).
+CREATE TABLE multitenancy.quotas (
+    tenant_id   uuid        NOT NULL,
+    key         text        NOT NULL,
+    quota       bigint,
+    set_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT quotas_pkey PRIMARY KEY (tenant_id, key),
+    CONSTRAINT quotas_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id),
+    CONSTRAINT quotas_not_negative CHECK (quota >= 0)
+);
+COMMENT ON TABLE multitenancy.quotas IS
+    'Per-tenant quota overrides (NULL: unlimited). Change them with multitenancy.quota_set() / quota_reset().';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.quotas', '');
+
+-- Exact counters of the rows and bytes each tenant stores in tenant-enabled tables, maintained
+-- by statement triggers on those tables. tenant_usage holds the totals and is the row every
+-- write of a tenant locks first; table_usage holds one row per tenant and table (a partitioned
+-- or inheritance parent counts its partitions / children).
+CREATE TABLE multitenancy.tenant_usage (
+    tenant_id   uuid        NOT NULL,
+    row_count   bigint      NOT NULL DEFAULT 0,
+    byte_count  bigint      NOT NULL DEFAULT 0,
+    CONSTRAINT tenant_usage_pkey PRIMARY KEY (tenant_id),
+    CONSTRAINT tenant_usage_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id)
+) WITH (fillfactor = 50);
+COMMENT ON TABLE multitenancy.tenant_usage IS
+    'Rows and bytes of each tenant across tenant-enabled tables (exact; see multitenancy.usage_drift()).';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.tenant_usage', '');
+
+CREATE TABLE multitenancy.table_usage (
+    tenant_id   uuid        NOT NULL,
+    relid       regclass    NOT NULL,
+    row_count   bigint      NOT NULL DEFAULT 0,
+    byte_count  bigint      NOT NULL DEFAULT 0,
+    CONSTRAINT table_usage_pkey PRIMARY KEY (tenant_id, relid),
+    CONSTRAINT table_usage_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id)
+) WITH (fillfactor = 50);
+COMMENT ON TABLE multitenancy.table_usage IS
+    'Rows and bytes of each tenant per tenant-enabled table (exact; see multitenancy.usage_drift()).';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.table_usage', '');
+
+-- Metered usage (multitenancy.usage_record): one counter per tenant, key and calendar month (UTC).
+CREATE TABLE multitenancy.metered_usage (
+    tenant_id   uuid        NOT NULL,
+    key         text        NOT NULL,
+    period      date        NOT NULL,
+    used        bigint      NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT metered_usage_pkey PRIMARY KEY (tenant_id, key, period),
+    CONSTRAINT metered_usage_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id)
+);
+COMMENT ON TABLE multitenancy.metered_usage IS
+    'Metered usage per tenant, key and month (UTC), recorded with multitenancy.usage_record().';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.metered_usage', '');

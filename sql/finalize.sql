@@ -10,7 +10,8 @@ GRANT USAGE ON SCHEMA multitenancy TO PUBLIC;
 -- of every tenant): row level security, not FORCEd, so the registry owner (the extension's
 -- functions) sees everything. enabled_tables and exempt_tables stay private.
 GRANT SELECT ON multitenancy.tenants, multitenancy.members, multitenancy.domains, multitenancy.audit_log,
-                multitenancy.plans TO PUBLIC;
+                multitenancy.plans, multitenancy.quotas, multitenancy.tenant_usage, multitenancy.table_usage,
+                multitenancy.metered_usage TO PUBLIC;
 ALTER TABLE multitenancy.tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE multitenancy.members ENABLE ROW LEVEL SECURITY;
 ALTER TABLE multitenancy.domains ENABLE ROW LEVEL SECURITY;
@@ -22,6 +23,19 @@ CREATE POLICY tenant_scope ON multitenancy.members FOR SELECT TO PUBLIC
 CREATE POLICY tenant_scope ON multitenancy.domains FOR SELECT TO PUBLIC
     USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
 CREATE POLICY tenant_scope ON multitenancy.audit_log FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+-- Quotas and usage (tenant_stats, quota_check) are scoped the same way.
+ALTER TABLE multitenancy.quotas ENABLE ROW LEVEL SECURITY;
+ALTER TABLE multitenancy.tenant_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE multitenancy.table_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE multitenancy.metered_usage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_scope ON multitenancy.quotas FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+CREATE POLICY tenant_scope ON multitenancy.tenant_usage FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+CREATE POLICY tenant_scope ON multitenancy.table_usage FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
+CREATE POLICY tenant_scope ON multitenancy.metered_usage FOR SELECT TO PUBLIC
     USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
 
 -- The audit log is append-only for everyone but superusers, the registry owner included.
@@ -55,14 +69,17 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
 END
 $$;
 
--- The internal data functions of sql/model.sql run only as the registry owner.
+-- The internal data functions of sql/model.sql run only as the registry owner. The counting
+-- trigger functions stay executable: whoever runs tenant_enable creates triggers with them (and
+-- they refuse to run other than as triggers).
 DO $$
 DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
-                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_tenant_id', '_base_domain')
+                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_tenant_id', '_base_domain',
+                                      '_usage_row', '_usage_statement', '_period_start')
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
@@ -82,8 +99,12 @@ REVOKE EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) FROM PUBLI
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_disable(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_exempt(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_unexempt(regclass) FROM PUBLIC;
--- The audit lists roles and tables: for DBAs and CI.
+REVOKE EXECUTE ON FUNCTION multitenancy.quota_set(text, text, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
+-- The audit lists roles and tables: for DBAs and CI; so do the usage reports, across tenants.
 REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.usage_drift() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.usage_recompute() FROM PUBLIC;
 
 -- current_tenant_id() takes no argument, so it cannot leak one: LEAKPROOF lets the planner
 -- use it freely next to security-barrier quals.
@@ -113,11 +134,33 @@ CREATE TRIGGER multitenancy_registry_truncated
     FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
 ALTER TABLE multitenancy.members ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
 ALTER TABLE multitenancy.members ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
+-- So are the limits the counting triggers enforce (plans and quota overrides).
+CREATE TRIGGER multitenancy_registry_changed
+    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.plans
+    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
+CREATE TRIGGER multitenancy_registry_truncated
+    AFTER TRUNCATE ON multitenancy.plans
+    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
+ALTER TABLE multitenancy.plans ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
+ALTER TABLE multitenancy.plans ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
+CREATE TRIGGER multitenancy_registry_changed
+    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.quotas
+    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
+CREATE TRIGGER multitenancy_registry_truncated
+    AFTER TRUNCATE ON multitenancy.quotas
+    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
+ALTER TABLE multitenancy.quotas ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
+ALTER TABLE multitenancy.quotas ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
 
 -- A dropped table leaves the registry with it (so pg_dump never sees a dangling regclass).
 CREATE FUNCTION multitenancy._forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- Its rows leave the usage counters (a dropped partition included).
+    PERFORM multitenancy._usage_forget(d.objid)
+       FROM pg_catalog.pg_event_trigger_dropped_objects() d
+      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+        AND EXISTS (SELECT 1 FROM multitenancy.table_usage u WHERE u.relid::pg_catalog.oid = d.objid);
     DELETE FROM multitenancy.enabled_tables e
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass

@@ -20,6 +20,8 @@ BEGIN
         INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
         VALUES (v_id, p_owner, 'owner', p_owner);
     END IF;
+    -- The row every write of the tenant locks to count (src/quotas.rs).
+    INSERT INTO multitenancy.tenant_usage (tenant_id) VALUES (v_id);
     RETURN jsonb_build_object('result', v_id, 'tenant_id', v_id, 'slug', p_slug, 'name', p_name,
                               'plan', p_plan, 'owner', p_owner);
 END
@@ -46,6 +48,8 @@ CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_quota bigint;
+    v_members bigint;
 BEGIN
     IF p_role = 'owner' AND NOT p_may_manage_owners THEN
         RAISE EXCEPTION 'permission denied to add an owner to tenant "%": only owners may', v_slug
@@ -58,6 +62,14 @@ BEGIN
         RAISE EXCEPTION 'user % is already a member of tenant "%"', p_user, v_slug
             USING ERRCODE = 'unique_violation',
                   HINT = 'Change the role with multitenancy.member_set_role().';
+    END IF;
+    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
+    v_quota := multitenancy._quota(p_tenant, 'members');
+    IF v_quota IS NOT NULL THEN
+        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
+        IF v_members > v_quota THEN
+            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
+        END IF;
     END IF;
     RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
 END
@@ -214,6 +226,10 @@ BEGIN
     END LOOP;
     DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenant_usage WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.tenants WHERE id = p_tenant;
     RETURN jsonb_build_object('result', v_total, 'slug', v_slug, 'rows', v_total, 'tables', v_tables);
 END
@@ -270,6 +286,18 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'For example limits => ''{"members": 5}'', features => ''{"sso": false}''.';
     END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        RAISE EXCEPTION 'plan limits must be whole numbers >= 0 (or null for unlimited)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example limits => ''{"rows": 100000, "bytes": 1073741824, "members": 5, "api_calls": null}''.';
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
     SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
     IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
         RETURN NULL;

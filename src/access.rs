@@ -66,6 +66,9 @@ unsafe extern "C-unwind" fn subtransaction_ended(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        crate::quotas::transaction_aborted();
+    }
     let Some(mode) = admin_mode() else { return };
     // SAFETY: reads transaction state; the callback runs while the subtransaction is current.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };

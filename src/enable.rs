@@ -8,7 +8,8 @@ use crate::error::{notice, warning, MtError, OrRaise, Result, SpiContext};
 use crate::guard::{self, Busy};
 use crate::hardening;
 use crate::registry;
-use crate::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN};
+use crate::quotas;
+use crate::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN, TRIGGERS};
 use crate::tenants;
 use pgrx::prelude::*;
 use pgrx::spi::quote_literal;
@@ -128,6 +129,14 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
         return Err(MtError::internal("tenant_enable", format!("after enabling: {}", left.describe())));
     }
     registry::record_enabled(relid)?;
+    // The counting was missing (a table being enabled, or a repair): the counters start from
+    // what the table holds. A partitioned table holds nothing itself; its partitions count.
+    let counting_installed = before
+        .iter()
+        .any(|d| matches!(d, Deviation::TriggerMissing { .. } | Deviation::TriggerDiffers { .. }));
+    if counting_installed && rel.kind == pg_sys::RELKIND_RELATION {
+        quotas::recount(relid)?;
+    }
     enable_children(&rel, backfill)?;
     if was_enabled {
         let repaired: Vec<String> = before.iter().map(Deviation::describe).collect();
@@ -215,6 +224,11 @@ pub fn disable(relid: pg_sys::Oid) -> Result<()> {
     for policy in POLICIES {
         run(&policy.drop_sql(&table))?;
     }
+    // No more counting: the table's rows leave the tenants' usage.
+    for trigger in TRIGGERS {
+        run(&trigger.drop_sql(&table))?;
+    }
+    quotas::forget(relid)?;
     let other_policies = Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid = $1",
         &[relid.into()],

@@ -75,6 +75,8 @@ pub enum MtError {
     InvalidRole { role: String },
     /// No tenant answers to a host name.
     HostNotFound { host: String },
+    /// A write or a metered use that would take a tenant past a limit.
+    QuotaExceeded { tenant: String, key: String, used: i64, adding: i64, quota: i64 },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     Internal { context: &'static str, error: String },
 }
@@ -119,6 +121,7 @@ impl MtError {
             MtError::MissingReason => ERRCODE_INVALID_PARAMETER_VALUE,
             MtError::TenantColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             MtError::BackfillRequired { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            MtError::QuotaExceeded { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -206,6 +209,9 @@ impl MtError {
             MtError::InvalidArgument { message, .. } => message.clone(),
             MtError::InvalidRole { role } => format!("invalid member role \"{role}\""),
             MtError::HostNotFound { host } => format!("no tenant for host \"{host}\""),
+            MtError::QuotaExceeded { tenant, key, used, adding, quota } => format!(
+                "quota \"{key}\" of tenant \"{tenant}\" exceeded: {used} used, {adding} more requested, limit {quota}"
+            ),
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
     }
@@ -363,6 +369,14 @@ impl MtError {
             MtError::HostNotFound { .. } => "Register the host with multitenancy.domain_add() and verify it, or \
                  use <slug>.<multitenancy.base_domain>."
                 .into(),
+            MtError::QuotaExceeded { tenant, key, .. } if crate::quotas::is_metered(key) => format!(
+                "Metered usage is counted per calendar month (UTC) and starts again at 0 next month. A DBA can raise \
+                 the limit: multitenancy.quota_set('{tenant}', '{key}', <limit>), or the plan's limits."
+            ),
+            MtError::QuotaExceeded { tenant, key, .. } => format!(
+                "Free capacity first (delete rows or members), or have a DBA raise the limit: \
+                 multitenancy.quota_set('{tenant}', '{key}', <limit>), or the plan's limits."
+            ),
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`members`]: members and roles (`member_add`, `has_role`, ...),
 //! - [`lifecycle`]: suspend, activate, delete, purge, rename; plans and settings,
 //! - [`domains`]: custom domains and host routing,
+//! - [`quotas`]: exact per-tenant usage counters, limits and metering,
 //! - [`access`]: who may manage what, audited admin access (`admin_begin`), the audit log,
 //! - [`spec`]: the one description of what a protected table looks like,
 //! - [`enable`]: `tenant_enable` / `tenant_disable` (which build and remove that shape) and
@@ -31,6 +32,7 @@ mod gucs;
 mod hardening;
 mod lifecycle;
 mod members;
+mod quotas;
 mod registry;
 mod spec;
 mod tenants;
@@ -44,6 +46,23 @@ extension_sql_file!(
     name = "model",
     requires = ["bootstrap", current_tenant_id, current_user_id, access::_readable_tenant, gucs::_base_domain]
 );
+// The C entry points of src/quotas.rs (trigger functions and row_bytes(record), which pgrx's
+// function macros cannot declare).
+extension_sql!(
+    r#"
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+"#,
+    name = "quota_functions",
+    requires = ["bootstrap"]
+);
+extension_sql_file!("../sql/quotas.sql", name = "quotas", requires = ["model", "quota_functions", current_tenant_id]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

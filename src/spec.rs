@@ -46,6 +46,66 @@ pub const POLICIES: [PolicySpec; 2] = [
 /// initPlan, an index condition); see `access.rs` for how plans of the two modes are kept apart.
 pub const ADMIN_SQL: &str = "multitenancy._admin_mode()";
 
+/// A trigger the extension owns on every protected table: the usage counting of quotas.rs.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerSpec {
+    pub name: &'static str,
+    /// `FOR EACH ROW` (true) or `FOR EACH STATEMENT`.
+    pub row: bool,
+    /// The AFTER events, in the order PostgreSQL prints them.
+    pub events: &'static str,
+    pub function: &'static str,
+}
+
+/// The row trigger counts each written row's tenant and size; the statement trigger applies the
+/// counts and enforces the limits once per statement (and forgets a truncated table's counts).
+pub const TRIGGERS: [TriggerSpec; 2] = [
+    TriggerSpec {
+        name: "multitenancy_usage_row",
+        row: true,
+        events: "INSERT OR DELETE OR UPDATE",
+        function: "multitenancy._usage_row",
+    },
+    TriggerSpec {
+        name: "multitenancy_usage_statement",
+        row: false,
+        events: "INSERT OR DELETE OR UPDATE OR TRUNCATE",
+        function: "multitenancy._usage_statement",
+    },
+];
+
+impl TriggerSpec {
+    /// `pg_trigger.tgtype` of this trigger: ROW 1, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32
+    /// (AFTER is the absence of BEFORE 2 and INSTEAD 64).
+    fn tgtype(&self) -> i16 {
+        let mut t = if self.row { 1 } else { 0 };
+        for event in self.events.split(" OR ") {
+            t |= match event {
+                "INSERT" => 4,
+                "DELETE" => 8,
+                "UPDATE" => 16,
+                "TRUNCATE" => 32,
+                _ => 0,
+            };
+        }
+        t
+    }
+
+    pub fn create_sql(&self, table: &str) -> String {
+        format!(
+            "CREATE TRIGGER {name} AFTER {events} ON {table} FOR EACH {level} EXECUTE FUNCTION {function}()",
+            name = self.name,
+            events = self.events,
+            level = if self.row { "ROW" } else { "STATEMENT" },
+            function = self.function,
+        )
+    }
+
+    pub fn drop_sql(&self, table: &str) -> String {
+        format!("DROP TRIGGER IF EXISTS {} ON {table}", self.name)
+    }
+}
+
 /// The predicate of the isolation policy.
 pub fn predicate_sql() -> String {
     format!("{TENANT_COLUMN} = {CONTEXT_SQL} OR {ADMIN_SQL}")
@@ -92,6 +152,9 @@ pub enum Deviation {
     RowSecurityNotForced,
     PolicyMissing { policy: &'static str },
     PolicyDiffers { policy: &'static str },
+    TriggerMissing { trigger: &'static str },
+    /// Disabled, or not the canonical definition.
+    TriggerDiffers { trigger: &'static str },
 }
 
 impl Deviation {
@@ -109,6 +172,10 @@ impl Deviation {
             Deviation::RowSecurityNotForced => "row level security is not forced (the owner bypasses it)".into(),
             Deviation::PolicyMissing { policy } => format!("policy {policy} is missing"),
             Deviation::PolicyDiffers { policy } => format!("policy {policy} differs from the canonical one"),
+            Deviation::TriggerMissing { trigger } => format!("quota trigger {trigger} is missing"),
+            Deviation::TriggerDiffers { trigger } => {
+                format!("quota trigger {trigger} is disabled or differs from the canonical one")
+            }
         }
     }
 
@@ -116,6 +183,7 @@ impl Deviation {
     /// when it cannot be repaired without a decision (a wrong column type, rows to assign).
     pub fn repair_sql(&self, table: &str) -> Option<Vec<String>> {
         let policy = |name: &str| POLICIES.iter().find(|p| p.name == name).expect("known policy");
+        let trigger = |name: &str| TRIGGERS.iter().find(|t| t.name == name).expect("known trigger");
         Some(match self {
             // Added without a default first: PostgreSQL evaluates a non-volatile default of a new
             // column at once (for existing rows), and current_tenant_id() needs a context.
@@ -140,6 +208,11 @@ impl Deviation {
             Deviation::PolicyDiffers { policy: name } => {
                 let p = policy(name);
                 vec![p.drop_sql(table), p.create_sql(table)]
+            }
+            Deviation::TriggerMissing { trigger: name } => vec![trigger(name).create_sql(table)],
+            Deviation::TriggerDiffers { trigger: name } => {
+                let t = trigger(name);
+                vec![t.drop_sql(table), t.create_sql(table)]
             }
         })
     }
@@ -262,6 +335,26 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
                 found.push(Deviation::PolicyDiffers { policy: spec.name });
             }
         }
+
+        for spec in TRIGGERS {
+            let rows = client
+                .select(
+                    "SELECT t.tgenabled <> 'D' AND t.tgtype = $3 AND t.tgfoid = $4::pg_catalog.regproc \
+                            AND t.tgnargs = 0 AND t.tgqual IS NULL AND t.tgattr = ''::pg_catalog.int2vector \
+                            AND t.tgoldtable IS NULL AND t.tgnewtable IS NULL AND NOT t.tgdeferrable \
+                       FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
+                    None,
+                    &[rel.oid.into(), spec.name.into(), spec.tgtype().into(), spec.function.into()],
+                )
+                .ctx("spec::inspect triggers")?;
+            match rows.into_iter().next() {
+                None => found.push(Deviation::TriggerMissing { trigger: spec.name }),
+                Some(row) if row.get::<bool>(1).ctx("trigger")? != Some(true) => {
+                    found.push(Deviation::TriggerDiffers { trigger: spec.name })
+                }
+                Some(_) => {}
+            }
+        }
         Ok(found)
     })
 }
@@ -301,13 +394,23 @@ mod tests {
                 Deviation::RowSecurityNotForced,
                 Deviation::PolicyMissing { policy: "multitenancy_access" },
                 Deviation::PolicyMissing { policy: "multitenancy_isolation" },
+                Deviation::TriggerMissing { trigger: "multitenancy_usage_row" },
+                Deviation::TriggerMissing { trigger: "multitenancy_usage_statement" },
             ]
         );
     }
 
     #[pg_test]
     fn each_tampering_is_detected() {
-        let cases: [(&str, Deviation); 7] = [
+        let cases: [(&str, Deviation); 9] = [
+            (
+                "ALTER TABLE {t} DISABLE TRIGGER multitenancy_usage_row",
+                Deviation::TriggerDiffers { trigger: "multitenancy_usage_row" },
+            ),
+            (
+                "DROP TRIGGER multitenancy_usage_statement ON {t}",
+                Deviation::TriggerMissing { trigger: "multitenancy_usage_statement" },
+            ),
             ("ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY", Deviation::RowSecurityNotForced),
             ("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY", Deviation::RowSecurityDisabled),
             ("ALTER TABLE {t} ALTER COLUMN tenant_id DROP NOT NULL", Deviation::ColumnNullable),

@@ -150,6 +150,13 @@ fn _registry_changed() {
 #[pg_guard]
 unsafe extern "C-unwind" fn transaction_ended(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
+    if matches!(event, XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE) {
+        // Rows counted by a command that fired no statement trigger (quotas.rs).
+        crate::quotas::before_commit().or_raise();
+    }
+    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
+        crate::quotas::transaction_aborted();
+    }
     if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE) {
         if CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false)) {
             GENERATION.with(|g| g.set(g.get() + 1));
