@@ -17,14 +17,14 @@
 #   --rows N      rows per (ordinary) tenant (default 100)
 #   --rounds N    interleaved rounds per workload (default 5)
 #   --seconds N   length of one pgbench run (default 6; the first second is warm-up)
-#   --clients N   pgbench clients for workloads 1-4 (default 2; workload 6 uses 16)
-#   --only LIST   comma-separated subset of: 1,2,3,3b,4,6,enable
+#   --clients N   pgbench clients for workloads 1-4 (default 2; workloads 6 and 7 use 16)
+#   --only LIST   comma-separated subset of: 1,2,3,3b,4,6,7,enable
 #
 # Not part of the test command; Debian 12, as root. Installs what is missing (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TENANTS=1000 ROWS=100 ROUNDS=5 SECS=6 CLIENTS=2 ONLY="1,2,3,3b,4,6,enable"
+TENANTS=1000 ROWS=100 ROUNDS=5 SECS=6 CLIENTS=2 ONLY="1,2,3,3b,4,6,7,enable"
 while [ $# -gt 0 ]; do
     case $1 in
         --tenants) TENANTS=$2; shift 2 ;;
@@ -82,6 +82,7 @@ render() { # template, variant -> path of the rendered script
     local and_tenant="" where_tenant="" tenant_column="" tenant_value=""
     case $2 in
         seed) items=seed.items events=seed.events guc=app.current_tenant_id ;;
+        noquota) events=noquota.events ;;
         baseline) items=baseline.items events=baseline.events and_tenant=" AND tenant_id = $TENANT"
                   where_tenant=" WHERE tenant_id = $TENANT" tenant_column="tenant_id, " tenant_value="$TENANT, " ;;
     esac
@@ -217,6 +218,20 @@ if wants 6; then
     RESET_SQL=""
 fi
 
+if wants 7; then
+    # Issue 6: what the exact usage counters and quota checks cost an INSERT (the same
+    # tenant-enabled table with and without the counting triggers; no RLS for reference).
+    row ""
+    row "| workload (-M prepared) | quotas on tps | quotas off tps | ratio (target >= 0.85) | no RLS, no quotas tps | quotas on / no RLS |"
+    row "|---|---:|---:|---:|---:|---:|"
+    RESET_SQL="TRUNCATE public.events, noquota.events, baseline.events RESTART IDENTITY"
+    compare 7 prepared 16 2 "7 INSERT with quotas, 16 clients over 16 tenants" \
+        "quotas_on=$(script multitenancy session.sql insert.sql)" \
+        "quotas_off=$(script noquota session.sql insert.sql)" \
+        "baseline=$(script baseline session.sql insert.sql)"
+    RESET_SQL=""
+fi
+
 if wants enable; then
     say "tenant_enable on a 1 000 000-row table vs the minimal DDL it implies ($ROUNDS rounds)"
     psql_su <<'SQL'
@@ -264,6 +279,6 @@ row ""
 row "Dataset: $TENANTS tenants x $ROWS rows + a big tenant: $TOTAL_ROWS rows per table, $BIG_ROWS of them the big tenant's."
 row "Each ratio is the median over $ROUNDS rounds; a round is one ${SECS}s pgbench run whose transactions pick a variant at random"
 row "(the first second of each round is warm-up and not counted)."
-row "$CLIENTS clients (workload 6: 16). PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), $(nproc) cores."
+row "$CLIENTS clients (workloads 6 and 7: 16). PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), $(nproc) cores."
 row "tps = clients / median latency of the variant: machine-dependent, unlike the ratios."
 say "results: $RESULTS"

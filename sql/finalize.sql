@@ -79,7 +79,8 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
                 AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_tenant_id', '_base_domain',
-                                      '_usage_row', '_usage_statement', '_period_start')
+                                      '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
+                                      '_usage_counters')
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

@@ -119,12 +119,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                  (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
              WHEN p_key = 'rows' THEN
                  coalesce((SELECT u.row_count FROM multitenancy.tenant_usage u WHERE u.tenant_id = p_tenant), 0)
+                 + coalesce((SELECT sum(w.rows) FROM multitenancy._usage_unwritten() w WHERE w.tenant_id = p_tenant), 0)::bigint
              WHEN p_key = 'bytes' THEN
                  coalesce((SELECT u.byte_count FROM multitenancy.tenant_usage u WHERE u.tenant_id = p_tenant), 0)
+                 + coalesce((SELECT sum(w.bytes) FROM multitenancy._usage_unwritten() w WHERE w.tenant_id = p_tenant), 0)::bigint
              WHEN p_key LIKE 'rows:%' THEN
                  (SELECT coalesce(sum(u.row_count), 0)::bigint
                     FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
-                    JOIN multitenancy.table_usage u ON u.tenant_id = p_tenant AND u.relid = s.relid)
+                    JOIN multitenancy._usage_counters() u ON u.tenant_id = p_tenant AND u.relid = s.relid)
              ELSE
                  coalesce((SELECT m.used FROM multitenancy.metered_usage m
                             WHERE m.tenant_id = p_tenant AND m.key = p_key
@@ -150,20 +152,38 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy._usage(multitenancy.current_tenant_id(), multitenancy._quota_key($1)) u
 $$;
 
+-- The stored per-table counters plus what this session's transaction has counted and not yet
+-- written (src/quotas.rs writes a held tenant's counts at commit). Row level security on
+-- table_usage applies to the caller.
+CREATE FUNCTION multitenancy._usage_counters()
+RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.tenant_id, c.relid::regclass, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
 -- The dashboard: per tenant one row of totals (table_name NULL: rows, bytes, members, this
 -- month's metered usage) and one row per tenant-enabled table it has rows in. SECURITY
 -- INVOKER: row level security on the registry shows an application its own tenant, a DBA all.
 CREATE FUNCTION multitenancy.tenant_stats()
 RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t.id, t.slug, NULL::regclass, coalesce(u.row_count, 0), coalesce(u.byte_count, 0),
+    WITH unwritten AS (SELECT w.tenant_id, sum(w.rows) AS r, sum(w.bytes) AS b
+                         FROM multitenancy._usage_unwritten() w GROUP BY 1)
+    SELECT t.id, t.slug, NULL::regclass,
+           coalesce(u.row_count, 0) + coalesce(w.r, 0)::bigint, coalesce(u.byte_count, 0) + coalesce(w.b, 0)::bigint,
            (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = t.id),
            (SELECT coalesce(jsonb_object_agg(mu.key, mu.used), '{}') FROM multitenancy.metered_usage mu
              WHERE mu.tenant_id = t.id AND mu.period = multitenancy._period_start(now()))
-      FROM multitenancy.tenants t LEFT JOIN multitenancy.tenant_usage u ON u.tenant_id = t.id
+      FROM multitenancy.tenants t
+      LEFT JOIN multitenancy.tenant_usage u ON u.tenant_id = t.id
+      LEFT JOIN unwritten w ON w.tenant_id = t.id
     UNION ALL
-    SELECT u.tenant_id, t.slug, u.relid, u.row_count, u.byte_count, NULL, NULL
-      FROM multitenancy.table_usage u JOIN multitenancy.tenants t ON t.id = u.tenant_id
+    SELECT c.tenant_id, t.slug, c.relid, c.row_count, c.byte_count, NULL, NULL
+      FROM multitenancy._usage_counters() c JOIN multitenancy.tenants t ON t.id = c.tenant_id
     ORDER BY 2, 3 NULLS FIRST
 $$;
 
@@ -195,13 +215,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
                coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
                coalesce(u.byte_count, 0) AS bc, coalesce(a.byte_count, 0) AS ba
-          FROM actual a FULL JOIN multitenancy.table_usage u ON u.tenant_id = a.tenant_id AND u.relid = a.relid),
+          FROM actual a FULL JOIN multitenancy._usage_counters() u ON u.tenant_id = a.tenant_id AND u.relid = a.relid),
     totals AS (
         SELECT t.id AS tenant_id, NULL::regclass AS relid,
-               coalesce(u.row_count, 0) AS rc, coalesce(s.r, 0)::bigint AS ra,
-               coalesce(u.byte_count, 0) AS bc, coalesce(s.b, 0)::bigint AS ba
+               coalesce(u.row_count, 0) + coalesce(w.r, 0)::bigint AS rc, coalesce(s.r, 0)::bigint AS ra,
+               coalesce(u.byte_count, 0) + coalesce(w.b, 0)::bigint AS bc, coalesce(s.b, 0)::bigint AS ba
           FROM multitenancy.tenants t
           LEFT JOIN multitenancy.tenant_usage u ON u.tenant_id = t.id
+          LEFT JOIN (SELECT w.tenant_id, sum(w.rows) AS r, sum(w.bytes) AS b FROM multitenancy._usage_unwritten() w
+                      GROUP BY 1) w ON w.tenant_id = t.id
           LEFT JOIN (SELECT a.tenant_id, sum(a.row_count) AS r, sum(a.byte_count) AS b FROM actual a GROUP BY 1) s
                  ON s.tenant_id = t.id)
     SELECT * FROM (SELECT * FROM per_table UNION ALL SELECT * FROM totals) d
@@ -220,6 +242,8 @@ DECLARE
     v_table regclass;
     d record;
 BEGIN
+    -- What this transaction counted and has not written is in the tables already.
+    PERFORM multitenancy._usage_settle();
     FOR v_table IN SELECT e.relid FROM multitenancy.enabled_tables e JOIN pg_class c ON c.oid = e.relid
                     WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
@@ -278,7 +302,7 @@ END
 $$;
 
 -- A table's counters leave it (TRUNCATE, tenant_disable, DROP): the totals lose its counts.
-CREATE FUNCTION multitenancy._usage_forget(p_table oid) RETURNS void
+CREATE FUNCTION multitenancy._usage_forget_table(p_table oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d record;

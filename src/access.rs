@@ -66,12 +66,15 @@ unsafe extern "C-unwind" fn subtransaction_ended(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        crate::quotas::transaction_aborted();
+    // SAFETY: reads transaction state; the callback runs while the subtransaction is current.
+    let ending = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => crate::quotas::subtransaction_aborted(ending),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => crate::quotas::subtransaction_committed(ending),
+        _ => {}
     }
     let Some(mode) = admin_mode() else { return };
-    // SAFETY: reads transaction state; the callback runs while the subtransaction is current.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    let level = ending;
     match event {
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB if level <= mode.level => leave_admin_mode(),
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB if level == mode.level => {

@@ -38,24 +38,156 @@ struct Limits {
     tables: Vec<(pg_sys::Oid, i64)>,
 }
 
+/// (tenant, table oid) -> (rows, bytes).
+type Deltas = BTreeMap<([u8; 16], u32), (i64, i64)>;
+
+/// A tenant whose `tenant_usage` row this transaction has written, and so holds locked until it
+/// ends: the counters as written, and the (sub)transaction level that wrote them.
+#[derive(Clone, Copy)]
+struct Held {
+    rows: i64,
+    bytes: i64,
+    level: i32,
+}
+
+/// What this transaction has counted. Once a transaction holds a tenant's counter row, nobody
+/// else can change it, so further statements for that tenant are checked against the held
+/// value plus what is kept here, and written once, before commit — not one UPDATE of the same
+/// row per statement, which would make a transaction of n statements cost O(n²).
+#[derive(Default)]
+struct Transaction {
+    held: HashMap<[u8; 16], Held>,
+    /// Counted but not written, per subtransaction level (a rolled-back savepoint drops its own).
+    unwritten: BTreeMap<i32, Deltas>,
+}
+
+impl Transaction {
+    fn unwritten_of(&self, tenant: &[u8; 16]) -> (i64, i64) {
+        self.unwritten.values().flat_map(|d| d.iter()).filter(|((t, _), _)| t == tenant).fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
+    }
+
+    fn unwritten_rows(&self, tenant: &[u8; 16], tables: &[pg_sys::Oid]) -> i64 {
+        self.unwritten
+            .values()
+            .flat_map(|d| d.iter())
+            .filter(|((t, table), _)| t == tenant && tables.contains(&pg_sys::Oid::from(*table)))
+            .map(|(_, v)| v.0)
+            .sum()
+    }
+
+    /// Everything counted and not written, summed over the levels.
+    fn flattened(&self) -> Deltas {
+        let mut all = Deltas::new();
+        for deltas in self.unwritten.values() {
+            for (key, value) in deltas {
+                let entry = all.entry(*key).or_insert((0, 0));
+                entry.0 += value.0;
+                entry.1 += value.1;
+            }
+        }
+        all
+    }
+
+    fn add(&mut self, level: i32, key: ([u8; 16], u32), value: (i64, i64)) {
+        let entry = self.unwritten.entry(level).or_default().entry(key).or_insert((0, 0));
+        entry.0 += value.0;
+        entry.1 += value.1;
+    }
+}
+
 thread_local! {
-    /// Row changes counted by the row trigger and not yet applied: (tenant, table oid) -> (rows,
-    /// bytes).
-    static PENDING: RefCell<BTreeMap<([u8; 16], u32), (i64, i64)>> = const { RefCell::new(BTreeMap::new()) };
+    /// Rows counted by the row trigger in the current statement, not yet checked.
+    static PENDING: RefCell<Deltas> = const { RefCell::new(BTreeMap::new()) };
+    static TRANSACTION: RefCell<Option<Transaction>> = const { RefCell::new(None) };
     /// Limits per tenant, valid for one registry generation (plans and quotas changes bump it).
     static LIMITS: RefCell<(u64, HashMap<[u8; 16], Limits>)> = RefCell::new((u64::MAX, HashMap::new()));
     /// The counter updates, prepared once per session.
-    static PLANS: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
+    static PLANS: RefCell<[Option<OwnedPreparedStatement>; 3]> = const { RefCell::new([None, None, None]) };
 }
 
-/// Forget pending changes of an aborted (sub)transaction: its rows are gone with it.
-pub fn transaction_aborted() {
+fn with_transaction<R>(f: impl FnOnce(&mut Transaction) -> R) -> R {
+    TRANSACTION.with(|t| f(t.borrow_mut().get_or_insert_with(Transaction::default)))
+}
+
+fn nest_level() -> i32 {
+    // SAFETY: reads transaction state.
+    unsafe { pg_sys::GetCurrentTransactionNestLevel() }
+}
+
+/// The transaction ended (committed or not): nothing is held or pending any more.
+pub fn transaction_ended() {
     PENDING.with(|p| p.borrow_mut().clear());
+    TRANSACTION.with(|t| t.borrow_mut().take());
 }
 
-/// Apply what is pending before the transaction commits (see the module comment).
+/// A subtransaction at `level` rolled back: its rows, its counter writes and their locks are gone.
+pub fn subtransaction_aborted(level: i32) {
+    PENDING.with(|p| p.borrow_mut().clear());
+    TRANSACTION.with(|t| {
+        if let Some(txn) = t.borrow_mut().as_mut() {
+            txn.unwritten.retain(|l, _| *l < level);
+            txn.held.retain(|_, h| h.level < level);
+        }
+    });
+}
+
+/// A subtransaction at `level` committed: what it counted and holds passes to its parent.
+pub fn subtransaction_committed(level: i32) {
+    TRANSACTION.with(|t| {
+        if let Some(txn) = t.borrow_mut().as_mut() {
+            if let Some(deltas) = txn.unwritten.remove(&level) {
+                for (key, value) in deltas {
+                    txn.add(level - 1, key, value);
+                }
+            }
+            for held in txn.held.values_mut() {
+                if held.level == level {
+                    held.level = level - 1;
+                }
+            }
+        }
+    });
+}
+
+/// Before commit: check what no statement trigger has checked, then write what was counted.
 pub fn before_commit() -> Result<()> {
-    flush()
+    let pending = !PENDING.with(|p| p.borrow().is_empty());
+    let unwritten = TRANSACTION.with(|t| t.borrow().as_ref().map(Transaction::flattened)).unwrap_or_default();
+    if !pending && unwritten.values().all(|v| *v == (0, 0)) {
+        return Ok(());
+    }
+    // Statements have finished: SPI needs a snapshot of its own here. (An ERROR below aborts
+    // the transaction, which clears the snapshot stack.)
+    // SAFETY: pushed and popped around our own statements.
+    let pushed = unsafe {
+        if pg_sys::ActiveSnapshotSet() {
+            false
+        } else {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            true
+        }
+    };
+    end_of_statement()?;
+    if let Some(txn) = TRANSACTION.with(|t| t.borrow_mut().take()) {
+        write_unwritten(&txn.flattened())?;
+    }
+    if pushed {
+        // SAFETY: pops what we pushed.
+        unsafe { pg_sys::PopActiveSnapshot() };
+    }
+    Ok(())
+}
+
+/// `_usage_unwritten()`: what this session's transaction has counted and not yet written, for
+/// the readers (tenant_stats, quota_check, usage_drift) to add to the stored counters.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _usage_unwritten() -> TableIterator<'static, (name!(tenant_id, pgrx::Uuid), name!(relid, pg_sys::Oid), name!(rows, i64), name!(bytes, i64))> {
+    let all = TRANSACTION.with(|t| t.borrow().as_ref().map(Transaction::flattened).unwrap_or_default());
+    TableIterator::new(
+        all.into_iter()
+            .filter(|(_, v)| *v != (0, 0))
+            .map(|((tenant, table), (rows, bytes))| (pgrx::Uuid::from_bytes(tenant), pg_sys::Oid::from(table), rows, bytes)),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,9 +336,10 @@ pub unsafe extern "C-unwind" fn mt_usage_statement(fcinfo: pg_sys::FunctionCallI
     let data = trigger_data(fcinfo, "_usage_statement");
     if data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
         // TRUNCATE fires this for every table it empties (partitions included).
+        end_of_statement().or_raise();
         forget((*data.tg_relation).rd_id).or_raise();
     }
-    flush().or_raise();
+    end_of_statement().or_raise();
     pg_sys::Datum::from(0)
 }
 
@@ -227,17 +360,28 @@ unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo, name: &'static str)
 // ---------------------------------------------------------------------------------------------
 // Applying counts and checking limits
 
-const UPDATE_TENANT: &str = "\
+/// The first write of a tenant in a transaction: it takes the tenant's row lock.
+const UPSERT_TENANT: &str = "\
     INSERT INTO multitenancy.tenant_usage AS u (tenant_id, row_count, byte_count) VALUES ($1, $2, $3) \
     ON CONFLICT (tenant_id) DO UPDATE \
        SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count \
     RETURNING u.row_count, u.byte_count";
-const UPDATE_TABLE: &str = "\
+const UPSERT_TABLE: &str = "\
     INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count) VALUES ($1, $2, $3, $4) \
     ON CONFLICT (tenant_id, relid) DO UPDATE \
        SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count";
+/// Before commit, for a tenant whose row the transaction holds: no row means the tenant's
+/// counters were removed in this transaction (tenant_purge), and there is nothing to write.
+const UPDATE_TENANT: &str = "\
+    UPDATE multitenancy.tenant_usage SET row_count = row_count + $2, byte_count = byte_count + $3 \
+     WHERE tenant_id = $1 RETURNING row_count, byte_count";
 
-/// Run one of the kept counter statements (as the registry owner, inside `Spi::connect`).
+const TENANT_TYPES: [PgBuiltInOids; 3] = [PgBuiltInOids::UUIDOID, PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID];
+const TABLE_TYPES: [PgBuiltInOids; 4] =
+    [PgBuiltInOids::UUIDOID, PgBuiltInOids::OIDOID, PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID];
+
+/// Run one of the kept counter statements (as the registry owner, inside `Spi::connect_mut`);
+/// the first row's two counters, if it returns any.
 fn run_kept(
     client: &mut pgrx::spi::SpiClient<'_>,
     index: usize,
@@ -255,75 +399,99 @@ fn run_kept(
         let statement = plans[index].as_ref().expect("prepared above");
         let rows = client.update(statement, None, args).ctx("quotas: count")?;
         match rows.into_iter().next() {
-            Some(row) => Ok(Some((
+            Some(row) if row.columns() >= 2 => Ok(Some((
                 row.get::<i64>(1).ctx("quotas: rows")?.unwrap_or(0),
                 row.get::<i64>(2).ctx("quotas: bytes")?.unwrap_or(0),
             ))),
-            None => Ok(None),
+            _ => Ok(None),
         }
     })
 }
 
-/// Apply the pending row changes to the counters and enforce the limits.
-fn flush() -> Result<()> {
-    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    if pending.is_empty() {
-        return Ok(());
-    }
-    // Per tenant, in uuid order: a statement writing several tenants (admin mode) takes their
-    // locks in one order, as every other statement does.
-    let mut by_tenant: BTreeMap<[u8; 16], Vec<(pg_sys::Oid, i64, i64)>> = BTreeMap::new();
-    for ((tenant, table), (rows, bytes)) in pending {
+/// Group (tenant, table) deltas by tenant, in uuid order: a statement writing several tenants
+/// (admin mode) takes their locks in one order, as every other statement does.
+fn by_tenant(deltas: Deltas) -> BTreeMap<[u8; 16], Vec<(pg_sys::Oid, i64, i64)>> {
+    let mut grouped: BTreeMap<[u8; 16], Vec<(pg_sys::Oid, i64, i64)>> = BTreeMap::new();
+    for ((tenant, table), (rows, bytes)) in deltas {
         if rows != 0 || bytes != 0 {
-            by_tenant.entry(tenant).or_default().push((pg_sys::Oid::from(table), rows, bytes));
+            grouped.entry(tenant).or_default().push((pg_sys::Oid::from(table), rows, bytes));
         }
     }
-    for (tenant, tables) in by_tenant {
+    grouped
+}
+
+/// The end of a statement: count its rows and enforce the limits.
+///
+/// A tenant this transaction does not hold yet is written at once (the write takes its lock and
+/// returns the counters as they are now, with every committed change in them); a tenant it holds
+/// is checked in memory against the held counters plus what the transaction counted since.
+fn end_of_statement() -> Result<()> {
+    let statement = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if statement.is_empty() {
+        return Ok(());
+    }
+    let level = nest_level();
+    for (tenant, tables) in by_tenant(statement) {
         let id = pgrx::Uuid::from_bytes(tenant);
         let rows: i64 = tables.iter().map(|t| t.1).sum();
         let bytes: i64 = tables.iter().map(|t| t.2).sum();
-        let (total_rows, total_bytes) = registry::as_owner(|| {
-            Spi::connect_mut(|client| {
-                let totals = run_kept(
-                    client,
-                    0,
-                    UPDATE_TENANT,
-                    &[PgBuiltInOids::UUIDOID, PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID],
-                    &[id.into(), rows.into(), bytes.into()],
-                )?
-                .ok_or_else(|| MtError::internal("quotas::flush", "no tenant_usage row returned"))?;
+        let (held, (rows_since, bytes_since)) =
+            with_transaction(|txn| (txn.held.get(&tenant).copied(), txn.unwritten_of(&tenant)));
+        let (stored_rows, stored_bytes) = match held {
+            Some(held) => (held.rows + rows, held.bytes + bytes),
+            None => registry::as_owner(|| {
+                Spi::connect_mut(|client| {
+                    let totals = run_kept(client, 0, UPSERT_TENANT, &TENANT_TYPES, &[id.into(), rows.into(), bytes.into()])?
+                        .ok_or_else(|| MtError::internal("quotas", "no tenant_usage row returned"))?;
+                    for &(table, table_rows, table_bytes) in &tables {
+                        run_kept(client, 1, UPSERT_TABLE, &TABLE_TYPES, &[
+                            id.into(),
+                            table.into(),
+                            table_rows.into(),
+                            table_bytes.into(),
+                        ])?;
+                    }
+                    Ok::<_, MtError>(totals)
+                })
+            })?,
+        };
+        let (total_rows, total_bytes) = (stored_rows + rows_since, stored_bytes + bytes_since);
+        if rows > 0 || bytes > 0 {
+            let limits = limits_of(id)?;
+            if let Some(quota) = limits.rows.filter(|q| rows > 0 && total_rows > *q) {
+                return Err(exceeded(id, "rows", total_rows - rows, rows, quota));
+            }
+            if let Some(quota) = limits.bytes.filter(|q| bytes > 0 && total_bytes > *q) {
+                return Err(exceeded(id, "bytes", total_bytes - bytes, bytes, quota));
+            }
+            for &(limited, quota) in &limits.tables {
+                check_table(id, limited, quota, &tables, held.is_some())?;
+            }
+        }
+        with_transaction(|txn| match held {
+            Some(_) => {
                 for &(table, table_rows, table_bytes) in &tables {
-                    run_kept(
-                        client,
-                        1,
-                        UPDATE_TABLE,
-                        &[PgBuiltInOids::UUIDOID, PgBuiltInOids::OIDOID, PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID],
-                        &[id.into(), table.into(), table_rows.into(), table_bytes.into()],
-                    )?;
+                    txn.add(level, (tenant, table.to_u32()), (table_rows, table_bytes));
                 }
-                Ok(totals)
-            })
-        })?;
-        if rows <= 0 && bytes <= 0 {
-            continue;
-        }
-        let limits = limits_of(id)?;
-        if let Some(quota) = limits.rows.filter(|q| rows > 0 && total_rows > *q) {
-            return Err(exceeded(id, "rows", total_rows - rows, rows, quota));
-        }
-        if let Some(quota) = limits.bytes.filter(|q| bytes > 0 && total_bytes > *q) {
-            return Err(exceeded(id, "bytes", total_bytes - bytes, bytes, quota));
-        }
-        for (limited, quota) in limits.tables {
-            check_table(id, limited, quota, &tables)?;
-        }
+            }
+            None => {
+                txn.held.insert(tenant, Held { rows: stored_rows, bytes: stored_bytes, level });
+            }
+        });
     }
     Ok(())
 }
 
 /// Enforce a `rows:<table>` limit: the rows of the tenant in the table and everything under it.
-fn check_table(tenant: pgrx::Uuid, limited: pg_sys::Oid, quota: i64, written: &[(pg_sys::Oid, i64, i64)]) -> Result<()> {
-    let (subtree, used) = registry::as_owner(|| {
+/// `in_memory`: the statement's rows are not written yet.
+fn check_table(
+    tenant: pgrx::Uuid,
+    limited: pg_sys::Oid,
+    quota: i64,
+    written: &[(pg_sys::Oid, i64, i64)],
+    in_memory: bool,
+) -> Result<()> {
+    let (subtree, stored) = registry::as_owner(|| {
         Spi::connect(|client| {
             let row = client
                 .select(
@@ -337,12 +505,17 @@ fn check_table(tenant: pgrx::Uuid, limited: pg_sys::Oid, quota: i64, written: &[
                 .first();
             Ok::<_, MtError>((
                 row.get::<Vec<pg_sys::Oid>>(1).ctx("subtree")?.unwrap_or_default(),
-                row.get::<i64>(2).ctx("used")?.unwrap_or(0),
+                row.get::<i64>(2).ctx("stored")?.unwrap_or(0),
             ))
         })
     })?;
     let added: i64 = written.iter().filter(|w| subtree.contains(&w.0)).map(|w| w.1).sum();
-    if added > 0 && used > quota {
+    if added <= 0 {
+        return Ok(());
+    }
+    let since = with_transaction(|txn| txn.unwritten_rows(tenant.as_bytes(), &subtree));
+    let used = stored + since + if in_memory { added } else { 0 };
+    if used > quota {
         // Qualified, as quota keys are stored.
         let key = registry::with_pinned_search_path(|| {
             Spi::get_one_with_args::<String>("SELECT 'rows:' || $1::regclass::text", &[limited.into()]).ctx("quotas: key")
@@ -351,6 +524,35 @@ fn check_table(tenant: pgrx::Uuid, limited: pg_sys::Oid, quota: i64, written: &[
         return Err(exceeded(tenant, &key, used - added, added, quota));
     }
     Ok(())
+}
+
+/// Write counted changes to the counters (of tenants this transaction holds).
+fn write_unwritten(deltas: &Deltas) -> Result<()> {
+    let grouped = by_tenant(deltas.clone());
+    if grouped.is_empty() {
+        return Ok(());
+    }
+    registry::as_owner(|| {
+        Spi::connect_mut(|client| {
+            for (tenant, tables) in grouped {
+                let id = pgrx::Uuid::from_bytes(tenant);
+                let rows: i64 = tables.iter().map(|t| t.1).sum();
+                let bytes: i64 = tables.iter().map(|t| t.2).sum();
+                if run_kept(client, 2, UPDATE_TENANT, &TENANT_TYPES, &[id.into(), rows.into(), bytes.into()])?.is_none() {
+                    continue;
+                }
+                for (table, table_rows, table_bytes) in tables {
+                    run_kept(client, 1, UPSERT_TABLE, &TABLE_TYPES, &[
+                        id.into(),
+                        table.into(),
+                        table_rows.into(),
+                        table_bytes.into(),
+                    ])?;
+                }
+            }
+            Ok(())
+        })
+    })
 }
 
 fn exceeded(tenant: pgrx::Uuid, key: &str, used: i64, adding: i64, quota: i64) -> MtError {
@@ -410,16 +612,44 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
     Ok(limits)
 }
 
+/// The stored counters are about to be set from the tables themselves (all tables, or one):
+/// what this transaction counted for them and has not written is in the tables already, so it
+/// is cancelled — at the current level, so that a rolled-back savepoint restores it together
+/// with the stored counters. The held counters are read again at the next write.
+fn cancel_unwritten(table: Option<pg_sys::Oid>) {
+    let level = nest_level();
+    with_transaction(|txn| {
+        for (key, (rows, bytes)) in txn.flattened() {
+            if table.is_none_or(|t| t.to_u32() == key.1) && (rows, bytes) != (0, 0) {
+                txn.add(level, key, (-rows, -bytes));
+            }
+        }
+        txn.held.clear();
+    });
+}
+
 /// A table's counters leave with it (TRUNCATE, tenant_disable, DROP).
 pub fn forget(table: pg_sys::Oid) -> Result<()> {
-    registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_forget($1)", &[table.into()]).ctx("quotas::forget"))
+    cancel_unwritten(Some(table));
+    registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_forget_table($1)", &[table.into()]).ctx("quotas::forget"))
 }
 
 /// Set a table's counters to what it holds (after tenant_enable installed the counting).
 pub fn recount(table: pg_sys::Oid) -> Result<()> {
-    registry::as_owner(|| {
-        Spi::run_with_args("SELECT multitenancy._usage_recount($1)", &[table.into()]).ctx("quotas::recount")
-    })
+    cancel_unwritten(Some(table));
+    registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_recount($1)", &[table.into()]).ctx("quotas::recount"))
+}
+
+/// `_usage_forget(table)`: for the DROP event trigger.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _usage_forget(table: pg_sys::Oid) {
+    forget(table).or_raise()
+}
+
+/// `_usage_settle()`: for usage_recompute, which sets every counter from the tables.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _usage_settle() {
+    cancel_unwritten(None)
 }
 
 // ---------------------------------------------------------------------------------------------

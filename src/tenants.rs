@@ -154,8 +154,8 @@ unsafe extern "C-unwind" fn transaction_ended(event: pg_sys::XactEvent::Type, _a
         // Rows counted by a command that fired no statement trigger (quotas.rs).
         crate::quotas::before_commit().or_raise();
     }
-    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
-        crate::quotas::transaction_aborted();
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE) {
+        crate::quotas::transaction_ended();
     }
     if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE) {
         if CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false)) {
