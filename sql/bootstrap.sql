@@ -166,29 +166,19 @@ COMMENT ON TABLE multitenancy.quotas IS
     'Per-tenant quota overrides (NULL: unlimited). Change them with multitenancy.quota_set() / quota_reset().';
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.quotas', '');
 
--- Exact counters of the rows and bytes each tenant stores in tenant-enabled tables, maintained
--- by statement triggers on those tables. tenant_usage holds the totals and is the row every
--- write of a tenant locks first; table_usage holds one row per tenant and table (a partitioned
--- or inheritance parent counts its partitions / children).
-CREATE TABLE multitenancy.tenant_usage (
-    tenant_id   uuid        NOT NULL,
-    row_count   bigint      NOT NULL DEFAULT 0,
-    byte_count  bigint      NOT NULL DEFAULT 0,
-    CONSTRAINT tenant_usage_pkey PRIMARY KEY (tenant_id),
-    CONSTRAINT tenant_usage_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id)
-) WITH (fillfactor = 50);
-COMMENT ON TABLE multitenancy.tenant_usage IS
-    'Rows and bytes of each tenant across tenant-enabled tables (exact; see multitenancy.usage_drift()).';
-SELECT pg_catalog.pg_extension_config_dump('multitenancy.tenant_usage', '');
-
+-- Exact counters of the rows and bytes each tenant stores in tenant-enabled tables, maintained by
+-- the triggers of src/quotas.rs: one row per tenant and physical table (partitions count
+-- separately), and per tenant a row of totals with relid 0 (printed '-'), which one UPDATE
+-- changes together with the table's row.
 CREATE TABLE multitenancy.table_usage (
     tenant_id   uuid        NOT NULL,
     relid       regclass    NOT NULL,
     row_count   bigint      NOT NULL DEFAULT 0,
     byte_count  bigint      NOT NULL DEFAULT 0,
-    CONSTRAINT table_usage_pkey PRIMARY KEY (tenant_id, relid),
-    CONSTRAINT table_usage_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id)
+    CONSTRAINT table_usage_pkey PRIMARY KEY (tenant_id, relid)
 ) WITH (fillfactor = 50);
+-- No foreign key to tenants: its check trigger would cost every counted write about as much as
+-- the counting itself. Rows are written only for tenants that exist (tenant_purge removes them).
 COMMENT ON TABLE multitenancy.table_usage IS
     'Rows and bytes of each tenant per tenant-enabled table (exact; see multitenancy.usage_drift()).';
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.table_usage', '');

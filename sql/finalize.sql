@@ -10,8 +10,8 @@ GRANT USAGE ON SCHEMA multitenancy TO PUBLIC;
 -- of every tenant): row level security, not FORCEd, so the registry owner (the extension's
 -- functions) sees everything. enabled_tables and exempt_tables stay private.
 GRANT SELECT ON multitenancy.tenants, multitenancy.members, multitenancy.domains, multitenancy.audit_log,
-                multitenancy.plans, multitenancy.quotas, multitenancy.tenant_usage, multitenancy.table_usage,
-                multitenancy.metered_usage TO PUBLIC;
+                multitenancy.plans, multitenancy.quotas, multitenancy.table_usage, multitenancy.metered_usage
+             TO PUBLIC;
 ALTER TABLE multitenancy.tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE multitenancy.members ENABLE ROW LEVEL SECURITY;
 ALTER TABLE multitenancy.domains ENABLE ROW LEVEL SECURITY;
@@ -26,12 +26,9 @@ CREATE POLICY tenant_scope ON multitenancy.audit_log FOR SELECT TO PUBLIC
     USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
 -- Quotas and usage (tenant_stats, quota_check) are scoped the same way.
 ALTER TABLE multitenancy.quotas ENABLE ROW LEVEL SECURITY;
-ALTER TABLE multitenancy.tenant_usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE multitenancy.table_usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE multitenancy.metered_usage ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_scope ON multitenancy.quotas FOR SELECT TO PUBLIC
-    USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
-CREATE POLICY tenant_scope ON multitenancy.tenant_usage FOR SELECT TO PUBLIC
     USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
 CREATE POLICY tenant_scope ON multitenancy.table_usage FOR SELECT TO PUBLIC
     USING (tenant_id = (SELECT multitenancy.current_tenant_id_or_null()) OR multitenancy._admin_mode());
@@ -80,7 +77,7 @@ BEGIN
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
                 AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_tenant_id', '_base_domain',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
-                                      '_usage_counters')
+                                      '_usage_counters', '_usage_totals')
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

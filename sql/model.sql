@@ -20,8 +20,6 @@ BEGIN
         INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
         VALUES (v_id, p_owner, 'owner', p_owner);
     END IF;
-    -- The row every write of the tenant locks to count (src/quotas.rs).
-    INSERT INTO multitenancy.tenant_usage (tenant_id) VALUES (v_id);
     RETURN jsonb_build_object('result', v_id, 'tenant_id', v_id, 'slug', p_slug, 'name', p_name,
                               'plan', p_plan, 'owner', p_owner);
 END
@@ -229,7 +227,6 @@ BEGIN
     DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.tenant_usage WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.tenants WHERE id = p_tenant;
     RETURN jsonb_build_object('result', v_total, 'slug', v_slug, 'rows', v_total, 'tables', v_tables);
 END

@@ -110,6 +110,30 @@ BEGIN
 END
 $$;
 
+-- The stored counters plus what this session's transaction has counted and not yet written
+-- (src/quotas.rs writes a held tenant's counts at commit): per table, and per tenant in total.
+-- Row level security on table_usage applies to the caller.
+CREATE FUNCTION multitenancy._usage_counters()
+RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.tenant_id, c.relid::regclass, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+             WHERE u.relid::oid <> 0
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
+CREATE FUNCTION multitenancy._usage_totals()
+RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.tenant_id, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.row_count, u.byte_count FROM multitenancy.table_usage u WHERE u.relid::oid = 0
+            UNION ALL
+            SELECT w.tenant_id, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
+     GROUP BY c.tenant_id
+$$;
+
 -- What a tenant uses of a key, its limit, and (metered keys) the current period.
 CREATE FUNCTION multitenancy._usage(p_tenant uuid, p_key text)
 RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
@@ -118,11 +142,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHEN p_key = 'members' THEN
                  (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
              WHEN p_key = 'rows' THEN
-                 coalesce((SELECT u.row_count FROM multitenancy.tenant_usage u WHERE u.tenant_id = p_tenant), 0)
-                 + coalesce((SELECT sum(w.rows) FROM multitenancy._usage_unwritten() w WHERE w.tenant_id = p_tenant), 0)::bigint
+                 coalesce((SELECT c.row_count FROM multitenancy._usage_totals() c WHERE c.tenant_id = p_tenant), 0)
              WHEN p_key = 'bytes' THEN
-                 coalesce((SELECT u.byte_count FROM multitenancy.tenant_usage u WHERE u.tenant_id = p_tenant), 0)
-                 + coalesce((SELECT sum(w.bytes) FROM multitenancy._usage_unwritten() w WHERE w.tenant_id = p_tenant), 0)::bigint
+                 coalesce((SELECT c.byte_count FROM multitenancy._usage_totals() c WHERE c.tenant_id = p_tenant), 0)
              WHEN p_key LIKE 'rows:%' THEN
                  (SELECT coalesce(sum(u.row_count), 0)::bigint
                     FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
@@ -152,38 +174,24 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy._usage(multitenancy.current_tenant_id(), multitenancy._quota_key($1)) u
 $$;
 
--- The stored per-table counters plus what this session's transaction has counted and not yet
--- written (src/quotas.rs writes a held tenant's counts at commit). Row level security on
--- table_usage applies to the caller.
-CREATE FUNCTION multitenancy._usage_counters()
-RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.tenant_id, c.relid::regclass, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
-      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
-            UNION ALL
-            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
-     GROUP BY c.tenant_id, c.relid
-$$;
-
 -- The dashboard: per tenant one row of totals (table_name NULL: rows, bytes, members, this
 -- month's metered usage) and one row per tenant-enabled table it has rows in. SECURITY
 -- INVOKER: row level security on the registry shows an application its own tenant, a DBA all.
 CREATE FUNCTION multitenancy.tenant_stats()
 RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH unwritten AS (SELECT w.tenant_id, sum(w.rows) AS r, sum(w.bytes) AS b
-                         FROM multitenancy._usage_unwritten() w GROUP BY 1)
+    WITH counters AS (SELECT * FROM multitenancy._usage_counters()),
+         totals AS (SELECT * FROM multitenancy._usage_totals())
     SELECT t.id, t.slug, NULL::regclass,
-           coalesce(u.row_count, 0) + coalesce(w.r, 0)::bigint, coalesce(u.byte_count, 0) + coalesce(w.b, 0)::bigint,
+           coalesce((SELECT c.row_count FROM totals c WHERE c.tenant_id = t.id), 0),
+           coalesce((SELECT c.byte_count FROM totals c WHERE c.tenant_id = t.id), 0),
            (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = t.id),
            (SELECT coalesce(jsonb_object_agg(mu.key, mu.used), '{}') FROM multitenancy.metered_usage mu
              WHERE mu.tenant_id = t.id AND mu.period = multitenancy._period_start(now()))
       FROM multitenancy.tenants t
-      LEFT JOIN multitenancy.tenant_usage u ON u.tenant_id = t.id
-      LEFT JOIN unwritten w ON w.tenant_id = t.id
     UNION ALL
     SELECT c.tenant_id, t.slug, c.relid, c.row_count, c.byte_count, NULL, NULL
-      FROM multitenancy._usage_counters() c JOIN multitenancy.tenants t ON t.id = c.tenant_id
+      FROM counters c JOIN multitenancy.tenants t ON t.id = c.tenant_id
     ORDER BY 2, 3 NULLS FIRST
 $$;
 
@@ -217,15 +225,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                coalesce(u.byte_count, 0) AS bc, coalesce(a.byte_count, 0) AS ba
           FROM actual a FULL JOIN multitenancy._usage_counters() u ON u.tenant_id = a.tenant_id AND u.relid = a.relid),
     totals AS (
-        SELECT t.id AS tenant_id, NULL::regclass AS relid,
-               coalesce(u.row_count, 0) + coalesce(w.r, 0)::bigint AS rc, coalesce(s.r, 0)::bigint AS ra,
-               coalesce(u.byte_count, 0) + coalesce(w.b, 0)::bigint AS bc, coalesce(s.b, 0)::bigint AS ba
-          FROM multitenancy.tenants t
-          LEFT JOIN multitenancy.tenant_usage u ON u.tenant_id = t.id
-          LEFT JOIN (SELECT w.tenant_id, sum(w.rows) AS r, sum(w.bytes) AS b FROM multitenancy._usage_unwritten() w
-                      GROUP BY 1) w ON w.tenant_id = t.id
-          LEFT JOIN (SELECT a.tenant_id, sum(a.row_count) AS r, sum(a.byte_count) AS b FROM actual a GROUP BY 1) s
-                 ON s.tenant_id = t.id)
+        SELECT coalesce(s.tenant_id, u.tenant_id) AS tenant_id, NULL::regclass AS relid,
+               coalesce(u.row_count, 0) AS rc, coalesce(s.r, 0)::bigint AS ra,
+               coalesce(u.byte_count, 0) AS bc, coalesce(s.b, 0)::bigint AS ba
+          FROM (SELECT a.tenant_id, sum(a.row_count) AS r, sum(a.byte_count) AS b FROM actual a GROUP BY 1) s
+          FULL JOIN multitenancy._usage_totals() u ON u.tenant_id = s.tenant_id)
     SELECT * FROM (SELECT * FROM per_table UNION ALL SELECT * FROM totals) d
      WHERE d.rc <> d.ra OR d.bc <> d.ba
      ORDER BY 1, 2 NULLS FIRST
@@ -249,10 +253,11 @@ BEGIN
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
     END LOOP;
     FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
+        PERFORM multitenancy._usage_lock(d.tenant_id);
         IF d.table_name IS NULL THEN
-            INSERT INTO multitenancy.tenant_usage AS u (tenant_id, row_count, byte_count)
-            VALUES (d.tenant_id, d.rows_actual, d.bytes_actual)
-            ON CONFLICT (tenant_id) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count;
+            INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
+            VALUES (d.tenant_id, 0::oid::regclass, d.rows_actual, d.bytes_actual)
+            ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count;
         ELSIF d.rows_actual = 0 AND d.bytes_actual = 0 THEN
             DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = d.tenant_id AND u.relid = d.table_name;
         ELSE
@@ -271,8 +276,9 @@ BEGIN
 END
 $$;
 
--- One table's counters from what it holds, the totals moved by the difference (tenant_enable,
--- when it installs the counting on a table that may have rows).
+-- One table's counters from what it holds, the tenant's totals moved by the difference
+-- (tenant_enable, when it installs the counting on a table that may have rows). Returns how many
+-- tenants' counters changed.
 CREATE FUNCTION multitenancy._usage_recount(p_table regclass) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -281,16 +287,17 @@ DECLARE
 BEGIN
     EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', p_table);
     FOR d IN SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id,
+                    coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count,
                     coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
-                    coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta,
-                    coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count
+                    coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
                FROM multitenancy._usage_actual(p_table) a
                FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
               ORDER BY 1 LOOP
         CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;
-        INSERT INTO multitenancy.tenant_usage AS u (tenant_id, row_count, byte_count)
-        VALUES (d.tenant_id, d.rows_delta, d.bytes_delta)
-        ON CONFLICT (tenant_id) DO UPDATE
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
+        VALUES (d.tenant_id, 0::oid::regclass, d.rows_delta, d.bytes_delta)
+        ON CONFLICT (tenant_id, relid) DO UPDATE
            SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count;
         INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
         VALUES (d.tenant_id, p_table, d.row_count, d.byte_count)
@@ -307,11 +314,15 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d record;
 BEGIN
+    IF p_table = 0 THEN
+        RETURN;
+    END IF;
     FOR d IN SELECT u.tenant_id, u.row_count, u.byte_count FROM multitenancy.table_usage u
               WHERE u.relid = p_table::regclass ORDER BY 1 LOOP
-        UPDATE multitenancy.tenant_usage
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        UPDATE multitenancy.table_usage
            SET row_count = row_count - d.row_count, byte_count = byte_count - d.byte_count
-         WHERE tenant_id = d.tenant_id;
+         WHERE tenant_id = d.tenant_id AND relid = 0::oid::regclass;
     END LOOP;
     DELETE FROM multitenancy.table_usage WHERE relid = p_table::regclass;
 END

@@ -62,7 +62,7 @@ VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
     name = "quota_functions",
     requires = ["bootstrap"]
 );
-extension_sql_file!("../sql/quotas.sql", name = "quotas", requires = ["model", "quota_functions", current_tenant_id, quotas::_usage_unwritten]);
+extension_sql_file!("../sql/quotas.sql", name = "quotas", requires = ["model", "quota_functions", current_tenant_id, quotas::_usage_unwritten, quotas::_usage_lock]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -19,8 +19,6 @@ use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry;
 use crate::tenants;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{PgBuiltInOids, PgOid};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
@@ -101,8 +99,6 @@ thread_local! {
     static TRANSACTION: RefCell<Option<Transaction>> = const { RefCell::new(None) };
     /// Limits per tenant, valid for one registry generation (plans and quotas changes bump it).
     static LIMITS: RefCell<(u64, HashMap<[u8; 16], Limits>)> = RefCell::new((u64::MAX, HashMap::new()));
-    /// The counter updates, prepared once per session.
-    static PLANS: RefCell<[Option<OwnedPreparedStatement>; 3]> = const { RefCell::new([None, None, None]) };
 }
 
 fn with_transaction<R>(f: impl FnOnce(&mut Transaction) -> R) -> R {
@@ -360,52 +356,157 @@ unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo, name: &'static str)
 // ---------------------------------------------------------------------------------------------
 // Applying counts and checking limits
 
-/// The first write of a tenant in a transaction: it takes the tenant's row lock.
-const UPSERT_TENANT: &str = "\
-    INSERT INTO multitenancy.tenant_usage AS u (tenant_id, row_count, byte_count) VALUES ($1, $2, $3) \
-    ON CONFLICT (tenant_id) DO UPDATE \
-       SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count \
-    RETURNING u.row_count, u.byte_count";
-const UPSERT_TABLE: &str = "\
-    INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count) VALUES ($1, $2, $3, $4) \
-    ON CONFLICT (tenant_id, relid) DO UPDATE \
-       SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count";
-/// Before commit, for a tenant whose row the transaction holds: no row means the tenant's
-/// counters were removed in this transaction (tenant_purge), and there is nothing to write.
-const UPDATE_TENANT: &str = "\
-    UPDATE multitenancy.tenant_usage SET row_count = row_count + $2, byte_count = byte_count + $3 \
-     WHERE tenant_id = $1 RETURNING row_count, byte_count";
+/// The counter statements. Every name and operator is qualified: they run under the caller's
+/// search_path (see `registry::as_owner_qualified`).
+///
+/// A tenant's counters are one row per table it has rows in, and a row of totals (`relid` 0,
+/// printed `-`). One UPDATE adds to both — one index scan, no aggregate — and returns them.
+const ADD_SQL: &str = "\
+    UPDATE multitenancy.table_usage AS u \
+       SET row_count = u.row_count OPERATOR(pg_catalog.+) $3, byte_count = u.byte_count OPERATOR(pg_catalog.+) $4 \
+     WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 \
+       AND u.relid OPERATOR(pg_catalog.=) ANY (ARRAY[0, $2]::pg_catalog.oid[]::pg_catalog.regclass[]) \
+    RETURNING u.relid::pg_catalog.oid, u.row_count, u.byte_count";
+/// The first count of a tenant (or of a tenant in a table): the rows the UPDATE did not find,
+/// with the amounts it would have added.
+const CREATE_SQL: &str = "\
+    INSERT INTO multitenancy.table_usage (tenant_id, relid, row_count, byte_count) \
+    VALUES ($1, 0::pg_catalog.oid::pg_catalog.regclass, $3, $4), ($1, $2::pg_catalog.regclass, $3, $4) \
+    ON CONFLICT DO NOTHING";
+const TOTALS_SQL: &str = "\
+    SELECT 0::pg_catalog.oid, u.row_count, u.byte_count FROM multitenancy.table_usage AS u \
+     WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 AND u.relid OPERATOR(pg_catalog.=) 0::pg_catalog.oid::pg_catalog.regclass \
+       AND $2 IS NOT NULL AND $3 IS NOT NULL AND $4 IS NOT NULL";
 
-const TENANT_TYPES: [PgBuiltInOids; 3] = [PgBuiltInOids::UUIDOID, PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID];
-const TABLE_TYPES: [PgBuiltInOids; 4] =
-    [PgBuiltInOids::UUIDOID, PgBuiltInOids::OIDOID, PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID];
+thread_local! {
+    /// The statements, prepared once per session with raw SPI: they run with the latest
+    /// snapshot (see [`add`]), which pgrx's SPI wrapper cannot pass.
+    static SPI_PLANS: std::cell::Cell<Option<[usize; 3]>> = const { std::cell::Cell::new(None) };
+}
 
-/// Run one of the kept counter statements (as the registry owner, inside `Spi::connect_mut`);
-/// the first row's two counters, if it returns any.
-fn run_kept(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    index: usize,
-    sql: &str,
-    types: &[PgBuiltInOids],
-    args: &[pgrx::datum::DatumWithOid],
-) -> Result<Option<(i64, i64)>> {
-    if PLANS.with(|p| p.borrow()[index].is_none()) {
-        let types: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
-        let prepared = client.prepare_mut(sql, &types).ctx("quotas: prepare")?.keep();
-        PLANS.with(|p| p.borrow_mut()[index] = Some(prepared));
+/// # Safety
+/// Inside `SPI_connect`.
+unsafe fn plans() -> Result<[pg_sys::SPIPlanPtr; 3]> {
+    if let Some(plans) = SPI_PLANS.with(std::cell::Cell::get) {
+        return Ok(plans.map(|p| p as pg_sys::SPIPlanPtr));
     }
-    PLANS.with(|p| {
-        let plans = p.borrow();
-        let statement = plans[index].as_ref().expect("prepared above");
-        let rows = client.update(statement, None, args).ctx("quotas: count")?;
-        match rows.into_iter().next() {
-            Some(row) if row.columns() >= 2 => Ok(Some((
-                row.get::<i64>(1).ctx("quotas: rows")?.unwrap_or(0),
-                row.get::<i64>(2).ctx("quotas: bytes")?.unwrap_or(0),
-            ))),
-            _ => Ok(None),
+    let mut plans = [0usize; 3];
+    for (i, sql) in [ADD_SQL, CREATE_SQL, TOTALS_SQL].into_iter().enumerate() {
+        let mut types = [pg_sys::UUIDOID, pg_sys::OIDOID, pg_sys::INT8OID, pg_sys::INT8OID];
+        let sql = std::ffi::CString::new(sql).expect("no NUL in our SQL");
+        let plan = pg_sys::SPI_prepare(sql.as_ptr(), 4, types.as_mut_ptr());
+        if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+            return Err(MtError::internal("quotas", "cannot prepare the counter statements"));
+        }
+        plans[i] = plan as usize;
+    }
+    SPI_PLANS.with(|p| p.set(Some(plans)));
+    Ok(plans.map(|p| p as pg_sys::SPIPlanPtr))
+}
+
+/// Add to the counters of (tenant, table) and return the tenant's new totals.
+///
+/// The caller holds the tenant's lock ([`lock_tenant`]), so nobody else changes the tenant's
+/// counters until this transaction ends. The statements run with the latest snapshot, as
+/// PostgreSQL's foreign-key checks do: what was committed before the lock was granted is seen
+/// also in a REPEATABLE READ or SERIALIZABLE transaction, so the totals are exact at every
+/// isolation level.
+fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<(i64, i64)> {
+    registry::as_owner_qualified(|| {
+        // SAFETY: plain SPI use between SPI_connect and SPI_finish; an ERROR inside unwinds
+        // through pgrx's guard and the abort cleans SPI up.
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                return Err(MtError::internal("quotas", "SPI_connect failed"));
+            }
+            let [add_plan, create_plan, totals_plan] = plans()?;
+            let uuid = tenant.into_datum().expect("a uuid datum");
+            let mut args = [uuid, pg_sys::Datum::from(table), pg_sys::Datum::from(rows), pg_sys::Datum::from(bytes)];
+            let nulls = c"    ";
+            let mut run = |plan: pg_sys::SPIPlanPtr| {
+                pg_sys::SPI_execute_snapshot(
+                    plan,
+                    args.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    false,
+                    true,
+                    0,
+                )
+            };
+            // The totals row among the rows a statement returned.
+            let totals = || {
+                let table = &*pg_sys::SPI_tuptable;
+                (0..pg_sys::SPI_processed as usize).find_map(|i| {
+                    let row = *table.vals.add(i);
+                    let mut null = false;
+                    let relid = pg_sys::SPI_getbinval(row, table.tupdesc, 1, &mut null).value() as u32;
+                    (relid == 0).then(|| {
+                        (
+                            pg_sys::SPI_getbinval(row, table.tupdesc, 2, &mut null).value() as i64,
+                            pg_sys::SPI_getbinval(row, table.tupdesc, 3, &mut null).value() as i64,
+                        )
+                    })
+                })
+            };
+            let rc = run(add_plan);
+            if rc != pg_sys::SPI_OK_UPDATE_RETURNING as i32 {
+                return Err(MtError::internal("quotas", format!("counter update returned {rc}")));
+            }
+            let found = if pg_sys::SPI_processed == 2 {
+                totals()
+            } else {
+                run(create_plan);
+                run(totals_plan);
+                totals()
+            };
+            pg_sys::SPI_finish();
+            found.ok_or_else(|| MtError::internal("quotas", "no totals row"))
         }
     })
+}
+
+/// Take the tenant's counting lock until the transaction ends: every transaction that counts
+/// rows of the tenant takes it first, so they count one after the other, and transactions of
+/// other tenants never meet. A heavyweight lock on a (table_usage, hash of the tenant) object
+/// pair: cheaper than a row lock (no WAL), visible in pg_locks, seen by the deadlock detector.
+pub fn lock_tenant(tenant: pgrx::Uuid) -> Result<()> {
+    let b = tenant.as_bytes();
+    let hash = (0..4).fold(0u32, |h, i| h ^ u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]));
+    let class = usage_relid()?;
+    // SAFETY: builds a lock tag as SET_LOCKTAG_OBJECT does and takes the lock for the
+    // transaction (released when it ends, or with a rolled-back subtransaction that took it).
+    unsafe {
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+            locktag_field2: class.to_u32(),
+            locktag_field3: hash,
+            locktag_field4: 0,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+            locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+        };
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false);
+    }
+    Ok(())
+}
+
+/// `multitenancy._usage_lock(tenant)`: [`lock_tenant`], for the SQL functions that set counters.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _usage_lock(tenant: pgrx::Uuid) {
+    lock_tenant(tenant).or_raise()
+}
+
+fn usage_relid() -> Result<pg_sys::Oid> {
+    // SAFETY: syscache lookups by name.
+    let relid = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
+        pg_sys::get_relname_relid(c"table_usage".as_ptr(), nsp)
+    };
+    if relid == pg_sys::InvalidOid {
+        return Err(MtError::internal("quotas", "table multitenancy.table_usage is missing"));
+    }
+    Ok(relid)
 }
 
 /// Group (tenant, table) deltas by tenant, in uuid order: a statement writing several tenants
@@ -439,21 +540,14 @@ fn end_of_statement() -> Result<()> {
             with_transaction(|txn| (txn.held.get(&tenant).copied(), txn.unwritten_of(&tenant)));
         let (stored_rows, stored_bytes) = match held {
             Some(held) => (held.rows + rows, held.bytes + bytes),
-            None => registry::as_owner(|| {
-                Spi::connect_mut(|client| {
-                    let totals = run_kept(client, 0, UPSERT_TENANT, &TENANT_TYPES, &[id.into(), rows.into(), bytes.into()])?
-                        .ok_or_else(|| MtError::internal("quotas", "no tenant_usage row returned"))?;
-                    for &(table, table_rows, table_bytes) in &tables {
-                        run_kept(client, 1, UPSERT_TABLE, &TABLE_TYPES, &[
-                            id.into(),
-                            table.into(),
-                            table_rows.into(),
-                            table_bytes.into(),
-                        ])?;
-                    }
-                    Ok::<_, MtError>(totals)
-                })
-            })?,
+            None => {
+                lock_tenant(id)?;
+                let mut totals = (0, 0);
+                for &(table, table_rows, table_bytes) in &tables {
+                    totals = add(id, table, table_rows, table_bytes)?;
+                }
+                totals
+            }
         };
         let (total_rows, total_bytes) = (stored_rows + rows_since, stored_bytes + bytes_since);
         if rows > 0 || bytes > 0 {
@@ -532,27 +626,13 @@ fn write_unwritten(deltas: &Deltas) -> Result<()> {
     if grouped.is_empty() {
         return Ok(());
     }
-    registry::as_owner(|| {
-        Spi::connect_mut(|client| {
-            for (tenant, tables) in grouped {
-                let id = pgrx::Uuid::from_bytes(tenant);
-                let rows: i64 = tables.iter().map(|t| t.1).sum();
-                let bytes: i64 = tables.iter().map(|t| t.2).sum();
-                if run_kept(client, 2, UPDATE_TENANT, &TENANT_TYPES, &[id.into(), rows.into(), bytes.into()])?.is_none() {
-                    continue;
-                }
-                for (table, table_rows, table_bytes) in tables {
-                    run_kept(client, 1, UPSERT_TABLE, &TABLE_TYPES, &[
-                        id.into(),
-                        table.into(),
-                        table_rows.into(),
-                        table_bytes.into(),
-                    ])?;
-                }
-            }
-            Ok(())
-        })
-    })
+    for (tenant, tables) in grouped {
+        let id = pgrx::Uuid::from_bytes(tenant);
+        for (table, rows, bytes) in tables {
+            add(id, table, rows, bytes)?;
+        }
+    }
+    Ok(())
 }
 
 fn exceeded(tenant: pgrx::Uuid, key: &str, used: i64, adding: i64, quota: i64) -> MtError {

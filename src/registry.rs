@@ -68,6 +68,14 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// On a normal return the caller's role is restored here; on an ERROR the (sub)transaction
 /// abort restores it, as it does for SECURITY DEFINER functions.
 pub fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    with_pinned_search_path(|| as_owner_qualified(f))
+}
+
+/// [`as_owner`] without pinning the search_path, for statements in which every table, function,
+/// type and operator is schema-qualified (`OPERATOR(pg_catalog.+)`), so that no schema of the
+/// caller's can capture a name. Pinning and restoring the search_path makes PostgreSQL recompute
+/// it twice, which the usage counting of every INSERT should not pay.
+pub fn as_owner_qualified<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     struct Restore {
         user: pg_sys::Oid,
         sec_context: i32,
@@ -80,22 +88,18 @@ pub fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     }
 
     let owner = registry_owner()?;
-    with_pinned_search_path(|| {
-        let mut user = pg_sys::InvalidOid;
-        let mut sec_context = 0;
-        // SAFETY: save, then switch the current user for the duration of `f`.
-        let _restore = unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
-            pg_sys::SetUserIdAndSecContext(
-                owner,
-                sec_context
-                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-            );
-            Restore { user, sec_context }
-        };
-        f()
-    })
+    let mut user = pg_sys::InvalidOid;
+    let mut sec_context = 0;
+    // SAFETY: save, then switch the current user for the duration of `f`.
+    let _restore = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            sec_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        Restore { user, sec_context }
+    };
+    f()
 }
 
 /// The name of a role that exists (the current or the session user).
