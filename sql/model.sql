@@ -224,6 +224,8 @@ BEGIN
     END LOOP;
     DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
     DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;

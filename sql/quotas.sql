@@ -160,19 +160,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM (SELECT p_key NOT IN ('members', 'rows', 'bytes') AND p_key NOT LIKE 'rows:%' AS metered) k
 $$;
 
-CREATE FUNCTION multitenancy.quota_check(key text)
-RETURNS TABLE (used bigint, quota bigint, remaining bigint)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT u.used, u.quota, CASE WHEN u.quota IS NOT NULL THEN greatest(u.quota - u.used, 0) END
-      FROM multitenancy._usage(multitenancy.current_tenant_id(), multitenancy._quota_key($1)) u
-$$;
-
-CREATE FUNCTION multitenancy.usage_get(key text)
-RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT u.used, u.quota, u.period_start, u.period_end
-      FROM multitenancy._usage(multitenancy.current_tenant_id(), multitenancy._quota_key($1)) u
-$$;
+-- quota_check(key) and usage_get(key) are in src/quotas.rs: a 'rows:<table>' key names its table
+-- with the caller's search_path.
 
 -- The dashboard: per tenant one row of totals (table_name NULL: rows, bytes, members, this
 -- month's metered usage) and one row per tenant-enabled table it has rows in. SECURITY
@@ -247,7 +236,7 @@ DECLARE
     d record;
 BEGIN
     -- What this transaction counted and has not written is in the tables already.
-    PERFORM multitenancy._usage_settle();
+    PERFORM multitenancy._usage_settle(NULL);
     FOR v_table IN SELECT e.relid FROM multitenancy.enabled_tables e JOIN pg_class c ON c.oid = e.relid
                     WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);

@@ -384,7 +384,7 @@ fn revoke_unsafe_grants(enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
     Ok(())
 }
 
-/// `sql_drop`: the extension's policies and the tenant index of enabled tables stay.
+/// `sql_drop`: the extension's policies and triggers and the tenant index of enabled tables stay.
 fn sql_drop() -> Result<()> {
     if busy() {
         return Ok(());
@@ -393,12 +393,12 @@ fn sql_drop() -> Result<()> {
         let rows = client
             .select(
                 "SELECT d.object_type, d.object_identity, \
-                        CASE WHEN d.object_type = 'policy' THEN pg_catalog.to_regclass( \
+                        CASE WHEN d.object_type IN ('policy', 'trigger') THEN pg_catalog.to_regclass( \
                              pg_catalog.quote_ident(d.address_names[1]) || '.' || \
                              pg_catalog.quote_ident(d.address_names[2]))::pg_catalog.oid END, \
                         d.schema_name \
                    FROM pg_catalog.pg_event_trigger_dropped_objects() d \
-                  WHERE d.original AND d.object_type IN ('policy', 'index')",
+                  WHERE d.original AND d.object_type IN ('policy', 'trigger', 'index')",
                 None,
                 &[],
             )
@@ -429,7 +429,7 @@ fn sql_drop() -> Result<()> {
     for (kind, _, table, schema) in dropped {
         let command = format!("DROP {}", kind.to_uppercase());
         match (kind.as_str(), table) {
-            ("policy", Some(table)) => tables.push((command, table)),
+            ("policy" | "trigger", Some(table)) => tables.push((command, table)),
             // An index names no table once it is gone: check the enabled tables of its schema.
             ("index", _) => {
                 for &relid in &enabled {

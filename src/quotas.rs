@@ -696,11 +696,12 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
 /// what this transaction counted for them and has not written is in the tables already, so it
 /// is cancelled — at the current level, so that a rolled-back savepoint restores it together
 /// with the stored counters. The held counters are read again at the next write.
-fn cancel_unwritten(table: Option<pg_sys::Oid>) {
+fn cancel_unwritten(table: Option<pg_sys::Oid>, tenant: Option<pgrx::Uuid>) {
     let level = nest_level();
     with_transaction(|txn| {
         for (key, (rows, bytes)) in txn.flattened() {
-            if table.is_none_or(|t| t.to_u32() == key.1) && (rows, bytes) != (0, 0) {
+            let selected = table.is_none_or(|t| t.to_u32() == key.1) && tenant.is_none_or(|t| t.as_bytes() == &key.0);
+            if selected && (rows, bytes) != (0, 0) {
                 txn.add(level, key, (-rows, -bytes));
             }
         }
@@ -710,13 +711,13 @@ fn cancel_unwritten(table: Option<pg_sys::Oid>) {
 
 /// A table's counters leave with it (TRUNCATE, tenant_disable, DROP).
 pub fn forget(table: pg_sys::Oid) -> Result<()> {
-    cancel_unwritten(Some(table));
+    cancel_unwritten(Some(table), None);
     registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_forget_table($1)", &[table.into()]).ctx("quotas::forget"))
 }
 
 /// Set a table's counters to what it holds (after tenant_enable installed the counting).
 pub fn recount(table: pg_sys::Oid) -> Result<()> {
-    cancel_unwritten(Some(table));
+    cancel_unwritten(Some(table), None);
     registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_recount($1)", &[table.into()]).ctx("quotas::recount"))
 }
 
@@ -726,10 +727,11 @@ fn _usage_forget(table: pg_sys::Oid) {
     forget(table).or_raise()
 }
 
-/// `_usage_settle()`: for usage_recompute, which sets every counter from the tables.
+/// `_usage_settle(tenant)`: for usage_recompute, which sets every counter from the tables
+/// (tenant NULL), and tenant_purge, which removes a tenant's counters.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _usage_settle() {
-    cancel_unwritten(None)
+fn _usage_settle(tenant: Option<pgrx::Uuid>) {
+    cancel_unwritten(None, tenant)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -743,8 +745,19 @@ fn _quota_exceeded(tenant: pgrx::Uuid, key: &str, used: i64, adding: i64, quota:
 }
 
 fn validate_key(key: Option<&str>) -> Result<String> {
+    let key = key.unwrap_or_default().trim();
+    // `rows:<table>` names the table as the caller would (their search_path), and is stored
+    // schema-qualified.
+    let table = match key.strip_prefix("rows:") {
+        Some(name) => Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::pg_catalog.oid", &[
+            name.into(),
+        ])
+        .unwrap_or(None),
+        None => None,
+    };
     registry::as_owner(|| {
-        Spi::get_one_with_args::<String>("SELECT multitenancy._quota_key($1)", &[key.unwrap_or_default().into()])
+        let sql = "SELECT multitenancy._quota_key(CASE WHEN $2 IS NULL THEN $1 ELSE 'rows:' || $2::pg_catalog.regclass::text END)";
+        Spi::get_one_with_args::<String>(sql, &[key.into(), table.into()])
             .ctx("quotas::validate_key")
     })?
     .ok_or_else(|| MtError::internal("quotas::validate_key", "no key"))
@@ -815,4 +828,56 @@ fn usage_record(key: Option<&str>, amount: default!(i64, 1)) -> i64 {
         .map(|used| used.unwrap_or(0))
     };
     run().or_raise()
+}
+
+/// The current tenant's usage of `key`, as `_usage` reports it.
+fn usage_of(key: Option<&str>) -> Result<(Option<i64>, Option<i64>, Option<pgrx::datum::Date>, Option<pgrx::datum::Date>)> {
+    let key = validate_key(key)?;
+    let tenant = crate::context::current()?;
+    registry::as_owner(|| {
+        Spi::connect(|client| {
+            let row = client
+                .select(
+                    "SELECT used, quota, period_start, period_end FROM multitenancy._usage($1, $2)",
+                    Some(1),
+                    &[tenant.into(), key.as_str().into()],
+                )
+                .ctx("quotas::usage_of")?
+                .first();
+            Ok((
+                row.get::<i64>(1).ctx("used")?,
+                row.get::<i64>(2).ctx("quota")?,
+                row.get::<pgrx::datum::Date>(3).ctx("period_start")?,
+                row.get::<pgrx::datum::Date>(4).ctx("period_end")?,
+            ))
+        })
+    })
+}
+
+/// The current tenant's usage of `key`, its limit (NULL: unlimited) and what remains (never
+/// below 0; NULL when unlimited).
+#[pg_extern(stable, parallel_unsafe)]
+fn quota_check(
+    key: Option<&str>,
+) -> TableIterator<'static, (name!(used, Option<i64>), name!(quota, Option<i64>), name!(remaining, Option<i64>))> {
+    let (used, quota, _, _) = usage_of(key).or_raise();
+    let remaining = quota.map(|q| (q - used.unwrap_or(0)).max(0));
+    TableIterator::once((used, quota, remaining))
+}
+
+/// The current tenant's usage of `key` with its limit and, for a metered key, the current
+/// period (a calendar month, UTC).
+#[pg_extern(stable, parallel_unsafe)]
+fn usage_get(
+    key: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(used, Option<i64>),
+        name!(quota, Option<i64>),
+        name!(period_start, Option<pgrx::datum::Date>),
+        name!(period_end, Option<pgrx::datum::Date>),
+    ),
+> {
+    TableIterator::once(usage_of(key).or_raise())
 }
