@@ -1,5 +1,5 @@
-//! Quotas under concurrency (issue 6): the writes of one tenant serialise on its `tenant_usage`
-//! row until commit, so transactions racing for the last unit of a limit cannot both get it
+//! Quotas under concurrency (issue 6): the writes of one tenant serialise on its counting lock
+//! until commit, so transactions racing for the last unit of a limit cannot both get it
 //! (the second waits, then is refused with 53400 if the first committed, or succeeds if it
 //! rolled back); and the writes of different tenants never wait for each other.
 //!
@@ -72,7 +72,7 @@ fn rows_with_item(su: &mut Client, item: &str) -> i64 {
     su.query_one("SELECT count(*) FROM orders WHERE item = $1", &[&item]).unwrap().get(0)
 }
 
-/// The counters of a tenant (as superuser): `tenant_usage.(row_count, byte_count)`.
+/// The counters of a tenant (as superuser): its totals row in `table_usage` (relid 0).
 fn counted(su: &mut Client, tenant_id: &str) -> (i64, i64) {
     let row = su
         .query_one("SELECT row_count, byte_count FROM multitenancy.table_usage WHERE tenant_id = $1::text::uuid AND relid = 0::oid::regclass", &[
@@ -229,6 +229,57 @@ fn racing_for_the_last_unit() {
 #[test]
 fn racing_for_the_last_unit_rolled_back() {
     race_for_the_last_unit("quota_race_rollback", LimitFrom::Plan, false);
+}
+
+/// REPEATABLE READ, and the last unit raced for through two different tables: the second
+/// transaction's snapshot predates the first's commit, yet it waits for the first and then
+/// counts with the committed totals — refused with 53400, not let through on its stale
+/// snapshot (and not failed with a serialization error, which a row lock would give).
+#[test]
+fn repeatable_read_writers_of_two_tables_race_for_the_last_unit() {
+    const LIMIT: i64 = 5;
+    let orders = Orders::with_rows("quota_race_rr", LIMIT - 1, 2);
+    let db = &orders.db;
+    db.owner()
+        .batch_execute(&format!(
+            "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text);
+             SELECT multitenancy.tenant_enable('notes');
+             GRANT SELECT, INSERT ON notes TO {APP};"
+        ))
+        .unwrap();
+    let mut su = db.superuser();
+    limit_acme_rows(&mut su, LIMIT, LimitFrom::Override);
+
+    let mut first = db.app();
+    let first_pid = backend_pid(&mut first);
+    let mut first_tx = first.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    first_tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
+    // The second transaction takes its snapshot now, before the first inserts or commits.
+    let mut second = db.app();
+    let second_pid = backend_pid(&mut second);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let racer = std::thread::spawn(move || -> Result<u64, postgres::Error> {
+        let mut tx = second.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
+        tx.query_one("SELECT multitenancy.tenant_set('acme')", &[])?;
+        let seen: i64 = tx.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+        ready_tx.send(seen).unwrap();
+        go_rx.recv().unwrap();
+        let inserted = tx.execute("INSERT INTO notes (body) VALUES ('last unit, second session')", &[])?;
+        tx.commit()?;
+        Ok(inserted)
+    });
+    assert_eq!(ready_rx.recv().unwrap(), LIMIT - 1, "the second snapshot sees the rows before the race");
+    first_tx.execute("INSERT INTO orders (item) VALUES ('last unit, first session')", &[]).expect("the last unit fits");
+    go_tx.send(()).unwrap();
+    wait_until_blocked_by(&mut su, second_pid, first_pid, "the second REPEATABLE READ insert");
+    first_tx.commit().expect("COMMIT of the first session");
+    let result = racer.join().expect("the second session's thread panicked");
+    expect_quota_exceeded(result, "rows", "acme", LIMIT, 1, LIMIT);
+    assert_eq!(rows_with_item(&mut su, "last unit, first session"), 1);
+    assert_eq!(count(&mut su, "SELECT count(*) FROM notes"), 0, "the refused insert left no row");
+    assert_eq!(true_count(&mut su, &orders.a), LIMIT);
+    assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
 }
 
 // ---------------------------------------------------------------------------------------------

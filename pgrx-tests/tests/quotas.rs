@@ -366,6 +366,56 @@ fn deleting_rows_frees_capacity_and_quota_check_follows_every_step() {
     assert_no_drift(&mut su, "after deletes and inserts");
 }
 
+/// A transaction's later statements are checked in memory against what its first statement
+/// counted (src/quotas.rs): many single-row statements in one transaction stop exactly at the
+/// limit, across tables, and what they counted is written once at commit.
+#[test]
+fn the_statements_of_one_transaction_count_against_each_other() {
+    let s = shop("quota_one_txn", r#"{"rows": 5}"#);
+    let mut su = s.db.superuser();
+    let mut app = s.db.app();
+    add_orders(&mut app, "acme", 1).unwrap();
+    {
+        let mut tx = begin_as(&mut app, "acme");
+        tx.execute("INSERT INTO orders (item) VALUES ('second')", &[]).unwrap();
+        tx.execute("INSERT INTO notes (body) VALUES ('third')", &[]).unwrap();
+        tx.execute("INSERT INTO orders (item) VALUES ('fourth')", &[]).unwrap();
+        assert_eq!(check_in(&mut tx, "rows"), (4, Some(5), Some(1)), "quota_check sees the transaction's own rows");
+        tx.execute("INSERT INTO notes (body) VALUES ('fifth')", &[]).unwrap();
+        over_quota(tx.execute("INSERT INTO orders (item) VALUES ('sixth')", &[]), "rows", "acme", 5, 1, 5);
+    }
+    // The refusal aborted that transaction: nothing of it stays.
+    assert_eq!(rows_of(&mut su, "orders", &s.a) + rows_of(&mut su, "notes", &s.a), 1);
+    assert_no_drift(&mut su, "after the aborted transaction");
+    {
+        let mut tx = begin_as(&mut app, "acme");
+        for i in 0..4 {
+            tx.execute("INSERT INTO notes (body) VALUES ($1)", &[&format!("note {i}")]).unwrap();
+        }
+        over_quota(tx.execute("INSERT INTO notes (body) VALUES ('one too many')", &[]), "rows", "acme", 5, 1, 5);
+        tx.rollback().unwrap();
+    }
+    // A loop of 1000 single-row statements in one transaction, limit 1000: all fit, one more
+    // does not, and the counters equal the table after the commit.
+    quota_set(&mut su, "acme", "rows", Some(1000));
+    {
+        let mut tx = begin_as(&mut app, "acme");
+        tx.batch_execute("DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$")
+            .unwrap();
+        over_quota(tx.execute("INSERT INTO notes (body) VALUES ('1001')", &[]), "rows", "acme", 1000, 1, 1000);
+    }
+    {
+        let mut tx = begin_as(&mut app, "acme");
+        tx.batch_execute("DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$")
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    assert_eq!(rows_of(&mut su, "orders", &s.a) + rows_of(&mut su, "notes", &s.a), 1000);
+    assert_eq!(totals(&mut su, &s.a).map(|t| t.0), Some(1000));
+    assert_no_drift(&mut su, "after 999 statements in one transaction");
+    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 1000, 1, 1000);
+}
+
 #[test]
 fn rolled_back_inserts_give_their_capacity_back() {
     let s = shop("quota_rollback", r#"{"rows": 3}"#);
