@@ -179,7 +179,7 @@ fn a_custom_format_dump_restores_with_the_guard_off() {
 }
 
 /// Every row of the registry tables (tenants, members, domains, plans, audit log, enabled
-/// tables) and of `orders`, as ordered text, read as the superuser.
+/// tables, quotas and usage counters) and of `orders`, as ordered text, read as the superuser.
 fn registry_rows(server: &Server, db: &str) -> Vec<String> {
     let mut su = server.connect(db, SUPERUSER);
     let mut rows = Vec::new();
@@ -190,6 +190,9 @@ fn registry_rows(server: &Server, db: &str) -> Vec<String> {
         "multitenancy.plans",
         "multitenancy.audit_log",
         "multitenancy.enabled_tables",
+        "multitenancy.quotas",
+        "multitenancy.table_usage",
+        "multitenancy.metered_usage",
         "orders",
     ] {
         let sql = format!("SELECT t::text FROM {table} t ORDER BY 1");
@@ -224,7 +227,12 @@ fn dump_and_restore_keep_members_domains_settings_and_audit() {
            SELECT multitenancy.member_add('acme', '{MEMBER_A}', 'member');
            SELECT multitenancy.member_add('globex', '{OWNER_B}', 'owner');
            SELECT multitenancy.setting_set('acme', 'color', '"blue"');
-           SELECT multitenancy.setting_set('globex', 'beta', 'true');"#
+           SELECT multitenancy.setting_set('globex', 'beta', 'true');
+           SELECT multitenancy.quota_set('acme', 'rows', 3);
+           BEGIN;
+           SELECT multitenancy.tenant_set('acme');
+           SELECT multitenancy.usage_record('api_calls', 2);
+           COMMIT;"#
     ))
     .unwrap();
     let token: String =
@@ -239,6 +247,9 @@ fn dump_and_restore_keep_members_domains_settings_and_audit() {
         ("SELECT count(*) FROM multitenancy.domains WHERE verified_at IS NOT NULL", 1),
         ("SELECT count(*) FROM multitenancy.plans WHERE name = 'pro'", 1),
         ("SELECT count(*) FROM multitenancy.tenants WHERE settings <> '{}'", 2),
+        ("SELECT count(*) FROM multitenancy.quotas", 1),
+        ("SELECT count(*) FROM multitenancy.metered_usage", 1),
+        ("SELECT count(*) FROM multitenancy.table_usage WHERE relid::oid = 0", 2),
     ] {
         assert_eq!(count(&mut su, sql), expected, "source precondition: {sql}");
     }
@@ -265,6 +276,15 @@ fn dump_and_restore_keep_members_domains_settings_and_audit() {
     assert_eq!(registry_rows(server, &target), source, "the same registry rows and enabled table rows");
     let mut restored_su = server.connect(&target, SUPERUSER);
     assert_eq!(verify(&mut restored_su), source_problems, "verify() says the same about both databases");
+    // The usage counters came back exact (the counting triggers are created after the data, so
+    // restoring the rows counted nothing twice), and they are enforced: acme is at its limit.
+    assert_eq!(count(&mut restored_su, "SELECT count(*) FROM multitenancy.usage_drift()"), 0, "no drift after restore");
+    {
+        let mut app = server.connect(&target, APP);
+        let mut tx = begin_as(&mut app, "acme");
+        let refused = expect_sqlstate(tx.execute("INSERT INTO orders (item) VALUES ('over')", &[]), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+        assert!(refused.message().contains("quota \"rows\" of tenant \"acme\""), "{}", refused.message());
+    }
 
     // Isolation as APP, with ground truth (assert_isolated checks both tenants' rows exist).
     assert_isolated(server, &target, "orders", &[("acme", &a), ("globex", &b)]);
