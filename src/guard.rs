@@ -128,16 +128,7 @@ const PUBLICATION_NAMESPACE: &str = "(SELECT n.pnpubid FROM pg_catalog.pg_public
 
 fn commands() -> Result<Vec<Command>> {
     let sql = format!(
-        "SELECT c.command_tag, COALESCE(c.object_identity, c.object_type), \
-                CASE WHEN c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                     THEN COALESCE(ix.indrelid, c.objid) \
-                     WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
-                     THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) END, \
-                (SELECT r.relkind::text FROM pg_catalog.pg_class r \
-                  WHERE r.oid = CASE WHEN c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                                     THEN COALESCE(ix.indrelid, c.objid) \
-                                     WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
-                                     THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) END), \
+        "SELECT c.command_tag, COALESCE(c.object_identity, c.object_type), t.relid, r.relkind::text, \
                 CASE c.classid WHEN 'pg_catalog.pg_publication'::pg_catalog.regclass THEN c.objid \
                      WHEN 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
                      THEN (SELECT pr.prpubid FROM pg_catalog.pg_publication_rel pr WHERE pr.oid = c.objid) \
@@ -145,6 +136,13 @@ fn commands() -> Result<Vec<Command>> {
            FROM pg_catalog.pg_event_trigger_ddl_commands() c \
            LEFT JOIN pg_catalog.pg_index ix \
                   ON c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND ix.indexrelid = c.objid \
+          CROSS JOIN LATERAL (SELECT CASE \
+                WHEN c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN COALESCE(ix.indrelid, c.objid) \
+                WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+                THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) \
+                WHEN c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+                THEN (SELECT tg.tgrelid FROM pg_catalog.pg_trigger tg WHERE tg.oid = c.objid) END AS relid) t \
+           LEFT JOIN pg_catalog.pg_class r ON r.oid = t.relid \
           WHERE NOT c.in_extension"
     );
     Spi::connect(|client| {

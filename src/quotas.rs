@@ -3,14 +3,14 @@
 //!
 //! Counting: every tenant-enabled table has two triggers (declared in [`crate::spec`], so the
 //! guard and `verify()` keep them there). An AFTER ROW trigger adds each written row's tenant,
-//! table and size to a per-backend list of pending changes — no SQL per row. An AFTER STATEMENT
-//! trigger then applies the list: per tenant, one UPDATE of its `tenant_usage` row (which every
-//! write of the tenant locks first, so writers of one tenant queue there and writers of other
-//! tenants never meet) and one of each `table_usage` row, then compares the new totals with the
-//! tenant's limits. A statement that would pass a limit fails with 53400 and, being one
-//! statement, changes nothing; a rolled-back transaction takes its counter updates with it.
-//! Whatever a statement trigger has not applied (rows written by a command that fires no
-//! statement trigger) is applied before commit.
+//! table and size to a per-backend list — no SQL per row. An AFTER STATEMENT trigger then checks
+//! the statement's counts per tenant. A transaction's first counted write of a tenant takes the
+//! tenant's counting lock ([`lock_tenant`]: writers of one tenant queue there, writers of other
+//! tenants never meet) and adds to the tenant's `table_usage` rows (the table's and the totals
+//! row) in one UPDATE that returns the totals; later statements of the transaction are checked
+//! against those totals plus what it counted since ([`Transaction`]), which is written once,
+//! before commit. A statement that would pass a limit fails with 53400 and, being one
+//! statement, changes nothing; a rolled-back transaction or savepoint takes its counts with it.
 //!
 //! A row's size is [`row_bytes`]: the uncompressed sizes of its non-null values — the same for
 //! a row whatever its storage (compressed, out of line), so the counter can be recomputed from
@@ -39,8 +39,8 @@ struct Limits {
 /// (tenant, table oid) -> (rows, bytes).
 type Deltas = BTreeMap<([u8; 16], u32), (i64, i64)>;
 
-/// A tenant whose `tenant_usage` row this transaction has written, and so holds locked until it
-/// ends: the counters as written, and the (sub)transaction level that wrote them.
+/// A tenant whose counting lock this transaction holds and whose counters it has written: its
+/// totals as written, and the (sub)transaction level that wrote them.
 #[derive(Clone, Copy)]
 struct Held {
     rows: i64,
@@ -48,8 +48,8 @@ struct Held {
     level: i32,
 }
 
-/// What this transaction has counted. Once a transaction holds a tenant's counter row, nobody
-/// else can change it, so further statements for that tenant are checked against the held
+/// What this transaction has counted. Once a transaction holds a tenant's counting lock, nobody
+/// else can change its counters, so further statements for that tenant are checked against the held
 /// value plus what is kept here, and written once, before commit — not one UPDATE of the same
 /// row per statement, which would make a transaction of n statements cost O(n²).
 #[derive(Default)]

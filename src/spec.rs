@@ -339,7 +339,7 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
         for spec in TRIGGERS {
             let rows = client
                 .select(
-                    "SELECT t.tgenabled <> 'D' AND t.tgtype = $3 AND t.tgfoid = $4::pg_catalog.regproc \
+                    "SELECT t.tgenabled IN ('O', 'A') AND t.tgtype = $3 AND t.tgfoid = $4::pg_catalog.regproc \
                             AND t.tgnargs = 0 AND t.tgqual IS NULL AND t.tgattr = ''::pg_catalog.int2vector \
                             AND t.tgoldtable IS NULL AND t.tgnewtable IS NULL AND NOT t.tgdeferrable \
                        FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",

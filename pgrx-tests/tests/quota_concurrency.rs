@@ -78,7 +78,7 @@ fn counted(su: &mut Client, tenant_id: &str) -> (i64, i64) {
         .query_one("SELECT row_count, byte_count FROM multitenancy.table_usage WHERE tenant_id = $1::text::uuid AND relid = 0::oid::regclass", &[
             &tenant_id,
         ])
-        .unwrap_or_else(|e| panic!("tenant_usage of {tenant_id}: {e}"));
+        .unwrap_or_else(|e| panic!("the counters of {tenant_id}: {e}"));
     (row.get(0), row.get(1))
 }
 
@@ -356,7 +356,7 @@ fn sixteen_connections_near_the_limit() {
     assert_eq!(true_count(&mut su, &orders.a), LIMIT);
     let workers_rows = count(&mut su, "SELECT count(*) FROM orders WHERE item LIKE 'worker-%'");
     assert_eq!(workers_rows, LIMIT - PRESENT);
-    assert_eq!(counted(&mut su, &orders.a).0, LIMIT, "tenant_usage.row_count");
+    assert_eq!(counted(&mut su, &orders.a).0, LIMIT, "the counted rows");
     assert_eq!(counted(&mut su, &orders.a), actual(&mut su, &orders.a));
     assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
     assert_eq!(true_count(&mut su, &orders.b), orders.rows_b, "the other tenant was not touched");
@@ -491,7 +491,7 @@ fn tenants_do_not_block_each_other() {
     for (slug, id) in slugs.iter().zip(&ids) {
         let expected = if id == &ids[0] { INITIAL + 1 } else { INITIAL + TRANSACTIONS * ROWS_PER_TRANSACTION };
         assert_eq!(true_count(&mut su, id), expected, "{slug}: rows in the table");
-        assert_eq!(counted(&mut su, id), actual(&mut su, id), "{slug}: tenant_usage must equal the table");
+        assert_eq!(counted(&mut su, id), actual(&mut su, id), "{slug}: the counters must equal the table");
     }
     assert_eq!(count(&mut su, "SELECT count(*) FROM orders WHERE item = 'probe'"), 0, "the probes were rolled back");
     assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");

@@ -1067,6 +1067,9 @@ fn the_guard_keeps_the_counting_triggers_and_recompute_repairs_what_went_uncount
         "ALTER TABLE orders DISABLE TRIGGER multitenancy_usage_statement",
         "ALTER TABLE orders DISABLE TRIGGER multitenancy_usage_row",
         "ALTER TABLE orders DISABLE TRIGGER USER",
+        // Fires only under session_replication_role = replica: off for the application.
+        "ALTER TABLE orders ENABLE REPLICA TRIGGER multitenancy_usage_row",
+        "ALTER TRIGGER multitenancy_usage_statement ON orders RENAME TO counting",
     ] {
         expect_refused(owner.batch_execute(sql), "orders");
         assert_eq!(usage_triggers(&mut su, "orders"), BOTH_TRIGGERS_ON, "{sql} as the owner: the triggers are still there, enabled");
