@@ -94,8 +94,11 @@ impl Transaction {
 }
 
 thread_local! {
-    /// Rows counted by the row trigger in the current statement, not yet checked.
-    static PENDING: RefCell<Deltas> = const { RefCell::new(BTreeMap::new()) };
+    /// Rows counted by the row trigger and not yet checked by a statement trigger, per
+    /// (sub)transaction level: a statement's rows are checked at its end, at its level; a
+    /// subtransaction that fails in the middle of an outer statement's triggers (an exception
+    /// block) takes only its own rows with it.
+    static PENDING: RefCell<BTreeMap<i32, Deltas>> = const { RefCell::new(BTreeMap::new()) };
     static TRANSACTION: RefCell<Option<Transaction>> = const { RefCell::new(None) };
     /// Limits per tenant, valid for one registry generation (plans and quotas changes bump it).
     static LIMITS: RefCell<(u64, HashMap<[u8; 16], Limits>)> = RefCell::new((u64::MAX, HashMap::new()));
@@ -118,7 +121,7 @@ pub fn transaction_ended() {
 
 /// A subtransaction at `level` rolled back: its rows, its counter writes and their locks are gone.
 pub fn subtransaction_aborted(level: i32) {
-    PENDING.with(|p| p.borrow_mut().clear());
+    PENDING.with(|p| p.borrow_mut().retain(|l, _| *l < level));
     TRANSACTION.with(|t| {
         if let Some(txn) = t.borrow_mut().as_mut() {
             txn.unwritten.retain(|l, _| *l < level);
@@ -129,6 +132,17 @@ pub fn subtransaction_aborted(level: i32) {
 
 /// A subtransaction at `level` committed: what it counted and holds passes to its parent.
 pub fn subtransaction_committed(level: i32) {
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        if let Some(deltas) = pending.remove(&level) {
+            let parent = pending.entry(level - 1).or_default();
+            for (key, value) in deltas {
+                let entry = parent.entry(key).or_insert((0, 0));
+                entry.0 += value.0;
+                entry.1 += value.1;
+            }
+        }
+    });
     TRANSACTION.with(|t| {
         if let Some(txn) = t.borrow_mut().as_mut() {
             if let Some(deltas) = txn.unwritten.remove(&level) {
@@ -147,7 +161,7 @@ pub fn subtransaction_committed(level: i32) {
 
 /// Before commit: check what no statement trigger has checked, then write what was counted.
 pub fn before_commit() -> Result<()> {
-    let pending = !PENDING.with(|p| p.borrow().is_empty());
+    let pending = PENDING.with(|p| p.borrow().values().any(|d| !d.is_empty()));
     let unwritten = TRANSACTION.with(|t| t.borrow().as_ref().map(Transaction::flattened)).unwrap_or_default();
     if !pending && unwritten.values().all(|v| *v == (0, 0)) {
         return Ok(());
@@ -299,7 +313,7 @@ pub unsafe extern "C-unwind" fn mt_usage_row(fcinfo: pg_sys::FunctionCallInfo) -
         if let Some((tenant, bytes)) = slot_row(slot) {
             PENDING.with(|p| {
                 let mut pending = p.borrow_mut();
-                let entry = pending.entry((tenant, table.to_u32())).or_insert((0, 0));
+                let entry = pending.entry(nest_level()).or_default().entry((tenant, table.to_u32())).or_insert((0, 0));
                 entry.0 += sign;
                 entry.1 += sign * bytes;
             });
@@ -527,11 +541,11 @@ fn by_tenant(deltas: Deltas) -> BTreeMap<[u8; 16], Vec<(pg_sys::Oid, i64, i64)>>
 /// returns the counters as they are now, with every committed change in them); a tenant it holds
 /// is checked in memory against the held counters plus what the transaction counted since.
 fn end_of_statement() -> Result<()> {
-    let statement = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let level = nest_level();
+    let statement = PENDING.with(|p| p.borrow_mut().remove(&level)).unwrap_or_default();
     if statement.is_empty() {
         return Ok(());
     }
-    let level = nest_level();
     for (tenant, tables) in by_tenant(statement) {
         let id = pgrx::Uuid::from_bytes(tenant);
         let rows: i64 = tables.iter().map(|t| t.1).sum();

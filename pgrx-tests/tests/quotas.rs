@@ -1221,3 +1221,35 @@ fn tenant_purge_leaves_no_counters_quotas_or_metered_usage() {
     assert_no_drift(&mut su, "after the purge");
     add_orders(&mut app, "globex", 1).expect("globex goes on writing");
 }
+
+/// A subtransaction that rolls back inside the triggers of a statement (an application trigger
+/// with an exception block) takes only its own rows with it: the statement's rows counted before
+/// it are still counted.
+#[test]
+fn an_exception_block_in_an_application_trigger_keeps_the_statements_counts() {
+    let o = Orders::new("quota_subxact_in_trigger");
+    let mut su = o.db.superuser();
+    o.db.owner()
+        .batch_execute(
+            "CREATE FUNCTION orders_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 BEGIN
+                     PERFORM 1 / 0;
+                 EXCEPTION WHEN division_by_zero THEN
+                     NULL;
+                 END;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION orders_audit();",
+        )
+        .unwrap();
+    let mut app = o.db.app();
+    let mut tx = begin_as(&mut app, "acme");
+    tx.execute("INSERT INTO orders (item) SELECT 'audited-' || g FROM generate_series(1, 3) g", &[]).unwrap();
+    tx.execute("INSERT INTO orders (item) VALUES ('audited-4')", &[]).unwrap();
+    tx.commit().unwrap();
+    let truth = actual(&mut su, "orders", &o.a);
+    assert_eq!(truth.0, o.rows_a + 4, "ground truth: the four rows are there");
+    assert_eq!(totals(&mut su, &o.a), Some(truth), "every row is counted");
+    assert_no_drift(&mut su, "after statements whose triggers rolled back subtransactions");
+}
