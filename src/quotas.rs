@@ -161,13 +161,20 @@ pub fn subtransaction_committed(level: i32) {
 
 /// Before commit: check what no statement trigger has checked, then write what was counted.
 pub fn before_commit() -> Result<()> {
-    let pending = PENDING.with(|p| p.borrow().values().any(|d| !d.is_empty()));
-    let unwritten = TRANSACTION.with(|t| t.borrow().as_ref().map(Transaction::flattened)).unwrap_or_default();
-    if !pending && unwritten.values().all(|v| *v == (0, 0)) {
+    if PENDING.with(|p| p.borrow().values().any(|d| !d.is_empty())) {
+        with_active_snapshot(end_of_statement)?;
+    }
+    let Some(txn) = TRANSACTION.with(|t| t.borrow_mut().take()) else { return Ok(()) };
+    let unwritten = txn.flattened();
+    if unwritten.values().all(|v| *v == (0, 0)) {
         return Ok(());
     }
-    // Statements have finished: SPI needs a snapshot of its own here. (An ERROR below aborts
-    // the transaction, which clears the snapshot stack.)
+    with_active_snapshot(|| write_unwritten(unwritten))
+}
+
+/// Run `f` with an active snapshot: at commit, statements have finished and SPI needs one of
+/// its own. (An ERROR aborts the transaction, which clears the snapshot stack.)
+fn with_active_snapshot<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     // SAFETY: pushed and popped around our own statements.
     let pushed = unsafe {
         if pg_sys::ActiveSnapshotSet() {
@@ -177,15 +184,12 @@ pub fn before_commit() -> Result<()> {
             true
         }
     };
-    end_of_statement()?;
-    if let Some(txn) = TRANSACTION.with(|t| t.borrow_mut().take()) {
-        write_unwritten(&txn.flattened())?;
-    }
+    let result = f();
     if pushed {
         // SAFETY: pops what we pushed.
         unsafe { pg_sys::PopActiveSnapshot() };
     }
-    Ok(())
+    result
 }
 
 /// `_usage_unwritten()`: what this session's transaction has counted and not yet written, for
@@ -344,12 +348,11 @@ pub extern "C" fn pg_finfo_mt_usage_statement() -> &'static pg_sys::Pg_finfo_rec
 #[pg_guard]
 pub unsafe extern "C-unwind" fn mt_usage_statement(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let data = trigger_data(fcinfo, "_usage_statement");
+    end_of_statement().or_raise();
     if data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
         // TRUNCATE fires this for every table it empties (partitions included).
-        end_of_statement().or_raise();
         forget((*data.tg_relation).rd_id).or_raise();
     }
-    end_of_statement().or_raise();
     pg_sys::Datum::from(0)
 }
 
@@ -635,12 +638,8 @@ fn check_table(
 }
 
 /// Write counted changes to the counters (of tenants this transaction holds).
-fn write_unwritten(deltas: &Deltas) -> Result<()> {
-    let grouped = by_tenant(deltas.clone());
-    if grouped.is_empty() {
-        return Ok(());
-    }
-    for (tenant, tables) in grouped {
+fn write_unwritten(deltas: Deltas) -> Result<()> {
+    for (tenant, tables) in by_tenant(deltas) {
         let id = pgrx::Uuid::from_bytes(tenant);
         for (table, rows, bytes) in tables {
             add(id, table, rows, bytes)?;
