@@ -115,40 +115,24 @@ ALTER FUNCTION multitenancy._admin_mode() LEAKPROOF;
 -- Row-level: a statement-level trigger is skipped when an INSERT ... RETURNING run through SPI
 -- stops at its row limit (as tenant_create's does). ENABLE ALWAYS: session_replication_role =
 -- replica does not skip them.
-CREATE TRIGGER multitenancy_registry_changed
-    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.tenants
-    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
-CREATE TRIGGER multitenancy_registry_truncated
-    AFTER TRUNCATE ON multitenancy.tenants
-    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
-ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
-ALTER TABLE multitenancy.tenants ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
--- Memberships are cached the same way (tenant_set, has_role).
-CREATE TRIGGER multitenancy_registry_changed
-    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.members
-    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
-CREATE TRIGGER multitenancy_registry_truncated
-    AFTER TRUNCATE ON multitenancy.members
-    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
-ALTER TABLE multitenancy.members ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
-ALTER TABLE multitenancy.members ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
--- So are the limits the counting triggers enforce (plans and quota overrides).
-CREATE TRIGGER multitenancy_registry_changed
-    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.plans
-    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
-CREATE TRIGGER multitenancy_registry_truncated
-    AFTER TRUNCATE ON multitenancy.plans
-    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
-ALTER TABLE multitenancy.plans ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
-ALTER TABLE multitenancy.plans ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
-CREATE TRIGGER multitenancy_registry_changed
-    AFTER INSERT OR UPDATE OR DELETE ON multitenancy.quotas
-    FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
-CREATE TRIGGER multitenancy_registry_truncated
-    AFTER TRUNCATE ON multitenancy.quotas
-    FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
-ALTER TABLE multitenancy.quotas ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
-ALTER TABLE multitenancy.quotas ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;
+-- Cached: tenants (tenant_set), memberships (tenant_set, has_role), and the limits the counting
+-- triggers enforce (plans and quota overrides).
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['multitenancy.tenants', 'multitenancy.members', 'multitenancy.plans',
+                             'multitenancy.quotas']::regclass[] LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER multitenancy_registry_changed AFTER INSERT OR UPDATE OR DELETE ON %1$s
+                 FOR EACH ROW EXECUTE FUNCTION multitenancy._registry_changed();
+             CREATE TRIGGER multitenancy_registry_truncated AFTER TRUNCATE ON %1$s
+                 FOR EACH STATEMENT EXECUTE FUNCTION multitenancy._registry_changed();
+             ALTER TABLE %1$s ENABLE ALWAYS TRIGGER multitenancy_registry_changed;
+             ALTER TABLE %1$s ENABLE ALWAYS TRIGGER multitenancy_registry_truncated;', t);
+    END LOOP;
+END
+$$;
 
 -- A dropped table leaves the registry with it (so pg_dump never sees a dangling regclass).
 CREATE FUNCTION multitenancy._forget_dropped_tables() RETURNS event_trigger

@@ -224,6 +224,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY 1, 2 NULLS FIRST
 $$;
 
+-- Set one counter row (relid 0: the tenant's totals) to absolute values.
+CREATE FUNCTION multitenancy._usage_set(p_tenant uuid, p_relid regclass, p_rows bigint, p_bytes bigint)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
+    VALUES (p_tenant, p_relid, p_rows, p_bytes)
+    ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count
+$$;
+
 -- Set every counter to what the tables hold (after a bulk load with triggers off, say), and
 -- return what was wrong. Takes SHARE locks on the tenant-enabled tables: writers wait.
 CREATE FUNCTION multitenancy.usage_recompute()
@@ -243,16 +251,11 @@ BEGIN
     END LOOP;
     FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
         PERFORM multitenancy._usage_lock(d.tenant_id);
-        IF d.table_name IS NULL THEN
-            INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
-            VALUES (d.tenant_id, 0::oid::regclass, d.rows_actual, d.bytes_actual)
-            ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count;
-        ELSIF d.rows_actual = 0 AND d.bytes_actual = 0 THEN
+        IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
             DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = d.tenant_id AND u.relid = d.table_name;
         ELSE
-            INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
-            VALUES (d.tenant_id, d.table_name, d.rows_actual, d.bytes_actual)
-            ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count;
+            PERFORM multitenancy._usage_set(d.tenant_id, coalesce(d.table_name, 0::oid::regclass),
+                                            d.rows_actual, d.bytes_actual);
         END IF;
         tenant_id := d.tenant_id;
         table_name := d.table_name;
@@ -288,9 +291,7 @@ BEGIN
         VALUES (d.tenant_id, 0::oid::regclass, d.rows_delta, d.bytes_delta)
         ON CONFLICT (tenant_id, relid) DO UPDATE
            SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count;
-        INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
-        VALUES (d.tenant_id, p_table, d.row_count, d.byte_count)
-        ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count;
+        PERFORM multitenancy._usage_set(d.tenant_id, p_table, d.row_count, d.byte_count);
         v_changed := v_changed + 1;
     END LOOP;
     RETURN v_changed;
