@@ -535,6 +535,37 @@ pub fn count(client: &mut impl postgres::GenericClient, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
+/// Create the canonical `orders` table as [`OWNER`], tenant-enabled, readable and writable by
+/// [`APP`] (no rows).
+pub fn create_orders(db: &TestDb) {
+    db.owner()
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                                  item text NOT NULL, amount int NOT NULL DEFAULT 1);
+             SELECT multitenancy.tenant_enable('orders');
+             GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {APP};"
+        ))
+        .unwrap();
+}
+
+/// Assert a quota refusal: SQLSTATE 53400, exactly the extension's message, and a hint.
+#[track_caller]
+pub fn expect_quota_exceeded<T: std::fmt::Debug>(
+    result: Result<T, postgres::Error>,
+    key: &str,
+    slug: &str,
+    used: i64,
+    adding: i64,
+    quota: i64,
+) -> DbError {
+    let error = expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    let expected =
+        format!("quota \"{key}\" of tenant \"{slug}\" exceeded: {used} used, {adding} more requested, limit {quota}");
+    assert_eq!(error.message(), expected, "the 53400 message");
+    assert!(error.hint().is_some_and(|h| !h.trim().is_empty()), "a quota refusal comes with a hint: {:?}", error.message());
+    error
+}
+
 /// The canonical test table: `orders` owned by [`OWNER`], tenant-enabled, readable and writable
 /// by [`APP`], with rows of two tenants written through the tenant context as [`APP`].
 pub struct Orders {
@@ -555,14 +586,7 @@ impl Orders {
         let db = TestDb::new(tag);
         let a = db.tenant("Acme", "acme");
         let b = db.tenant("Globex", "globex");
-        db.owner()
-            .batch_execute(&format!(
-                "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                                      item text NOT NULL, amount int NOT NULL DEFAULT 1);
-                 SELECT multitenancy.tenant_enable('orders');
-                 GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {APP};"
-            ))
-            .unwrap();
+        create_orders(&db);
         let mut app = db.app();
         for (tenant, rows) in [("acme", rows_a), ("globex", rows_b)] {
             let mut tx = begin_as(&mut app, tenant);

@@ -44,24 +44,6 @@ fn wait_until_blocked_by(su: &mut Client, waiter: i32, holder: i32, what: &str) 
     }
 }
 
-/// Assert a refusal by a quota: 53400, the contract's message, and a hint.
-#[track_caller]
-fn expect_quota_exceeded<T: std::fmt::Debug>(
-    result: Result<T, postgres::Error>,
-    key: &str,
-    slug: &str,
-    used: i64,
-    adding: i64,
-    quota: i64,
-) -> DbError {
-    let error = expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
-    let expected =
-        format!("quota \"{key}\" of tenant \"{slug}\" exceeded: {used} used, {adding} more requested, limit {quota}");
-    assert!(error.message().contains(&expected), "expected the message {expected:?}, got {:?}", error.message());
-    assert!(error.hint().is_some_and(|h| !h.trim().is_empty()), "expected a hint with the refusal {:?}", error.message());
-    error
-}
-
 /// Ground truth (as superuser): rows of a tenant in `orders`.
 fn true_count(su: &mut Client, tenant_id: &str) -> i64 {
     su.query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&tenant_id]).unwrap().get(0)
@@ -390,14 +372,7 @@ fn tenants_do_not_block_each_other() {
     let db = TestDb::new("quota_tenants_do_not_block");
     let slugs: Vec<String> = (0..TENANTS).map(|i| format!("t{i:02}")).collect();
     let ids: Vec<String> = slugs.iter().map(|s| db.tenant(&format!("Tenant {s}"), s)).collect();
-    db.owner()
-        .batch_execute(&format!(
-            "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                                  item text NOT NULL, amount int NOT NULL DEFAULT 1);
-             SELECT multitenancy.tenant_enable('orders');
-             GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {APP};"
-        ))
-        .unwrap();
+    create_orders(&db);
     let mut su = db.superuser();
     // Every tenant has a rows limit (far away), so every write also checks a limit.
     for slug in &slugs {

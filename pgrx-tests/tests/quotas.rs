@@ -53,14 +53,12 @@ fn shop(tag: &str, limits: &str) -> Shop {
     let plans: Vec<String> =
         su.query("SELECT plan FROM multitenancy.tenants ORDER BY slug", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(plans, ["small", "small"], "ground truth: both tenants are on plan small");
+    create_orders(&db);
     db.owner()
         .batch_execute(&format!(
-            "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                                  item text NOT NULL, amount int NOT NULL DEFAULT 1);
-             SELECT multitenancy.tenant_enable('orders');
-             CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);
+            "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);
              SELECT multitenancy.tenant_enable('notes');
-             GRANT SELECT, INSERT, UPDATE, DELETE ON orders, notes TO {APP};"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {APP};"
         ))
         .unwrap();
     Shop { db, a, b }
@@ -126,29 +124,13 @@ fn check(app: &mut Client, slug: &str, key: &str) -> (i64, Option<i64>, Option<i
     result
 }
 
-/// The message of a refusal for `key` (contract, "Enforcement").
-fn exceeded_message(key: &str, slug: &str, used: i64, adding: i64, limit: i64) -> String {
-    format!("quota \"{key}\" of tenant \"{slug}\" exceeded: {used} used, {adding} more requested, limit {limit}")
-}
-
-/// Assert a quota refusal: SQLSTATE 53400, exactly the contract's message, and a hint.
-#[track_caller]
-fn over_quota<T: std::fmt::Debug>(
-    result: Result<T, postgres::Error>,
-    key: &str,
-    slug: &str,
-    used: i64,
-    adding: i64,
-    limit: i64,
-) -> DbError {
-    let error = expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
-    assert_eq!(error.message(), exceeded_message(key, slug, used, adding, limit), "the 53400 message");
-    assert!(
-        error.hint().is_some_and(|h| !h.trim().is_empty()),
-        "a quota refusal comes with a hint: {:?}",
-        error.message()
-    );
-    error
+/// The overrides of a tenant in `multitenancy.quotas` as (key, quota), by key (superuser).
+fn overrides(su: &mut Client, tenant_id: &str) -> Vec<(String, Option<i64>)> {
+    su.query("SELECT key, quota FROM multitenancy.quotas WHERE tenant_id = $1::text::uuid ORDER BY key", &[&tenant_id])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// Ground truth (superuser): rows of a tenant in a table (its partitions included) and the sum of
@@ -289,17 +271,17 @@ fn the_plans_rows_limit_refuses_the_row_past_it_and_only_for_that_tenant() {
     assert_eq!(rows_of(&mut su, "orders", &s.a), 3);
 
     // The fourth: refused, with the tenant, the key, what is used and the limit.
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 3, 1, 3);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 3, 1, 3);
     assert_eq!(rows_of(&mut su, "orders", &s.a), 3, "ground truth: the refused row was not inserted");
     assert_eq!(totals(&mut su, &s.a).map(|t| t.0), Some(3), "and not counted");
     // Refused in any table: the limit is on the tenant's rows in all of them.
-    over_quota(run_as(&mut app, "acme", "INSERT INTO notes (body) VALUES ('n')"), "rows", "acme", 3, 1, 3);
+    expect_quota_exceeded(run_as(&mut app, "acme", "INSERT INTO notes (body) VALUES ('n')"), "rows", "acme", 3, 1, 3);
     assert_eq!(rows_of(&mut su, "notes", &s.a), 0);
 
     // One unit free: a multi-row INSERT of two rows is refused as a whole.
     delete_one_order(&mut app, "acme");
     assert_eq!(rows_of(&mut su, "orders", &s.a), 2);
-    over_quota(
+    expect_quota_exceeded(
         run_as(&mut app, "acme", "INSERT INTO orders (item) VALUES ('two-a'), ('two-b')"),
         "rows",
         "acme",
@@ -322,7 +304,7 @@ fn the_plans_rows_limit_refuses_the_row_past_it_and_only_for_that_tenant() {
     add_orders(&mut app, "globex", 3).expect("globex's 3 rows fit the plan although acme is full");
     assert_eq!(rows_of(&mut su, "orders", &s.b), 3);
     // ... and its own refusal, naming globex.
-    over_quota(add_orders(&mut app, "globex", 1), "rows", "globex", 3, 1, 3);
+    expect_quota_exceeded(add_orders(&mut app, "globex", 1), "rows", "globex", 3, 1, 3);
     assert_eq!(rows_of(&mut su, "orders", &s.b), 3);
     assert_eq!(rows_of(&mut su, "orders", &s.a), 3, "acme's rows are untouched by globex's writes");
     assert_no_drift(&mut su, "after the refusals");
@@ -339,7 +321,7 @@ fn deleting_rows_frees_capacity_and_quota_check_follows_every_step() {
         add_orders(&mut app, "acme", 1).unwrap();
         assert_eq!(check(&mut app, "acme", "rows"), (used, Some(3), Some(3 - used)));
     }
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 3, 1, 3);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 3, 1, 3);
     assert_eq!(check(&mut app, "acme", "rows"), (3, Some(3), Some(0)), "a refused insert uses nothing");
     assert_eq!(rows_of(&mut su, "orders", &s.a), 3);
 
@@ -350,7 +332,7 @@ fn deleting_rows_frees_capacity_and_quota_check_follows_every_step() {
     add_orders(&mut app, "acme", 1).expect("after the DELETE, the insert fits");
     assert_eq!(rows_of(&mut su, "orders", &s.a), 3);
     assert_eq!(check(&mut app, "acme", "rows"), (3, Some(3), Some(0)));
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 3, 1, 3);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 3, 1, 3);
 
     // Within one transaction, quota_check sees the transaction's own writes.
     let mut tx = begin_as(&mut app, "acme");
@@ -382,7 +364,7 @@ fn the_statements_of_one_transaction_count_against_each_other() {
         tx.execute("INSERT INTO orders (item) VALUES ('fourth')", &[]).unwrap();
         assert_eq!(check_in(&mut tx, "rows"), (4, Some(5), Some(1)), "quota_check sees the transaction's own rows");
         tx.execute("INSERT INTO notes (body) VALUES ('fifth')", &[]).unwrap();
-        over_quota(tx.execute("INSERT INTO orders (item) VALUES ('sixth')", &[]), "rows", "acme", 5, 1, 5);
+        expect_quota_exceeded(tx.execute("INSERT INTO orders (item) VALUES ('sixth')", &[]), "rows", "acme", 5, 1, 5);
     }
     // The refusal aborted that transaction: nothing of it stays.
     assert_eq!(rows_of(&mut su, "orders", &s.a) + rows_of(&mut su, "notes", &s.a), 1);
@@ -392,7 +374,7 @@ fn the_statements_of_one_transaction_count_against_each_other() {
         for i in 0..4 {
             tx.execute("INSERT INTO notes (body) VALUES ($1)", &[&format!("note {i}")]).unwrap();
         }
-        over_quota(tx.execute("INSERT INTO notes (body) VALUES ('one too many')", &[]), "rows", "acme", 5, 1, 5);
+        expect_quota_exceeded(tx.execute("INSERT INTO notes (body) VALUES ('one too many')", &[]), "rows", "acme", 5, 1, 5);
         tx.rollback().unwrap();
     }
     // A loop of 1000 single-row statements in one transaction, limit 1000: all fit, one more
@@ -402,7 +384,7 @@ fn the_statements_of_one_transaction_count_against_each_other() {
         let mut tx = begin_as(&mut app, "acme");
         tx.batch_execute("DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$")
             .unwrap();
-        over_quota(tx.execute("INSERT INTO notes (body) VALUES ('1001')", &[]), "rows", "acme", 1000, 1, 1000);
+        expect_quota_exceeded(tx.execute("INSERT INTO notes (body) VALUES ('1001')", &[]), "rows", "acme", 1000, 1, 1000);
     }
     {
         let mut tx = begin_as(&mut app, "acme");
@@ -413,7 +395,7 @@ fn the_statements_of_one_transaction_count_against_each_other() {
     assert_eq!(rows_of(&mut su, "orders", &s.a) + rows_of(&mut su, "notes", &s.a), 1000);
     assert_eq!(totals(&mut su, &s.a).map(|t| t.0), Some(1000));
     assert_no_drift(&mut su, "after 999 statements in one transaction");
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 1000, 1, 1000);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 1000, 1, 1000);
 }
 
 #[test]
@@ -448,7 +430,7 @@ fn rolled_back_inserts_give_their_capacity_back() {
     // The refused statement inside a savepoint; the transaction goes on.
     {
         let mut sp = tx.savepoint("over").unwrap();
-        over_quota(sp.execute("INSERT INTO orders (item) VALUES ('too many')", &[]), "rows", "acme", 3, 1, 3);
+        expect_quota_exceeded(sp.execute("INSERT INTO orders (item) VALUES ('too many')", &[]), "rows", "acme", 3, 1, 3);
         sp.rollback().unwrap();
     }
     assert_eq!(check_in(&mut tx, "rows"), (3, Some(3), Some(0)), "the refusal counted nothing");
@@ -498,7 +480,7 @@ fn the_bytes_limit_refuses_growing_inserts_and_updates_and_allows_shrinking() {
     assert_eq!(check(&mut app, "acme", "bytes"), (2 * one, Some(2 * one), Some(0)));
 
     // The next one does not.
-    over_quota(
+    expect_quota_exceeded(
         run_as(&mut app, "acme", &format!("INSERT INTO notes (body) VALUES ('{ten}')")),
         "bytes",
         "acme",
@@ -509,7 +491,7 @@ fn the_bytes_limit_refuses_growing_inserts_and_updates_and_allows_shrinking() {
     assert_eq!(actual(&mut su, "notes", &s.a), (2, 2 * one), "ground truth: nothing inserted");
 
     // An UPDATE that grows a text column by 4 bytes past the limit: refused, the row unchanged.
-    over_quota(
+    expect_quota_exceeded(
         run_as(&mut app, "acme", &format!("UPDATE notes SET body = body || 'yyyy' WHERE id = {first}")),
         "bytes",
         "acme",
@@ -568,17 +550,12 @@ fn a_table_rows_limit_refuses_only_that_tables_rows() {
     let mut app = s.db.app();
 
     quota_set(&mut su, "acme", "rows:public.orders", Some(2));
-    let quotas: Vec<(String, Option<i64>)> = su
-        .query("SELECT key, quota FROM multitenancy.quotas WHERE tenant_id = $1::text::uuid ORDER BY key", &[&s.a])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let quotas = overrides(&mut su, &s.a);
     assert_eq!(quotas, [("rows:public.orders".to_string(), Some(2))], "ground truth: the override is stored qualified");
 
     add_orders(&mut app, "acme", 2).expect("two orders fit");
     assert_eq!(check(&mut app, "acme", "rows:public.orders"), (2, Some(2), Some(0)));
-    over_quota(add_orders(&mut app, "acme", 1), "rows:public.orders", "acme", 2, 1, 2);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows:public.orders", "acme", 2, 1, 2);
     assert_eq!(rows_of(&mut su, "orders", &s.a), 2, "ground truth: the third order was not inserted");
 
     // The other table still accepts rows; the tenant's total is not limited.
@@ -631,19 +608,14 @@ fn a_table_key_without_its_schema_is_stored_qualified() {
 
     quota_set(&mut su, "acme", "rows:public.orders", Some(3));
     quota_set(&mut su, "acme", "rows:orders", Some(2));
-    let quotas: Vec<(String, Option<i64>)> = su
-        .query("SELECT key, quota FROM multitenancy.quotas WHERE tenant_id = $1::text::uuid ORDER BY key", &[&s.a])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let quotas = overrides(&mut su, &s.a);
     assert_eq!(
         quotas,
         [("rows:public.orders".to_string(), Some(2))],
         "rows:orders is the same key as rows:public.orders: one override, updated"
     );
     add_orders(&mut app, "acme", 2).unwrap();
-    over_quota(add_orders(&mut app, "acme", 1), "rows:public.orders", "acme", 2, 1, 2);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows:public.orders", "acme", 2, 1, 2);
     assert_eq!(check(&mut app, "acme", "rows:orders"), (2, Some(2), Some(0)));
     assert_eq!(rows_of(&mut su, "orders", &s.a), 2);
 }
@@ -660,18 +632,18 @@ fn a_tenant_override_beats_the_plan_until_reset_and_plan_changes_reach_open_sess
     let mut app = s.db.app();
 
     add_orders(&mut app, "acme", 2).unwrap();
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 2, 1, 2);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 2, 1, 2);
 
     // Override: 4.
     quota_set(&mut su, "acme", "rows", Some(4));
     assert_eq!(check(&mut app, "acme", "rows"), (2, Some(4), Some(2)));
     add_orders(&mut app, "acme", 1).expect("the override allows a third row");
     add_orders(&mut app, "acme", 1).expect("and a fourth");
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 4, 1, 4);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 4, 1, 4);
     assert_eq!(rows_of(&mut su, "orders", &s.a), 4);
     // Globex still has the plan's 2.
     add_orders(&mut app, "globex", 2).unwrap();
-    over_quota(add_orders(&mut app, "globex", 1), "rows", "globex", 2, 1, 2);
+    expect_quota_exceeded(add_orders(&mut app, "globex", 1), "rows", "globex", 2, 1, 2);
 
     // Override: unlimited.
     quota_set(&mut su, "acme", "rows", None);
@@ -689,13 +661,13 @@ fn a_tenant_override_beats_the_plan_until_reset_and_plan_changes_reach_open_sess
     // Reset: the plan's 2 applies again; the 6 existing rows are kept.
     su.execute("SELECT multitenancy.quota_reset('acme', 'rows')", &[]).unwrap();
     assert_eq!(count(&mut su, &format!("SELECT count(*) FROM multitenancy.quotas WHERE tenant_id = '{}'", s.a)), 0);
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 6, 1, 2);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 6, 1, 2);
     assert_eq!(rows_of(&mut su, "orders", &s.a), 6, "ground truth: existing rows over the limit are kept");
     assert_eq!(check(&mut app, "acme", "rows"), (6, Some(2), Some(0)), "remaining is never negative");
     // Over the limit, DELETE is still allowed (and an insert still refused).
     delete_one_order(&mut app, "acme");
     assert_eq!(check(&mut app, "acme", "rows"), (5, Some(2), Some(0)));
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 5, 1, 2);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 5, 1, 2);
 
     // The plan changes; the same application session sees it in its next transaction.
     set_plan(&mut su, "small", r#"{"rows": 10}"#);
@@ -703,7 +675,7 @@ fn a_tenant_override_beats_the_plan_until_reset_and_plan_changes_reach_open_sess
     add_orders(&mut app, "acme", 1).expect("the raised plan limit is seen by the open session");
     add_orders(&mut app, "globex", 1).expect("by every tenant on the plan");
     set_plan(&mut su, "small", r#"{"rows": 6}"#);
-    over_quota(add_orders(&mut app, "acme", 1), "rows", "acme", 6, 1, 6);
+    expect_quota_exceeded(add_orders(&mut app, "acme", 1), "rows", "acme", 6, 1, 6);
     set_plan(&mut su, "small", r#"{"rows": null}"#);
     add_orders(&mut app, "acme", 1).expect("null in the plan is unlimited");
     assert_eq!(check(&mut app, "acme", "rows"), (7, None, None));
@@ -728,10 +700,10 @@ fn the_members_limit_refuses_a_member_past_it_until_one_leaves() {
     assert_eq!(two.len(), 2, "ground truth: two members");
 
     // The DBA is refused a third.
-    over_quota(su.execute(&member_add("acme", U_THIRD, "member"), &[]), "members", "acme", 2, 1, 2);
+    expect_quota_exceeded(su.execute(&member_add("acme", U_THIRD, "member"), &[]), "members", "acme", 2, 1, 2);
     assert_eq!(members_of(&mut su, &s.a), two, "the member rows are unchanged");
     // So is the owner through the application.
-    over_quota(as_user(&mut app, "acme", U_OWNER, &member_add("acme", U_THIRD, "admin")), "members", "acme", 2, 1, 2);
+    expect_quota_exceeded(as_user(&mut app, "acme", U_OWNER, &member_add("acme", U_THIRD, "admin")), "members", "acme", 2, 1, 2);
     assert_eq!(members_of(&mut su, &s.a), two, "the member rows are unchanged");
     assert_eq!(check(&mut app, "acme", "members"), (2, Some(2), Some(0)));
 
@@ -748,7 +720,7 @@ fn the_members_limit_refuses_a_member_past_it_until_one_leaves() {
         members_of(&mut su, &s.a),
         [(U_OWNER.to_string(), "owner".to_string()), (U_THIRD.to_string(), "member".to_string())]
     );
-    over_quota(su.execute(&member_add("acme", U_SECOND, "member"), &[]), "members", "acme", 2, 1, 2);
+    expect_quota_exceeded(su.execute(&member_add("acme", U_SECOND, "member"), &[]), "members", "acme", 2, 1, 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,7 +736,7 @@ fn metered_usage_is_counted_per_tenant_and_month_and_refused_past_the_limit() {
 
     assert_eq!(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls')").unwrap(), 1);
     assert_eq!(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls', 4)").unwrap(), 5);
-    over_quota(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls')"), "api_calls", "acme", 5, 1, 5);
+    expect_quota_exceeded(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls')"), "api_calls", "acme", 5, 1, 5);
 
     // Nothing counted by the refusal; the period is this calendar month (UTC).
     let row = one_as(
@@ -796,7 +768,7 @@ fn metered_usage_is_counted_per_tenant_and_month_and_refused_past_the_limit() {
     // Another tenant's counter is its own.
     assert_eq!(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls')").unwrap(), 1);
     assert_eq!(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls', 4)").unwrap(), 5);
-    over_quota(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls', 2)"), "api_calls", "globex", 5, 2, 5);
+    expect_quota_exceeded(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls', 2)"), "api_calls", "globex", 5, 2, 5);
     assert_eq!(check(&mut app, "acme", "api_calls"), (5, Some(5), Some(0)), "acme's counter did not move");
 
     // Keys the extension counts itself, and amounts that are not positive.
@@ -1146,7 +1118,7 @@ fn partitions_are_counted_separately_and_limited_together() {
     quota_set(&mut su, "acme", "rows:public.events", Some(4));
     assert_eq!(check(&mut app, "acme", "rows:public.events"), (3, Some(4), Some(1)));
     run_as(&mut app, "acme", "INSERT INTO events VALUES (6, 'us', 'f')").expect("the fourth row fits");
-    over_quota(
+    expect_quota_exceeded(
         run_as(&mut app, "acme", "INSERT INTO events VALUES (7, 'eu', 'g')"),
         "rows:public.events",
         "acme",
@@ -1155,7 +1127,7 @@ fn partitions_are_counted_separately_and_limited_together() {
         4,
     );
     // Written to a partition directly, too.
-    over_quota(
+    expect_quota_exceeded(
         run_as(&mut app, "acme", "INSERT INTO events_eu VALUES (8, 'eu', 'h')"),
         "rows:public.events",
         "acme",
