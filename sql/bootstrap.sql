@@ -196,3 +196,20 @@ CREATE TABLE multitenancy.metered_usage (
 COMMENT ON TABLE multitenancy.metered_usage IS
     'Metered usage per tenant, key and month (UTC), recorded with multitenancy.usage_record().';
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.metered_usage', '');
+
+-- Signing keys for signed tenant contexts (multitenancy.tenant_token / tenant_set_signed). The
+-- secrets are readable only by superusers and the extension's owner: no privilege is granted on
+-- this table, and no function returns a secret. Deliberately not config-dumped: pg_dump output
+-- travels further than the database should let a signing secret go, and a non-superuser's
+-- pg_dump could not read the table. After a restore, add the keys again (signing_key_add).
+CREATE TABLE multitenancy.signing_keys (
+    name        text        NOT NULL,
+    secret      bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    retired_at  timestamptz,
+    CONSTRAINT signing_keys_pkey PRIMARY KEY (name),
+    CONSTRAINT signing_keys_name_check CHECK (name OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$'),
+    CONSTRAINT signing_keys_secret_check CHECK (pg_catalog.length(secret) OPERATOR(pg_catalog.>=) 32)
+);
+COMMENT ON TABLE multitenancy.signing_keys IS
+    'HMAC-SHA256 keys for signed tenant contexts. Superusers only; never dumped.';

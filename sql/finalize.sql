@@ -103,6 +103,13 @@ REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.usage_drift() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.usage_recompute() FROM PUBLIC;
+-- Signed contexts: keys are for DBAs; tenant_token for the trusted backends a DBA grants it to
+-- (GRANT EXECUTE ON FUNCTION multitenancy.tenant_token(text, uuid, interval) TO auth_service).
+-- tenant_set_signed stays PUBLIC: the token is the credential.
+REVOKE EXECUTE ON FUNCTION multitenancy.signing_key_add(text, bytea) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.signing_key_retire(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.signing_key_list() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_token(text, uuid, interval) FROM PUBLIC;
 
 -- current_tenant_id() takes no argument, so it cannot leak one: LEAKPROOF lets the planner
 -- use it freely next to security-barrier quals.

@@ -91,11 +91,14 @@ fn has_privileges_of(role: pg_sys::Oid) -> bool {
 
 /// May the calling role manage every tenant?
 pub fn is_operator() -> Result<bool> {
+    Ok(admin_mode().is_some_and(|m| m.write) || is_dba()?)
+}
+
+/// Is the calling role a DBA: a superuser, or a role with the privileges of the extension's
+/// owner? (Admin mode does not count.)
+pub fn is_dba() -> Result<bool> {
     // SAFETY: reads the current user's superuser flag.
-    if unsafe { pg_sys::superuser() } || admin_mode().is_some_and(|m| m.write) {
-        return Ok(true);
-    }
-    Ok(has_privileges_of(registry::registry_owner()?))
+    Ok(unsafe { pg_sys::superuser() } || has_privileges_of(registry::registry_owner()?))
 }
 
 /// What a caller needs in a tenant.

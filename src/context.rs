@@ -59,15 +59,184 @@ fn read_uuid_setting(raw: *const std::ffi::c_char) -> std::result::Result<Option
     })
 }
 
-/// The tenant setting of the current transaction, unchecked: `Ok(None)` when no context is set,
-/// an error when the setting is not a uuid.
-pub fn resolve() -> Result<Option<pgrx::Uuid>> {
-    read_uuid_setting(gucs::tenant_id_raw()).map_err(|value| MtError::MalformedContext { value })
+/// Where the context of the current transaction comes from.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Origin {
+    /// `tenant_set_signed` in this transaction (wins in every mode).
+    Signed,
+    /// `multitenancy.require_signed`, and no signed context: nothing else counts.
+    SignedRequired,
+    /// `multitenancy.claims_setting`: a framework's JSON claims.
+    Claims,
+    /// `multitenancy.tenant_id` and `multitenancy.user_id` (`tenant_set`, `SET LOCAL`).
+    Settings,
 }
 
-/// The end user of the current transaction (`multitenancy.user_id`), if one is set.
+/// The context of the current transaction as its source states it, unchecked.
+struct Raw {
+    origin: Origin,
+    tenant: Option<pgrx::Uuid>,
+    user: Option<pgrx::Uuid>,
+}
+
+thread_local! {
+    /// Set when the library was loaded late (not preloaded) into a session in which
+    /// `multitenancy.require_signed` had a value: that value may have been overridden before
+    /// PostgreSQL knew the setting was superuser-only, so the session fails closed.
+    static REQUIRE_SIGNED_UNTRUSTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called from `_PG_init` before the settings are defined.
+pub fn init() {
+    if !crate::signed::preloaded() && !gucs::value_of(c"multitenancy.require_signed").is_null() {
+        REQUIRE_SIGNED_UNTRUSTED.with(|u| u.set(true));
+    }
+}
+
+fn raw() -> Result<Raw> {
+    let signed = gucs::signed_context_raw();
+    // SAFETY: a non-NULL value is NUL-terminated and only tenant_set_signed writes it.
+    if !signed.is_null() && unsafe { *signed } != 0 {
+        let value = unsafe { CStr::from_ptr(signed) }.to_bytes();
+        let (tenant, user) = match value.iter().position(|&b| b == b' ') {
+            Some(space) => (&value[..space], Some(&value[space + 1..])),
+            None => (value, None),
+        };
+        let malformed = || MtError::internal("context::raw", "malformed signed context");
+        let tenant = parse_uuid_bytes(tenant).ok_or_else(malformed)?;
+        let user = user.map(|user| parse_uuid_bytes(user).ok_or_else(malformed)).transpose()?;
+        return Ok(Raw { origin: Origin::Signed, tenant: Some(tenant), user });
+    }
+    if gucs::require_signed() || REQUIRE_SIGNED_UNTRUSTED.with(Cell::get) {
+        return Ok(Raw { origin: Origin::SignedRequired, tenant: None, user: None });
+    }
+    if let Some((setting, tenant_claim, user_claim)) = gucs::claims() {
+        return claims(&setting, &tenant_claim, &user_claim);
+    }
+    Ok(Raw {
+        origin: Origin::Settings,
+        tenant: read_uuid_setting(gucs::tenant_id_raw()).map_err(|value| MtError::MalformedContext { value })?,
+        user: read_uuid_setting(gucs::user_id_raw()).map_err(|value| MtError::MalformedUserContext { value })?,
+    })
+}
+
+/// The error for "no tenant", in the words of the context's source.
+fn missing(origin: Origin) -> MtError {
+    match origin {
+        Origin::SignedRequired => MtError::NoSignedContext { preloaded: crate::signed::preloaded() },
+        Origin::Claims => match gucs::claims() {
+            Some((setting, claim, _)) => {
+                let present = !gucs::value_of(&setting).is_null_or_empty();
+                MtError::NoClaimsContext {
+                    setting: setting.to_string_lossy().into_owned(),
+                    claim: claim.to_string_lossy().into_owned(),
+                    present,
+                }
+            }
+            None => MtError::NoContext,
+        },
+        Origin::Signed | Origin::Settings => MtError::NoContext,
+    }
+}
+
+trait NullOrEmpty {
+    fn is_null_or_empty(&self) -> bool;
+}
+
+impl NullOrEmpty for *const std::ffi::c_char {
+    fn is_null_or_empty(&self) -> bool {
+        // SAFETY: a non-NULL setting value is NUL-terminated.
+        self.is_null() || unsafe { **self } == 0
+    }
+}
+
+/// The claims of the last claims value this session parsed: (value, tenant claim, user claim)
+/// and what they named (tenant claim value, user claim value).
+type ParsedClaims = (Vec<u8>, Vec<u8>, Vec<u8>, ClaimValues);
+type ClaimValues = std::result::Result<(Option<String>, Option<String>), String>;
+
+thread_local! {
+    static CLAIMS: std::cell::RefCell<Option<ParsedClaims>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Follow a claim name through the claims: the name itself, else a dotted path into nested
+/// objects (`app_metadata.tenant_id`).
+fn claim<'a>(claims: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    claims.get(name).or_else(|| {
+        name.contains('.').then(|| name.split('.').try_fold(claims, |value, key| value.get(key))).flatten()
+    })
+}
+
+/// Read tenant and user claims out of a claims value (a JSON object).
+fn parse_claims(value: &[u8], tenant_claim: &str, user_claim: &str) -> ClaimValues {
+    let not_an_object = || "is not a JSON object".to_string();
+    let claims: serde_json::Value = serde_json::from_slice(value).map_err(|_| not_an_object())?;
+    if !claims.is_object() {
+        return Err(not_an_object());
+    }
+    let text = |name: &str| -> std::result::Result<Option<String>, String> {
+        match claim(&claims, name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(format!("has a claim \"{name}\" that is not a string")),
+        }
+    };
+    let user = if user_claim.is_empty() { None } else { text(user_claim)? };
+    Ok((text(tenant_claim)?, user))
+}
+
+/// The context named by the claims in setting `setting`.
+fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw> {
+    let named = |reason: String| MtError::InvalidClaims { setting: setting.to_string_lossy().into_owned(), reason };
+    let value = gucs::value_of(setting);
+    if value.is_null_or_empty() {
+        return Ok(Raw { origin: Origin::Claims, tenant: None, user: None });
+    }
+    // SAFETY: checked non-NULL above; copied before any SQL runs.
+    let value = unsafe { CStr::from_ptr(value) }.to_bytes();
+    let (tenant, user) = CLAIMS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let hit = cache.as_ref().is_some_and(|(v, t, u, _)| {
+            v.as_slice() == value && t.as_slice() == tenant_claim.to_bytes() && u.as_slice() == user_claim.to_bytes()
+        });
+        if !hit {
+            let parsed = parse_claims(value, &tenant_claim.to_string_lossy(), &user_claim.to_string_lossy());
+            *cache = Some((value.to_vec(), tenant_claim.to_bytes().to_vec(), user_claim.to_bytes().to_vec(), parsed));
+        }
+        cache.as_ref().expect("filled above").3.clone()
+    })
+    .map_err(named)?;
+    let tenant = match tenant {
+        None => None,
+        Some(tenant) => match parse_uuid(&tenant) {
+            Some(id) => Some(id),
+            None => Some(
+                tenants::find(&tenant)?
+                    .ok_or_else(|| named(format!("names tenant \"{tenant}\", which does not exist")))?
+                    .id,
+            ),
+        },
+    };
+    let user = user
+        .map(|user| {
+            parse_uuid(&user).ok_or_else(|| {
+                named(format!("has a user claim \"{}\" that is not a uuid", user_claim.to_string_lossy()))
+            })
+        })
+        .transpose()?;
+    Ok(Raw { origin: Origin::Claims, tenant, user })
+}
+
+/// The tenant of the current transaction, unchecked: `Ok(None)` when no context is set, an
+/// error when its source holds something unusable.
+pub fn resolve() -> Result<Option<pgrx::Uuid>> {
+    raw().map(|raw| raw.tenant)
+}
+
+/// The end user of the current transaction, if one is set.
 pub fn resolve_user() -> Result<Option<pgrx::Uuid>> {
-    read_uuid_setting(gucs::user_id_raw()).map_err(|value| MtError::MalformedUserContext { value })
+    raw().map(|raw| raw.user)
 }
 
 /// A context already checked against the registry.
@@ -103,8 +272,9 @@ pub fn transaction_ended() {
 /// (which bumps the registry cache's generation when it commits) stops working at the next
 /// transaction of every session.
 fn checked() -> Result<Checked> {
-    let tenant = resolve()?.ok_or(MtError::NoContext)?;
-    let user = resolve_user()?;
+    let raw = raw()?;
+    let tenant = raw.tenant.ok_or_else(|| missing(raw.origin))?;
+    let user = raw.user;
     let admin = access::admin_mode().is_some();
     let transaction = TRANSACTION.with(Cell::get);
     let same = |done: &Checked| done.tenant == tenant && done.user == user && done.admin == admin;
@@ -165,20 +335,56 @@ pub fn set(tenant: Option<&str>) -> Result<pgrx::Uuid> {
     set_tenant(tenants::require(key)?)
 }
 
-/// Make a tenant from the registry the context, if it may be: active (unless in admin mode),
-/// and with the current user (if one is set) as a member.
-pub fn set_tenant(tenant: tenants::Tenant) -> Result<pgrx::Uuid> {
-    let admin = access::admin_mode().is_some();
-    if !admin && !tenant.is_active() {
-        return Err(MtError::TenantNotActive { slug: tenant.slug, status: tenant.status });
+/// Whether `tenant` may be the context for `user` (if any): active, and with the user as a
+/// member. In admin mode anything goes.
+pub fn admit(tenant: &tenants::Tenant, user: Option<pgrx::Uuid>) -> Result<()> {
+    if access::admin_mode().is_some() {
+        return Ok(());
     }
-    if let Some(user) = resolve_user()? {
-        if !admin && tenants::role_of(tenant.id, user)?.is_none() {
-            return Err(MtError::NotAMember { tenant: tenant.slug, user: user.to_string() });
+    if !tenant.is_active() {
+        return Err(MtError::TenantNotActive { slug: tenant.slug.clone(), status: tenant.status.clone() });
+    }
+    if let Some(user) = user {
+        if tenants::role_of(tenant.id, user)?.is_none() {
+            return Err(MtError::NotAMember { tenant: tenant.slug.clone(), user: user.to_string() });
         }
     }
+    Ok(())
+}
+
+/// Make a tenant from the registry the context (`tenant_set`, `tenant_set_by_host`), if it may
+/// be (see [`admit`]) and if this session takes its tenant from the settings.
+pub fn set_tenant(tenant: tenants::Tenant) -> Result<pgrx::Uuid> {
+    let raw = raw()?;
+    let by = match raw.origin {
+        Origin::Settings => None,
+        Origin::Signed => Some("a signed context is set in this transaction".to_string()),
+        Origin::SignedRequired => {
+            Some("this role requires a signed context (multitenancy.require_signed)".to_string())
+        }
+        Origin::Claims => gucs::claims().map(|(setting, claim, _)| {
+            format!(
+                "the tenant comes from claim \"{}\" of {} (multitenancy.claims_setting)",
+                claim.to_string_lossy(),
+                setting.to_string_lossy()
+            )
+        }),
+    };
+    if let Some(by) = by {
+        return Err(MtError::ContextFixed { by });
+    }
+    admit(&tenant, raw.user)?;
     set_local(tenant.id);
     Ok(tenant.id)
+}
+
+/// Make a verified tenant (and user) the signed context until the end of the transaction.
+pub fn set_signed(tenant: pgrx::Uuid, user: Option<pgrx::Uuid>) {
+    let value = match user {
+        Some(user) => format!("{tenant} {user}"),
+        None => tenant.to_string(),
+    };
+    gucs::set_signed_context(&std::ffi::CString::new(value).expect("uuids have no NUL byte"));
 }
 
 /// The current tenant. Raises 28000 when there is no tenant context.

@@ -77,6 +77,22 @@ pub enum MtError {
     HostNotFound { host: String },
     /// A write or a metered use that would take a tenant past a limit.
     QuotaExceeded { tenant: String, key: String, used: i64, adding: i64, quota: i64 },
+    /// A tenant token that does not verify.
+    BadToken { reason: String },
+    /// The used-token table has no free slot for a token's id.
+    TooManyTokens,
+    /// `tenant_token` with no active signing key.
+    NoSigningKey,
+    /// Signed contexts without `shared_preload_libraries`.
+    SignedNeedsPreload,
+    /// `multitenancy.require_signed` is on and no signed context was set in this transaction.
+    NoSignedContext { preloaded: bool },
+    /// Claims mode, and the claims name no tenant (`present`: the claims setting has a value).
+    NoClaimsContext { setting: String, claim: String, present: bool },
+    /// Claims mode, and the claims are not usable.
+    InvalidClaims { setting: String, reason: String },
+    /// `tenant_set` where the context comes from elsewhere.
+    ContextFixed { by: String },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     Internal { context: &'static str, error: String },
 }
@@ -96,7 +112,14 @@ impl MtError {
             | MtError::NoUserContext
             | MtError::MalformedUserContext { .. }
             | MtError::ContextTenantUnknown { .. }
-            | MtError::NotAMember { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            | MtError::NotAMember { .. }
+            | MtError::BadToken { .. }
+            | MtError::NoSignedContext { .. }
+            | MtError::NoClaimsContext { .. }
+            | MtError::InvalidClaims { .. }
+            | MtError::ContextFixed { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            MtError::TooManyTokens => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            MtError::NoSigningKey | MtError::SignedNeedsPreload => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::NotAuthorized { .. } | MtError::NotAdmin { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::InvalidArgument { .. } | MtError::InvalidRole { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             MtError::HostNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
@@ -135,6 +158,26 @@ impl MtError {
             MtError::NotInTransactionBlock { function } => {
                 format!("{function}() can only be used in a transaction block")
             }
+            MtError::BadToken { reason } => format!("invalid tenant token: {reason}"),
+            MtError::TooManyTokens => "too many unexpired tenant tokens have been used on this server".into(),
+            MtError::NoSigningKey => "no active signing key: add one with multitenancy.signing_key_add()".into(),
+            MtError::SignedNeedsPreload => {
+                "signed tenant contexts need multitenancy in shared_preload_libraries".into()
+            }
+            MtError::NoSignedContext { preloaded: true } => "no signed tenant context: this role requires \
+                multitenancy.tenant_set_signed() in each transaction"
+                .into(),
+            MtError::NoSignedContext { preloaded: false } => "no signed tenant context: multitenancy.require_signed \
+                is configured, and signed contexts need multitenancy in shared_preload_libraries"
+                .into(),
+            MtError::NoClaimsContext { setting, present: false, .. } => {
+                format!("no tenant context: {setting} is not set in this transaction")
+            }
+            MtError::NoClaimsContext { setting, claim, present: true } => {
+                format!("no tenant context: claim \"{claim}\" is missing from {setting}")
+            }
+            MtError::InvalidClaims { setting, reason } => format!("invalid tenant context: {setting} {reason}"),
+            MtError::ContextFixed { by } => format!("multitenancy.tenant_set() cannot choose the tenant: {by}"),
             MtError::TenantNotFound { tenant } => format!("tenant \"{tenant}\" does not exist"),
             MtError::TenantNotActive { slug, status } => {
                 format!("tenant \"{slug}\" is {status}")
@@ -377,6 +420,35 @@ impl MtError {
                 "Free capacity first (delete rows or members), or have a DBA raise the limit: \
                  multitenancy.quota_set('{tenant}', '{key}', <limit>), or the plan's limits."
             ),
+            MtError::BadToken { .. } => "Mint a new token for each transaction (multitenancy.tenant_token(), or any JWT \
+                 library with HS256, a \"kid\" header and tenant_id, iat, exp and jti claims), and pass it to \
+                 SELECT multitenancy.tenant_set_signed('<token>') after BEGIN."
+                .into(),
+            MtError::TooManyTokens => "Tokens are remembered until they expire: mint them with a shorter ttl \
+                 (multitenancy.tenant_token(tenant, ttl => '30 seconds'))."
+                .into(),
+            MtError::NoSigningKey => "A superuser adds one: SELECT multitenancy.signing_key_add('key-2026', \
+                 gen_random_bytes(32))."
+                .into(),
+            MtError::SignedNeedsPreload | MtError::NoSignedContext { preloaded: false } => "Add multitenancy to \
+                 shared_preload_libraries in postgresql.conf (ALTER SYSTEM SET shared_preload_libraries = \
+                 'multitenancy') and restart the server: a token's single use is checked in shared memory."
+                .into(),
+            MtError::NoSignedContext { preloaded: true } => "Inside the transaction, call SELECT \
+                 multitenancy.tenant_set_signed('<token>') with a token from multitenancy.tenant_token(); \
+                 multitenancy.tenant_id and multitenancy.tenant_set() are not accepted for this role."
+                .into(),
+            MtError::NoClaimsContext { setting, claim, .. } => format!(
+                "The tenant comes from claim \"{claim}\" of {setting} (multitenancy.claims_setting and \
+                 multitenancy.claims_tenant): issue tokens with that claim, or SET LOCAL {setting} = \
+                 '{{\"{claim}\": \"<tenant uuid or slug>\"}}'."
+            ),
+            MtError::InvalidClaims { setting, .. } => format!(
+                "{setting} must hold a JSON object such as {{\"tenant_id\": \"<tenant uuid or slug>\", \"sub\": \"<user uuid>\"}}."
+            ),
+            MtError::ContextFixed { .. } => "Set the context the way this role is configured to: a signed token \
+                 (multitenancy.tenant_set_signed) or the framework's claims (multitenancy.claims_setting)."
+                .into(),
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }

@@ -12,6 +12,26 @@ pub const TENANT_ID_NAME: &CStr = c"multitenancy.tenant_id";
 /// `multitenancy.user_id`: the end user of the current transaction, as a uuid.
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `multitenancy.require_signed`: only a context verified by `tenant_set_signed` counts.
+pub static REQUIRE_SIGNED: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `multitenancy.claims_setting`: the setting that holds a framework's JSON claims.
+pub static CLAIMS_SETTING: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `multitenancy.claims_tenant` / `multitenancy.claims_user`: the claims naming tenant and user.
+pub static CLAIMS_TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"tenant_id"));
+pub static CLAIMS_USER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"sub"));
+
+/// `multitenancy.signed_context`: the context `tenant_set_signed` verified, for the rest of the
+/// transaction. Hidden, superuser-only to read, and settable only by the extension itself.
+static SIGNED_CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+const SIGNED_CONTEXT_NAME: &CStr = c"multitenancy.signed_context";
+
+thread_local! {
+    /// True only while [`set_signed_context`] sets the hidden setting.
+    static SETTING_SIGNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// `multitenancy.base_domain`: tenants are reachable as `<slug>.<base_domain>`.
 pub static BASE_DOMAIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -53,6 +73,59 @@ pub fn init() {
             pg_sys::GucContext::PGC_USERSET,
             (pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
             Some(check_user_id),
+            None,
+            None,
+        );
+        pgrx::GucRegistry::define_bool_guc(
+            c"multitenancy.require_signed",
+            c"Only a tenant context verified by multitenancy.tenant_set_signed() counts (superuser only).",
+            c"Set it for the application's role: ALTER ROLE app SET multitenancy.require_signed = on. \
+              current_tenant_id() then ignores multitenancy.tenant_id and claims, and tenant_set() is refused. \
+              Needs multitenancy in shared_preload_libraries.",
+            &REQUIRE_SIGNED,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
+        );
+        pgrx::GucRegistry::define_string_guc(
+            c"multitenancy.claims_setting",
+            c"A setting with JSON claims (request.jwt.claims, hasura.user) that names the tenant and user.",
+            c"When set, the tenant comes from claim multitenancy.claims_tenant and the user from claim \
+              multitenancy.claims_user of that setting, and multitenancy.tenant_id is not used. \
+              PostgREST: ALTER ROLE authenticator SET multitenancy.claims_setting = 'request.jwt.claims'.",
+            &CLAIMS_SETTING,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
+        );
+        pgrx::GucRegistry::define_string_guc(
+            c"multitenancy.claims_tenant",
+            c"The claim that names the tenant (uuid or slug) in multitenancy.claims_setting.",
+            c"A claim name such as 'tenant_id' or 'x-hasura-tenant-id'; a dotted path such as \
+              'app_metadata.tenant_id' reads a nested object.",
+            &CLAIMS_TENANT,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
+        );
+        pgrx::GucRegistry::define_string_guc(
+            c"multitenancy.claims_user",
+            c"The claim that names the end user (a uuid) in multitenancy.claims_setting.",
+            c"A claim name such as 'sub' or 'x-hasura-user-id'; empty takes no user from the claims.",
+            &CLAIMS_USER,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::default(),
+        );
+        pg_sys::DefineCustomStringVariable(
+            SIGNED_CONTEXT_NAME.as_ptr(),
+            c"The tenant context multitenancy.tenant_set_signed() verified in this transaction.".as_ptr(),
+            c"Internal: only tenant_set_signed() sets it, for the current transaction.".as_ptr(),
+            SIGNED_CONTEXT.as_ptr(),
+            std::ptr::null(),
+            pg_sys::GucContext::PGC_SUSET,
+            (pg_sys::GUC_NO_SHOW_ALL
+                | pg_sys::GUC_SUPERUSER_ONLY
+                | pg_sys::GUC_NOT_IN_SAMPLE
+                | pg_sys::GUC_DISALLOW_IN_FILE
+                | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
+            Some(check_signed_context),
             None,
             None,
         );
@@ -120,6 +193,82 @@ unsafe extern "C-unwind" fn check_user_id(
     unsafe { check_session_only(*newval, source, c"multitenancy.user_id cannot have a server, database, role or connection default") }
 }
 
+/// Only [`set_signed_context`] may give the signed context a value; PostgreSQL itself copies it
+/// into parallel workers. Everything else (SET, set_config, ALTER ROLE, GRANT SET ON PARAMETER,
+/// a function's SET clause, even as a superuser) is refused. Clearing it is always allowed.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_signed_context(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL).
+    let value = unsafe { *newval };
+    // SAFETY: a non-NULL proposed value is NUL-terminated; ParallelWorkerNumber is a plain global.
+    let empty = value.is_null() || unsafe { *value } == 0;
+    if empty || SETTING_SIGNED.with(std::cell::Cell::get) || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+        return true;
+    }
+    // SAFETY: as in check_session_only.
+    unsafe {
+        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
+        pg_sys::GUC_check_errmsg_string = pg_sys::MemoryContextStrdup(
+            pg_sys::ErrorContext,
+            c"multitenancy.signed_context can only be set by multitenancy.tenant_set_signed()".as_ptr(),
+        );
+        pg_sys::GUC_check_errhint_string = pg_sys::MemoryContextStrdup(
+            pg_sys::ErrorContext,
+            c"Call SELECT multitenancy.tenant_set_signed('<token>') after BEGIN.".as_ptr(),
+        );
+    }
+    false
+}
+
+/// Make `value` the signed context until the end of the current transaction (or the
+/// savepoint it was set in being rolled back).
+pub fn set_signed_context(value: &CStr) {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            SETTING_SIGNED.with(|s| s.set(false));
+        }
+    }
+    SETTING_SIGNED.with(|s| s.set(true));
+    let _clear = Clear;
+    set_with(SIGNED_CONTEXT_NAME, value, pg_sys::GucContext::PGC_SUSET, pg_sys::GucAction::GUC_ACTION_LOCAL);
+}
+
+/// The raw signed context; the same rules as [`tenant_id_raw`].
+pub fn signed_context_raw() -> *const c_char {
+    // SAFETY: as in tenant_id_raw.
+    unsafe { *SIGNED_CONTEXT.as_ptr() }
+}
+
+/// Whether `multitenancy.require_signed` is on.
+pub fn require_signed() -> bool {
+    REQUIRE_SIGNED.get()
+}
+
+/// The claims settings, when `multitenancy.claims_setting` names one: (setting, tenant claim,
+/// user claim or "" for none).
+pub fn claims() -> Option<(CString, CString, CString)> {
+    // SAFETY: as in tenant_id_raw; checked without copying, since every query asks.
+    let raw = unsafe { *CLAIMS_SETTING.as_ptr() };
+    // SAFETY: a non-NULL value is NUL-terminated.
+    if raw.is_null() || unsafe { CStr::from_ptr(raw) }.to_bytes().trim_ascii().is_empty() {
+        return None;
+    }
+    let setting = CLAIMS_SETTING.get()?;
+    let setting = CString::new(setting.to_bytes().trim_ascii()).expect("no NUL inside a C string");
+    Some((setting, CLAIMS_TENANT.get().unwrap_or_default(), CLAIMS_USER.get().unwrap_or_default()))
+}
+
+/// The value of any setting (NULL when it does not exist), as `current_setting(name, true)`.
+pub fn value_of(name: &CStr) -> *const c_char {
+    // SAFETY: name is NUL-terminated; the result is owned by the GUC machinery.
+    unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) }
+}
+
 /// The check both context settings share: a value may only come from the session itself.
 unsafe fn check_session_only(value: *const c_char, source: pg_sys::GucSource::Type, message: &CStr) -> bool {
     // SAFETY: a non-NULL proposed value is a NUL-terminated string.
@@ -171,12 +320,16 @@ pub fn ddl_guard() -> bool {
 /// Set a setting the way `set_config()` does, for the current transaction
 /// (`GUC_ACTION_LOCAL`) or until the current GUC nest level is popped (`GUC_ACTION_SAVE`).
 pub fn set(name: &CStr, value: &CStr, action: pg_sys::GucAction::Type) {
+    set_with(name, value, pg_sys::GucContext::PGC_USERSET, action);
+}
+
+fn set_with(name: &CStr, value: &CStr, context: pg_sys::GucContext::Type, action: pg_sys::GucAction::Type) {
     // SAFETY: both strings are NUL-terminated; errors are raised as PostgreSQL ERRORs.
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
+            context,
             pg_sys::GucSource::PGC_S_SESSION,
             action,
             true,

@@ -9,6 +9,7 @@
 //! - [`lifecycle`]: suspend, activate, delete, purge, rename; plans and settings,
 //! - [`domains`]: custom domains and host routing,
 //! - [`quotas`]: exact per-tenant usage counters, limits and metering,
+//! - [`signed`]: signing keys, tenant tokens and `tenant_set_signed` (signed contexts),
 //! - [`access`]: who may manage what, audited admin access (`admin_begin`), the audit log,
 //! - [`spec`]: the one description of what a protected table looks like,
 //! - [`enable`]: `tenant_enable` / `tenant_disable` (which build and remove that shape) and
@@ -34,6 +35,7 @@ mod lifecycle;
 mod members;
 mod quotas;
 mod registry;
+mod signed;
 mod spec;
 mod tenants;
 mod verify;
@@ -63,10 +65,14 @@ VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
     requires = ["bootstrap"]
 );
 extension_sql_file!("../sql/quotas.sql", name = "quotas", requires = ["model", "quota_functions", current_tenant_id, quotas::_usage_unwritten, quotas::_usage_lock]);
+extension_sql_file!("../sql/signing.sql", name = "signing", requires = ["bootstrap"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Before the settings are defined: both look at what the session had set until now.
+    signed::init();
+    context::init();
     gucs::init();
     guard::init();
     tenants::init();
@@ -80,6 +86,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // Signed contexts keep their used-token table in shared memory.
+        vec!["shared_preload_libraries = 'multitenancy'"]
     }
 }

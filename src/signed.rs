@@ -1,0 +1,555 @@
+//! Signed tenant contexts: signing keys, tokens, and their verification.
+//!
+//! A token is a JWT (RFC 7519) signed with HMAC-SHA256 (`HS256`), so that an application backend
+//! can mint one with any JWT library:
+//!
+//! ```text
+//! base64url({"alg":"HS256","typ":"JWT","kid":"<key name>"})
+//!   . base64url({"tenant_id":"<uuid or slug>","sub":"<user uuid>","iat":<s>,"exp":<s>,"jti":"<id>"})
+//!   . base64url(HMAC-SHA256(secret, <first part> "." <second part>))
+//! ```
+//!
+//! `tenant_set_signed(token)` checks the algorithm, that `kid` names an active key, the signature
+//! (in constant time), `exp` and `nbf`, that `iat` is not older than the server, that the `jti`
+//! was never used on this server, and the tenant's status and the user's membership; then the
+//! tenant (and user) become the context for the rest of the transaction, kept in a setting no
+//! SQL can write (see [`crate::gucs::set_signed_context`]).
+//!
+//! Single use needs memory shared by every session of the server, so signed contexts need
+//! `shared_preload_libraries = 'multitenancy'`. The used-token table forgets a token when it
+//! expires (then the token is refused as expired) and forgets everything when the server
+//! restarts, which is why tokens issued before the table was created are refused.
+use crate::access;
+use crate::context;
+use crate::error::{MtError, OrRaise, Result, SpiContext};
+use crate::registry;
+use crate::tenants;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use pgrx::prelude::*;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+const MIN_SECRET_BYTES: usize = 32;
+const MAX_JTI_BYTES: usize = 200;
+const MAX_TOKEN_BYTES: usize = 8192;
+
+// ---------------------------------------------------------------------------------------------
+// Used tokens, in shared memory
+
+/// Slots of the used-token table: 64Ki tokens that have not expired yet (1.5 MiB).
+const SLOTS: usize = 1 << 16;
+/// A token's slot is one of this many after the slot its `jti` hashes to.
+const PROBES: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The first 16 bytes of SHA-256(jti).
+    key: [u8; 16],
+    /// When the token expires (Unix seconds); 0 for a slot never used.
+    expires: i64,
+}
+
+#[repr(C)]
+struct UsedTokens {
+    /// When this table was created (Unix seconds): tokens issued before are refused.
+    created: i64,
+    slots: [Slot; SLOTS],
+}
+
+const SHMEM_NAME: &std::ffi::CStr = c"multitenancy used tokens";
+const TRANCHE: &std::ffi::CStr = c"multitenancy";
+
+static mut USED: *mut UsedTokens = std::ptr::null_mut();
+static mut LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
+static mut PRELOADED: bool = false;
+#[cfg(not(feature = "pg14"))]
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+/// Called from `_PG_init`: when loaded by `shared_preload_libraries`, reserve the used-token table.
+pub fn init() {
+    // SAFETY: hook chaining and shared-memory requests, as PostgreSQL documents them for
+    // libraries loaded by shared_preload_libraries (the postmaster, single-threaded).
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress {
+            return;
+        }
+        PRELOADED = true;
+        #[cfg(not(feature = "pg14"))]
+        {
+            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(shmem_request);
+        }
+        #[cfg(feature = "pg14")]
+        request_shared_memory();
+        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+/// Whether the library was loaded by `shared_preload_libraries` (signed contexts need it).
+pub fn preloaded() -> bool {
+    // SAFETY: set once in the postmaster before any backend exists.
+    unsafe { PRELOADED }
+}
+
+unsafe fn request_shared_memory() {
+    // SAFETY: called while the postmaster collects shared-memory requests.
+    unsafe {
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<UsedTokens>());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[cfg(not(feature = "pg14"))]
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: chains to the previous hook, then requests our space.
+    unsafe {
+        if let Some(previous) = PREV_SHMEM_REQUEST {
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| previous());
+        }
+        request_shared_memory();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: chains to the previous hook; creates (or attaches to) the table under
+    // AddinShmemInitLock (MainLWLockArray[21]), as every add-in does.
+    unsafe {
+        if let Some(previous) = PREV_SHMEM_STARTUP {
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| previous());
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let table = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), std::mem::size_of::<UsedTokens>(), &mut found)
+            .cast::<UsedTokens>();
+        if !found {
+            // Zeroed slots are empty. A crash restart comes through here too, with new memory.
+            std::ptr::write_bytes(table, 0, 1);
+            (*table).created = unix_now().floor() as i64;
+        }
+        USED = table;
+        LOCK = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// When the used-token table was created (Unix seconds).
+fn table_created() -> i64 {
+    // SAFETY: USED is set in every backend of a server that preloaded the library; `created`
+    // is written once, before any backend starts.
+    unsafe { (*USED).created }
+}
+
+/// Record `jti` as used until `expires`; refuse it if it was used before.
+fn use_once(jti: &str, expires: i64, now: i64) -> Result<()> {
+    let digest = Sha256::digest(jti.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    let start = u64::from_le_bytes(digest[16..24].try_into().expect("8 bytes")) as usize % SLOTS;
+    // SAFETY: the table lives in shared memory for the life of the server; it is read and
+    // written only under LOCK, which is released before anything can raise an error.
+    let outcome = unsafe {
+        pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let slots = &mut (*USED).slots;
+        let mut free = None;
+        let mut used = false;
+        for i in 0..PROBES {
+            let index = (start + i) % SLOTS;
+            let slot = &slots[index];
+            if slot.expires > now {
+                if slot.key == key {
+                    used = true;
+                    break;
+                }
+            } else if free.is_none() {
+                free = Some(index);
+            }
+        }
+        let outcome = match (used, free) {
+            (true, _) => Err(MtError::BadToken { reason: "it has already been used (a token is good for one transaction)".into() }),
+            (false, Some(index)) => {
+                slots[index] = Slot { key, expires };
+                Ok(())
+            }
+            (false, None) => Err(MtError::TooManyTokens),
+        };
+        pg_sys::LWLockRelease(LOCK);
+        outcome
+    };
+    outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+/// Now, in Unix seconds (the server's clock, not the transaction's start).
+fn unix_now() -> f64 {
+    const POSTGRES_EPOCH_IN_UNIX_SECONDS: f64 = 946_684_800.0;
+    // SAFETY: reads the clock.
+    (unsafe { pg_sys::GetCurrentTimestamp() }) as f64 / 1_000_000.0 + POSTGRES_EPOCH_IN_UNIX_SECONDS
+}
+
+fn bad(reason: impl Into<String>) -> MtError {
+    MtError::BadToken { reason: reason.into() }
+}
+
+fn mac(secret: &[u8], signing_input: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(signing_input.as_bytes());
+    mac
+}
+
+fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| bad(format!("its {what} is not base64url")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(bad(format!("its {what} is not a JSON object"))),
+    }
+}
+
+/// A NumericDate claim (seconds since 1970, integer or not).
+fn seconds(claims: &Map<String, Value>, name: &str, required: bool) -> Result<Option<f64>> {
+    match claims.get(name) {
+        Some(value) => value.as_f64().map(Some).ok_or_else(|| bad(format!("claim \"{name}\" is not a number"))),
+        None if required => Err(bad(format!("it has no \"{name}\" claim"))),
+        None => Ok(None),
+    }
+}
+
+/// The secret of key `name`, and whether the key is retired.
+fn key(name: &str) -> Result<Option<(Vec<u8>, bool)>> {
+    registry::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT secret, retired_at IS NOT NULL FROM multitenancy.signing_keys WHERE name = $1",
+                    Some(1),
+                    &[name.into()],
+                )
+                .ctx("signed::key")?;
+            match rows.into_iter().next() {
+                None => Ok(None),
+                Some(row) => Ok(Some((
+                    row.get::<Vec<u8>>(1).ctx("secret")?.unwrap_or_default(),
+                    row.get::<bool>(2).ctx("retired")?.unwrap_or(true),
+                ))),
+            }
+        })
+    })
+}
+
+/// The newest active key: (name, secret).
+fn signing_key() -> Result<(String, Vec<u8>)> {
+    registry::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT name, secret FROM multitenancy.signing_keys WHERE retired_at IS NULL \
+                     ORDER BY created_at DESC, name DESC LIMIT 1",
+                    Some(1),
+                    &[],
+                )
+                .ctx("signed::signing_key")?;
+            let row = rows.into_iter().next().ok_or(MtError::NoSigningKey)?;
+            Ok((
+                row.get::<String>(1).ctx("name")?.unwrap_or_default(),
+                row.get::<Vec<u8>>(2).ctx("secret")?.unwrap_or_default(),
+            ))
+        })
+    })
+}
+
+/// A random uuid (version 4) from PostgreSQL's strong random source.
+fn random_uuid() -> Result<pgrx::Uuid> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: fills the buffer we own.
+    if !unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
+        return Err(MtError::internal("signed::random_uuid", "pg_strong_random failed"));
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Ok(pgrx::Uuid::from_bytes(bytes))
+}
+
+/// Mint a token for `tenant` (and `user`), valid for `ttl_seconds`.
+fn mint(tenant: &str, user: Option<pgrx::Uuid>, ttl_seconds: f64) -> Result<String> {
+    if !(ttl_seconds >= 1.0) {
+        return Err(MtError::InvalidArgument {
+            message: format!("ttl must be at least 1 second (got {ttl_seconds} s)"),
+            hint: "Pass an interval such as '5 minutes'; a token is good for one transaction within it.".into(),
+        });
+    }
+    let tenant = tenants::require(tenant)?;
+    context::admit(&tenant, user)?;
+    let (kid, secret) = signing_key()?;
+    let now = unix_now().floor() as i64;
+    let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
+    let mut claims = json!({
+        "tenant_id": tenant.id.to_string(),
+        "iat": now,
+        "exp": now + ttl_seconds.floor() as i64,
+        "jti": random_uuid()?.to_string(),
+    });
+    if let Some(user) = user {
+        claims["sub"] = Value::String(user.to_string());
+    }
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = URL_SAFE_NO_PAD.encode(mac(&secret, &signing_input).finalize().into_bytes());
+    Ok(format!("{signing_input}.{signature}"))
+}
+
+/// Verify `token` and make its tenant (and user) the context of the current transaction.
+fn set_signed(token: &str) -> Result<pgrx::Uuid> {
+    // SAFETY: reads transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set_signed" });
+    }
+    if !preloaded() {
+        return Err(MtError::SignedNeedsPreload);
+    }
+    let token = token.trim();
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(bad(format!("it is longer than {MAX_TOKEN_BYTES} bytes")));
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("it is not a JWT (three base64url parts separated by '.')"));
+    };
+    let head = decode_json(header, "header")?;
+    if head.get("alg").and_then(Value::as_str) != Some("HS256") {
+        return Err(bad("its algorithm (\"alg\") must be \"HS256\""));
+    }
+    let kid = head.get("kid").and_then(Value::as_str).ok_or_else(|| bad("its header names no key (\"kid\")"))?;
+    let (secret, retired) = key(kid)?.ok_or_else(|| bad(format!("signing key \"{kid}\" does not exist")))?;
+    if retired {
+        return Err(bad(format!("signing key \"{kid}\" is retired")));
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature.trim_end_matches('='))
+        .map_err(|_| bad("its signature is not base64url"))?;
+    // verify_slice compares in constant time.
+    mac(&secret, &token[..header.len() + 1 + payload.len()])
+        .verify_slice(&signature)
+        .map_err(|_| bad("the signature does not match"))?;
+
+    let claims = decode_json(payload, "payload")?;
+    let now = unix_now();
+    let expires = seconds(&claims, "exp", true)?.unwrap_or_default();
+    if expires <= now {
+        return Err(bad(format!("it has expired ({:.0} s ago)", now - expires)));
+    }
+    if let Some(not_before) = seconds(&claims, "nbf", false)? {
+        if not_before > now {
+            return Err(bad(format!("it is not valid yet (for another {:.0} s)", not_before - now)));
+        }
+    }
+    let issued = seconds(&claims, "iat", true)?.unwrap_or_default();
+    if (issued.floor() as i64) < table_created() {
+        return Err(bad("it was issued before the server started, which forgot the tokens used until then"));
+    }
+    let jti = match claims.get("jti") {
+        Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_BYTES => jti.as_str(),
+        _ => return Err(bad(format!("it has no \"jti\" claim (a unique token id of 1 to {MAX_JTI_BYTES} bytes)"))),
+    };
+    let tenant = match claims.get("tenant_id") {
+        Some(Value::String(tenant)) => tenant.as_str(),
+        _ => return Err(bad("it has no \"tenant_id\" claim (a tenant uuid or slug)")),
+    };
+    let user = match claims.get("sub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(sub)) => {
+            Some(context::parse_uuid(sub).ok_or_else(|| bad("its \"sub\" claim is not a user uuid"))?)
+        }
+        Some(_) => return Err(bad("its \"sub\" claim is not a user uuid")),
+    };
+    let tenant = tenants::find(tenant)?.ok_or_else(|| bad(format!("tenant \"{tenant}\" does not exist")))?;
+    context::admit(&tenant, user)?;
+    // Last, so that a token refused for another reason is not used up.
+    use_once(jti, expires.ceil() as i64, now.floor() as i64)?;
+    context::set_signed(tenant.id, user);
+    Ok(tenant.id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL functions
+
+fn validate_key_name(name: Option<&str>) -> Result<&str> {
+    let name = name.unwrap_or_default();
+    let valid = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(MtError::InvalidArgument {
+            message: format!("invalid signing key name \"{name}\""),
+            hint: "A key name is 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'; tokens carry it as \"kid\"."
+                .into(),
+        });
+    }
+    Ok(name)
+}
+
+/// Only superusers and the extension's owner manage keys, whoever EXECUTE was granted to: a
+/// key mints any tenant's context.
+fn require_key_manager(function: &'static str) -> Result<()> {
+    if access::is_dba()? {
+        return Ok(());
+    }
+    Err(MtError::NotAuthorized {
+        action: function,
+        tenant: "any".into(),
+        reason: "signing keys are managed by superusers and the extension's owner".into(),
+    })
+}
+
+/// Add a key for signing tenant tokens. Several keys may be active at once: tokens name their
+/// key (`kid`), and `tenant_token` signs with the newest. DBAs only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn signing_key_add(name: Option<&str>, secret: Option<&[u8]>) {
+    let run = || {
+        require_key_manager("add signing keys to")?;
+        let name = validate_key_name(name)?;
+        let secret = secret.unwrap_or_default();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(MtError::InvalidArgument {
+                message: format!("a signing secret must be at least {MIN_SECRET_BYTES} bytes (got {})", secret.len()),
+                hint: "Generate one with gen_random_bytes(32) (pgcrypto) or openssl rand 32, and keep a copy for the \
+                       backends that mint tokens."
+                    .into(),
+            });
+        }
+        access::change("signing_key_add", None, "SELECT multitenancy._signing_key_add($1, $2)", &[
+            name.into(),
+            secret.into(),
+        ])
+    };
+    run().or_raise();
+}
+
+/// Retire a key: tokens signed with it are refused from now on. DBAs only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn signing_key_retire(name: Option<&str>) {
+    let run = || {
+        require_key_manager("retire signing keys of")?;
+        let name = name.unwrap_or_default();
+        access::change("signing_key_retire", None, "SELECT multitenancy._signing_key_retire($1)", &[name.into()])
+    };
+    run().or_raise();
+}
+
+/// A token that makes `tenant` (and `user_id`) the context of one transaction, valid for `ttl`.
+/// For trusted backends: EXECUTE is revoked from PUBLIC.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_token(
+    tenant: Option<&str>,
+    user_id: default!(Option<pgrx::Uuid>, "NULL"),
+    ttl: default!(Option<pgrx::datum::Interval>, "'5 minutes'"),
+) -> String {
+    let ttl_seconds = ttl.map(|ttl| ttl.as_micros() as f64 / 1_000_000.0).unwrap_or(f64::NAN);
+    mint(tenant.unwrap_or_default(), user_id, ttl_seconds).or_raise()
+}
+
+/// Verify a tenant token and make its tenant (and user) the context of the current transaction.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_set_signed(token: Option<&str>) -> pgrx::Uuid {
+    set_signed(token.unwrap_or_default()).or_raise()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn setup() -> pgrx::Uuid {
+        Spi::run("SELECT multitenancy.signing_key_add('k1', decode(repeat('ab', 32), 'hex'))").unwrap();
+        Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Signed Co')").unwrap().unwrap()
+    }
+
+    fn token(ttl: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT multitenancy.tenant_token('signed-co', NULL, $1::interval)", &[ttl.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    #[pg_test]
+    fn a_minted_token_is_a_verifiable_jwt() {
+        let id = setup();
+        let token = token("5 minutes");
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let head = decode_json(parts[0], "header").unwrap();
+        assert_eq!(head["alg"], "HS256");
+        assert_eq!(head["kid"], "k1");
+        let claims = decode_json(parts[1], "payload").unwrap();
+        assert_eq!(claims["tenant_id"], id.to_string());
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
+        // The signature is HMAC-SHA256 over the first two parts with the key's secret.
+        let expected = mac(&[0xab; 32], &format!("{}.{}", parts[0], parts[1])).finalize().into_bytes();
+        assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap(), expected.to_vec());
+    }
+
+    #[pg_test]
+    fn a_signed_context_is_the_tenant_of_the_transaction() {
+        let id = setup();
+        let set = Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_set_signed($1)", &[token("1 minute").into()])
+            .unwrap();
+        assert_eq!(set, Some(id));
+        assert_eq!(context::current().unwrap(), id);
+    }
+
+    #[pg_test(error = "ttl must be at least 1 second (got -60 s)")]
+    fn a_negative_ttl_is_refused() {
+        setup();
+        token("-1 minute");
+    }
+
+    #[pg_test(error = "invalid tenant token: the signature does not match")]
+    fn a_changed_payload_is_refused() {
+        setup();
+        let token = token("1 minute");
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut claims = decode_json(parts[1], "payload").unwrap();
+        claims.insert("tenant_id".into(), Value::String("someone-else".into()));
+        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string()), parts[2]);
+        Spi::run_with_args("SELECT multitenancy.tenant_set_signed($1)", &[forged.into()]).unwrap();
+    }
+
+    #[pg_test(error = "invalid tenant token: it has already been used (a token is good for one transaction)")]
+    fn a_token_works_once() {
+        setup();
+        let token = token("1 minute");
+        Spi::run_with_args("SELECT multitenancy.tenant_set_signed($1)", &[token.clone().into()]).unwrap();
+        Spi::run_with_args("SELECT multitenancy.tenant_set_signed($1)", &[token.into()]).unwrap();
+    }
+
+    #[pg_test(error = "invalid tenant token: signing key \"k1\" is retired")]
+    fn a_retired_key_is_refused() {
+        setup();
+        let token = token("1 minute");
+        Spi::run("SELECT multitenancy.signing_key_retire('k1')").unwrap();
+        Spi::run_with_args("SELECT multitenancy.tenant_set_signed($1)", &[token.into()]).unwrap();
+    }
+
+    #[pg_test]
+    fn the_used_token_table_refuses_a_key_it_holds_until_it_expires() {
+        assert!(use_once("pg-test-jti", 2_000, 1_000).is_ok());
+        assert!(matches!(use_once("pg-test-jti", 2_000, 1_500), Err(MtError::BadToken { .. })));
+        // Once expired, its slot may be reused (the token itself is refused as expired by then).
+        assert!(use_once("pg-test-jti", 4_000, 2_000).is_ok());
+    }
+}
