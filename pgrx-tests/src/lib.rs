@@ -23,6 +23,7 @@ use std::sync::{Mutex, OnceLock};
 
 pub use postgres::error::{DbError, SqlState};
 pub use postgres::{Client, NoTls, Row, Transaction};
+pub mod pgbouncer;
 
 pub const APP: &str = "mt_app";
 pub const OWNER: &str = "mt_owner";
@@ -34,13 +35,19 @@ pub struct Server {
     pub dir: PathBuf,
     bindir: PathBuf,
     run_as: Option<(u32, u32)>,
+    stopped: Mutex<bool>,
 }
 
-static SERVER: OnceLock<Server> = OnceLock::new();
-static STOPPED: Mutex<bool> = Mutex::new(false);
+/// Every server this test binary started, stopped when it exits.
+static SERVERS: Mutex<Vec<&'static Server>> = Mutex::new(Vec::new());
+static SERVER: OnceLock<&'static Server> = OnceLock::new();
 
-extern "C" fn stop_server_at_exit() {
-    if let Some(server) = SERVER.get() {
+/// The server configuration every test server gets: the library is preloaded, as signed
+/// contexts need.
+const PRELOAD: &str = "-c shared_preload_libraries=multitenancy";
+
+extern "C" fn stop_servers_at_exit() {
+    for server in SERVERS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         server.stop();
     }
 }
@@ -49,6 +56,7 @@ fn pg_config() -> String {
     std::env::var("MT_PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into())
 }
 
+/// The `postgres` OS user's uid and gid when running as root (initdb and PgBouncer refuse root).
 fn postgres_os_user() -> Option<(u32, u32)> {
     // SAFETY: plain libc calls; getpwnam's result is read before any other passwd call.
     unsafe {
@@ -79,12 +87,13 @@ fn check(output: Output, what: &str) -> Output {
 impl Server {
     /// The server shared by every test of this binary (started on first use).
     pub fn shared() -> &'static Server {
-        SERVER.get_or_init(|| {
-            let server = Server::start();
-            // SAFETY: registering a plain extern "C" function.
-            unsafe { libc::atexit(stop_server_at_exit) };
-            server
-        })
+        SERVER.get_or_init(|| Server::start(PRELOAD))
+    }
+
+    /// A server of the caller's own with `options` (postgres command-line options) instead of
+    /// the shared server's `shared_preload_libraries`, with the same roles; stopped at exit.
+    pub fn private(options: &str) -> &'static Server {
+        Server::start(options)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -96,7 +105,7 @@ impl Server {
         cmd
     }
 
-    fn start() -> Server {
+    fn start(extra_options: &str) -> &'static Server {
         let bindir = Command::new(pg_config()).arg("--bindir").output().expect("run pg_config");
         let bindir = PathBuf::from(String::from_utf8(check(bindir, "pg_config --bindir").stdout).unwrap().trim());
         let run_as = postgres_os_user();
@@ -106,7 +115,7 @@ impl Server {
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the server directory");
         }
-        let mut server = Server { port: 0, dir, bindir, run_as };
+        let mut server = Server { port: 0, dir, bindir, run_as, stopped: Mutex::new(false) };
         let data = server.dir.join("data");
         check(
             server
@@ -121,7 +130,7 @@ impl Server {
             server.port = free_port();
             let options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
+                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB {extra_options}",
                 server.port,
                 server.dir.display()
             );
@@ -133,6 +142,14 @@ impl Server {
                 .output()
                 .expect("run pg_ctl start");
             if output.status.success() {
+                let server: &'static Server = Box::leak(Box::new(server));
+                let mut servers = SERVERS.lock().unwrap();
+                if servers.is_empty() {
+                    // SAFETY: registering a plain extern "C" function.
+                    unsafe { libc::atexit(stop_servers_at_exit) };
+                }
+                servers.push(server);
+                drop(servers);
                 server.bootstrap();
                 return server;
             }
@@ -163,7 +180,7 @@ impl Server {
     }
 
     fn stop(&self) {
-        let mut stopped = STOPPED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         if *stopped {
             return;
         }
@@ -242,7 +259,11 @@ impl TestDb {
     /// database that already had tables (and data) when the extension arrived. [`OWNER`] already
     /// has CREATE on `public` when `setup` runs (`SET ROLE mt_owner` to create tables it owns).
     pub fn with_setup(tag: &str, setup: &str) -> TestDb {
-        let server = Server::shared();
+        Self::on(Server::shared(), tag, setup)
+    }
+
+    /// Like [`TestDb::with_setup`], on `server`.
+    pub fn on(server: &'static Server, tag: &str, setup: &str) -> TestDb {
         let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let clean: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
         let name = format!("t{n}_{}", &clean[..clean.len().min(40)]);

@@ -348,3 +348,41 @@ fn the_app_cannot_read_secrets_or_mint_tokens_unless_granted() {
         .get(0);
     assert!(!details.contains(&SECRET_HEX[..16]) && details.contains("k1"), "{details}");
 }
+
+/// Without shared_preload_libraries a token's single use cannot be checked, so signed contexts
+/// are refused (55000) rather than accepted without it; and a role with require_signed gets
+/// no context at all — even when the client tries to switch the setting off with a startup
+/// option before the library is loaded (which PostgreSQL would otherwise apply silently).
+#[test]
+fn signed_mode_refuses_to_run_without_shared_preload_libraries() {
+    let server = Server::private("");
+    let db = TestDb::on(server, "signed_no_preload", "");
+    let a = db.tenant("Acme", "acme");
+    create_orders(&db);
+    let mut su = db.superuser();
+    su.batch_execute(&format!("SELECT multitenancy.signing_key_add('k1', decode('{SECRET_HEX}', 'hex'))")).unwrap();
+    let token = token(&db, "acme");
+    let mut app = db.app();
+    let mut tx = app.transaction().unwrap();
+    let error = expect_sqlstate(
+        tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&token]),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+    );
+    assert!(error.message().contains("shared_preload_libraries"), "{}", error.message());
+    tx.rollback().unwrap();
+    // Plain mode works without preloading (the control for what follows).
+    let mut tx = begin_as(&mut app, "acme");
+    tx.execute("INSERT INTO orders (item) VALUES ('x')", &[]).unwrap();
+    tx.commit().unwrap();
+
+    su.batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {} SET multitenancy.require_signed = on", db.name)).unwrap();
+    let with_option = format!("{} options='-c multitenancy.require_signed=off'", server.url(&db.name, APP));
+    for mut app in [db.app(), Client::connect(&with_option, NoTls).unwrap()] {
+        let mut tx = app.transaction().unwrap();
+        tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{a}'")).unwrap();
+        let error =
+            expect_sqlstate(tx.query("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+        assert!(error.message().contains("shared_preload_libraries"), "{}", error.message());
+    }
+    assert_eq!(count(&mut su, "SELECT count(*) FROM orders"), 1, "the row exists");
+}

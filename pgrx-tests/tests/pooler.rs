@@ -1,0 +1,470 @@
+//! The tenant context behind a transaction-mode pooler, and what clears it.
+//!
+//! Behind PgBouncer in transaction mode, consecutive transactions of different clients run on
+//! the same PostgreSQL backend with nothing in between (no `DISCARD ALL`). Whatever context a
+//! transaction leaves in that backend, the next client's transaction would act with. These tests
+//! run a real PgBouncer with ONE server connection, prove the clients share it (same
+//! `pg_backend_pid()`), and check after every transaction that the next client, on that very
+//! backend, has no context (28000) — while the rows it would have seen exist (ground truth, read
+//! directly as the superuser) and the same client does see its own tenant's rows once it sets
+//! its own context (positive control).
+//!
+//! Through PgBouncer only the simple query protocol is used (see `pgbouncer`).
+//!
+//! Session-level `SET multitenancy.tenant_id` (without LOCAL) is the pooler-unsafe form: it
+//! sticks to the server connection, and no extension can stop that in transaction mode. It is
+//! deliberately not exercised here; the transaction-scoped forms (`SET LOCAL`, `set_config(...,
+//! true)`, `tenant_set`, `tenant_set_signed`) are, and `tenant_set` outside a transaction block
+//! is refused so it cannot be used in the unsafe way by accident.
+use multitenancy_integration::pgbouncer::*;
+use multitenancy_integration::*;
+
+/// Alternations of the two clients in the plain-mode test.
+const ROUNDS: usize = 200;
+/// Alternations in the signed-mode test (each uses fresh single-use tokens).
+const SIGNED_ROUNDS: usize = 50;
+
+const NO_CONTEXT: &SqlState = &SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Both tenants have rows (ground truth as superuser): what makes "none seen" meaningful.
+#[track_caller]
+fn assert_both_tenants_have_rows(o: &Orders) {
+    assert!(o.rows_a > 0 && o.rows_b > 0, "the fixture must give both tenants rows");
+    assert_eq!(o.true_count(&o.a), o.rows_a, "ground truth: tenant A's rows exist");
+    assert_eq!(o.true_count(&o.b), o.rows_b, "ground truth: tenant B's rows exist");
+}
+
+/// One tenant of the fixture: id, slug, true row count.
+#[derive(Clone)]
+struct Tenant {
+    id: String,
+    slug: &'static str,
+    rows: i64,
+}
+
+fn tenants(o: &Orders) -> [Tenant; 2] {
+    [
+        Tenant { id: o.a.clone(), slug: "acme", rows: o.rows_a },
+        Tenant { id: o.b.clone(), slug: "globex", rows: o.rows_b },
+    ]
+}
+
+/// Over the simple protocol: every row of `orders` the client sees is `own`'s, there are
+/// exactly `own.rows` of them, and none of `other`'s (whose rows exist, see the callers).
+#[track_caller]
+fn assert_sees_exactly(client: &mut Client, situation: &str, own: &Tenant, other: &Tenant) {
+    let seen = simple_column(client, "SELECT tenant_id::text FROM orders")
+        .unwrap_or_else(|e| panic!("{situation}: SELECT FROM orders: {e}"));
+    assert!(
+        seen.iter().all(|t| t.as_deref() == Some(own.id.as_str())),
+        "{situation}: a row of another tenant was visible to {}: {seen:?}",
+        own.slug
+    );
+    assert_eq!(seen.len() as i64, own.rows, "{situation}: {} must see exactly its {} row(s)", own.slug, own.rows);
+    let foreign =
+        simple_count(client, &format!("SELECT count(*) FROM orders WHERE tenant_id = {}", literal(&other.id)));
+    assert_eq!(foreign, 0, "{situation}: {} must see none of {}'s rows", own.slug, other.slug);
+    let current = simple_one(client, "SELECT multitenancy.current_tenant_id()::text");
+    assert_eq!(current, own.id, "{situation}: current_tenant_id()");
+}
+
+/// Reading `orders` fails with 28000 and a message containing `fragment`.
+#[track_caller]
+fn expect_no_context(client: &mut Client, situation: &str, fragment: &str) {
+    let error = expect_sqlstate(simple_value(client, "SELECT count(*) FROM orders"), NO_CONTEXT);
+    assert!(error.message().contains(fragment), "{situation}: expected {fragment:?} in {:?}", error.message());
+}
+
+/// A transaction on `client` that sets no tenant: it runs on backend `pid` (the one the previous
+/// client just used) and reading `orders` fails with 28000. Rolled back afterwards.
+#[track_caller]
+fn assert_no_context_in_transaction(client: &mut Client, pid: i32, situation: &str, fragment: &str) {
+    client.batch_execute("BEGIN").unwrap();
+    assert_eq!(backend_pid(client), pid, "{situation}: the client must be on the shared server connection");
+    let none = simple_value(client, "SELECT multitenancy.current_tenant_id_or_null()::text");
+    match none {
+        Ok(value) => assert_eq!(value, None, "{situation}: a tenant context leaked into this transaction"),
+        // In signed-only mode the function may refuse instead of answering NULL: also no context.
+        Err(error) => assert_eq!(db_error(&error).code(), NO_CONTEXT, "{situation}: {error}"),
+    }
+    client.batch_execute("ROLLBACK").unwrap();
+    client.batch_execute("BEGIN").unwrap();
+    expect_no_context(client, situation, fragment);
+    client.batch_execute("ROLLBACK").unwrap();
+}
+
+/// A fresh token for `tenant` (slug or id), minted directly (not through the pooler) by the
+/// superuser.
+fn mint(su: &mut Client, tenant: &str) -> String {
+    let token: String = su
+        .query_one("SELECT multitenancy.tenant_token($1)", &[&tenant])
+        .unwrap_or_else(|e| panic!("tenant_token({tenant:?}): {e}"))
+        .get(0);
+    assert_eq!(token.split('.').count(), 3, "a JWT has three parts: {token:?}");
+    token
+}
+
+/// Give the application role signed-only mode in `db` (a setting read at backend start: only
+/// connections opened afterwards have it).
+fn require_signed(su: &mut Client, db: &str) {
+    su.batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {db} SET multitenancy.require_signed = on")).unwrap();
+}
+
+/// The signing key every signed test uses (32 bytes).
+fn add_signing_key(su: &mut Client) {
+    su.batch_execute("SELECT multitenancy.signing_key_add('k1', decode(repeat('ab', 32), 'hex'))").unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through PgBouncer (transaction mode, one server connection)
+// ---------------------------------------------------------------------------------------------
+
+/// Must-show: through PgBouncer in transaction mode, with ONE server connection shared by two
+/// clients (same backend pid, checked in every transaction), a plain-mode context set with
+/// `SET LOCAL`, `tenant_set` or `set_config(..., true)` never reaches the other client: each
+/// client sees exactly its own tenant's rows (the counts differ, so a stale tenant would show),
+/// and a transaction right after the other client's, on the same backend, without a tenant gets
+/// 28000. Fails if any form of setting the context outlives its transaction (COMMIT or ROLLBACK)
+/// on the server connection, or if a per-backend cache serves the previous transaction's tenant.
+#[test]
+fn plain_context_never_crosses_clients_sharing_one_server_connection() {
+    let o = Orders::with_rows("pooler_plain", 5, 3);
+    assert_both_tenants_have_rows(&o);
+    let bouncer = PgBouncer::transaction_mode(1);
+    let mut clients = [bouncer.connect(&o.db.name, APP), bouncer.connect(&o.db.name, APP)];
+    let pid = backend_pid(&mut clients[0]);
+    assert_eq!(backend_pid(&mut clients[1]), pid, "with pool size 1 both clients share one server connection");
+    let tenants = tenants(&o);
+
+    let mut leak_checks = 0;
+    for round in 0..ROUNDS {
+        for step in 0..2 {
+            // Which client goes, and for which tenant: both vary, so that each client acts for
+            // both tenants and each tenant follows both on the shared backend.
+            let k = (round + step) % 2;
+            let t = (round / 2 + step) % 2;
+            let (own, other) = (&tenants[t], &tenants[1 - t]);
+            let client = &mut clients[k];
+            let situation = format!("round {round}, client {}, {}", k + 1, own.slug);
+
+            client.batch_execute("BEGIN").unwrap();
+            assert_eq!(backend_pid(client), pid, "{situation}: the shared server connection");
+            match round % 3 {
+                0 => client.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = {}", literal(&own.id))).unwrap(),
+                1 => {
+                    let id =
+                        simple_one(client, &format!("SELECT multitenancy.tenant_set({})::text", literal(own.slug)));
+                    assert_eq!(id, own.id, "{situation}: tenant_set returns the tenant's id");
+                }
+                _ => {
+                    simple_one(
+                        client,
+                        &format!("SELECT set_config('multitenancy.tenant_id', {}, true)", literal(&own.id)),
+                    );
+                }
+            }
+            assert_sees_exactly(client, &situation, own, other);
+            client.batch_execute(if round % 4 == 3 { "ROLLBACK" } else { "COMMIT" }).unwrap();
+
+            // Right after, the other client on the same backend: no context.
+            let next = &mut clients[1 - k];
+            let situation = format!("{situation}: the next client's transaction");
+            if round % 2 == 1 {
+                // Also as a single autocommit statement.
+                expect_no_context(next, &situation, "no tenant context");
+            }
+            assert_no_context_in_transaction(next, pid, &situation, "no tenant context");
+            leak_checks += 1;
+        }
+    }
+    assert_eq!(leak_checks, 2 * ROUNDS);
+    assert_eq!(backend_pid(&mut clients[0]), pid, "still the same server connection at the end");
+    assert_both_tenants_have_rows(&o);
+}
+
+/// Through PgBouncer, the transaction-scoped setters cannot leave a context on the shared server
+/// connection when used outside a transaction block: `tenant_set` is refused with 25P01 (so the
+/// pooler-unsafe use cannot happen by accident), and `SET LOCAL` / `set_config(..., true)` last
+/// only for their own implicit transaction. After each, the other client on the same backend
+/// has no context. Fails if `tenant_set` in autocommit set a session-level context, or if the
+/// local forms leaked past their statement.
+#[test]
+fn autocommit_setters_leave_nothing_on_the_shared_server_connection() {
+    let o = Orders::new("pooler_autocommit");
+    assert_both_tenants_have_rows(&o);
+    let bouncer = PgBouncer::transaction_mode(1);
+    let mut c1 = bouncer.connect(&o.db.name, APP);
+    let mut c2 = bouncer.connect(&o.db.name, APP);
+    let pid = backend_pid(&mut c1);
+    assert_eq!(backend_pid(&mut c2), pid, "with pool size 1 both clients share one server connection");
+    let [a, b] = tenants(&o);
+
+    let error = expect_sqlstate(
+        simple_value(&mut c1, "SELECT multitenancy.tenant_set('acme')"),
+        &SqlState::NO_ACTIVE_SQL_TRANSACTION,
+    );
+    assert!(error.message().contains("transaction block"), "{}", error.message());
+    expect_no_context(&mut c2, "after tenant_set outside a transaction block", "no tenant context");
+    assert_no_context_in_transaction(&mut c2, pid, "after tenant_set outside a transaction block", "no tenant context");
+
+    // SET LOCAL outside a block only warns and has no effect; set_config(.., true) lasts its
+    // own implicit transaction.
+    c1.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = {}", literal(&a.id))).unwrap();
+    assert_no_context_in_transaction(&mut c2, pid, "after SET LOCAL outside a transaction block", "no tenant context");
+    simple_one(&mut c1, &format!("SELECT set_config('multitenancy.tenant_id', {}, true)", literal(&a.id)));
+    assert_no_context_in_transaction(&mut c2, pid, "after an autocommit set_config(.., true)", "no tenant context");
+
+    // Positive control: inside a block, the same call works for c1 — and again not for c2.
+    c1.batch_execute("BEGIN").unwrap();
+    simple_one(&mut c1, "SELECT multitenancy.tenant_set('acme')");
+    assert_sees_exactly(&mut c1, "c1 in a transaction block", &a, &b);
+    c1.batch_execute("COMMIT").unwrap();
+    assert_no_context_in_transaction(&mut c2, pid, "after c1's committed tenant_set", "no tenant context");
+    assert_both_tenants_have_rows(&o);
+}
+
+/// Must-show: signed mode through PgBouncer. With `require_signed` on for the application role,
+/// two clients sharing ONE server connection alternate `BEGIN; tenant_set_signed(<fresh
+/// token>); read; COMMIT/ROLLBACK`: each sees exactly its token's tenant, never a foreign row;
+/// the other client's transaction right after, on the same backend, without a token gets 28000
+/// (`no signed tenant context`), and so do the plain forms (`SET LOCAL multitenancy.tenant_id`,
+/// `tenant_set`); a token the other client already used is refused. Fails if the verified
+/// context outlives its transaction on the backend, if signed-only mode accepts a plain
+/// context, or if a token can be replayed by another client of the pooler.
+#[test]
+fn signed_context_never_crosses_clients_sharing_one_server_connection() {
+    let o = Orders::with_rows("pooler_signed", 4, 2);
+    assert_both_tenants_have_rows(&o);
+    let db = &o.db.name;
+    let mut su = o.db.superuser();
+    add_signing_key(&mut su);
+    require_signed(&mut su, db);
+    // Started after ALTER ROLE: its server connection to this (new) database starts with it.
+    let bouncer = PgBouncer::transaction_mode(1);
+    let mut clients = [bouncer.connect(db, APP), bouncer.connect(db, APP)];
+    let pid = backend_pid(&mut clients[0]);
+    assert_eq!(backend_pid(&mut clients[1]), pid, "with pool size 1 both clients share one server connection");
+    assert_eq!(simple_one(&mut clients[0], "SHOW multitenancy.require_signed"), "on", "precondition: signed-only mode");
+    let tenants = tenants(&o);
+    const NO_SIGNED: &str = "no signed tenant context";
+
+    // Before any token: nothing.
+    assert_no_context_in_transaction(&mut clients[1], pid, "before any token", NO_SIGNED);
+
+    for round in 0..SIGNED_ROUNDS {
+        for step in 0..2 {
+            let k = (round + step) % 2;
+            let t = (round / 2 + step) % 2;
+            let (own, other) = (&tenants[t], &tenants[1 - t]);
+            let situation = format!("round {round}, client {}, {}", k + 1, own.slug);
+            // By slug or by id, as the application would.
+            let token = mint(&mut su, if round % 2 == 0 { own.slug } else { own.id.as_str() });
+
+            let client = &mut clients[k];
+            client.batch_execute("BEGIN").unwrap();
+            assert_eq!(backend_pid(client), pid, "{situation}: the shared server connection");
+            let id = simple_one(client, &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&token)));
+            assert_eq!(id, own.id, "{situation}: tenant_set_signed returns the token's tenant");
+            assert_sees_exactly(client, &situation, own, other);
+            client.batch_execute(if round % 4 == 3 { "ROLLBACK" } else { "COMMIT" }).unwrap();
+
+            let next = &mut clients[1 - k];
+            let situation = format!("{situation}: the next client's transaction");
+            if round % 2 == 1 {
+                expect_no_context(next, &situation, NO_SIGNED);
+            }
+            assert_no_context_in_transaction(next, pid, &situation, NO_SIGNED);
+
+            match round % 5 {
+                // The plain forms give no access in signed-only mode, even for the client's
+                // "own" tenant, right after a signed transaction on the same backend.
+                1 => {
+                    next.batch_execute("BEGIN").unwrap();
+                    next.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = {}", literal(&own.id))).unwrap();
+                    expect_no_context(next, &format!("{situation}, SET LOCAL multitenancy.tenant_id"), NO_SIGNED);
+                    next.batch_execute("ROLLBACK").unwrap();
+                }
+                2 => {
+                    next.batch_execute("BEGIN").unwrap();
+                    expect_sqlstate(
+                        simple_value(next, &format!("SELECT multitenancy.tenant_set({})", literal(own.slug))),
+                        NO_CONTEXT,
+                    );
+                    next.batch_execute("ROLLBACK").unwrap();
+                }
+                // Replay: the token the other client just used is refused for this one.
+                3 => {
+                    next.batch_execute("BEGIN").unwrap();
+                    let error = expect_sqlstate(
+                        simple_value(next, &format!("SELECT multitenancy.tenant_set_signed({})", literal(&token))),
+                        NO_CONTEXT,
+                    );
+                    assert!(
+                        error.message().starts_with("invalid tenant token: ")
+                            && error.message().contains("already been used"),
+                        "{situation}, replayed token: {:?}",
+                        error.message()
+                    );
+                    next.batch_execute("ROLLBACK").unwrap();
+                    assert_no_context_in_transaction(next, pid, &format!("{situation}, after a replay"), NO_SIGNED);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(backend_pid(&mut clients[0]), pid, "still the same server connection at the end");
+    assert_both_tenants_have_rows(&o);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DISCARD ALL / RESET ALL / savepoints (direct connections, as the application role)
+// ---------------------------------------------------------------------------------------------
+
+/// What session poolers run between clients (`DISCARD ALL`, `RESET ALL`) leaves no plain-mode
+/// context: a session-level `SET multitenancy.tenant_id` (which works: positive control) is gone
+/// afterwards, in autocommit and in the next transaction, while the tenant's rows exist; and
+/// `RESET ALL` inside a transaction also clears a `SET LOCAL` or `tenant_set` context at once.
+/// Fails if the tenant (or user) setting survives either command, e.g. because it is kept
+/// outside the GUC machinery or is excluded from RESET ALL.
+#[test]
+fn discard_all_and_reset_all_leave_no_plain_context() {
+    let o = Orders::new("pooler_discard_reset");
+    assert_both_tenants_have_rows(&o);
+    let mut su = o.db.superuser();
+    let user: String = su.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
+    su.execute(&format!("SELECT multitenancy.member_add('acme', '{user}', 'member')"), &[]).unwrap();
+
+    for clear in ["DISCARD ALL", "RESET ALL"] {
+        let mut app = o.db.app();
+        app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'; SET multitenancy.user_id = '{user}'", o.a))
+            .unwrap();
+        assert_eq!(count(&mut app, "SELECT count(*) FROM orders"), o.rows_a, "positive control before {clear}");
+        let current: String = app.query_one("SELECT multitenancy.current_user_id()::text", &[]).unwrap().get(0);
+        assert_eq!(current, user, "positive control before {clear}: the user");
+        app.batch_execute(clear).unwrap();
+        assert_no_context(&mut app, &format!("after {clear}"));
+        let no_user: Option<String> =
+            app.query_one("SELECT multitenancy.current_user_id_or_null()::text", &[]).unwrap().get(0);
+        assert_eq!(no_user, None, "after {clear}: no user either");
+        let mut tx = app.transaction().unwrap();
+        assert_no_context(&mut tx, &format!("in the next transaction after {clear}"));
+    }
+
+    let mut app = o.db.app();
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{}'", o.a)).unwrap();
+        assert_eq!(count(&mut tx, "SELECT count(*) FROM orders"), o.rows_a, "positive control: SET LOCAL");
+        tx.batch_execute("RESET ALL").unwrap();
+        assert_no_context(&mut tx, "SET LOCAL, then RESET ALL in the same transaction");
+    }
+    {
+        let mut tx = begin_as(&mut app, "globex");
+        assert_eq!(count(&mut tx, "SELECT count(*) FROM orders"), o.rows_b, "positive control: tenant_set");
+        tx.batch_execute("RESET ALL").unwrap();
+        assert_no_context(&mut tx, "tenant_set, then RESET ALL in the same transaction");
+    }
+    assert_both_tenants_have_rows(&o);
+}
+
+/// A context from `tenant_set_signed` ends with `RESET ALL` and with `ROLLBACK TO` a savepoint
+/// taken before it — with and without signed-only mode — but not with a savepoint taken after it
+/// nor with a released one (so that ORMs' nested transactions keep it). In signed-only mode,
+/// `RESET ALL` / `DISCARD ALL` do not switch signed-only mode off (it is the role's default, not
+/// a session change), so a plain setting after them still gives no access. Without signed-only
+/// mode, a signed context takes precedence over `multitenancy.tenant_id`. Fails if the verified
+/// context is kept somewhere RESET ALL or subtransaction abort do not reach, or if RESET ALL
+/// lets the application out of signed-only mode.
+#[test]
+fn reset_all_and_rollback_to_savepoint_end_a_signed_context() {
+    let o = Orders::new("pooler_signed_reset");
+    assert_both_tenants_have_rows(&o);
+    let mut su = o.db.superuser();
+    add_signing_key(&mut su);
+
+    /// A transaction whose context comes from a fresh token for acme; `before` runs first.
+    fn signed<'a>(app: &'a mut Client, su: &mut Client, before: &str) -> Transaction<'a> {
+        let token = mint(su, "acme");
+        let mut tx = app.transaction().unwrap();
+        if !before.is_empty() {
+            tx.batch_execute(before).unwrap();
+        }
+        tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&token])
+            .unwrap_or_else(|e| panic!("tenant_set_signed after {before:?}: {e}"));
+        tx
+    }
+    fn a_only(o: &Orders, tx: &mut Transaction<'_>, situation: &str) {
+        assert_eq!(count(tx, "SELECT count(*) FROM orders"), o.rows_a, "{situation}: A's rows");
+        let b: i64 =
+            tx.query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&o.b]).unwrap().get(0);
+        assert_eq!(b, 0, "{situation}: none of B's");
+    }
+    fn no_context(tx: &mut Transaction<'_>, situation: &str, fragment: &str) {
+        let error = expect_sqlstate(tx.query("SELECT count(*) FROM orders", &[]), NO_CONTEXT);
+        assert!(error.message().contains(fragment), "{situation}: {:?}", error.message());
+    }
+
+    // Without signed-only mode.
+    let mut app = o.db.app();
+    {
+        // The signed context wins over a plain one set before it; RESET ALL clears both.
+        let mut tx = signed(&mut app, &mut su, &format!("SET LOCAL multitenancy.tenant_id = '{}'", o.b));
+        a_only(&o, &mut tx, "signed over a plain B context");
+        tx.batch_execute("RESET ALL").unwrap();
+        no_context(&mut tx, "signed, then RESET ALL", "no tenant context");
+    }
+    {
+        let mut tx = signed(&mut app, &mut su, "SAVEPOINT before_token");
+        a_only(&o, &mut tx, "signed inside a savepoint");
+        tx.batch_execute("ROLLBACK TO SAVEPOINT before_token").unwrap();
+        no_context(&mut tx, "ROLLBACK TO a savepoint taken before tenant_set_signed", "no tenant context");
+    }
+    {
+        let mut tx = signed(&mut app, &mut su, "");
+        tx.batch_execute("SAVEPOINT after_token; ROLLBACK TO SAVEPOINT after_token").unwrap();
+        a_only(&o, &mut tx, "ROLLBACK TO a savepoint taken after tenant_set_signed keeps the context");
+        tx.commit().unwrap();
+    }
+    {
+        let mut tx = signed(&mut app, &mut su, "SAVEPOINT nested");
+        tx.batch_execute("RELEASE SAVEPOINT nested").unwrap();
+        a_only(&o, &mut tx, "a released savepoint keeps the context");
+        tx.commit().unwrap();
+    }
+    assert_no_context(&mut app, "after the signed transactions");
+
+    // Signed-only mode (read at backend start: a new connection).
+    require_signed(&mut su, &o.db.name);
+    let mut app = o.db.app();
+    fn show(c: &mut Client) -> String {
+        c.query_one("SHOW multitenancy.require_signed", &[]).unwrap().get(0)
+    }
+    assert_eq!(show(&mut app), "on", "precondition: signed-only mode");
+    const NO_SIGNED: &str = "no signed tenant context";
+    {
+        let mut tx = signed(&mut app, &mut su, "");
+        a_only(&o, &mut tx, "signed-only mode");
+        tx.batch_execute(&format!("RESET ALL; SET LOCAL multitenancy.tenant_id = '{}'", o.a)).unwrap();
+        no_context(&mut tx, "signed, RESET ALL, then a plain setting", NO_SIGNED);
+    }
+    {
+        let mut tx = signed(&mut app, &mut su, "SAVEPOINT before_token");
+        a_only(&o, &mut tx, "signed-only mode, inside a savepoint");
+        tx.batch_execute("ROLLBACK TO SAVEPOINT before_token").unwrap();
+        no_context(&mut tx, "signed-only mode, ROLLBACK TO a savepoint taken before", NO_SIGNED);
+    }
+    app.batch_execute("RESET ALL").unwrap();
+    assert_eq!(show(&mut app), "on", "RESET ALL does not leave signed-only mode");
+    app.batch_execute("DISCARD ALL").unwrap();
+    assert_eq!(show(&mut app), "on", "DISCARD ALL does not leave signed-only mode");
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{}'", o.a)).unwrap();
+        no_context(&mut tx, "a plain setting after DISCARD ALL in signed-only mode", NO_SIGNED);
+    }
+    assert_both_tenants_have_rows(&o);
+}
