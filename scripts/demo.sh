@@ -32,7 +32,7 @@ mkdir -p "$DIR"
 [ "$(id -u)" -ne 0 ] || chown postgres: "$DIR"
 as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
 as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w \
-    -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1" start >/dev/null
+    -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c shared_preload_libraries=multitenancy" start >/dev/null
 
 psql_as() { # role, then psql arguments
     local role=$1; shift
@@ -99,6 +99,27 @@ say "without a tenant context: an error, never all rows"
 psql_as demo_app -e -v ON_ERROR_STOP=0 <<'SQL' || true
 SELECT id, item, amount FROM orders;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE (invalid_authorization_specification)
+SQL
+
+say "signed mode: demo_signed may only use a tenant token minted by a trusted backend"
+psql_as postgres -e <<'SQL'
+SELECT multitenancy.signing_key_add('demo-key', decode(md5('demo') || md5('key'), 'hex'));
+CREATE ROLE demo_signed LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT SELECT ON orders TO demo_signed;
+ALTER ROLE demo_signed SET multitenancy.require_signed = on;
+SQL
+TOKEN=$(psql_as postgres -At -c "SELECT multitenancy.tenant_token('globex')")
+psql_as demo_signed -e -v ON_ERROR_STOP=0 -v token="$TOKEN" <<'SQL' || true
+BEGIN;
+SELECT multitenancy.tenant_set('acme');                   -- refused for this role
+ROLLBACK;
+BEGIN;
+SELECT multitenancy.tenant_set_signed(:'token');          -- verified: globex, for this transaction
+SELECT id, item, amount FROM orders ORDER BY id;
+COMMIT;
+BEGIN;
+SELECT multitenancy.tenant_set_signed(:'token');          -- a token works once
+ROLLBACK;
 SQL
 
 say "the same table as the superuser (who bypasses row level security): all 3 rows exist"
