@@ -478,6 +478,22 @@ mod tests {
     }
 
     #[pg_test]
+    fn claims_are_read_by_name_or_dotted_path() {
+        let read = |json: &str, tenant: &str, user: &str| parse_claims(json.as_bytes(), tenant, user);
+        let both = (Some("acme".to_string()), Some("u1".to_string()));
+        assert_eq!(read(r#"{"tenant_id": "acme", "sub": "u1"}"#, "tenant_id", "sub"), Ok(both.clone()));
+        assert_eq!(read(r#"{"app_metadata": {"tenant_id": "acme"}, "sub": "u1"}"#, "app_metadata.tenant_id", "sub"), Ok(both));
+        // A key that itself contains a dot wins over the path.
+        assert_eq!(read(r#"{"a.b": "x", "a": {"b": "y"}}"#, "a.b", ""), Ok((Some("x".into()), None)));
+        assert_eq!(read(r#"{"sub": "u1"}"#, "tenant_id", ""), Ok((None, None)), "no user claim asked for");
+        assert_eq!(read(r#"{"tenant_id": " "}"#, "tenant_id", "sub"), Ok((None, None)), "blank is missing");
+        assert!(read(r#"{"tenant_id": 7}"#, "tenant_id", "sub").unwrap_err().contains("not a string"));
+        for bad in ["[]", "\"acme\"", "null", "not json"] {
+            assert_eq!(read(bad, "tenant_id", "sub"), Err("is not a JSON object".to_string()), "{bad}");
+        }
+    }
+
+    #[pg_test]
     fn no_context_resolves_to_none() {
         Spi::run("SET LOCAL multitenancy.tenant_id = ''").unwrap();
         assert!(matches!(resolve(), Ok(None)));

@@ -604,7 +604,12 @@ impl Orders {
     }
 
     pub fn with_rows(tag: &str, rows_a: i64, rows_b: i64) -> Orders {
-        let db = TestDb::new(tag);
+        Self::on(Server::shared(), tag, rows_a, rows_b)
+    }
+
+    /// The fixture on `server` (see [`Server::private`]).
+    pub fn on(server: &'static Server, tag: &str, rows_a: i64, rows_b: i64) -> Orders {
+        let db = TestDb::on(server, tag, "");
         let a = db.tenant("Acme", "acme");
         let b = db.tenant("Globex", "globex");
         create_orders(&db);

@@ -732,8 +732,38 @@ fn no_role_database_or_connection_default_can_set_a_tenant() {
     let stored = count(&mut su, "SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%multitenancy.tenant_id%'");
     assert_eq!(stored, 0, "no default was stored");
 
-    // A superuser session without the library cannot validate and stores the default as a
-    // placeholder; it must still not become a tenant when the library loads in an app session.
+    // The library is preloaded on the test server, so every session validates: a fresh
+    // superuser session cannot store the default either, and a startup option is refused when
+    // the connection starts (or, if a server lets it through, gives no tenant).
+    let mut fresh_su = o.db.superuser();
+    let statement = format!("ALTER ROLE {APP} IN DATABASE {db} SET multitenancy.tenant_id = '{}'", o.a);
+    assert!(fresh_su.batch_execute(&statement).is_err(), "{statement} must be refused");
+    let url = format!("{} options='-c multitenancy.tenant_id={}'", o.db.server().url(db, APP), o.a);
+    match Client::connect(&url, NoTls) {
+        Err(error) => {
+            let message = db_error(&error).message();
+            assert!(message.contains("cannot have a server, database, role or connection default"), "{message}");
+        }
+        Ok(mut with_option) => assert_no_context(&mut with_option, "a connection startup option"),
+    }
+
+    // Positive control: SET in the session still works, and RESET clears it.
+    app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
+    assert_eq!(count(&mut app, "SELECT count(*) FROM orders"), o.rows_a);
+    app.batch_execute("RESET multitenancy.tenant_id").unwrap();
+    assert_no_context(&mut app, "after RESET");
+    assert_both_tenants_have_rows(&o);
+}
+
+/// Without shared_preload_libraries, a session that has not loaded the library cannot validate
+/// the setting: a superuser's ALTER ROLE stores the default as a placeholder, and a startup
+/// option is accepted as one. Neither may become a tenant when the library loads in an app
+/// session (the check refuses them then), not even after DISCARD ALL.
+#[test]
+fn without_preloading_a_stored_or_startup_default_sets_no_tenant() {
+    let o = Orders::on(Server::private(""), "no_default_tenant_unloaded", 3, 2);
+    assert_both_tenants_have_rows(&o);
+    let db = &o.db.name;
     let mut fresh_su = o.db.superuser();
     fresh_su
         .batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {db} SET multitenancy.tenant_id = '{}'", o.a))
@@ -744,15 +774,11 @@ fn no_role_database_or_connection_default_can_set_a_tenant() {
     assert_no_context(&mut app, "a stored role default, after DISCARD ALL");
     fresh_su.batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {db} RESET multitenancy.tenant_id")).unwrap();
 
-    // Nor do connection startup options (PGOPTIONS='-c multitenancy.tenant_id=...').
     let url = format!("{} options='-c multitenancy.tenant_id={}'", o.db.server().url(db, APP), o.a);
     let mut with_option = Client::connect(&url, NoTls).unwrap();
     assert_no_context(&mut with_option, "a connection startup option");
-
-    // Positive control: SET in the session still works, and RESET clears it.
-    app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
-    assert_eq!(count(&mut app, "SELECT count(*) FROM orders"), o.rows_a);
-    app.batch_execute("RESET multitenancy.tenant_id").unwrap();
-    assert_no_context(&mut app, "after RESET");
+    // Positive control on this server: a session SET works.
+    with_option.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
+    assert_eq!(count(&mut with_option, "SELECT count(*) FROM orders"), o.rows_a);
     assert_both_tenants_have_rows(&o);
 }
