@@ -287,7 +287,11 @@ fn random_uuid() -> Result<pgrx::Uuid> {
 fn mint(tenant: &str, user: Option<pgrx::Uuid>, ttl_seconds: f64) -> Result<String> {
     if !(ttl_seconds >= 1.0) {
         return Err(MtError::InvalidArgument {
-            message: format!("ttl must be at least 1 second (got {ttl_seconds} s)"),
+            message: if ttl_seconds.is_nan() {
+                "ttl must not be NULL".into()
+            } else {
+                format!("ttl must be at least 1 second (got {ttl_seconds} s)")
+            },
             hint: "Pass an interval such as '5 minutes'; a token is good for one transaction within it.".into(),
         });
     }
