@@ -424,9 +424,12 @@ fn app_role_cannot_change_the_claims_settings() {
         f.o.db
             .superuser()
             .query(
+                // This database and role-wide rows only: other tests set the role's settings
+                // in their own databases at the same time.
                 "SELECT unnest(setconfig) FROM pg_db_role_setting
-                  WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY 1",
-                &[&APP],
+                  WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                    AND setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = $2)) ORDER BY 1",
+                &[&APP, &f.o.db.name],
             )
             .unwrap()
             .iter()
