@@ -96,7 +96,7 @@ pub fn init() {
 fn raw() -> Result<Raw> {
     let signed = gucs::signed_context_raw();
     // SAFETY: a non-NULL value is NUL-terminated and only tenant_set_signed writes it.
-    if !signed.is_null() && unsafe { *signed } != 0 {
+    if !unsafe { gucs::is_unset(signed) } {
         let value = unsafe { CStr::from_ptr(signed) }.to_bytes();
         let (tenant, user) = match value.iter().position(|&b| b == b' ') {
             Some(space) => (&value[..space], Some(&value[space + 1..])),
@@ -126,7 +126,8 @@ fn missing(origin: Origin) -> MtError {
         Origin::SignedRequired => MtError::NoSignedContext { preloaded: crate::signed::preloaded() },
         Origin::Claims => match gucs::claims() {
             Some((setting, claim, _)) => {
-                let present = !gucs::value_of(&setting).is_null_or_empty();
+                // SAFETY: value_of returns NULL or a NUL-terminated string.
+                let present = !unsafe { gucs::is_unset(gucs::value_of(&setting)) };
                 MtError::NoClaimsContext {
                     setting: setting.to_string_lossy().into_owned(),
                     claim: claim.to_string_lossy().into_owned(),
@@ -136,17 +137,6 @@ fn missing(origin: Origin) -> MtError {
             None => MtError::NoContext,
         },
         Origin::Signed | Origin::Settings => MtError::NoContext,
-    }
-}
-
-trait NullOrEmpty {
-    fn is_null_or_empty(&self) -> bool;
-}
-
-impl NullOrEmpty for *const std::ffi::c_char {
-    fn is_null_or_empty(&self) -> bool {
-        // SAFETY: a non-NULL setting value is NUL-terminated.
-        self.is_null() || unsafe { **self } == 0
     }
 }
 
@@ -190,7 +180,8 @@ fn parse_claims(value: &[u8], tenant_claim: &str, user_claim: &str) -> ClaimValu
 fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw> {
     let named = |reason: String| MtError::InvalidClaims { setting: setting.to_string_lossy().into_owned(), reason };
     let value = gucs::value_of(setting);
-    if value.is_null_or_empty() {
+    // SAFETY: value_of returns NULL or a NUL-terminated string.
+    if unsafe { gucs::is_unset(value) } {
         return Ok(Raw { origin: Origin::Claims, tenant: None, user: None });
     }
     // SAFETY: checked non-NULL above; copied before any SQL runs.

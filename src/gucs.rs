@@ -41,40 +41,62 @@ pub static GUARDED_SCHEMAS: GucSetting<Option<CString>> = GucSetting::<Option<CS
 /// `multitenancy.ddl_guard`: the event triggers check DDL (on) or only log it (off).
 pub static DDL_GUARD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
-pub fn init() {
-    // SAFETY: registering a custom variable backed by a static, with a check hook; what pgrx's
-    // GucRegistry::define_string_guc does, plus the hook it does not take.
+type StringCheckHook =
+    unsafe extern "C-unwind" fn(*mut *mut c_char, *mut *mut c_void, pg_sys::GucSource::Type) -> bool;
+
+/// What pgrx's `GucRegistry::define_string_guc` does, plus the check hook it does not take.
+fn define_checked_string(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<Option<CString>>,
+    context: pg_sys::GucContext::Type,
+    flags: u32,
+    check: StringCheckHook,
+) {
+    // SAFETY: registers a custom variable backed by a static for the life of the backend; the
+    // strings are 'static.
     unsafe {
         pg_sys::DefineCustomStringVariable(
-            TENANT_ID_NAME.as_ptr(),
-            c"Tenant of the current transaction (a tenant uuid).".as_ptr(),
-            c"Set it per transaction with SET LOCAL multitenancy.tenant_id or multitenancy.tenant_set(). \
-              Row-level security on tenant-enabled tables compares tenant_id with it; empty means no \
-              tenant, and queries on tenant-enabled tables then fail. It cannot be a server, database \
-              or role default, so RESET and DISCARD ALL always leave no tenant."
-                .as_ptr(),
-            TENANT_ID.as_ptr(),
+            name.as_ptr(),
+            short.as_ptr(),
+            long.as_ptr(),
+            setting.as_ptr(),
             std::ptr::null(),
-            pg_sys::GucContext::PGC_USERSET,
-            (pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
-            Some(check_tenant_id),
+            context,
+            flags as i32,
+            Some(check),
             None,
             None,
         );
-        pg_sys::DefineCustomStringVariable(
-            c"multitenancy.user_id".as_ptr(),
-            c"End user of the current transaction (a user uuid).".as_ptr(),
+    }
+}
+
+pub fn init() {
+    // SAFETY: registering custom variables and reserving the prefix, in _PG_init.
+    unsafe {
+        define_checked_string(
+            TENANT_ID_NAME,
+            c"Tenant of the current transaction (a tenant uuid).",
+            c"Set it per transaction with SET LOCAL multitenancy.tenant_id or multitenancy.tenant_set(). \
+              Row-level security on tenant-enabled tables compares tenant_id with it; empty means no \
+              tenant, and queries on tenant-enabled tables then fail. It cannot be a server, database \
+              or role default, so RESET and DISCARD ALL always leave no tenant.",
+            &TENANT_ID,
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+            check_tenant_id,
+        );
+        define_checked_string(
+            c"multitenancy.user_id",
+            c"End user of the current transaction (a user uuid).",
             c"Set it per transaction like multitenancy.tenant_id. When it is set, the tenant context is valid \
               only for tenants the user is a member of, and multitenancy.tenant_role() / has_role() answer \
-              for this user. Like the tenant, it cannot be a server, database, role or connection default."
-                .as_ptr(),
-            USER_ID.as_ptr(),
-            std::ptr::null(),
+              for this user. Like the tenant, it cannot be a server, database, role or connection default.",
+            &USER_ID,
             pg_sys::GucContext::PGC_USERSET,
-            (pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
-            Some(check_user_id),
-            None,
-            None,
+            pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+            check_user_id,
         );
         pgrx::GucRegistry::define_bool_guc(
             c"multitenancy.require_signed",
@@ -113,21 +135,18 @@ pub fn init() {
             pgrx::GucContext::Suset,
             pgrx::GucFlags::default(),
         );
-        pg_sys::DefineCustomStringVariable(
-            SIGNED_CONTEXT_NAME.as_ptr(),
-            c"The tenant context multitenancy.tenant_set_signed() verified in this transaction.".as_ptr(),
-            c"Internal: only tenant_set_signed() sets it, for the current transaction.".as_ptr(),
-            SIGNED_CONTEXT.as_ptr(),
-            std::ptr::null(),
+        define_checked_string(
+            SIGNED_CONTEXT_NAME,
+            c"The tenant context multitenancy.tenant_set_signed() verified in this transaction.",
+            c"Internal: only tenant_set_signed() sets it, for the current transaction.",
+            &SIGNED_CONTEXT,
             pg_sys::GucContext::PGC_SUSET,
-            (pg_sys::GUC_NO_SHOW_ALL
+            pg_sys::GUC_NO_SHOW_ALL
                 | pg_sys::GUC_SUPERUSER_ONLY
                 | pg_sys::GUC_NOT_IN_SAMPLE
                 | pg_sys::GUC_DISALLOW_IN_FILE
-                | pg_sys::GUC_DISALLOW_IN_AUTO_FILE) as i32,
-            Some(check_signed_context),
-            None,
-            None,
+                | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+            check_signed_context,
         );
         pgrx::GucRegistry::define_string_guc(
             c"multitenancy.base_domain",
@@ -202,26 +221,17 @@ unsafe extern "C-unwind" fn check_signed_context(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL).
-    let value = unsafe { *newval };
-    // SAFETY: a non-NULL proposed value is NUL-terminated; ParallelWorkerNumber is a plain global.
-    let empty = value.is_null() || unsafe { *value } == 0;
-    if empty || SETTING_SIGNED.with(std::cell::Cell::get) || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL);
+    // ParallelWorkerNumber is a plain global.
+    if unsafe { is_unset(*newval) } || SETTING_SIGNED.with(std::cell::Cell::get) || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
         return true;
     }
-    // SAFETY: as in check_session_only.
-    unsafe {
-        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
-        pg_sys::GUC_check_errmsg_string = pg_sys::MemoryContextStrdup(
-            pg_sys::ErrorContext,
-            c"multitenancy.signed_context can only be set by multitenancy.tenant_set_signed()".as_ptr(),
-        );
-        pg_sys::GUC_check_errhint_string = pg_sys::MemoryContextStrdup(
-            pg_sys::ErrorContext,
-            c"Call SELECT multitenancy.tenant_set_signed('<token>') after BEGIN.".as_ptr(),
-        );
-    }
-    false
+    refuse(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        c"multitenancy.signed_context can only be set by multitenancy.tenant_set_signed()",
+        None,
+        c"Call SELECT multitenancy.tenant_set_signed('<token>') after BEGIN.",
+    )
 }
 
 /// Make `value` the signed context until the end of the current transaction (or the
@@ -269,26 +279,39 @@ pub fn value_of(name: &CStr) -> *const c_char {
     unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) }
 }
 
+/// Whether a setting's value is NULL or empty: no context, for every context setting.
+///
+/// # Safety
+/// `value` is NULL or points at a NUL-terminated string.
+pub unsafe fn is_unset(value: *const c_char) -> bool {
+    // SAFETY: the caller's promise.
+    value.is_null() || unsafe { *value } == 0
+}
+
 /// The check both context settings share: a value may only come from the session itself.
 unsafe fn check_session_only(value: *const c_char, source: pg_sys::GucSource::Type, message: &CStr) -> bool {
     // SAFETY: a non-NULL proposed value is a NUL-terminated string.
-    let empty = value.is_null() || unsafe { *value } == 0;
-    if empty || source_may_set_a_tenant(source) {
+    if unsafe { is_unset(value) } || source_may_set_a_tenant(source) {
         return true;
     }
+    refuse(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message,
+        Some(c"A default would survive RESET and DISCARD ALL and reach every client of a pooled connection."),
+        c"Set the tenant in each transaction: SELECT multitenancy.tenant_set('<tenant>') after BEGIN.",
+    )
+}
+
+/// Refuse a proposed value from a check hook with this error; returns false (refused).
+fn refuse(code: PgSqlErrorCode, message: &CStr, detail: Option<&CStr>, hint: &CStr) -> bool {
     // SAFETY: GUC_check_* strings must live in ErrorContext; PostgreSQL reports and frees them.
     unsafe {
-        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errcode(code as i32);
         pg_sys::GUC_check_errmsg_string = pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, message.as_ptr());
-        pg_sys::GUC_check_errdetail_string = pg_sys::MemoryContextStrdup(
-            pg_sys::ErrorContext,
-            c"A default would survive RESET and DISCARD ALL and reach every client of a pooled connection."
-                .as_ptr(),
-        );
-        pg_sys::GUC_check_errhint_string = pg_sys::MemoryContextStrdup(
-            pg_sys::ErrorContext,
-            c"Set the tenant in each transaction: SELECT multitenancy.tenant_set('<tenant>') after BEGIN.".as_ptr(),
-        );
+        if let Some(detail) = detail {
+            pg_sys::GUC_check_errdetail_string = pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, detail.as_ptr());
+        }
+        pg_sys::GUC_check_errhint_string = pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, hint.as_ptr());
     }
     false
 }
