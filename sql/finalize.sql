@@ -75,7 +75,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
-                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_tenant_id', '_base_domain',
+                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_base_domain',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
                                       '_usage_counters', '_usage_totals')
     LOOP
@@ -103,6 +103,8 @@ REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.usage_drift() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.usage_recompute() FROM PUBLIC;
+-- Domain verification is the word of an operator (or its DNS-checking backend), not the tenant's.
+REVOKE EXECUTE ON FUNCTION multitenancy.domain_verify(text, text) FROM PUBLIC;
 -- Signed contexts: keys are for DBAs; tenant_token for the trusted backends a DBA grants it to
 -- (GRANT EXECUTE ON FUNCTION multitenancy.tenant_token(text, uuid, interval) TO auth_service).
 -- tenant_set_signed stays PUBLIC: the token is the credential.

@@ -200,7 +200,8 @@ BEGIN
                         UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
                     SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
                      WHERE c.relkind = 'r' ORDER BY 1 LOOP
-        EXECUTE format('SELECT count(*) FROM ONLY %s WHERE tenant_id = $1', v_table) INTO v_rows USING p_tenant;
+        -- As the table's owner (see _purge_rows): no code of the owner's runs as the registry owner.
+        v_rows := multitenancy._purge_rows(v_table, p_tenant, false);
         v_tables := v_tables || jsonb_build_object(v_table::text, v_rows);
         v_total := v_total + v_rows;
     END LOOP;
@@ -210,7 +211,7 @@ BEGIN
         v_failed := '{}';
         FOREACH v_table IN ARRAY v_pending LOOP
             BEGIN
-                EXECUTE format('DELETE FROM %s WHERE tenant_id = $1', v_table) USING p_tenant;
+                PERFORM multitenancy._purge_rows(v_table, p_tenant, true);
             EXCEPTION WHEN foreign_key_violation THEN
                 v_failed := v_failed || v_table;
             END;
@@ -327,7 +328,9 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean) RETURNS jsonb
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_slug text := multitenancy._lock_tenant(p_tenant);
@@ -335,24 +338,32 @@ DECLARE
     v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
 BEGIN
     SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF v_existing.tenant_id = p_tenant AND v_existing.is_primary = p_primary THEN
-        -- Registered already: the same token again, nothing changes.
-    END IF;
     IF p_primary THEN
         UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
     END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row.
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
     INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
     VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE SET is_primary = EXCLUDED.is_primary
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
     WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
     RETURNING verification_token INTO v_token;
     IF v_token IS NULL THEN
         RAISE EXCEPTION 'domain "%" is already registered to another tenant', p_domain
             USING ERRCODE = 'unique_violation',
-                  HINT = 'A domain routes to one tenant; the other tenant must remove it first (multitenancy.domain_remove).';
+                  HINT = 'A domain routes to one tenant; the other tenant must remove it first (multitenancy.domain_remove), '
+                         'or, while it is unverified, wait until its claim expires (multitenancy.domain_claim_ttl).';
     END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary);
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_unverified_claim_of', v_existing.tenant_id) ELSE '{}' END;
 END
 $$;
 
@@ -447,16 +458,22 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY t.slug
 $$;
 
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>.
 CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH h AS (
         SELECT multitenancy.domain_normalize(host) AS host,
                coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
     )
-    SELECT coalesce(
-        (SELECT d.tenant_id FROM multitenancy.domains d, h
-          WHERE d.domain = h.host AND d.verified_at IS NOT NULL),
-        (SELECT t.id FROM multitenancy.tenants t, h
-          WHERE h.base <> '' AND right(h.host, length(h.base) + 1) = '.' || h.base
-            AND t.slug = left(h.host, length(h.host) - length(h.base) - 1)))
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1))
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL) END
+      FROM r
 $$;

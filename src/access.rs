@@ -54,6 +54,22 @@ fn leave_admin_mode() {
     }
 }
 
+/// Run `f` in write admin mode, for the extension's own maintenance of every tenant's rows
+/// (`tenant_purge`); the mode before is restored afterwards. Not audited here: the caller's
+/// change is. An ERROR inside ends admin mode with the (sub)transaction.
+pub fn with_internal_admin<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: reads transaction state.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    let previous = ADMIN.with(|a| a.replace(Some(AdminMode { level, write: true })));
+    // SAFETY: plans made outside admin mode must not run inside it, and the reverse.
+    unsafe { pg_sys::ResetPlanCache() };
+    let result = f();
+    ADMIN.with(|a| a.set(previous));
+    // SAFETY: as above.
+    unsafe { pg_sys::ResetPlanCache() };
+    result
+}
+
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
     leave_admin_mode();
@@ -224,7 +240,8 @@ pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
 /// Enter admin mode for the rest of the transaction: reads (and with `write => true`, writes)
 /// of every tenant's rows, audited. Only for members of `multitenancy_admin`.
 #[pg_extern(volatile, parallel_unsafe)]
-fn admin_begin(reason: Option<&str>, write: default!(bool, false)) {
+fn admin_begin(reason: Option<&str>, write: default!(Option<bool>, false)) {
+    let write = write.ok_or(MtError::NullArgument { function: "multitenancy.admin_begin", argument: "write" }).or_raise();
     begin(reason, write).or_raise()
 }
 
@@ -238,13 +255,6 @@ fn _admin_mode() -> bool {
 /// Look a tenant up by slug or id for a management function; unknown is 42704.
 pub fn tenant(key: Option<&str>) -> Result<Tenant> {
     tenants::require(key.unwrap_or_default())
-}
-
-/// `multitenancy._tenant_id(text)`: the id of a tenant named by slug or id, for the SQL
-/// functions (42704 when there is none).
-#[pg_extern(stable, parallel_safe)]
-fn _tenant_id(tenant: Option<&str>) -> pgrx::Uuid {
-    self::tenant(tenant).or_raise().id
 }
 
 /// Whether the caller may read the registry entries of `tenant`: it is the tenant of the current

@@ -323,7 +323,7 @@ pub fn set(tenant: Option<&str>) -> Result<pgrx::Uuid> {
         return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set" });
     }
     let key = tenant.unwrap_or_default();
-    set_tenant(tenants::require(key)?)
+    set_tenant(|| tenants::require(key))
 }
 
 /// Whether `tenant` may be the context for `user` (if any): active, and with the user as a
@@ -343,16 +343,14 @@ pub fn admit(tenant: &tenants::Tenant, user: Option<pgrx::Uuid>) -> Result<()> {
     Ok(())
 }
 
-/// Make a tenant from the registry the context (`tenant_set`, `tenant_set_by_host`), if it may
-/// be (see [`admit`]) and if this session takes its tenant from the settings.
-pub fn set_tenant(tenant: tenants::Tenant) -> Result<pgrx::Uuid> {
-    let raw = raw()?;
-    let by = match raw.origin {
+/// Why this session may not choose its tenant with `tenant_set` (`None`: it may). Checked before
+/// the tenant is looked up, so that a role that may not choose gets the same answer for every
+/// tenant, existing or not.
+fn fixed_by(raw: &Raw) -> Option<String> {
+    match raw.origin {
         Origin::Settings => None,
         Origin::Signed => Some("a signed context is set in this transaction".to_string()),
-        Origin::SignedRequired => {
-            Some("this role requires a signed context (multitenancy.require_signed)".to_string())
-        }
+        Origin::SignedRequired => Some("this role requires a signed context (multitenancy.require_signed)".to_string()),
         Origin::Claims => gucs::claims().map(|(setting, claim, _)| {
             format!(
                 "the tenant comes from claim \"{}\" of {} (multitenancy.claims_setting)",
@@ -360,10 +358,18 @@ pub fn set_tenant(tenant: tenants::Tenant) -> Result<pgrx::Uuid> {
                 setting.to_string_lossy()
             )
         }),
-    };
-    if let Some(by) = by {
+    }
+}
+
+/// Make a tenant from the registry the context (`tenant_set`, `tenant_set_by_host`), if it may
+/// be (see [`admit`]) and if this session takes its tenant from the settings. `find` looks the
+/// tenant up once the session is known to be allowed to choose one.
+pub fn set_tenant(find: impl FnOnce() -> Result<tenants::Tenant>) -> Result<pgrx::Uuid> {
+    let raw = raw()?;
+    if let Some(by) = fixed_by(&raw) {
         return Err(MtError::ContextFixed { by });
     }
+    let tenant = find()?;
     admit(&tenant, raw.user)?;
     set_local(tenant.id);
     Ok(tenant.id)
@@ -430,11 +436,12 @@ fn set_by_host(host: &str) -> Result<pgrx::Uuid> {
     if !unsafe { pg_sys::IsTransactionBlock() } {
         return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set_by_host" });
     }
-    let id = Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_resolve($1)", &[host.into()])
-        .ctx("context::set_by_host")?
-        .ok_or_else(|| MtError::HostNotFound { host: host.to_string() })?;
-    let tenant = tenants::lookup(tenants::Key::Id(id))?.ok_or_else(|| MtError::HostNotFound { host: host.to_string() })?;
-    set_tenant(tenant)
+    set_tenant(|| {
+        let id = Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_resolve($1)", &[host.into()])
+            .ctx("context::set_by_host")?
+            .ok_or_else(|| MtError::HostNotFound { host: host.to_string() })?;
+        tenants::lookup(tenants::Key::Id(id))?.ok_or_else(|| MtError::HostNotFound { host: host.to_string() })
+    })
 }
 
 #[cfg(any(test, feature = "pg_test"))]

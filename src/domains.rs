@@ -18,28 +18,58 @@ fn normalize(domain: Option<&str>) -> Result<String> {
         })
 }
 
-/// Register a custom domain for a tenant; returns the verification token (the domain routes to
-/// the tenant once `domain_verify` has seen the token). Tenant admins may call it.
+/// Whether a (normalised) host is the base domain or under it: those route by slug only.
+fn under_base_domain(host: &str) -> Option<String> {
+    let base = crate::gucs::base_domain()?;
+    (host == base || host.ends_with(&format!(".{base}"))).then_some(base)
+}
+
+/// Register a custom domain for a tenant; returns the verification token, which the tenant
+/// publishes (a DNS TXT record, a file on the web root). The domain routes to the tenant once
+/// an operator's backend has checked that and called `domain_verify`. Tenant admins may call it.
+/// Hosts under `multitenancy.base_domain` are refused: they route by slug.
 #[pg_extern(volatile, parallel_unsafe)]
-fn domain_add(tenant: Option<&str>, domain: Option<&str>, is_primary: default!(bool, false)) -> Option<String> {
+fn domain_add(tenant: Option<&str>, domain: Option<&str>, is_primary: default!(Option<bool>, "false")) -> Option<String> {
     let run = || {
+        let is_primary = is_primary.ok_or(MtError::NullArgument { function: "multitenancy.domain_add", argument: "is_primary" })?;
         let domain = normalize(domain)?;
         let tenant = access::tenant(tenant)?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "add domains to" })?;
-        access::change("domain_add", Some(tenant.id), "SELECT multitenancy._domain_add($1, $2, $3)", &[
-            tenant.id.into(),
-            domain.as_str().into(),
-            is_primary.into(),
-        ])
+        if let Some(base) = under_base_domain(&domain) {
+            return Err(MtError::NotAuthorized {
+                action: "add domains to",
+                tenant: tenant.slug.clone(),
+                reason: format!(
+                    "\"{}\" is under the base domain \"{base}\", where hosts route to tenants by slug \
+                     (<slug>.{base}), never by a custom domain",
+                    crate::error::clip(&domain)
+                ),
+            });
+        }
+        let ttl = f64::from(crate::gucs::DOMAIN_CLAIM_TTL.get());
+        access::change(
+            "domain_add",
+            Some(tenant.id),
+            "SELECT multitenancy._domain_add($1, $2, $3, pg_catalog.make_interval(secs => $4))",
+            &[tenant.id.into(), domain.as_str().into(), is_primary.into(), ttl.into()],
+        )
     };
     run().or_raise()
 }
 
-/// Mark a domain verified when `token` is the one `domain_add` returned. Anyone holding the
-/// token may call it (the token is the proof of control over the domain's DNS or web root).
+/// Mark a domain verified when `token` is the one `domain_add` returned for it. For operators
+/// only (EXECUTE is revoked from PUBLIC, and the caller must be a DBA or in write admin mode):
+/// verification is the word of whoever checked, outside the tenant, that the token is published
+/// in the domain's DNS or on its web root — never the adding tenant's own say-so.
 #[pg_extern(volatile, parallel_unsafe)]
 fn domain_verify(domain: Option<&str>, token: Option<&str>) {
     let run = || {
+        if !access::is_operator()? {
+            return Err(MtError::OperatorsOnly {
+                action: "verify domains",
+                why: "verification is an operator's word that the token is published in the domain's DNS or web root",
+            });
+        }
         let domain = normalize(domain)?;
         access::change("domain_verify", None, "SELECT multitenancy._domain_verify($1, $2)", &[
             domain.as_str().into(),

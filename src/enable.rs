@@ -82,8 +82,9 @@ fn add_or_fill_column(rel: &Relation, deviations: &[Deviation], backfill: Option
 }
 
 pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
-    // Our own DDL below is not for the DDL guard to check.
-    let _busy = Busy::enter();
+    // Our own DDL on this table is not for the DDL guard to check (it is checked as a whole at
+    // the end); whatever the owner's code run by it does elsewhere is.
+    let _busy = Busy::enter(&[relid]);
     let rel = protectable(relid)?;
     if let Some(reason) = registry::exemption(relid)? {
         return Err(MtError::TableExempt { table: rel.display(), reason });
@@ -94,8 +95,18 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     run(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", rel.sql()))?;
 
     let before = spec::inspect(&rel)?;
-    if let Some(Deviation::ColumnType { found }) = before.iter().find(|d| matches!(d, Deviation::ColumnType { .. })) {
-        return Err(MtError::TenantColumnType { table: rel.display(), found: found.clone() });
+    // What needs a decision of the owner's first (a column to convert, a rule, a leaky policy,
+    // a parent that is not enabled) is refused before anything is built.
+    if let Some(deviation) = before.iter().find(|d| d.repair_sql("").is_none()) {
+        return Err(match deviation {
+            Deviation::ColumnType { found } => MtError::TenantColumnType { table: rel.display(), found: found.clone() },
+            other => MtError::GuardWeakens {
+                command: "tenant_enable".into(),
+                table: rel.display(),
+                what: other.describe(),
+                fix: other.fix(&rel.sql()),
+            },
+        });
     }
     let was_enabled = registry::is_enabled(relid)?;
     let mut enabled = registry::enabled_set()?;
@@ -213,7 +224,7 @@ fn warn_about_leaks(rel: &Relation) -> Result<()> {
 }
 
 pub fn disable(relid: pg_sys::Oid) -> Result<()> {
-    let _busy = Busy::enter();
+    let _busy = Busy::enter(&[relid]);
     let rel = Relation::lookup(relid)?;
     if !registry::is_enabled(relid)? {
         notice(format!("table {} is not tenant-enabled; nothing changed", rel.display()));

@@ -38,11 +38,13 @@ pub enum MtError {
     /// Existing rows have no tenant and no `backfill_tenant` was given.
     BackfillRequired { table: String, rows: i64, column_exists: bool },
     /// DDL that would leave a tenant-enabled table unprotected (the DDL guard).
-    GuardWeakens { command: String, table: String, what: String },
+    GuardWeakens { command: String, table: String, what: String, fix: Option<String> },
     /// A view that is not security_invoker over a tenant-enabled table.
     LeakyView { view: String, table: String },
     /// A materialized view over a tenant-enabled table.
     MaterializedView { view: String, table: String },
+    /// A materialized view that calls a function which may read tenant-enabled tables.
+    MaterializedViewFunction { view: String, function: String },
     /// A publication that would publish a tenant-enabled table.
     PublishesTenantTable { publication: String, table: String },
     /// A transaction created tables in guarded schemas and neither enabled nor exempted them.
@@ -93,6 +95,16 @@ pub enum MtError {
     InvalidClaims { setting: String, reason: String },
     /// `tenant_set` where the context comes from elsewhere.
     ContextFixed { by: String },
+    /// An operator-only action by a caller who is not one.
+    OperatorsOnly { action: &'static str, why: &'static str },
+    /// A required argument is NULL.
+    NullArgument { function: &'static str, argument: &'static str },
+    /// One of the extension's trigger functions attached where it was not made for.
+    TriggerMisused { function: &'static str, table: String, reason: String },
+    /// A write to a tenant-enabled table in read-only admin mode.
+    AdminReadOnly { table: String },
+    /// Session state that would outlive a transaction in a session that requires signed contexts.
+    SignedSessionState { what: String, hint: String },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     Internal { context: &'static str, error: String },
 }
@@ -135,6 +147,7 @@ impl MtError {
             | MtError::GuardWeakens { .. }
             | MtError::LeakyView { .. }
             | MtError::MaterializedView { .. }
+            | MtError::MaterializedViewFunction { .. }
             | MtError::PublishesTenantTable { .. }
             | MtError::UnprotectedAtCommit { .. }
             | MtError::NotTableOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -145,6 +158,10 @@ impl MtError {
             MtError::TenantColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             MtError::BackfillRequired { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::QuotaExceeded { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            MtError::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            MtError::OperatorsOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::TriggerMisused { .. } | MtError::SignedSessionState { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::AdminReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -153,7 +170,7 @@ impl MtError {
         match self {
             MtError::NoContext => "no tenant context: multitenancy.tenant_id is not set in this transaction".into(),
             MtError::MalformedContext { value } => {
-                format!("invalid tenant context: multitenancy.tenant_id = \"{value}\" is not a uuid")
+                format!("invalid tenant context: multitenancy.tenant_id = \"{}\" is not a uuid", clip(value))
             }
             MtError::NotInTransactionBlock { function } => {
                 format!("{function}() can only be used in a transaction block")
@@ -178,17 +195,17 @@ impl MtError {
             }
             MtError::InvalidClaims { setting, reason } => format!("invalid tenant context: {setting} {reason}"),
             MtError::ContextFixed { by } => format!("multitenancy.tenant_set() cannot choose the tenant: {by}"),
-            MtError::TenantNotFound { tenant } => format!("tenant \"{tenant}\" does not exist"),
+            MtError::TenantNotFound { tenant } => format!("tenant \"{}\" does not exist", clip(tenant)),
             MtError::TenantNotActive { slug, status } => {
                 format!("tenant \"{slug}\" is {status}")
             }
-            MtError::InvalidSlug { slug, reason } => format!("invalid tenant slug \"{slug}\": {reason}"),
+            MtError::InvalidSlug { slug, reason } => format!("invalid tenant slug \"{}\": {reason}", clip(slug)),
             MtError::SlugUnderivable { name } => {
-                format!("cannot derive a slug from tenant name \"{name}\"")
+                format!("cannot derive a slug from tenant name \"{}\"", clip(name))
             }
-            MtError::DuplicateSlug { slug } => format!("tenant slug \"{slug}\" is already taken"),
+            MtError::DuplicateSlug { slug } => format!("tenant slug \"{}\" is already taken", clip(slug)),
             MtError::InvalidName { reason } => format!("invalid tenant name: {reason}"),
-            MtError::InvalidPlan { plan } => format!("invalid plan name \"{plan}\""),
+            MtError::InvalidPlan { plan } => format!("invalid plan name \"{}\"", clip(plan)),
             MtError::WrongRelationKind { table, kind } => {
                 format!("\"{table}\" is {kind}; only tables can be tenant-enabled")
             }
@@ -205,7 +222,7 @@ impl MtError {
                     format!("table \"{table}\" already has {rows} row(s) and no tenant to assign them to")
                 }
             }
-            MtError::GuardWeakens { command, table, what } => {
+            MtError::GuardWeakens { command, table, what, .. } => {
                 format!("refused: {command} would leave tenant-enabled table \"{table}\" unprotected: {what}")
             }
             MtError::LeakyView { view, table } => {
@@ -214,6 +231,10 @@ impl MtError {
             MtError::MaterializedView { view, table } => format!(
                 "refused: materialized view \"{view}\" would store rows of tenant-enabled table \"{table}\" \
                  outside row level security"
+            ),
+            MtError::MaterializedViewFunction { view, function } => format!(
+                "refused: materialized view \"{view}\" calls function {function}, which may read tenant-enabled tables: \
+                 their rows would be stored outside row level security"
             ),
             MtError::PublishesTenantTable { publication, table } => {
                 format!("refused: publication \"{publication}\" would publish tenant-enabled table \"{table}\"")
@@ -235,7 +256,7 @@ impl MtError {
             }
             MtError::NoUserContext => "no user context: multitenancy.user_id is not set in this transaction".into(),
             MtError::MalformedUserContext { value } => {
-                format!("invalid user context: multitenancy.user_id = \"{value}\" is not a uuid")
+                format!("invalid user context: multitenancy.user_id = \"{}\" is not a uuid", clip(value))
             }
             MtError::ContextTenantUnknown { id } => {
                 format!("invalid tenant context: tenant {id} does not exist")
@@ -250,10 +271,23 @@ impl MtError {
                 format!("permission denied for admin access: role \"{role}\" is not a member of multitenancy_admin")
             }
             MtError::InvalidArgument { message, .. } => message.clone(),
-            MtError::InvalidRole { role } => format!("invalid member role \"{role}\""),
-            MtError::HostNotFound { host } => format!("no tenant for host \"{host}\""),
+            MtError::InvalidRole { role } => format!("invalid member role \"{}\"", clip(role)),
+            MtError::HostNotFound { host } => format!("no tenant for host \"{}\"", clip(host)),
             MtError::QuotaExceeded { tenant, key, used, adding, quota } => format!(
                 "quota \"{key}\" of tenant \"{tenant}\" exceeded: {used} used, {adding} more requested, limit {quota}"
+            ),
+            MtError::OperatorsOnly { action, why } => format!("permission denied to {action}: {why}"),
+            MtError::NullArgument { function, argument } => {
+                format!("{function}(): argument \"{argument}\" must not be NULL")
+            }
+            MtError::TriggerMisused { function, table, reason } => {
+                format!("multitenancy.{function}() refused on \"{table}\": {reason}")
+            }
+            MtError::AdminReadOnly { table } => {
+                format!("cannot write to tenant-enabled table \"{table}\" in read-only admin mode")
+            }
+            MtError::SignedSessionState { what, .. } => format!(
+                "refused: {what} would outlive this transaction in a session that requires signed tenant contexts"
             ),
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
@@ -293,7 +327,7 @@ impl MtError {
                  superuser or BYPASSRLS owner would show every tenant's rows."
                     .into(),
             ),
-            MtError::MaterializedView { .. } => Some(
+            MtError::MaterializedView { .. } | MtError::MaterializedViewFunction { .. } => Some(
                 "A materialized view is a copy of the rows; row level security of the source table does \
                  not apply to it."
                     .into(),
@@ -353,6 +387,7 @@ impl MtError {
                  backfill_tenant => '<tenant uuid>'). Rows of several tenants must get their tenant_id \
                  set first (UPDATE ... SET tenant_id = ...)."
             ),
+            MtError::GuardWeakens { fix: Some(fix), .. } => fix.clone(),
             MtError::GuardWeakens { table, .. } => format!(
                 "The protection of tenant-enabled tables cannot be weakened. To remove it on purpose, call \
                  SELECT multitenancy.tenant_disable('{table}'); for maintenance a superuser can SET \
@@ -364,6 +399,11 @@ impl MtError {
             ),
             MtError::MaterializedView { .. } => "Use a view WITH (security_invoker = true), or a tenant-enabled \
                  table filled by the application."
+                .into(),
+            MtError::MaterializedViewFunction { .. } => "A materialized view may call built-in and C functions only, \
+                 since what a SQL or procedural function reads cannot be checked. Use a view WITH (security_invoker = \
+                 true); if the function reads only global tables, a superuser can create it with SET \
+                 multitenancy.ddl_guard = off."
                 .into(),
             MtError::PublishesTenantTable { .. } => "Publish only global tables; if replicating every tenant is \
                  intended, a superuser can SET multitenancy.ddl_guard = off for this command."
@@ -449,6 +489,18 @@ impl MtError {
             MtError::ContextFixed { .. } => "Set the context the way this role is configured to: a signed token \
                  (multitenancy.tenant_set_signed) or the framework's claims (multitenancy.claims_setting)."
                 .into(),
+            MtError::NullArgument { argument, .. } => format!("Pass a value for {argument}."),
+            MtError::OperatorsOnly { .. } => "Operators are superusers, members of the extension's owning role, and \
+                 multitenancy_admin members after SELECT multitenancy.admin_begin('<reason>', write => true)."
+                .into(),
+            MtError::TriggerMisused { .. } => "The extension's trigger functions run only on tenant-enabled tables, \
+                 where multitenancy.tenant_enable() installs them."
+                .into(),
+            MtError::AdminReadOnly { .. } => "Read-only admin access (admin_begin(reason)) cannot write, whatever \
+                 transaction_read_only says. Writes need SELECT multitenancy.admin_begin('<reason>', write => true) \
+                 in a new transaction."
+                .into(),
+            MtError::SignedSessionState { hint, .. } => hint.clone(),
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }
@@ -456,17 +508,39 @@ impl MtError {
     /// Raise this error as a PostgreSQL ERROR. Never returns.
     #[track_caller]
     pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "multitenancy");
+        // Inputs are cut where messages quote them (see `clip`); this caps whatever else a
+        // message may carry, so that no error copies a huge argument into the server log.
+        let mut report = ErrorReport::new(self.sqlstate(), cap(self.message(), 1000), "multitenancy");
         if let Some(detail) = self.detail() {
-            report = report.set_detail(detail);
+            report = report.set_detail(cap(detail, 1000));
         }
-        report.set_hint(self.hint()).report(PgLogLevel::ERROR);
+        report.set_hint(cap(self.hint(), 1000)).report(PgLogLevel::ERROR);
         unreachable!("ERROR-level reports do not return")
     }
 
     pub fn internal(context: &'static str, error: impl std::fmt::Display) -> Self {
         MtError::Internal { context, error: error.to_string() }
     }
+}
+
+/// An input as error messages quote it: at most 100 characters, the rest counted.
+pub fn clip(input: &str) -> String {
+    const KEEP: usize = 100;
+    match input.char_indices().nth(KEEP) {
+        None => input.to_string(),
+        Some((end, _)) => format!("{}... ({} bytes in all)", &input[..end], input.len()),
+    }
+}
+
+fn cap(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// `result.or_raise()` turns an `MtError` into a PostgreSQL ERROR at the SQL boundary.

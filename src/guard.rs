@@ -22,33 +22,45 @@ use crate::hardening;
 use crate::registry;
 use crate::spec;
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashSet;
 
 thread_local! {
-    /// Set while the extension runs its own DDL.
-    static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// The tables the extension is changing with its own DDL right now (innermost last).
+    static BUSY: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     /// Tables created in guarded schemas during this transaction, checked at COMMIT.
     static PENDING: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
 
-/// While alive, the event triggers ignore DDL (the extension's own).
-pub struct Busy(bool);
+/// While alive, the guard leaves commands on these tables to the extension (its own DDL, which
+/// passes through states the guard would refuse and is checked as a whole when it is done).
+///
+/// Only these tables: the extension's DDL runs user code (the owner's triggers during a
+/// backfill, index expressions while an index is rebuilt, check constraints while a key is
+/// validated), and whatever that code does to any other object is checked as usual. The guard
+/// is never paused as a whole.
+pub struct Busy(usize);
 
 impl Busy {
-    pub fn enter() -> Busy {
-        Busy(BUSY.with(|b| b.replace(true)))
+    pub fn enter(tables: &[pg_sys::Oid]) -> Busy {
+        BUSY.with(|b| {
+            let mut busy = b.borrow_mut();
+            let depth = busy.len();
+            busy.extend_from_slice(tables);
+            Busy(depth)
+        })
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        BUSY.with(|b| b.set(self.0));
+        BUSY.with(|b| b.borrow_mut().truncate(self.0));
     }
 }
 
-fn busy() -> bool {
-    BUSY.with(Cell::get)
+/// Whether the extension's own DDL is changing `relid` right now.
+fn ours(relid: pg_sys::Oid) -> bool {
+    BUSY.with(|b| b.borrow().contains(&relid))
 }
 
 pub fn init() {
@@ -76,7 +88,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT
         | XACT_EVENT_PARALLEL_ABORT => {
             PENDING.with(|p| p.borrow_mut().clear());
-            BUSY.with(|b| b.set(false));
+            BUSY.with(|b| b.borrow_mut().clear());
         }
         _ => {}
     }
@@ -119,6 +131,10 @@ struct Command {
     relid: Option<pg_sys::Oid>,
     relkind: Option<u8>,
     publication: Option<pg_sys::Oid>,
+    /// The object was created in this session's temporary schema.
+    temp: bool,
+    /// A trigger that calls one of the extension's counting functions: its name.
+    counting_trigger: Option<String>,
 }
 
 #[cfg(feature = "pg14")]
@@ -129,6 +145,12 @@ const PUBLICATION_NAMESPACE: &str = "(SELECT n.pnpubid FROM pg_catalog.pg_public
 fn commands() -> Result<Vec<Command>> {
     let sql = format!(
         "SELECT c.command_tag, COALESCE(c.object_identity, c.object_type), t.relid, r.relkind::text, \
+                COALESCE(c.schema_name = (SELECT n.nspname FROM pg_catalog.pg_namespace n \
+                                           WHERE n.oid = pg_catalog.pg_my_temp_schema()), false), \
+                CASE WHEN c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+                     THEN (SELECT tg.tgname::text FROM pg_catalog.pg_trigger tg WHERE tg.oid = c.objid \
+                              AND tg.tgfoid IN ('multitenancy._usage_row()'::pg_catalog.regprocedure, \
+                                                'multitenancy._usage_statement()'::pg_catalog.regprocedure)) END, \
                 CASE c.classid WHEN 'pg_catalog.pg_publication'::pg_catalog.regclass THEN c.objid \
                      WHEN 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
                      THEN (SELECT pr.prpubid FROM pg_catalog.pg_publication_rel pr WHERE pr.oid = c.objid) \
@@ -141,7 +163,9 @@ fn commands() -> Result<Vec<Command>> {
                 WHEN c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
                 THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = c.objid) \
                 WHEN c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
-                THEN (SELECT tg.tgrelid FROM pg_catalog.pg_trigger tg WHERE tg.oid = c.objid) END AS relid) t \
+                THEN (SELECT tg.tgrelid FROM pg_catalog.pg_trigger tg WHERE tg.oid = c.objid) \
+                WHEN c.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                THEN (SELECT w.ev_class FROM pg_catalog.pg_rewrite w WHERE w.oid = c.objid) END AS relid) t \
            LEFT JOIN pg_catalog.pg_class r ON r.oid = t.relid \
           WHERE NOT c.in_extension"
     );
@@ -154,7 +178,9 @@ fn commands() -> Result<Vec<Command>> {
                 identity: row.get::<String>(2).ctx("identity")?.unwrap_or_default(),
                 relid: row.get::<pg_sys::Oid>(3).ctx("relid")?,
                 relkind: row.get::<String>(4).ctx("relkind")?.and_then(|k| k.bytes().next()),
-                publication: row.get::<pg_sys::Oid>(5).ctx("publication")?,
+                temp: row.get::<bool>(5).ctx("temp")?.unwrap_or(false),
+                counting_trigger: row.get::<String>(6).ctx("counting trigger")?,
+                publication: row.get::<pg_sys::Oid>(7).ctx("publication")?,
             });
         }
         Ok(out)
@@ -167,9 +193,6 @@ fn creates_table(tag: &str) -> bool {
 
 /// `ddl_command_end`.
 fn ddl_command_end() -> Result<()> {
-    if busy() {
-        return Ok(());
-    }
     if !gucs::ddl_guard() {
         for command in commands()? {
             log(format!(
@@ -181,14 +204,24 @@ fn ddl_command_end() -> Result<()> {
         }
         return Ok(());
     }
-    let commands = commands()?;
+    // The extension's own DDL on the tables it is building is checked by the extension.
+    let commands: Vec<Command> = commands()?.into_iter().filter(|c| !c.relid.is_some_and(ours)).collect();
     if commands.is_empty() {
         return Ok(());
     }
-    let _busy = Busy::enter();
+    let signed = crate::signed::session_is_signed();
     let mut enabled = registry::enabled_set()?;
     let mut checked = HashSet::new();
     for command in &commands {
+        if signed && command.temp {
+            return Err(MtError::SignedSessionState {
+                what: format!("{} of temporary object {}", command.tag, command.identity),
+                hint: "In a session that requires signed tenant contexts, a transaction cannot leave objects behind for \
+                       the next transaction on the same connection (which may be another tenant's, behind a pooler). \
+                       Use a common table expression or a tenant-enabled table instead of a temporary object."
+                    .into(),
+            });
+        }
         if let Some(publication) = command.publication {
             check_publication(publication, &enabled)?;
         }
@@ -207,8 +240,27 @@ fn ddl_command_end() -> Result<()> {
             }
             _ => {}
         }
+        if let Some(trigger) = &command.counting_trigger {
+            check_counting_trigger(trigger, relid, &enabled)?;
+        }
     }
     Ok(())
+}
+
+/// The counting trigger functions may only be the triggers `tenant_enable` creates, on enabled
+/// tables (they refuse to run anywhere else, too).
+fn check_counting_trigger(trigger: &str, relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    let ours = spec::TRIGGERS.iter().any(|t| t.name == trigger);
+    if ours && enabled.contains(&relid) {
+        return Ok(());
+    }
+    Err(MtError::TriggerMisused {
+        function: "_usage_row",
+        table: Relation::lookup(relid)?.display(),
+        reason: format!(
+            "trigger {trigger}: the counting functions are only for the triggers tenant_enable() creates on tenant-enabled tables"
+        ),
+    })
 }
 
 /// The enabled parent of a partition or inheritance child, if it has one.
@@ -236,7 +288,7 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
     let rel = Relation::lookup(relid)?;
     if enabled.contains(&relid) {
         if let Some(deviation) = spec::inspect(&rel)?.first() {
-            return Err(MtError::GuardWeakens { command: tag.into(), table: rel.display(), what: deviation.describe() });
+            return Err(weakens(tag, &rel, deviation));
         }
         hardening::harden(&rel, enabled)?;
         for child in enable::enable_children(&rel, None)? {
@@ -244,6 +296,13 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
             announce_child(child, &rel)?;
         }
         return Ok(());
+    }
+    // A table that is not enabled may not become the parent of one (ATTACH PARTITION, INHERIT):
+    // a query on it would return the child's rows of every tenant.
+    if let Some(child) = children(relid)?.into_iter().find(|c| enabled.contains(c)) {
+        let child = Relation::lookup(child)?;
+        let deviation = spec::Deviation::ParentNotEnabled { parent: rel.display() };
+        return Err(weakens(tag, &child, &deviation));
     }
     if let Some(parent) = enabled_parent(relid, enabled)? {
         enable::enable(relid, None)?;
@@ -261,6 +320,15 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
         PENDING.with(|p| p.borrow_mut().push(relid));
     }
     Ok(())
+}
+
+fn weakens(command: &str, rel: &Relation, deviation: &spec::Deviation) -> MtError {
+    MtError::GuardWeakens {
+        command: command.into(),
+        table: rel.display(),
+        what: deviation.describe(),
+        fix: deviation.fix(&rel.sql()),
+    }
 }
 
 pub fn is_partition(relid: pg_sys::Oid) -> Result<bool> {
@@ -325,11 +393,52 @@ fn check_view(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
     }
 }
 
+/// Why a materialized view would store tenant rows outside row level security.
+pub enum MatviewLeak {
+    /// It reads a tenant-enabled table.
+    Table(Relation),
+    /// It calls a function that may read one (its rows depend on whose context refreshes it).
+    Function(String),
+}
+
+/// Whether a materialized view (through any views it reads) reads a tenant-enabled table or
+/// calls a function that could. Functions in SQL or a procedural language count (what they
+/// read cannot be known from the catalog); built-in and C functions do not (a superuser
+/// installed them; C code that reads tables is trusted like the extension that brings it).
+pub fn matview_leak(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<MatviewLeak>> {
+    if let Some(table) = first_enabled(tables_read_by(view)?, enabled)? {
+        return Ok(Some(MatviewLeak::Table(table)));
+    }
+    let function = Spi::get_one_with_args::<String>(
+        "WITH RECURSIVE reads(relid) AS ( \
+             SELECT $1::pg_catalog.oid \
+           UNION \
+             SELECT d.refobjid FROM reads r \
+               JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_class v ON v.oid = d.refobjid AND v.relkind IN ('v', 'm') \
+              WHERE d.refobjid <> r.relid) \
+         SELECT p.oid::pg_catalog.regprocedure::text FROM reads r \
+           JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
+           JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+            AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+           JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+           JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+          WHERE l.lanname NOT IN ('internal', 'c') \
+            AND p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
+          ORDER BY 1 LIMIT 1",
+        &[view.into()],
+    )
+    .ctx("guard::matview functions")?;
+    Ok(function.map(MatviewLeak::Function))
+}
+
 fn check_matview(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
-    match first_enabled(tables_read_by(view)?, enabled)? {
-        Some(table) => {
-            Err(MtError::MaterializedView { view: Relation::lookup(view)?.display(), table: table.display() })
-        }
+    let name = || Relation::lookup(view).map(|v| v.display());
+    match matview_leak(view, enabled)? {
+        Some(MatviewLeak::Table(table)) => Err(MtError::MaterializedView { view: name()?, table: table.display() }),
+        Some(MatviewLeak::Function(function)) => Err(MtError::MaterializedViewFunction { view: name()?, function }),
         None => Ok(()),
     }
 }
@@ -384,9 +493,6 @@ fn revoke_unsafe_grants(enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
 
 /// `sql_drop`: the extension's policies and triggers and the tenant index of enabled tables stay.
 fn sql_drop() -> Result<()> {
-    if busy() {
-        return Ok(());
-    }
     let dropped = Spi::connect(|client| {
         let rows = client
             .select(
@@ -421,7 +527,6 @@ fn sql_drop() -> Result<()> {
         }
         return Ok(());
     }
-    let _busy = Busy::enter();
     let enabled = registry::enabled_set()?;
     let mut tables = Vec::new();
     for (kind, _, table, schema) in dropped {
@@ -442,12 +547,13 @@ fn sql_drop() -> Result<()> {
         }
     }
     for (command, relid) in tables {
-        if !enabled.contains(&relid) {
+        // The extension's own DDL on a table it is building is checked by the extension.
+        if !enabled.contains(&relid) || ours(relid) {
             continue;
         }
         let rel = Relation::lookup(relid)?;
         if let Some(deviation) = spec::inspect(&rel)?.first() {
-            return Err(MtError::GuardWeakens { command, table: rel.display(), what: deviation.describe() });
+            return Err(weakens(&command, &rel, deviation));
         }
     }
     Ok(())

@@ -38,6 +38,9 @@ pub static BASE_DOMAIN: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 /// `multitenancy.guarded_schemas`: schemas whose new tables must be tenant-enabled or exempt.
 pub static GUARDED_SCHEMAS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"public"));
 
+/// `multitenancy.domain_claim_ttl`: how long an unverified domain claim blocks other tenants.
+pub static DOMAIN_CLAIM_TTL: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 3600);
+
 /// `multitenancy.ddl_guard`: the event triggers check DDL (on) or only log it (off).
 pub static DDL_GUARD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -174,6 +177,17 @@ pub fn init() {
             &DDL_GUARD,
             pgrx::GucContext::Suset,
             pgrx::GucFlags::default(),
+        );
+        pgrx::GucRegistry::define_int_guc(
+            c"multitenancy.domain_claim_ttl",
+            c"How long an unverified domain claim blocks other tenants from adding the domain (superuser only).",
+            c"After this time, another tenant's domain_add takes the domain over (audited): nobody can hold a \
+              domain they cannot prove is theirs. Default 3 days.",
+            &DOMAIN_CLAIM_TTL,
+            1,
+            i32::MAX,
+            pgrx::GucContext::Suset,
+            pgrx::GucFlags::UNIT_S,
         );
         // Misspelled settings such as multitenancy.tenantid are errors, not silent placeholders.
         #[cfg(not(feature = "pg14"))]

@@ -5,6 +5,8 @@
 //! A hardened table has
 //! - every unique constraint and unique index keyed by tenant_id (rebuilt with tenant_id
 //!   leading, same name): a value is unique per tenant, and a duplicate only collides inside it;
+//! - every exclusion constraint with `tenant_id WITH =` leading: rows of different tenants never
+//!   conflict, so a 23P01 says nothing about another tenant's rows;
 //! - `UNIQUE (tenant_id, <primary key>)` next to the primary key, which stays as it is: the
 //!   target of composite foreign keys;
 //! - foreign keys to other tenant-enabled tables as `(tenant_id, x) REFERENCES parent
@@ -102,6 +104,9 @@ impl ForeignKey {
 pub enum Weakness {
     /// A unique constraint (or unique index) whose key does not include tenant_id.
     Unique { name: String, index: pg_sys::Oid, constraint: Option<pg_sys::Oid> },
+    /// An exclusion constraint without `tenant_id WITH =`: its conflicts are checked across
+    /// tenants, so a 23P01 tells a tenant about another tenant's rows.
+    Exclusion { name: String, constraint: pg_sys::Oid },
     /// The table has a primary key but no `UNIQUE (tenant_id, <pk>)`.
     TenantKeyMissing { columns: Vec<String> },
     /// A foreign key to a tenant-enabled table without tenant_id.
@@ -119,6 +124,9 @@ impl Weakness {
                 format!("unique constraint {name} does not include tenant_id")
             }
             Weakness::Unique { name, constraint: None, .. } => format!("unique index {name} does not include tenant_id"),
+            Weakness::Exclusion { name, .. } => {
+                format!("exclusion constraint {name} does not include tenant_id WITH = (it compares rows across tenants)")
+            }
             Weakness::TenantKeyMissing { columns } => format!(
                 "no unique constraint on ({TENANT_COLUMN}, {}) for tenant-scoped foreign keys",
                 columns.join(", ")
@@ -283,6 +291,28 @@ fn weaknesses_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<V
         Ok::<_, MtError>(())
     })?;
 
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT con.oid, con.conname::text FROM pg_catalog.pg_constraint con \
+                   JOIN pg_catalog.pg_index i ON i.indexrelid = con.conindid \
+                  WHERE con.conrelid = $1 AND con.contype = 'x' AND con.conparentid = 0 \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) k \
+                                     WHERE i.indkey[k] = $2) \
+                  ORDER BY 2",
+                None,
+                &[rel.oid.into(), tenant.into()],
+            )
+            .ctx("hardening::exclusion")?;
+        for row in rows {
+            found.push(Weakness::Exclusion {
+                constraint: row.get::<pg_sys::Oid>(1).ctx("exclusion constraint")?.unwrap_or_default(),
+                name: row.get::<String>(2).ctx("exclusion name")?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, MtError>(())
+    })?;
+
     if let Some((columns, attnums)) = primary_key(rel.oid)? {
         if !attnums.contains(&tenant) {
             let mut key = vec![tenant];
@@ -395,6 +425,44 @@ fn unique_constraint_with_tenant(rel: &Relation, constraint: pg_sys::Oid, name: 
     ))
 }
 
+/// `EXCLUDE USING gist (a WITH =, b WITH &&)` as `EXCLUDE USING gist (tenant_id WITH =, a WITH
+/// =, b WITH &&)`: rows of different tenants never conflict. GiST needs an operator class for
+/// uuid (the btree_gist extension); other access methods take one column only.
+fn exclusion_with_tenant(rel: &Relation, constraint: pg_sys::Oid, name: &str) -> Result<String> {
+    let (definition, usable) = Spi::get_two_with_args::<String, bool>(
+        "SELECT pg_catalog.pg_get_constraintdef(con.oid), \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc \
+                         WHERE oc.opcmethod = ic.relam AND oc.opcdefault \
+                           AND oc.opcintype = 'pg_catalog.uuid'::pg_catalog.regtype) \
+           FROM pg_catalog.pg_constraint con JOIN pg_catalog.pg_class ic ON ic.oid = con.conindid \
+          WHERE con.oid = $1",
+        &[constraint.into()],
+    )
+    .ctx("hardening::exclusiondef")?;
+    let definition = definition.unwrap_or_default();
+    let cannot = |reason: String| MtError::CannotHarden {
+        table: rel.display(),
+        object: format!("exclusion constraint {name}"),
+        reason,
+    };
+    let open = ["EXCLUDE USING gist (", "EXCLUDE USING btree ("]
+        .iter()
+        .find(|head| definition.starts_with(*head))
+        .map(|head| head.len())
+        .ok_or_else(|| cannot(format!("only GiST and btree exclusion constraints can take tenant_id: {definition}")))?;
+    if usable != Some(true) {
+        return Err(cannot(
+            "its index method has no operator class for uuid; a superuser can add one with CREATE EXTENSION btree_gist".into(),
+        ));
+    }
+    let (before, after) = definition.split_at(open);
+    Ok(format!(
+        "ALTER TABLE {} DROP CONSTRAINT {name_q}, ADD CONSTRAINT {name_q} {before}{TENANT_COLUMN} WITH =, {after}",
+        rel.sql(),
+        name_q = quote_identifier(name)
+    ))
+}
+
 /// Build the hardened shape on `rel`; `enabled` must contain `rel`. Runs as the caller (the
 /// table owner); every change is announced with a NOTICE. Returns what was changed.
 pub fn harden(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<String>> {
@@ -453,6 +521,10 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
                 statements.push(create);
                 changes.push(format!("unique index {name} now includes tenant_id"));
             }
+            Weakness::Exclusion { name, constraint } => {
+                statements.push(exclusion_with_tenant(rel, *constraint, name)?);
+                changes.push(format!("exclusion constraint {name} now includes tenant_id WITH ="));
+            }
             Weakness::TenantKeyMissing { columns } => {
                 statements.push(format!(
                     "ALTER TABLE {} ADD UNIQUE ({TENANT_COLUMN}, {})",
@@ -496,6 +568,10 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
     for table in &forced {
         statements.push(format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", table.sql()));
     }
+    // The tables these statements change are the extension's while they run (see guard::Busy).
+    let mut tables = vec![rel.oid];
+    tables.extend(to_convert.iter().flat_map(|fk| [fk.table.oid, fk.parent.oid]));
+    let _busy = crate::guard::Busy::enter(&tables);
     for statement in &statements {
         Spi::run(statement).ctx("hardening: DDL")?;
     }

@@ -72,11 +72,13 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     // Before the settings are defined: both look at what the session had set until now.
     signed::init();
+    signed::init_session_guard();
     context::init();
     gucs::init();
     guard::init();
     tenants::init();
     access::init();
+    quotas::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -4,7 +4,7 @@
 //! Each call is one change with one audit row (see `access::change`); the data work is in
 //! `sql/model.sql`.
 use crate::access::{self, Need};
-use crate::error::{MtError, OrRaise, Result};
+use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::members::Role;
 use crate::tenants;
 use pgrx::prelude::*;
@@ -58,6 +58,39 @@ fn tenant_purge(tenant: Option<&str>, confirm_slug: Option<&str>) -> i64 {
     let run = || {
         let rows = lifecycle("tenant_purge", tenant, "SELECT multitenancy._tenant_purge($1, $2)", vec![confirm_slug.into()])?;
         Ok::<_, MtError>(rows.and_then(|r| r.parse().ok()).unwrap_or(0))
+    };
+    run().or_raise()
+}
+
+/// `multitenancy._purge_rows(table, tenant, delete)`: count (`delete` false) or delete one
+/// tenant's rows of one tenant-enabled table, for `_tenant_purge`. It runs as the table's owner
+/// in a security-restricted operation, like PostgreSQL's own maintenance commands: the owner's
+/// triggers, rules and policies that the DELETE fires run with the owner's rights, never with
+/// the registry owner's (a superuser). Admin mode (write) lets the owner's forced row level
+/// security see the purged tenant, which has no context of its own any more.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) -> i64 {
+    let run = || {
+        let rel = crate::catalog::Relation::lookup(tbl.0)?;
+        let owner = crate::registry::relation_owner(rel.oid)?;
+        let sql = if delete {
+            format!("DELETE FROM {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::spec::TENANT_COLUMN)
+        } else {
+            format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::spec::TENANT_COLUMN)
+        };
+        crate::registry::with_pinned_search_path(|| {
+            crate::registry::as_role(owner, || {
+                crate::access::with_internal_admin(|| {
+                    if delete {
+                        Spi::connect_mut(|client| {
+                            client.update(&sql, None, &[tenant.into()]).map(|t| t.len() as i64).ctx("lifecycle::purge delete")
+                        })
+                    } else {
+                        Spi::get_one_with_args::<i64>(&sql, &[tenant.into()]).ctx("lifecycle::purge count").map(|n| n.unwrap_or(0))
+                    }
+                })
+            })
+        })
     };
     run().or_raise()
 }

@@ -236,7 +236,8 @@ unsafe fn deformed_bytes(tupdesc: pg_sys::TupleDesc, values: *const pg_sys::Datu
     total
 }
 
-/// The attribute number (0-based) of the tenant column in a tuple descriptor.
+/// The attribute number (0-based) of the tenant column in a tuple descriptor, if it has one of
+/// type uuid.
 ///
 /// # Safety
 /// `tupdesc` is a valid tuple descriptor.
@@ -244,6 +245,7 @@ unsafe fn tenant_attno(tupdesc: pg_sys::TupleDesc) -> Option<usize> {
     let natts = (*tupdesc).natts as usize;
     (*tupdesc).attrs.as_slice(natts).iter().position(|attr| {
         !attr.attisdropped
+            && attr.atttypid == pg_sys::UUIDOID
             && std::ffi::CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes() == crate::spec::TENANT_COLUMN.as_bytes()
     })
 }
@@ -308,6 +310,7 @@ pub extern "C" fn pg_finfo_mt_usage_row() -> &'static pg_sys::Pg_finfo_record {
 #[pg_guard]
 pub unsafe extern "C-unwind" fn mt_usage_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let data = trigger_data(fcinfo, "_usage_row");
+    check_trigger(data, 0).or_raise();
     let event = data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let table = (*data.tg_relation).rd_id;
     let add = |slot: *mut pg_sys::TupleTableSlot, sign: i64| {
@@ -348,6 +351,7 @@ pub extern "C" fn pg_finfo_mt_usage_statement() -> &'static pg_sys::Pg_finfo_rec
 #[pg_guard]
 pub unsafe extern "C-unwind" fn mt_usage_statement(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let data = trigger_data(fcinfo, "_usage_statement");
+    check_trigger(data, 1).or_raise();
     end_of_statement().or_raise();
     if data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
         // TRUNCATE fires this for every table it empties (partitions included).
@@ -368,6 +372,84 @@ unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo, name: &'static str)
         .raise()
     }
     &*(context as *const pg_sys::TriggerData)
+}
+
+thread_local! {
+    /// Tables whose counting triggers [`check_trigger`] has accepted. A table leaves the set when
+    /// its relcache entry is invalidated (any DDL on it, tenant_disable, DROP, a rolled-back
+    /// tenant_enable), so the registry is read once per table, not once per row.
+    static CHECKED: RefCell<std::collections::HashSet<u32>> = RefCell::new(std::collections::HashSet::new());
+}
+
+pub fn init() {
+    // SAFETY: registers a callback for the life of the backend; it only touches CHECKED.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    CHECKED.with(|c| {
+        let mut checked = c.borrow_mut();
+        if relid == pg_sys::InvalidOid {
+            checked.clear();
+        } else {
+            checked.remove(&relid.to_u32());
+        }
+    });
+}
+
+/// The counting trigger functions are EXECUTE-able by everyone (whoever runs tenant_enable
+/// creates the triggers), so anyone can attach them to a table of their own: they must never
+/// trust the table they fire on. A trigger counts only as the one `tenant_enable` made (its
+/// name, AFTER, its level) on a tenant-enabled table with a uuid tenant column; anything else is
+/// refused before a row is looked at. In read-only admin mode, no write of an enabled table
+/// passes (transaction_read_only can be switched off by a function's SET clause; this cannot).
+///
+/// # Safety
+/// `data` is the trigger data of the current call.
+unsafe fn check_trigger(data: &pg_sys::TriggerData, spec_index: usize) -> Result<()> {
+    let spec = &crate::spec::TRIGGERS[spec_index];
+    let rel = data.tg_relation;
+    let relid = (*rel).rd_id;
+    if crate::access::admin_mode().is_some_and(|m| !m.write) {
+        return Err(MtError::AdminReadOnly { table: relation_name(rel) });
+    }
+    if CHECKED.with(|c| c.borrow().contains(&relid.to_u32())) {
+        return Ok(());
+    }
+    let misused = |reason: &str| MtError::TriggerMisused {
+        function: if spec.row { "_usage_row" } else { "_usage_statement" },
+        table: relation_name(rel),
+        reason: reason.into(),
+    };
+    let event = data.tg_event;
+    let after = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == 0;
+    let row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
+    let trigger = data.tg_trigger;
+    let name = if trigger.is_null() { &b""[..] } else { std::ffi::CStr::from_ptr((*trigger).tgname).to_bytes() };
+    if !after || row != spec.row || name != spec.name.as_bytes() {
+        return Err(misused(&format!("only the AFTER {} trigger {} that tenant_enable() creates may call it",
+            if spec.row { "ROW" } else { "STATEMENT" }, spec.name)));
+    }
+    if tenant_attno((*rel).rd_att).is_none() {
+        return Err(misused("the table has no tenant_id column of type uuid"));
+    }
+    if !registry::is_enabled(relid)? {
+        return Err(misused("the table is not tenant-enabled"));
+    }
+    CHECKED.with(|c| c.borrow_mut().insert(relid.to_u32()));
+    Ok(())
+}
+
+/// `schema.table` of an open relation, for messages.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn relation_name(rel: pg_sys::Relation) -> String {
+    let namespace = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+    let schema = if namespace.is_null() { String::new() } else { std::ffi::CStr::from_ptr(namespace).to_string_lossy().into_owned() };
+    let name = std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+    format!("{schema}.{name}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -815,8 +897,9 @@ fn quota_reset(tenant: Option<&str>, key: Option<&str>) {
 /// Add `amount` to the current tenant's metered counter `key` for this month (UTC); refuses
 /// (53400, nothing counted) when that would pass the tenant's limit. Returns the new total.
 #[pg_extern(volatile, parallel_unsafe)]
-fn usage_record(key: Option<&str>, amount: default!(i64, 1)) -> i64 {
+fn usage_record(key: Option<&str>, amount: default!(Option<i64>, 1)) -> i64 {
     let run = || {
+        let amount = amount.ok_or(MtError::NullArgument { function: "multitenancy.usage_record", argument: "amount" })?;
         let key = validate_key(key)?;
         if !is_metered(&key) {
             return Err(MtError::InvalidArgument {

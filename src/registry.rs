@@ -76,30 +76,45 @@ pub fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// caller's can capture a name. Pinning and restoring the search_path makes PostgreSQL recompute
 /// it twice, which the usage counting of every INSERT should not pay.
 pub fn as_owner_qualified<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    as_role(registry_owner()?, f)
+}
+
+/// Run `f` as `role`, in a security-restricted operation (no SET ROLE, no session state), the
+/// way PostgreSQL runs maintenance (VACUUM, REINDEX) as a table's owner.
+///
+/// On a normal return the caller's role is restored here; on an ERROR the (sub)transaction
+/// abort restores it, as it does for SECURITY DEFINER functions.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R> {
     struct Restore {
         user: pg_sys::Oid,
         sec_context: i32,
     }
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: restores exactly what `as_owner` saved.
+            // SAFETY: restores exactly what `as_role` saved.
             unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
         }
     }
 
-    let owner = registry_owner()?;
     let mut user = pg_sys::InvalidOid;
     let mut sec_context = 0;
     // SAFETY: save, then switch the current user for the duration of `f`.
     let _restore = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
         pg_sys::SetUserIdAndSecContext(
-            owner,
+            role,
             sec_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
         Restore { user, sec_context }
     };
     f()
+}
+
+/// The owner of a relation.
+pub fn relation_owner(relid: pg_sys::Oid) -> Result<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])
+        .ctx("registry::relation_owner")?
+        .ok_or_else(|| MtError::internal("registry::relation_owner", format!("no relation {}", relid.to_u32())))
 }
 
 /// The name of a role that exists (the current or the session user).

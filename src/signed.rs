@@ -21,6 +21,7 @@
 //! restarts, which is why tokens issued before the table was created are refused.
 use crate::access;
 use crate::context;
+use crate::gucs;
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry;
 use crate::tenants;
@@ -91,6 +92,138 @@ pub fn init() {
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session state in signed sessions
+
+/// Whether this session takes its tenant only from signed contexts (`require_signed`), or has
+/// a signed context in this transaction.
+///
+/// Behind a transaction-mode pooler, the next transaction on this server session may be another
+/// tenant's. Nothing a transaction here leaves in the session may change what that transaction
+/// reads or writes: temporary objects (a temp table named like an enabled table shadows it; the
+/// guard refuses them), WITH HOLD cursors, prepared statements and session-level settings (this
+/// hook refuses them), and a search_path or role changed by `set_config(..., false)`
+/// (`tenant_set_signed` refuses to start a context on top of one).
+pub fn session_is_signed() -> bool {
+    // SAFETY: reads the setting's current value.
+    gucs::require_signed() || !unsafe { gucs::is_unset(gucs::signed_context_raw()) }
+}
+
+/// Settings a signed session may still SET for the session: how values are presented to the
+/// client (PgBouncer sets these itself for each client it hands the connection to), and the
+/// extension's own, whose checks already decide who may set them.
+const SESSION_SETTINGS: [&str; 9] = [
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "extra_float_digits",
+    "standard_conforming_strings",
+    "client_min_messages",
+    "bytea_output",
+];
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Called from `_PG_init`, whether preloaded or not.
+pub fn init_session_guard() {
+    // SAFETY: hook chaining as PostgreSQL documents it, once per backend.
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// What a utility statement would leave in the session, if anything.
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+unsafe fn leaves_session_state(stmt: *mut pg_sys::Node) -> Option<String> {
+    if stmt.is_null() {
+        return None;
+    }
+    match (*stmt).type_ {
+        pg_sys::NodeTag::T_PrepareStmt => Some("PREPARE (a prepared statement)".into()),
+        pg_sys::NodeTag::T_DeclareCursorStmt => {
+            let cursor = stmt as *mut pg_sys::DeclareCursorStmt;
+            ((*cursor).options & pg_sys::CURSOR_OPT_HOLD as i32 != 0)
+                .then(|| "DECLARE ... WITH HOLD (a cursor that outlives the transaction)".into())
+        }
+        pg_sys::NodeTag::T_VariableSetStmt => {
+            let set = stmt as *mut pg_sys::VariableSetStmt;
+            let sets = matches!(
+                (*set).kind,
+                pg_sys::VariableSetKind::VAR_SET_VALUE
+                    | pg_sys::VariableSetKind::VAR_SET_DEFAULT
+                    | pg_sys::VariableSetKind::VAR_SET_CURRENT
+            );
+            if (*set).is_local || !sets || (*set).name.is_null() {
+                return None;
+            }
+            let name = std::ffi::CStr::from_ptr((*set).name).to_string_lossy().to_ascii_lowercase();
+            let allowed = SESSION_SETTINGS.contains(&name.as_str()) || name.starts_with("multitenancy.");
+            (!allowed).then(|| format!("SET {name} without LOCAL (a session-level setting)"))
+        }
+        _ => None,
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    if session_is_signed() {
+        if let Some(what) = leaves_session_state((*pstmt).utilityStmt) {
+            MtError::SignedSessionState {
+                what,
+                hint: "Behind a pooler the next transaction on this connection may be another tenant's. Use SET LOCAL, \
+                       cursors without HOLD and unnamed statements (or the driver's protocol-level prepared statements)."
+                    .into(),
+            }
+            .raise();
+        }
+    }
+    match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+    }
+}
+
+/// `role` and `search_path` as this session started (its reset values): a signed context is not
+/// started on top of ones another transaction changed with `set_config(..., false)`.
+fn session_settings_untouched() -> Result<()> {
+    for name in [c"search_path", c"role"] {
+        // SAFETY: known settings; the strings are copied before any other GUC call.
+        let (current, reset) = unsafe {
+            let current = pg_sys::GetConfigOption(name.as_ptr(), false, false);
+            let current = if current.is_null() { String::new() } else { std::ffi::CStr::from_ptr(current).to_string_lossy().into_owned() };
+            let reset = pg_sys::GetConfigOptionResetString(name.as_ptr());
+            let reset = if reset.is_null() { String::new() } else { std::ffi::CStr::from_ptr(reset).to_string_lossy().into_owned() };
+            (current, reset)
+        };
+        if current != reset {
+            return Err(MtError::SignedSessionState {
+                what: format!("{} = {} (changed from {reset:?} in this session)", name.to_string_lossy(), crate::error::clip(&current)),
+                hint: format!(
+                    "Start the signed context first (BEGIN; SELECT multitenancy.tenant_set_signed(...)), then SET LOCAL {0} \
+                     inside the transaction; or make it a role default (ALTER ROLE ... SET {0} = ...).",
+                    name.to_string_lossy()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether the library was loaded by `shared_preload_libraries` (signed contexts need it).
@@ -327,6 +460,7 @@ fn set_signed(token: &str) -> Result<pgrx::Uuid> {
     if !preloaded() {
         return Err(MtError::SignedNeedsPreload);
     }
+    session_settings_untouched()?;
     let token = token.trim();
     if token.len() > MAX_TOKEN_BYTES {
         return Err(bad(format!("it is longer than {MAX_TOKEN_BYTES} bytes")));

@@ -155,6 +155,16 @@ pub enum Deviation {
     TriggerMissing { trigger: &'static str },
     /// Disabled, or not the canonical definition.
     TriggerDiffers { trigger: &'static str },
+    /// A parent (inheritance or partitioned table) that is not tenant-enabled: a query on it
+    /// returns this table's rows of every tenant.
+    ParentNotEnabled { parent: String },
+    /// A rule: its actions run with the owner's rights on every tenant's rows, invisibly to the
+    /// application (`DO ALSO INSERT INTO sink`, `DO INSTEAD NOTHING`).
+    Rule { name: String },
+    /// A policy of the owner's that passes row values to a function that is not LEAKPROOF.
+    /// PostgreSQL orders the quals of all policies by cost, so such a function can run before
+    /// the isolation predicate and receive other tenants' rows.
+    LeakyPolicy { name: String },
 }
 
 impl Deviation {
@@ -176,7 +186,42 @@ impl Deviation {
             Deviation::TriggerDiffers { trigger } => {
                 format!("quota trigger {trigger} is disabled or differs from the canonical one")
             }
+            Deviation::ParentNotEnabled { parent } => format!(
+                "its parent {parent} is not tenant-enabled: a query on the parent returns this table's rows of every tenant"
+            ),
+            Deviation::Rule { name } => format!(
+                "rule {name} runs with the owner's rights on every tenant's rows (rules are not allowed on tenant-enabled tables)"
+            ),
+            Deviation::LeakyPolicy { name } => format!(
+                "policy {name} passes row values to a function that is not LEAKPROOF, which can run before the \
+                 isolation policy and see other tenants' rows"
+            ),
         }
+    }
+
+    /// What to do about a deviation [`Deviation::repair_sql`] cannot repair (`None`: tenant_enable
+    /// repairs it).
+    pub fn fix(&self, table: &str) -> Option<String> {
+        Some(match self {
+            Deviation::ColumnType { .. } => format!(
+                "Convert the column (ALTER TABLE {table} ALTER COLUMN tenant_id TYPE uuid USING ...), then call \
+                 multitenancy.tenant_enable again."
+            ),
+            Deviation::ParentNotEnabled { parent } => format!(
+                "Tenant-enable the parent too (SELECT multitenancy.tenant_enable('{parent}')), or detach the table from \
+                 it (ALTER TABLE {table} NO INHERIT {parent}, or ALTER TABLE {parent} DETACH PARTITION {table})."
+            ),
+            Deviation::Rule { name } => format!(
+                "DROP RULE {} ON {table}; use a trigger, whose code verify() lists for review.",
+                pgrx::spi::quote_identifier(name)
+            ),
+            Deviation::LeakyPolicy { name } => format!(
+                "DROP POLICY {} ON {table}, or call only LEAKPROOF functions and operators on the table's columns in it \
+                 (a superuser may mark a function LEAKPROOF once it cannot reveal its arguments, not even in an error).",
+                pgrx::spi::quote_identifier(name)
+            ),
+            _ => return None,
+        })
     }
 
     /// The statements that repair this deviation on an empty or fully assigned table; `None`
@@ -194,7 +239,10 @@ impl Deviation {
                      ALTER COLUMN {TENANT_COLUMN} SET NOT NULL"
                 ),
             ],
-            Deviation::ColumnType { .. } => return None,
+            Deviation::ColumnType { .. }
+            | Deviation::ParentNotEnabled { .. }
+            | Deviation::Rule { .. }
+            | Deviation::LeakyPolicy { .. } => return None,
             Deviation::ColumnNullable => {
                 vec![format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET NOT NULL")]
             }
@@ -355,8 +403,60 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
                 Some(_) => {}
             }
         }
-        Ok(found)
-    })
+
+        let rules = client
+            .select(
+                "SELECT r.rulename::text FROM pg_catalog.pg_rewrite r \
+                  WHERE r.ev_class = $1 AND r.rulename <> '_RETURN' ORDER BY 1",
+                None,
+                &[rel.oid.into()],
+            )
+            .ctx("spec::inspect rules")?;
+        for row in rules {
+            found.push(Deviation::Rule { name: row.get::<String>(1).ctx("rulename")?.unwrap_or_default() });
+        }
+
+        let policies = client
+            .select(
+                "SELECT p.polname::text, p.polqual::text FROM pg_catalog.pg_policy p \
+                  WHERE p.polrelid = $1 AND p.polqual IS NOT NULL AND p.polname <> ALL ($2) ORDER BY 1",
+                None,
+                &[rel.oid.into(), POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into()],
+            )
+            .ctx("spec::inspect owner policies")?;
+        for row in policies {
+            let name = row.get::<String>(1).ctx("polname")?.unwrap_or_default();
+            let qual = row.get::<String>(2).ctx("polqual")?.unwrap_or_default();
+            if leaks_row_values(&qual) {
+                found.push(Deviation::LeakyPolicy { name });
+            }
+        }
+        Ok::<_, crate::error::MtError>(())
+    })?;
+
+    for parent in crate::catalog::oid_column(
+        "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1 ORDER BY inhseqno",
+        &[rel.oid.into()],
+    )? {
+        if !registry::is_enabled(parent)? {
+            found.push(Deviation::ParentNotEnabled { parent: Relation::lookup(parent)?.display() });
+        }
+    }
+    Ok(found)
+}
+
+/// Whether an expression (a node tree as `pg_policy.polqual` stores it) passes a column value to
+/// a function or operator that is not LEAKPROOF — PostgreSQL's own test for what may run before
+/// a security barrier (`contain_leaked_vars`; node types it does not know, such as sub-selects,
+/// count as leaky).
+fn leaks_row_values(node_text: &str) -> bool {
+    let Ok(text) = std::ffi::CString::new(node_text) else { return true };
+    // SAFETY: stringToNode parses a node tree PostgreSQL printed; the result lives in the
+    // current memory context and is only read.
+    unsafe {
+        let node = pg_sys::stringToNode(text.as_ptr()) as *mut pg_sys::Node;
+        pg_sys::contain_leaked_vars(node)
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,5 +1,7 @@
 //! `multitenancy.verify()`: a catalog audit. Every row is something that weakens tenant
-//! isolation, with the statement that fixes it; no rows means healthy.
+//! isolation, with the statement that fixes it; no `error` or `warning` row means healthy. Rows of
+//! severity `info` list the table owner's code on enabled tables (triggers, policies, index
+//! expressions, check constraints) for a DBA to review.
 //!
 //! It compares with the same sources as the rest of the extension: [`spec::inspect`] for the
 //! shape of enabled tables, [`hardening::weaknesses`] for their keys and grants, and the DDL
@@ -12,7 +14,6 @@ use crate::hardening::{self, Weakness};
 use crate::registry;
 use crate::spec;
 use pgrx::prelude::*;
-use std::collections::HashSet;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -53,8 +54,10 @@ fn findings_pinned() -> Result<Vec<Finding>> {
     for rel in &enabled_rels {
         let repair = format!("SELECT multitenancy.tenant_enable({});", literal(&rel.sql()));
         for deviation in spec::inspect(rel)? {
-            found.push(error(rel.display(), deviation.describe(), repair.clone()));
+            let fix = deviation.fix(&rel.sql()).unwrap_or_else(|| repair.clone());
+            found.push(error(rel.display(), deviation.describe(), fix));
         }
+        found.extend(owner_code(rel)?);
         for weakness in hardening::weaknesses(rel, &enabled)? {
             found.push(match &weakness {
                 Weakness::GlobalReference(fk) => warning(
@@ -129,14 +132,21 @@ fn findings_pinned() -> Result<Vec<Finding>> {
         for view in views {
             let rel = Relation::lookup(view)?;
             if rel.kind == pg_sys::RELKIND_MATVIEW {
-                let reads: HashSet<_> = guard::tables_read_by(view)?.into_iter().collect();
-                if let Some(table) = enabled_rels.iter().find(|t| reads.contains(&t.oid)) {
+                let problem = match guard::matview_leak(view, &enabled)? {
+                    Some(guard::MatviewLeak::Table(table)) => Some(format!(
+                        "materialized view stores rows of tenant-enabled table {} outside row level security",
+                        table.display()
+                    )),
+                    Some(guard::MatviewLeak::Function(function)) => Some(format!(
+                        "materialized view calls {function}, which may read tenant-enabled tables: it stores the rows of \
+                         whichever tenant's context refreshed it, outside row level security"
+                    )),
+                    None => None,
+                };
+                if let Some(problem) = problem {
                     found.push(error(
                         rel.display(),
-                        format!(
-                            "materialized view stores rows of tenant-enabled table {} outside row level security",
-                            table.display()
-                        ),
+                        problem,
                         format!("DROP MATERIALIZED VIEW {}; (use a view WITH (security_invoker = true))", rel.sql()),
                     ));
                 }
@@ -230,12 +240,73 @@ fn findings_pinned() -> Result<Vec<Finding>> {
         Ok::<_, MtError>(())
     })?;
 
-    found.sort_by_key(|f| f.severity != "error");
+    found.sort_by_key(|f| match f.severity {
+        "error" => 0,
+        "warning" => 1,
+        _ => 2,
+    });
+    Ok(found)
+}
+
+fn info(object: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding { severity: "info", object: object.into(), problem: problem.into(), fix: fix.into() }
+}
+
+/// Code of the table owner's that runs on every tenant's rows of an enabled table, for a DBA to
+/// review: PostgreSQL runs triggers, policies and index expressions with the owner's rights and
+/// whatever tenant context the statement has (none, during a migration), and nothing can stop
+/// the owner's own code from reading what it is given. Severity `info`: a review, not a fault.
+fn owner_code(rel: &Relation) -> Result<Vec<Finding>> {
+    let mut found = Vec::new();
+    let ours_triggers: Vec<&str> = spec::TRIGGERS.iter().map(|t| t.name).collect();
+    let ours_policies: Vec<&str> = spec::POLICIES.iter().map(|p| p.name).collect();
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT 'trigger ' || t.tgname || ' calls ' || t.tgfoid::pg_catalog.regprocedure::text, \
+                        'Review ' || t.tgfoid::pg_catalog.regprocedure::text || ': it runs as the role writing, on that row of any tenant.' \
+                   FROM pg_catalog.pg_trigger t \
+                  WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname <> ALL ($2) \
+                 UNION ALL \
+                 SELECT 'policy ' || p.polname || ' of the owner''s: ' || \
+                        COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)), \
+                        'Review it: it is evaluated on every row a query reads, next to the isolation policy.' \
+                   FROM pg_catalog.pg_policy p \
+                  WHERE p.polrelid = $1 AND p.polname <> ALL ($3) \
+                 UNION ALL \
+                 SELECT 'index ' || i.indexrelid::pg_catalog.regclass::text || ' has an expression or predicate: ' || \
+                        pg_catalog.pg_get_indexdef(i.indexrelid), \
+                        'Review the functions it calls: they run as the table owner on every tenant''s rows when the index is built or written.' \
+                   FROM pg_catalog.pg_index i \
+                  WHERE i.indrelid = $1 AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) \
+                 UNION ALL \
+                 SELECT 'check constraint ' || c.conname || ': ' || pg_catalog.pg_get_constraintdef(c.oid), \
+                        'Review the functions it calls: they run on every tenant''s rows when the constraint is validated.' \
+                   FROM pg_catalog.pg_constraint c \
+                  WHERE c.conrelid = $1 AND c.contype = 'c' \
+                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid \
+                                 WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = c.oid \
+                                   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                                   AND f.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace) \
+                 ORDER BY 1",
+                None,
+                &[rel.oid.into(), ours_triggers.clone().into(), ours_policies.clone().into()],
+            )
+            .ctx("verify: owner code")?;
+        for row in rows {
+            found.push(info(
+                rel.display(),
+                row.get::<String>(1).ctx("owner code")?.unwrap_or_default(),
+                row.get::<String>(2).ctx("review")?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, MtError>(())
+    })?;
     Ok(found)
 }
 
 /// Audit the database: one row per problem that weakens tenant isolation, with the fix.
-/// No rows means healthy.
+/// No `error` or `warning` row means healthy; `info` rows list owner code to review.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]

@@ -359,10 +359,21 @@ pub struct Problem {
     pub fix: String,
 }
 
-/// `multitenancy.verify()` on `client`'s database, ordered, so tests can print and compare it.
+/// `multitenancy.verify()`'s problems (severity `error` or `warning`; the `info` rows that list
+/// owner code for review are left out) on `client`'s database, ordered, so tests can print and
+/// compare them.
 pub fn verify(client: &mut impl postgres::GenericClient) -> Vec<Problem> {
+    verify_rows(client, "WHERE severity <> 'info'")
+}
+
+/// Every row of `multitenancy.verify()`, `info` rows included.
+pub fn verify_all(client: &mut impl postgres::GenericClient) -> Vec<Problem> {
+    verify_rows(client, "")
+}
+
+fn verify_rows(client: &mut impl postgres::GenericClient, filter: &str) -> Vec<Problem> {
     client
-        .query("SELECT severity, object, problem, fix FROM multitenancy.verify() ORDER BY 1, 2, 3", &[])
+        .query(&format!("SELECT severity, object, problem, fix FROM multitenancy.verify() {filter} ORDER BY 1, 2, 3"), &[])
         .unwrap_or_else(|e| panic!("SELECT * FROM multitenancy.verify(): {e}"))
         .iter()
         .map(|r| Problem {
