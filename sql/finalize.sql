@@ -75,7 +75,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
-                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_base_domain',
+                AND p.proname NOT IN ('_admin_mode', '_readable_tenant',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
                                       '_usage_counters', '_usage_totals')
     LOOP

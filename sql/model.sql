@@ -49,7 +49,7 @@ DECLARE
     v_quota bigint;
     v_members bigint;
 BEGIN
-    IF p_role = 'owner' AND NOT p_may_manage_owners THEN
+    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied to add an owner to tenant "%": only owners may', v_slug
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Add the user as admin, or ask an owner of the tenant.';
@@ -78,7 +78,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM multitenancy.members
                     WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
-        RAISE EXCEPTION 'cannot % the last owner of tenant "%"', p_verb, p_slug
+        RAISE EXCEPTION 'cannot % the last owner of tenant "%"', left(p_verb, 100), left(p_slug, 100)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'A tenant always keeps at least one owner.',
                   HINT = 'Make another member owner first: SELECT multitenancy.member_set_role(''<tenant>'', ''<user>'', ''owner'').';
@@ -109,7 +109,7 @@ DECLARE
 BEGIN
     SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
     IF v_role = 'owner' THEN
-        IF NOT p_may_manage_owners THEN
+        IF p_may_manage_owners IS NOT TRUE THEN
             RAISE EXCEPTION 'permission denied to remove an owner of tenant "%": only owners may', v_slug
                 USING ERRCODE = 'insufficient_privilege', HINT = 'Ask an owner of the tenant.';
         END IF;
@@ -131,7 +131,7 @@ BEGIN
     IF v_role = p_role THEN
         RETURN NULL;
     END IF;
-    IF (v_role = 'owner' OR p_role = 'owner') AND NOT p_may_manage_owners THEN
+    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied to change the owners of tenant "%": only owners may', v_slug
             USING ERRCODE = 'insufficient_privilege', HINT = 'Ask an owner of the tenant.';
     END IF;
@@ -263,9 +263,9 @@ DECLARE
     v_from text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
-        RAISE EXCEPTION 'plan "%" does not exist', p_plan
+        RAISE EXCEPTION 'plan "%" does not exist', left(p_plan, 100)
             USING ERRCODE = 'undefined_object',
-                  HINT = 'Create it first: SELECT multitenancy.plan_set(''' || p_plan || ''', limits => ''{}'', features => ''{}'').';
+                  HINT = 'Create it first: SELECT multitenancy.plan_set(''' || left(p_plan, 100) || ''', limits => ''{}'', features => ''{}'').';
     END IF;
     SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
     IF v_from = p_plan THEN
@@ -315,6 +315,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_old jsonb;
 BEGIN
+    IF p_key IS NULL THEN
+        RAISE EXCEPTION 'argument "p_key" must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the setting''s key.';
+    END IF;
     PERFORM multitenancy._lock_tenant(p_tenant);
     SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
     IF v_old IS NOT DISTINCT FROM p_value THEN
@@ -374,11 +378,11 @@ DECLARE
 BEGIN
     SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
     IF v_row.domain IS NULL THEN
-        RAISE EXCEPTION 'no tenant for host "%"', p_domain
+        RAISE EXCEPTION 'no tenant for host "%"', left(p_domain, 253)
             USING ERRCODE = 'undefined_object', HINT = 'Register the domain first with multitenancy.domain_add().';
     END IF;
     IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        RAISE EXCEPTION 'verification token does not match for domain "%"', p_domain
+        RAISE EXCEPTION 'verification token does not match for domain "%"', left(p_domain, 253)
             USING ERRCODE = 'invalid_authorization_specification',
                   HINT = 'Pass the token multitenancy.domain_add() returned for this domain.';
     END IF;
@@ -396,7 +400,7 @@ BEGIN
     PERFORM multitenancy._lock_tenant(p_tenant);
     DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no tenant for host "%"', p_domain
+        RAISE EXCEPTION 'no tenant for host "%"', left(p_domain, 253)
             USING ERRCODE = 'undefined_object', HINT = 'It may have been removed by a concurrent transaction.';
     END IF;
     RETURN jsonb_build_object('domain', p_domain);

@@ -25,13 +25,13 @@ BEGIN
             v_table := NULL;
         END;
         IF v_table IS NULL OR NOT EXISTS (SELECT 1 FROM multitenancy.enabled_tables e WHERE e.relid = v_table) THEN
-            RAISE EXCEPTION 'quota key "%" names no tenant-enabled table', p_key
+            RAISE EXCEPTION 'quota key "%" names no tenant-enabled table', left(p_key, 100)
                 USING ERRCODE = 'undefined_table',
                       HINT = 'Write rows:<schema>.<table> for a table enabled with multitenancy.tenant_enable(), e.g. rows:public.orders.';
         END IF;
         RETURN 'rows:' || v_table::text;
     END IF;
-    RAISE EXCEPTION 'invalid quota key "%"', p_key
+    RAISE EXCEPTION 'invalid quota key "%"', left(p_key, 100)
         USING ERRCODE = 'invalid_parameter_value',
               HINT = 'A key is members, rows, bytes, rows:<schema>.<table>, or a metered counter name: lower-case '
                      'letters, digits, _ . -, starting with a letter, at most 63 characters (e.g. api_calls).';
@@ -189,7 +189,7 @@ $$;
 -- caller's snapshot, so usage_drift() compares tables and counters at one moment.
 CREATE FUNCTION multitenancy._usage_actual(p_table regclass)
 RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
 BEGIN
     RETURN QUERY EXECUTE format(
         'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint '
@@ -272,7 +272,7 @@ $$;
 -- (tenant_enable, when it installs the counting on a table that may have rows). Returns how many
 -- tenants' counters changed.
 CREATE FUNCTION multitenancy._usage_recount(p_table regclass) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d record;
     v_changed bigint := 0;

@@ -21,7 +21,7 @@ DECLARE
 BEGIN
     SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'signing key "%" does not exist', p_name
+        RAISE EXCEPTION 'signing key "%" does not exist', left(p_name, 100)
             USING ERRCODE = 'undefined_object',
                   HINT = 'List the keys with SELECT * FROM multitenancy.signing_key_list().';
     END IF;

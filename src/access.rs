@@ -207,6 +207,12 @@ pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
         return Err(MtError::NotAdmin { role: registry::calling_role() });
     }
     let reason = reason.map(str::trim).unwrap_or_default();
+    if reason.len() > 1000 {
+        return Err(MtError::InvalidArgument {
+            message: format!("an admin access reason is at most 1000 bytes (got {})", reason.len()),
+            hint: "Say why in a sentence and refer to the ticket, e.g. 'support ticket 4711'.".into(),
+        });
+    }
     if reason.is_empty() {
         return Err(MtError::InvalidArgument {
             message: "admin access needs a reason".into(),
@@ -241,7 +247,7 @@ pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
 /// of every tenant's rows, audited. Only for members of `multitenancy_admin`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn admin_begin(reason: Option<&str>, write: default!(Option<bool>, false)) {
-    let write = write.ok_or(MtError::NullArgument { function: "multitenancy.admin_begin", argument: "write" }).or_raise();
+    let write = crate::error::required(write, "write").or_raise();
     begin(reason, write).or_raise()
 }
 
@@ -254,7 +260,7 @@ fn _admin_mode() -> bool {
 
 /// Look a tenant up by slug or id for a management function; unknown is 42704.
 pub fn tenant(key: Option<&str>) -> Result<Tenant> {
-    tenants::require(key.unwrap_or_default())
+    tenants::require(crate::error::required(key, "tenant")?)
 }
 
 /// Whether the caller may read the registry entries of `tenant`: it is the tenant of the current
@@ -266,14 +272,21 @@ pub fn may_read(tenant: &Tenant) -> Result<bool> {
 /// For `member_list` and friends (SQL): 42501 unless [`may_read`].
 #[pg_extern(stable, parallel_safe)]
 fn _readable_tenant(tenant: Option<&str>) -> pgrx::Uuid {
-    let found = self::tenant(tenant).or_raise();
-    if !may_read(&found).or_raise() {
-        MtError::NotAuthorized {
-            action: "read the registry of",
-            tenant: found.slug,
-            reason: "it is not the tenant of the current context".into(),
+    let run = || {
+        let key = crate::error::required(tenant, "tenant")?;
+        // Refused the same way whether the tenant exists or not, named as the caller named it:
+        // the refusal answers no question about another tenant. Operators and admin mode learn
+        // that a tenant does not exist (42704).
+        let insider = admin_mode().is_some() || is_operator()?;
+        match tenants::find(key)? {
+            Some(found) if insider || may_read(&found)? => Ok(found.id),
+            None if insider => Err(MtError::TenantNotFound { tenant: key.to_string() }),
+            _ => Err(MtError::NotAuthorized {
+                action: "read the registry of",
+                tenant: crate::error::clip(key),
+                reason: "it is not the tenant of the current context".into(),
+            }),
         }
-        .raise()
-    }
-    found.id
+    };
+    run().or_raise()
 }

@@ -60,7 +60,7 @@ impl Relation {
         unsafe {
             let name = pg_sys::get_rel_name(oid);
             if name.is_null() {
-                return Err(MtError::internal("relation lookup", format!("no relation with OID {oid:?}")));
+                return Err(MtError::NoSuchRelation { oid: oid.to_u32() });
             }
             let schema = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(oid));
             Ok(Relation {
@@ -127,6 +127,27 @@ pub fn is_reserved_schema(schema: &str) -> bool {
     matches!(schema, "multitenancy" | "pg_catalog" | "information_schema" | "pg_toast")
         || schema.starts_with("pg_temp_")
         || schema.starts_with("pg_toast_temp_")
+}
+
+/// The function-manager record of a version-1 C function (`pg_finfo_<name>`), for the
+/// extension's own C entry points (trigger functions and `row_bytes`).
+pub const FINFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+
+/// The trigger data of a call, or an error when the function was not called as a trigger (a
+/// trigger function called directly, `SELECT multitenancy._usage_row()`).
+///
+/// # Safety
+/// `fcinfo` is the call info of a function PostgreSQL calls.
+pub unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo, name: &'static str) -> &'a pg_sys::TriggerData {
+    let context = (*fcinfo).context;
+    if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+        MtError::InvalidArgument {
+            message: format!("multitenancy.{name}() can only be called as a trigger"),
+            hint: "The extension creates the triggers that call it (tenant_enable(), CREATE EXTENSION).".into(),
+        }
+        .raise()
+    }
+    &*(context as *const pg_sys::TriggerData)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -322,8 +322,7 @@ pub fn set(tenant: Option<&str>) -> Result<pgrx::Uuid> {
     if !unsafe { pg_sys::IsTransactionBlock() } {
         return Err(MtError::NotInTransactionBlock { function: "multitenancy.tenant_set" });
     }
-    let key = tenant.unwrap_or_default();
-    set_tenant(|| tenants::require(key))
+    set_tenant(|| tenants::require(crate::error::required(tenant, "tenant")?))
 }
 
 /// Whether `tenant` may be the context for `user` (if any): active, and with the user as a
@@ -428,7 +427,7 @@ fn tenant_set(tenant: Option<&str>) -> pgrx::Uuid {
 /// Select the tenant a host name routes to (see `tenant_resolve`) for the current transaction.
 #[pg_extern(volatile, parallel_unsafe)]
 fn tenant_set_by_host(host: Option<&str>) -> pgrx::Uuid {
-    set_by_host(host.unwrap_or_default()).or_raise()
+    crate::error::required(host, "host").and_then(set_by_host).or_raise()
 }
 
 fn set_by_host(host: &str) -> Result<pgrx::Uuid> {

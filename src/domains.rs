@@ -8,11 +8,11 @@ use crate::tenants;
 use pgrx::prelude::*;
 
 fn normalize(domain: Option<&str>) -> Result<String> {
-    let raw = domain.unwrap_or_default();
+    let raw = crate::error::required(domain, "domain")?;
     Spi::get_one_with_args::<String>("SELECT multitenancy.domain_normalize($1)", &[raw.into()])
         .ctx("domains::normalize")?
         .ok_or_else(|| MtError::InvalidArgument {
-            message: format!("invalid domain \"{raw}\""),
+            message: format!("invalid domain \"{}\"", crate::error::clip(raw)),
             hint: "Pass a host name such as 'shop.example.com' (letters, digits, '-' and dots; no scheme or path)."
                 .into(),
         })
@@ -31,7 +31,7 @@ fn under_base_domain(host: &str) -> Option<String> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn domain_add(tenant: Option<&str>, domain: Option<&str>, is_primary: default!(Option<bool>, "false")) -> Option<String> {
     let run = || {
-        let is_primary = is_primary.ok_or(MtError::NullArgument { function: "multitenancy.domain_add", argument: "is_primary" })?;
+        let is_primary = crate::error::required(is_primary, "is_primary")?;
         let domain = normalize(domain)?;
         let tenant = access::tenant(tenant)?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "add domains to" })?;
@@ -73,7 +73,7 @@ fn domain_verify(domain: Option<&str>, token: Option<&str>) {
         let domain = normalize(domain)?;
         access::change("domain_verify", None, "SELECT multitenancy._domain_verify($1, $2)", &[
             domain.as_str().into(),
-            token.unwrap_or_default().into(),
+            crate::error::required(token, "token")?.into(),
         ])
     };
     run().or_raise();

@@ -273,16 +273,16 @@ pub fn disable(relid: pg_sys::Oid) -> Result<()> {
 /// and forced, and the extension's policies. Existing rows need `backfill_tenant`. Idempotent.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn tenant_enable(tbl: Regclass, backfill_tenant: default!(Option<pgrx::Uuid>, "NULL")) {
-    enable(tbl.0, backfill_tenant).or_raise()
+fn tenant_enable(tbl: Option<Regclass>, backfill_tenant: default!(Option<pgrx::Uuid>, "NULL")) {
+    crate::error::required(tbl, "tbl").and_then(|tbl| enable(tbl.0, backfill_tenant)).or_raise()
 }
 
 /// Remove the extension's policies, RLS flags, column default and registry entry from `tbl`.
 /// The tenant_id column, its values and its index stay.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn tenant_disable(tbl: Regclass) {
-    disable(tbl.0).or_raise()
+fn tenant_disable(tbl: Option<Regclass>) {
+    crate::error::required(tbl, "tbl").and_then(|tbl| disable(tbl.0)).or_raise()
 }
 
 pub fn exempt(relid: pg_sys::Oid, reason: Option<&str>) -> Result<()> {
@@ -312,15 +312,15 @@ pub fn unexempt(relid: pg_sys::Oid) -> Result<()> {
 /// alone. The reason is kept in multitenancy.exempt_tables.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn tenant_exempt(tbl: Regclass, reason: Option<&str>) {
-    exempt(tbl.0, reason).or_raise()
+fn tenant_exempt(tbl: Option<Regclass>, reason: Option<&str>) {
+    crate::error::required(tbl, "tbl").and_then(|tbl| exempt(tbl.0, reason)).or_raise()
 }
 
 /// Withdraw an exemption (then tenant-enable the table, or the guard's checks apply to it again).
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn tenant_unexempt(tbl: Regclass) {
-    unexempt(tbl.0).or_raise()
+fn tenant_unexempt(tbl: Option<Regclass>) {
+    crate::error::required(tbl, "tbl").and_then(|tbl| unexempt(tbl.0)).or_raise()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

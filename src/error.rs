@@ -97,8 +97,10 @@ pub enum MtError {
     ContextFixed { by: String },
     /// An operator-only action by a caller who is not one.
     OperatorsOnly { action: &'static str, why: &'static str },
+    /// A relation (given as a regclass or an oid) that does not exist.
+    NoSuchRelation { oid: u32 },
     /// A required argument is NULL.
-    NullArgument { function: &'static str, argument: &'static str },
+    NullArgument { argument: &'static str },
     /// One of the extension's trigger functions attached where it was not made for.
     TriggerMisused { function: &'static str, table: String, reason: String },
     /// A write to a tenant-enabled table in read-only admin mode.
@@ -159,6 +161,7 @@ impl MtError {
             MtError::BackfillRequired { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::QuotaExceeded { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             MtError::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            MtError::NoSuchRelation { .. } => ERRCODE_UNDEFINED_TABLE,
             MtError::OperatorsOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::TriggerMisused { .. } | MtError::SignedSessionState { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::AdminReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
@@ -274,12 +277,13 @@ impl MtError {
             MtError::InvalidRole { role } => format!("invalid member role \"{}\"", clip(role)),
             MtError::HostNotFound { host } => format!("no tenant for host \"{}\"", clip(host)),
             MtError::QuotaExceeded { tenant, key, used, adding, quota } => format!(
-                "quota \"{key}\" of tenant \"{tenant}\" exceeded: {used} used, {adding} more requested, limit {quota}"
+                "quota \"{}\" of tenant \"{}\" exceeded: {used} used, {adding} more requested, limit {quota}",
+                clip(key),
+                clip(tenant)
             ),
             MtError::OperatorsOnly { action, why } => format!("permission denied to {action}: {why}"),
-            MtError::NullArgument { function, argument } => {
-                format!("{function}(): argument \"{argument}\" must not be NULL")
-            }
+            MtError::NoSuchRelation { oid } => format!("relation with OID {oid} does not exist"),
+            MtError::NullArgument { argument } => format!("argument \"{argument}\" must not be NULL"),
             MtError::TriggerMisused { function, table, reason } => {
                 format!("multitenancy.{function}() refused on \"{table}\": {reason}")
             }
@@ -490,6 +494,7 @@ impl MtError {
                  (multitenancy.tenant_set_signed) or the framework's claims (multitenancy.claims_setting)."
                 .into(),
             MtError::NullArgument { argument, .. } => format!("Pass a value for {argument}."),
+            MtError::NoSuchRelation { .. } => "Name the table (schema-qualified if needed), e.g. 'public.orders'.".into(),
             MtError::OperatorsOnly { .. } => "Operators are superusers, members of the extension's owning role, and \
                  multitenancy_admin members after SELECT multitenancy.admin_begin('<reason>', write => true)."
                 .into(),
@@ -521,6 +526,11 @@ impl MtError {
     pub fn internal(context: &'static str, error: impl std::fmt::Display) -> Self {
         MtError::Internal { context, error: error.to_string() }
     }
+}
+
+/// A required argument: NULL is an error that names it (22004).
+pub fn required<T>(value: Option<T>, argument: &'static str) -> Result<T> {
+    value.ok_or(MtError::NullArgument { argument })
 }
 
 /// An input as error messages quote it: at most 100 characters, the rest counted.

@@ -145,7 +145,7 @@ const PUBLICATION_NAMESPACE: &str = "(SELECT n.pnpubid FROM pg_catalog.pg_public
 fn commands() -> Result<Vec<Command>> {
     let sql = format!(
         "SELECT c.command_tag, COALESCE(c.object_identity, c.object_type), t.relid, r.relkind::text, \
-                COALESCE(c.schema_name = (SELECT n.nspname FROM pg_catalog.pg_namespace n \
+                COALESCE(c.schema_name = 'pg_temp' OR c.schema_name = (SELECT n.nspname FROM pg_catalog.pg_namespace n \
                                            WHERE n.oid = pg_catalog.pg_my_temp_schema()), false), \
                 CASE WHEN c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
                      THEN (SELECT tg.tgname::text FROM pg_catalog.pg_trigger tg WHERE tg.oid = c.objid \

@@ -48,8 +48,8 @@ extension_sql_file!(
     name = "model",
     requires = ["bootstrap", current_tenant_id, current_user_id, access::_readable_tenant, gucs::_base_domain]
 );
-// The C entry points of src/quotas.rs (trigger functions and row_bytes(record), which pgrx's
-// function macros cannot declare).
+// The C entry points of src/quotas.rs and src/tenants.rs (trigger functions and
+// row_bytes(record), which pgrx's function macros cannot declare).
 extension_sql!(
     r#"
 CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
@@ -60,6 +60,8 @@ CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
 CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
 "#,
     name = "quota_functions",
     requires = ["bootstrap"]

@@ -112,7 +112,7 @@ fn tenant_rename(tenant: Option<&str>, name: Option<&str>, slug: default!(Option
 #[pg_extern(volatile, parallel_unsafe)]
 fn tenant_change_plan(tenant: Option<&str>, plan: Option<&str>) {
     let run = || {
-        let plan = plan.unwrap_or_default();
+        let plan = crate::error::required(plan, "plan")?;
         tenants::validate_plan(plan)?;
         lifecycle("tenant_change_plan", tenant, "SELECT multitenancy._tenant_change_plan($1, $2)", vec![plan.into()])
     };
@@ -128,7 +128,7 @@ fn plan_set(
     features: default!(Option<pgrx::JsonB>, "'{}'"),
 ) {
     let run = || {
-        let name = name.unwrap_or_default();
+        let name = crate::error::required(name, "name")?;
         tenants::validate_plan(name)?;
         access::change("plan_set", None, "SELECT multitenancy._plan_set($1, $2, $3)", &[name.into(), limits.into(), features.into()])
     };
@@ -140,8 +140,14 @@ fn plan_set(
 #[pg_extern(volatile, parallel_unsafe)]
 fn setting_set(tenant: Option<&str>, key: Option<&str>, value: Option<pgrx::JsonB>) {
     let run = || {
-        let key = key.unwrap_or_default();
+        let key = crate::error::required(key, "key")?;
         validate_key(key)?;
+        if value.as_ref().is_some_and(|v| v.0.to_string().len() > 8192) {
+            return Err(MtError::InvalidArgument {
+                message: "a setting value is at most 8192 bytes of JSON".into(),
+                hint: "Keep settings small (flags, limits, names); store documents in a tenant-enabled table.".into(),
+            });
+        }
         let tenant = access::tenant(tenant)?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "change settings of" })?;
         access::change("setting_set", Some(tenant.id), "SELECT multitenancy._setting_set($1, $2, $3)", &[
@@ -161,7 +167,7 @@ fn validate_key(key: &str) -> Result<()> {
         Ok(())
     } else {
         Err(MtError::InvalidArgument {
-            message: format!("invalid setting key \"{key}\""),
+            message: format!("invalid setting key \"{}\"", crate::error::clip(key)),
             hint: "A key is 1 to 100 characters of a-z, 0-9, '_', '.', ':' and '-', e.g. 'sso' or 'rows:public.orders'."
                 .into(),
         })

@@ -38,8 +38,8 @@ impl Role {
     }
 }
 
-pub fn parse_role(name: Option<&str>) -> Result<Role> {
-    let name = name.unwrap_or_default();
+pub fn parse_role(name: Option<&str>, argument: &'static str) -> Result<Role> {
+    let name = crate::error::required(name, argument)?;
     Role::parse(&name.trim().to_lowercase()).ok_or_else(|| MtError::InvalidRole { role: name.to_string() })
 }
 
@@ -55,10 +55,7 @@ fn change_member(
     may_leave: bool,
 ) -> Result<()> {
     let tenant = access::tenant(tenant)?;
-    let user = user.ok_or_else(|| MtError::InvalidArgument {
-        message: "user_id must not be NULL".into(),
-        hint: "Pass the uuid of the end user, as the application sets it in multitenancy.user_id.".into(),
-    })?;
+    let user = crate::error::required(user, "user_id")?;
     let leaving = may_leave && context::resolve_user()? == Some(user) && context::resolve()? == Some(tenant.id);
     let need = Need { role: if leaving { Role::Guest } else { Role::Admin }, action: verb };
     let caller = access::authorize(&tenant, need)?;
@@ -78,7 +75,7 @@ fn change_member(
 #[pg_extern(volatile, parallel_unsafe)]
 fn member_add(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: default!(Option<&str>, "'member'")) {
     let run = || {
-        let role = parse_role(role)?;
+        let role = parse_role(role, "role")?;
         change_member(
             "member_add",
             "add members to",
@@ -111,7 +108,7 @@ fn member_remove(tenant: Option<&str>, user_id: Option<pgrx::Uuid>) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn member_set_role(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: Option<&str>) {
     let run = || {
-        let role = parse_role(role)?;
+        let role = parse_role(role, "role")?;
         change_member(
             "member_set_role",
             "change member roles of",
@@ -161,7 +158,7 @@ fn tenant_role() -> Option<&'static str> {
 #[pg_extern(stable, parallel_safe)]
 fn has_role(min_role: Option<&str>) -> bool {
     let run = || -> Result<bool> {
-        let min = parse_role(min_role)?;
+        let min = parse_role(min_role, "min_role")?;
         Ok(context::current_role()?.is_some_and(|role| role >= min))
     };
     run().or_raise()

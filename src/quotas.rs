@@ -265,7 +265,7 @@ unsafe fn slot_row(slot: *mut pg_sys::TupleTableSlot) -> Option<([u8; 16], i64)>
     Some((*uuid, deformed_bytes(tupdesc, (*slot).tts_values, (*slot).tts_isnull)))
 }
 
-const FINFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+use crate::catalog::{trigger_data, FINFO_V1};
 
 /// `multitenancy.row_bytes(record)`: the size a row counts for in the `bytes` quota.
 #[no_mangle]
@@ -360,19 +360,6 @@ pub unsafe extern "C-unwind" fn mt_usage_statement(fcinfo: pg_sys::FunctionCallI
     pg_sys::Datum::from(0)
 }
 
-/// # Safety
-/// `fcinfo` is the call info of a function PostgreSQL calls.
-unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo, name: &'static str) -> &'a pg_sys::TriggerData {
-    let context = (*fcinfo).context;
-    if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
-        MtError::InvalidArgument {
-            message: format!("multitenancy.{name}() can only be called as a trigger"),
-            hint: "tenant_enable() installs it on tenant-enabled tables.".into(),
-        }
-        .raise()
-    }
-    &*(context as *const pg_sys::TriggerData)
-}
 
 thread_local! {
     /// Tables whose counting triggers [`check_trigger`] has accepted. A table leaves the set when
@@ -840,7 +827,13 @@ fn _quota_exceeded(tenant: pgrx::Uuid, key: &str, used: i64, adding: i64, quota:
 }
 
 fn validate_key(key: Option<&str>) -> Result<String> {
-    let key = key.unwrap_or_default().trim();
+    let key = crate::error::required(key, "key")?.trim();
+    if key.len() > 200 {
+        return Err(MtError::InvalidArgument {
+            message: format!("invalid quota key \"{}\": longer than 200 bytes", crate::error::clip(key)),
+            hint: "A key is 'members', 'rows', 'bytes', 'rows:<table>' or a metered counter's name such as 'api_calls'.".into(),
+        });
+    }
     // `rows:<table>` names the table as the caller would (their search_path), and is stored
     // schema-qualified.
     let table = match key.strip_prefix("rows:") {
@@ -899,7 +892,7 @@ fn quota_reset(tenant: Option<&str>, key: Option<&str>) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn usage_record(key: Option<&str>, amount: default!(Option<i64>, 1)) -> i64 {
     let run = || {
-        let amount = amount.ok_or(MtError::NullArgument { function: "multitenancy.usage_record", argument: "amount" })?;
+        let amount = crate::error::required(amount, "amount")?;
         let key = validate_key(key)?;
         if !is_metered(&key) {
             return Err(MtError::InvalidArgument {

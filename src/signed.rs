@@ -529,12 +529,12 @@ fn set_signed(token: &str) -> Result<pgrx::Uuid> {
 // SQL functions
 
 fn validate_key_name(name: Option<&str>) -> Result<&str> {
-    let name = name.unwrap_or_default();
+    let name = crate::error::required(name, "name")?;
     let valid = (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !valid {
         return Err(MtError::InvalidArgument {
-            message: format!("invalid signing key name \"{name}\""),
+            message: format!("invalid signing key name \"{}\"", crate::error::clip(name)),
             hint: "A key name is 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'; tokens carry it as \"kid\"."
                 .into(),
         });
@@ -562,7 +562,7 @@ fn signing_key_add(name: Option<&str>, secret: Option<&[u8]>) {
     let run = || {
         require_key_manager("add signing keys to")?;
         let name = validate_key_name(name)?;
-        let secret = secret.unwrap_or_default();
+        let secret = crate::error::required(secret, "secret")?;
         if secret.len() < MIN_SECRET_BYTES {
             return Err(MtError::InvalidArgument {
                 message: format!("a signing secret must be at least {MIN_SECRET_BYTES} bytes (got {})", secret.len()),
@@ -584,7 +584,7 @@ fn signing_key_add(name: Option<&str>, secret: Option<&[u8]>) {
 fn signing_key_retire(name: Option<&str>) {
     let run = || {
         require_key_manager("retire signing keys of")?;
-        let name = name.unwrap_or_default();
+        let name = validate_key_name(name)?;
         access::change("signing_key_retire", None, "SELECT multitenancy._signing_key_retire($1)", &[name.into()])
     };
     run().or_raise();
@@ -599,13 +599,13 @@ fn tenant_token(
     ttl: default!(Option<pgrx::datum::Interval>, "'5 minutes'"),
 ) -> String {
     let ttl_seconds = ttl.map(|ttl| ttl.as_micros() as f64 / 1_000_000.0).unwrap_or(f64::NAN);
-    mint(tenant.unwrap_or_default(), user_id, ttl_seconds).or_raise()
+    crate::error::required(tenant, "tenant").and_then(|tenant| mint(tenant, user_id, ttl_seconds)).or_raise()
 }
 
 /// Verify a tenant token and make its tenant (and user) the context of the current transaction.
 #[pg_extern(volatile, parallel_unsafe)]
 fn tenant_set_signed(token: Option<&str>) -> pgrx::Uuid {
-    set_signed(token.unwrap_or_default()).or_raise()
+    crate::error::required(token, "token").and_then(set_signed).or_raise()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -130,12 +130,25 @@ unsafe extern "C-unwind" fn registry_changed(_arg: pg_sys::Datum, relid: pg_sys:
     }
 }
 
-/// The `multitenancy_registry_changed` triggers: every session's cache of the registry is stale.
-#[pg_extern(sql = "
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_registry_changed_wrapper';
-")]
-fn _registry_changed() {
+/// `multitenancy._registry_changed()`: the `multitenancy_registry_changed` triggers (every
+/// session's cache of the registry is stale). A C entry point of its own, so that it can refuse
+/// to run except as a trigger.
+#[no_mangle]
+pub extern "C" fn pg_finfo_mt_registry_changed() -> &'static pg_sys::Pg_finfo_record {
+    &crate::catalog::FINFO_V1
+}
+
+/// # Safety
+/// Called by PostgreSQL through the fmgr.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn mt_registry_changed(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    crate::catalog::trigger_data(fcinfo, "_registry_changed");
+    registry_changed_now();
+    pg_sys::Datum::from(0)
+}
+
+fn registry_changed_now() {
     let relid = TENANTS_RELID.with(Cell::get);
     let relid = if relid == pg_sys::InvalidOid { registry::tenants_relid().or_raise() } else { relid };
     TENANTS_RELID.with(|r| r.set(relid));
@@ -335,7 +348,7 @@ pub fn require(key: &str) -> Result<Tenant> {
 
 /// Check a display name: 1 to 200 characters after trimming. Returns it trimmed.
 pub fn validate_name(name: Option<&str>) -> Result<&str> {
-    let name = name.map(str::trim).unwrap_or_default();
+    let name = crate::error::required(name, "name")?.trim();
     if name.is_empty() {
         return Err(MtError::InvalidName { reason: "it is empty" });
     }

@@ -101,7 +101,9 @@ impl Server {
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
-        cmd.env_remove("PGDATA").env("LC_ALL", "C");
+        // RUST_BACKTRACE would make pgrx append a Rust backtrace to the DETAIL of errors that cross
+        // SPI: servers report what a user's server would.
+        cmd.env_remove("PGDATA").env_remove("RUST_BACKTRACE").env("LC_ALL", "C");
         cmd
     }
 
