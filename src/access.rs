@@ -54,22 +54,6 @@ fn leave_admin_mode() {
     }
 }
 
-/// Run `f` in write admin mode, for the extension's own maintenance of every tenant's rows
-/// (`tenant_purge`); the mode before is restored afterwards. Not audited here: the caller's
-/// change is. An ERROR inside ends admin mode with the (sub)transaction.
-pub fn with_internal_admin<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: reads transaction state.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    let previous = ADMIN.with(|a| a.replace(Some(AdminMode { level, write: true })));
-    // SAFETY: plans made outside admin mode must not run inside it, and the reverse.
-    unsafe { pg_sys::ResetPlanCache() };
-    let result = f();
-    ADMIN.with(|a| a.set(previous));
-    // SAFETY: as above.
-    unsafe { pg_sys::ResetPlanCache() };
-    result
-}
-
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
     leave_admin_mode();
@@ -256,6 +240,27 @@ fn admin_begin(reason: Option<&str>, write: default!(Option<bool>, false)) {
 #[pg_extern(immutable, parallel_safe)]
 fn _admin_mode() -> bool {
     admin_mode().is_some()
+}
+
+/// The tenant a management call names, for a caller who may manage some tenant: operators get
+/// any tenant (42704 when there is none); everyone else only the tenant of the current context,
+/// and the same refusal (42501, the tenant named as the caller named it) whether another tenant
+/// exists or not — the refusal answers no question about other tenants. The role check follows
+/// in [`authorize`].
+pub fn tenant_to_manage(key: Option<&str>, action: &'static str) -> Result<Tenant> {
+    let key = crate::error::required(key, "tenant")?;
+    if is_operator()? {
+        return tenants::require(key);
+    }
+    let current = context::resolve()?;
+    match tenants::find(key)? {
+        Some(tenant) if Some(tenant.id) == current => Ok(tenant),
+        _ => Err(MtError::NotAuthorized {
+            action,
+            tenant: crate::error::clip(key),
+            reason: "it is not the tenant of the current context".into(),
+        }),
+    }
 }
 
 /// Look a tenant up by slug or id for a management function; unknown is 42704.

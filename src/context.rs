@@ -62,6 +62,8 @@ fn read_uuid_setting(raw: *const std::ffi::c_char) -> std::result::Result<Option
 /// Where the context of the current transaction comes from.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Origin {
+    /// `tenant_purge` deleting one tenant's rows ([`with_purge_context`]): wins over everything.
+    Purge,
     /// `tenant_set_signed` in this transaction (wins in every mode).
     Signed,
     /// `multitenancy.require_signed`, and no signed context: nothing else counts.
@@ -94,6 +96,9 @@ pub fn init() {
 }
 
 fn raw() -> Result<Raw> {
+    if let Some(tenant) = PURGING.with(Cell::get) {
+        return Ok(Raw { origin: Origin::Purge, tenant: Some(tenant), user: None });
+    }
     let signed = gucs::signed_context_raw();
     // SAFETY: a non-NULL value is NUL-terminated and only tenant_set_signed writes it.
     if !unsafe { gucs::is_unset(signed) } {
@@ -136,7 +141,7 @@ fn missing(origin: Origin) -> MtError {
             }
             None => MtError::NoContext,
         },
-        Origin::Signed | Origin::Settings => MtError::NoContext,
+        Origin::Purge | Origin::Signed | Origin::Settings => MtError::NoContext,
     }
 }
 
@@ -244,13 +249,31 @@ struct Checked {
 }
 
 thread_local! {
+    /// The tenant `tenant_purge` is deleting rows of, while it deletes them.
+    static PURGING: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
     static CHECKED: Cell<Option<Checked>> = const { Cell::new(None) };
     /// Counts the session's transactions (bumped when one ends).
     static TRANSACTION: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Run `f` with `tenant` as the context, for `tenant_purge`'s DELETEs as a table's owner: the
+/// owner's forced row level security then shows exactly the purged tenant's rows, and the owner's
+/// triggers that the DELETE fires see that tenant and nothing else — no admin mode, no operator
+/// rights. Restored afterwards (also when an ERROR unwinds through `f`).
+pub fn with_purge_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<pgrx::Uuid>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PURGING.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PURGING.with(|p| p.replace(Some(tenant))));
+    f()
+}
+
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
+    PURGING.with(|p| p.set(None));
     TRANSACTION.with(|t| t.set(t.get() + 1));
 }
 
@@ -265,6 +288,11 @@ pub fn transaction_ended() {
 fn checked() -> Result<Checked> {
     let raw = raw()?;
     let tenant = raw.tenant.ok_or_else(|| missing(raw.origin))?;
+    if raw.origin == Origin::Purge {
+        // The tenant is deleted (that is why it is purged): its context is not checked, and not
+        // cached for anything after the purge.
+        return Ok(Checked { tenant, user: None, admin: false, role: None, generation: 0, transaction: 0 });
+    }
     let user = raw.user;
     let admin = access::admin_mode().is_some();
     let transaction = TRANSACTION.with(Cell::get);
@@ -348,6 +376,7 @@ pub fn admit(tenant: &tenants::Tenant, user: Option<pgrx::Uuid>) -> Result<()> {
 fn fixed_by(raw: &Raw) -> Option<String> {
     match raw.origin {
         Origin::Settings => None,
+        Origin::Purge => Some("a tenant is being purged".to_string()),
         Origin::Signed => Some("a signed context is set in this transaction".to_string()),
         Origin::SignedRequired => Some("this role requires a signed context (multitenancy.require_signed)".to_string()),
         Origin::Claims => gucs::claims().map(|(setting, claim, _)| {

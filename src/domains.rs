@@ -33,7 +33,7 @@ fn domain_add(tenant: Option<&str>, domain: Option<&str>, is_primary: default!(O
     let run = || {
         let is_primary = crate::error::required(is_primary, "is_primary")?;
         let domain = normalize(domain)?;
-        let tenant = access::tenant(tenant)?;
+        let tenant = access::tenant_to_manage(tenant, "add domains to")?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "add domains to" })?;
         if let Some(base) = under_base_domain(&domain) {
             return Err(MtError::NotAuthorized {
@@ -93,6 +93,11 @@ fn domain_remove(domain: Option<&str>) {
             .ctx("domains::remove")
         })?;
         let not_found = || MtError::HostNotFound { host: domain.clone() };
+        // Another tenant's domain is "not found", as an unknown one is: the refusal does not tell
+        // who holds it.
+        if !access::is_operator()? && (owner.is_none() || owner != crate::context::resolve()?) {
+            return Err(not_found());
+        }
         let tenant = tenants::lookup(tenants::Key::Id(owner.ok_or_else(not_found)?))?.ok_or_else(not_found)?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "remove domains of" })?;
         access::change("domain_remove", Some(tenant.id), "SELECT multitenancy._domain_remove($1, $2)", &[

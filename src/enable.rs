@@ -114,6 +114,7 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     if before.is_empty() && was_enabled {
         let hardened = hardening::harden(&rel, &enabled)?;
         let children = enable_children(&rel, backfill)?;
+        guard::recheck("tenant_enable", &rel, &enabled)?;
         if hardened.is_empty() && children.is_empty() {
             notice(format!("table {} is already tenant-enabled; nothing changed", rel.display()));
         }
@@ -149,6 +150,9 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
         quotas::recount(relid)?;
     }
     enable_children(&rel, backfill)?;
+    // The owner's code that the DDL above ran (triggers during a backfill, index expressions,
+    // constraint checks) had this table left to us: it must still be the protected shape.
+    guard::recheck("tenant_enable", &rel, &enabled)?;
     if was_enabled {
         let repaired: Vec<String> = before.iter().map(Deviation::describe).collect();
         notice(format!("repaired tenant protection of {}: {}", rel.display(), repaired.join("; ")));

@@ -16,7 +16,7 @@
 //! every command is logged instead.
 use crate::catalog::{oid_column, Relation};
 use crate::enable;
-use crate::error::{log, notice, MtError, OrRaise, Result, SpiContext};
+use crate::error::{log, notice, MtError, NoRowIsNone, OrRaise, Result, SpiContext};
 use crate::gucs;
 use crate::hardening;
 use crate::registry;
@@ -58,8 +58,28 @@ impl Drop for Busy {
     }
 }
 
+/// After the extension's own DDL on an enabled table — during which the owner's code (index
+/// expressions, check constraints, triggers) may have run while the guard left the table to the
+/// extension — the table must still be exactly the protected shape, keys and grants included.
+/// Whoever makes a table [`Busy`] checks it with this when its DDL is done.
+pub fn recheck(command: &str, rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    if let Some(deviation) = spec::inspect(rel)?.first() {
+        return Err(weakens(command, rel, deviation));
+    }
+    let weak = hardening::weaknesses(rel, enabled)?;
+    if let Some(weakness) = weak.iter().find(|w| !matches!(w, hardening::Weakness::GlobalReference(_))) {
+        return Err(MtError::GuardWeakens {
+            command: command.into(),
+            table: rel.display(),
+            what: weakness.describe(),
+            fix: None,
+        });
+    }
+    Ok(())
+}
+
 /// Whether the extension's own DDL is changing `relid` right now.
-fn ours(relid: pg_sys::Oid) -> bool {
+pub fn ours(relid: pg_sys::Oid) -> bool {
     BUSY.with(|b| b.borrow().contains(&relid))
 }
 
@@ -295,7 +315,7 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
             enabled.insert(child);
             announce_child(child, &rel)?;
         }
-        return Ok(());
+        return recheck(tag, &rel, enabled);
     }
     // A table that is not enabled may not become the parent of one (ATTACH PARTITION, INHERIT):
     // a query on it would return the child's rows of every tenant.
@@ -402,7 +422,7 @@ pub enum MatviewLeak {
 }
 
 /// Whether a materialized view (through any views it reads) reads a tenant-enabled table or
-/// calls a function that could. Functions in SQL or a procedural language count (what they
+/// calls a function that could: directly, or as the code of an operator, a cast or an aggregate. Functions in SQL or a procedural language count (what they
 /// read cannot be known from the catalog); built-in and C functions do not (a superuser
 /// installed them; C code that reads tables is trusted like the extension that brings it).
 pub fn matview_leak(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<MatviewLeak>> {
@@ -418,18 +438,32 @@ pub fn matview_leak(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result
                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
                 AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                JOIN pg_catalog.pg_class v ON v.oid = d.refobjid AND v.relkind IN ('v', 'm') \
-              WHERE d.refobjid <> r.relid) \
-         SELECT p.oid::pg_catalog.regprocedure::text FROM reads r \
-           JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
-           JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-            AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-           JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+              WHERE d.refobjid <> r.relid), \
+         deps AS ( \
+             SELECT d.refclassid, d.refobjid FROM reads r \
+               JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid = w.oid), \
+         called(oid) AS ( \
+             SELECT refobjid FROM deps WHERE refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+           UNION SELECT o.oprcode::pg_catalog.oid FROM deps JOIN pg_catalog.pg_operator o ON o.oid = deps.refobjid \
+                  WHERE deps.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+           UNION SELECT c.castfunc FROM deps JOIN pg_catalog.pg_cast c ON c.oid = deps.refobjid \
+                  WHERE deps.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass), \
+         functions(oid) AS ( \
+             SELECT oid FROM called \
+           UNION SELECT f FROM called JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = called.oid \
+                  CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, \
+                        a.aggserialfn, a.aggdeserialfn, a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::pg_catalog.oid[]) f) \
+         SELECT p.oid::pg_catalog.regprocedure::text FROM functions fn \
+           JOIN pg_catalog.pg_proc p ON p.oid = fn.oid \
            JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
           WHERE l.lanname NOT IN ('internal', 'c') \
             AND p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
           ORDER BY 1 LIMIT 1",
         &[view.into()],
     )
+    .no_row_is_none()
     .ctx("guard::matview functions")?;
     Ok(function.map(MatviewLeak::Function))
 }

@@ -568,12 +568,29 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
     for table in &forced {
         statements.push(format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", table.sql()));
     }
-    // The tables these statements change are the extension's while they run (see guard::Busy).
+    // The tables these statements change are the extension's while they run (see guard::Busy);
+    // the enabled ones no outer caller is building are checked again afterwards (`rel` is
+    // checked by whoever is building it).
+    let mut partners: Vec<&Relation> = Vec::new();
+    for table in to_convert.iter().flat_map(|fk| [&fk.table, &fk.parent]) {
+        if table.oid != rel.oid
+            && enabled.contains(&table.oid)
+            && !crate::guard::ours(table.oid)
+            && !partners.iter().any(|t| t.oid == table.oid)
+        {
+            partners.push(table);
+        }
+    }
     let mut tables = vec![rel.oid];
     tables.extend(to_convert.iter().flat_map(|fk| [fk.table.oid, fk.parent.oid]));
-    let _busy = crate::guard::Busy::enter(&tables);
-    for statement in &statements {
-        Spi::run(statement).ctx("hardening: DDL")?;
+    {
+        let _busy = crate::guard::Busy::enter(&tables);
+        for statement in &statements {
+            Spi::run(statement).ctx("hardening: DDL")?;
+        }
+    }
+    for partner in partners {
+        crate::guard::recheck("tenant_enable", partner, enabled)?;
     }
     if !changes.is_empty() {
         notice(format!("hardened {}: {}", rel.display(), changes.join("; ")));

@@ -66,8 +66,9 @@ fn tenant_purge(tenant: Option<&str>, confirm_slug: Option<&str>) -> i64 {
 /// tenant's rows of one tenant-enabled table, for `_tenant_purge`. It runs as the table's owner
 /// in a security-restricted operation, like PostgreSQL's own maintenance commands: the owner's
 /// triggers, rules and policies that the DELETE fires run with the owner's rights, never with
-/// the registry owner's (a superuser). Admin mode (write) lets the owner's forced row level
-/// security see the purged tenant, which has no context of its own any more.
+/// the registry owner's (a superuser). The purged tenant is the context while it runs (see
+/// `context::with_purge_context`): the owner's forced row level security shows its rows, and
+/// the owner's code sees that tenant only — no admin mode, no operator rights.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) -> i64 {
     let run = || {
@@ -80,7 +81,7 @@ fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) 
         };
         crate::registry::with_pinned_search_path(|| {
             crate::registry::as_role(owner, || {
-                crate::access::with_internal_admin(|| {
+                crate::context::with_purge_context(tenant, || {
                     if delete {
                         Spi::connect_mut(|client| {
                             client.update(&sql, None, &[tenant.into()]).map(|t| t.len() as i64).ctx("lifecycle::purge delete")
@@ -148,7 +149,7 @@ fn setting_set(tenant: Option<&str>, key: Option<&str>, value: Option<pgrx::Json
                 hint: "Keep settings small (flags, limits, names); store documents in a tenant-enabled table.".into(),
             });
         }
-        let tenant = access::tenant(tenant)?;
+        let tenant = access::tenant_to_manage(tenant, "change settings of")?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "change settings of" })?;
         access::change("setting_set", Some(tenant.id), "SELECT multitenancy._setting_set($1, $2, $3)", &[
             tenant.id.into(),

@@ -54,7 +54,7 @@ fn change_member(
     extra: Option<Role>,
     may_leave: bool,
 ) -> Result<()> {
-    let tenant = access::tenant(tenant)?;
+    let tenant = access::tenant_to_manage(tenant, verb)?;
     let user = crate::error::required(user, "user_id")?;
     let leaving = may_leave && context::resolve_user()? == Some(user) && context::resolve()? == Some(tenant.id);
     let need = Need { role: if leaving { Role::Guest } else { Role::Admin }, action: verb };

@@ -112,9 +112,13 @@ pub fn session_is_signed() -> bool {
 }
 
 /// Settings a signed session may still SET for the session: how values are presented to the
-/// client (PgBouncer sets these itself for each client it hands the connection to), and the
-/// extension's own, whose checks already decide who may set them.
-const SESSION_SETTINGS: [&str; 9] = [
+/// client (PgBouncer sets these itself for each client it hands the connection to), the
+/// characteristics of the current transaction (reset when it ends), and the extension's own,
+/// whose checks already decide who may set them.
+const SESSION_SETTINGS: [&str; 12] = [
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
     "application_name",
     "client_encoding",
     "datestyle",
@@ -135,6 +139,11 @@ pub fn init_session_guard() {
         PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
     }
+}
+
+fn session_setting_allowed(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SESSION_SETTINGS.contains(&name.as_str()) || name.starts_with("multitenancy.")
 }
 
 /// What a utility statement would leave in the session, if anything.
@@ -160,13 +169,21 @@ unsafe fn leaves_session_state(stmt: *mut pg_sys::Node) -> Option<String> {
                     | pg_sys::VariableSetKind::VAR_SET_DEFAULT
                     | pg_sys::VariableSetKind::VAR_SET_CURRENT
             );
-            if (*set).is_local || !sets || (*set).name.is_null() {
+            if (*set).is_local || (*set).name.is_null() {
                 return None;
             }
             let name = std::ffi::CStr::from_ptr((*set).name).to_string_lossy().to_ascii_lowercase();
-            let allowed = SESSION_SETTINGS.contains(&name.as_str()) || name.starts_with("multitenancy.");
-            (!allowed).then(|| format!("SET {name} without LOCAL (a session-level setting)"))
+            if (*set).kind == pg_sys::VariableSetKind::VAR_SET_MULTI {
+                // SET TRANSACTION ... is this transaction's; SET SESSION CHARACTERISTICS the session's.
+                return (name == "session characteristics")
+                    .then(|| "SET SESSION CHARACTERISTICS (session-level transaction defaults)".into());
+            }
+            (sets && !session_setting_allowed(&name)).then(|| format!("SET {name} without LOCAL (a session-level setting)"))
         }
+        pg_sys::NodeTag::T_AlterRoleSetStmt | pg_sys::NodeTag::T_AlterDatabaseSetStmt => {
+            Some("ALTER ROLE/DATABASE ... SET (a default for every later session)".into())
+        }
+        pg_sys::NodeTag::T_ListenStmt => Some("LISTEN (a channel the connection keeps)".into()),
         _ => None,
     }
 }
@@ -200,30 +217,54 @@ unsafe extern "C-unwind" fn process_utility(
     }
 }
 
-/// `role` and `search_path` as this session started (its reset values): a signed context is not
-/// started on top of ones another transaction changed with `set_config(..., false)`.
+/// No setting may have a session-level value (SET without LOCAL, `set_config(..., false)`) other
+/// than the presentation settings above when a signed context starts: it would be what another
+/// tenant's earlier transaction on this connection left behind (a search_path, a role,
+/// transform_null_equals, default_transaction_read_only, ...). Also refused: SET LOCAL of such a
+/// setting before `tenant_set_signed` in the same transaction (set it after).
 fn session_settings_untouched() -> Result<()> {
-    for name in [c"search_path", c"role"] {
-        // SAFETY: known settings; the strings are copied before any other GUC call.
-        let (current, reset) = unsafe {
-            let current = pg_sys::GetConfigOption(name.as_ptr(), false, false);
-            let current = if current.is_null() { String::new() } else { std::ffi::CStr::from_ptr(current).to_string_lossy().into_owned() };
-            let reset = pg_sys::GetConfigOptionResetString(name.as_ptr());
-            let reset = if reset.is_null() { String::new() } else { std::ffi::CStr::from_ptr(reset).to_string_lossy().into_owned() };
-            (current, reset)
-        };
-        if current != reset {
-            return Err(MtError::SignedSessionState {
-                what: format!("{} = {} (changed from {reset:?} in this session)", name.to_string_lossy(), crate::error::clip(&current)),
-                hint: format!(
-                    "Start the signed context first (BEGIN; SELECT multitenancy.tenant_set_signed(...)), then SET LOCAL {0} \
-                     inside the transaction; or make it a role default (ALTER ROLE ... SET {0} = ...).",
-                    name.to_string_lossy()
-                ),
-            });
-        }
+    // SAFETY: reads the GUC table (no GUC call in between); names are NUL-terminated.
+    let offending = unsafe {
+        let (vars, count) = guc_variables();
+        (0..count).map(|i| *vars.add(i)).find_map(|var| {
+            if var.is_null() || (*var).source != pg_sys::GucSource::PGC_S_SESSION || (*var).name.is_null() {
+                return None;
+            }
+            let name = std::ffi::CStr::from_ptr((*var).name).to_string_lossy().into_owned();
+            (!session_setting_allowed(&name)).then_some(name)
+        })
+    };
+    match offending {
+        None => Ok(()),
+        Some(name) => Err(MtError::SignedSessionState {
+            what: format!("a signed context on top of {name} set for this session"),
+            hint: format!(
+                "Behind a pooler another tenant's transaction may have set it. Start the signed context first \
+                 (BEGIN; SELECT multitenancy.tenant_set_signed(...)), then SET LOCAL {name} inside the transaction; \
+                 for a permanent value a DBA sets a role default (ALTER ROLE ... SET {name} = ...)."
+            ),
+        }),
     }
-    Ok(())
+}
+
+/// Every GUC of this backend.
+///
+/// # Safety
+/// Reads the GUC table; the pointers are valid until the next GUC is defined.
+#[cfg(any(feature = "pg14", feature = "pg15"))]
+unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
+    (pg_sys::get_guc_variables(), pg_sys::GetNumConfigOptions().max(0) as usize)
+}
+
+/// Every GUC of this backend (a palloc'd array since PostgreSQL 16).
+///
+/// # Safety
+/// Reads the GUC table; the pointers are valid until the next GUC is defined.
+#[cfg(not(any(feature = "pg14", feature = "pg15")))]
+unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
+    let mut count = 0;
+    let vars = pg_sys::get_guc_variables(&mut count);
+    (vars, count.max(0) as usize)
 }
 
 /// Whether the library was loaded by `shared_preload_libraries` (signed contexts need it).
