@@ -366,8 +366,9 @@ BEGIN
                          'or, while it is unverified, wait until its claim expires (multitenancy.domain_claim_ttl).';
     END IF;
     RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
         || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_unverified_claim_of', v_existing.tenant_id) ELSE '{}' END;
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
 END
 $$;
 
@@ -463,7 +464,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>.
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
 CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH h AS (
@@ -476,8 +478,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     )
     SELECT CASE WHEN r.under_base
                 THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1))
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL) END
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
       FROM r
 $$;

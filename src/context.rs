@@ -322,6 +322,9 @@ fn checked() -> Result<Checked> {
             return Err(MtError::NotAMember { tenant: found.slug, user: user.to_string() });
         }
     }
+    // A check made with a snapshot older than the generation (REPEATABLE READ) is good for this
+    // transaction only: the next one checks again.
+    let generation = if tenants::lookups_are_current() { generation } else { u64::MAX };
     let done = Checked { tenant, user, admin, role, generation, transaction };
     CHECKED.with(|c| c.set(Some(done)));
     Ok(done)

@@ -71,11 +71,15 @@ fn add_or_fill_column(rel: &Relation, deviations: &[Deviation], backfill: Option
             let Some(tenant) = backfill else {
                 return Err(MtError::BackfillRequired { table: rel.display(), rows, column_exists: true });
             };
-            Spi::run_with_args(
-                &format!("UPDATE {table} SET {TENANT_COLUMN} = $1 WHERE {TENANT_COLUMN} IS NULL"),
-                &[tenant.into()],
-            )
-            .ctx("enable: backfill")?;
+            // As the table's owner: the owner's triggers that the UPDATE fires never run with the
+            // rights of a DBA who enables someone else's table.
+            registry::as_table_owner(rel.oid, || {
+                Spi::run_with_args(
+                    &format!("UPDATE {table} SET {TENANT_COLUMN} = $1 WHERE {TENANT_COLUMN} IS NULL"),
+                    &[tenant.into()],
+                )
+                .ctx("enable: backfill")
+            })?;
         }
     }
     Ok(())

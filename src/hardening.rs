@@ -12,7 +12,8 @@
 //! - foreign keys to other tenant-enabled tables as `(tenant_id, x) REFERENCES parent
 //!   (tenant_id, y)`: a row can only reference a row of its own tenant, and referencing another
 //!   tenant's id fails exactly like referencing an id that does not exist;
-//! - no TRUNCATE (which ignores RLS), TRIGGER or REFERENCES privilege for any role but the owner.
+//! - no TRUNCATE (which ignores RLS), TRIGGER or REFERENCES (table or column) privilege for any
+//!   role but the owner.
 //!
 //! [`weaknesses`] finds what is missing (the DDL guard and `verify()` use it), [`harden`]
 //! builds it (`tenant_enable` and the DDL guard use it).
@@ -274,7 +275,11 @@ fn weaknesses_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<V
                         AND con.conrelid = i.indrelid AND con.contype = 'u' \
                   WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) k \
-                                     WHERE i.indkey[k] = $2) \
+                                     WHERE i.indkey[k] = $2 AND i.indclass[k] = ( \
+                                           SELECT oc.oid FROM pg_catalog.pg_opclass oc \
+                                             JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
+                                            WHERE am.amname = 'btree' AND oc.opcdefault \
+                                              AND oc.opcintype = 'pg_catalog.uuid'::pg_catalog.regtype)) \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid) \
                   ORDER BY ic.relname",
                 None,
@@ -298,7 +303,8 @@ fn weaknesses_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<V
                    JOIN pg_catalog.pg_index i ON i.indexrelid = con.conindid \
                   WHERE con.conrelid = $1 AND con.contype = 'x' AND con.conparentid = 0 \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) k \
-                                     WHERE i.indkey[k] = $2) \
+                                     WHERE i.indkey[k] = $2 \
+                                       AND con.conexclop[k + 1] = 'pg_catalog.=(pg_catalog.uuid, pg_catalog.uuid)'::pg_catalog.regoperator) \
                   ORDER BY 2",
                 None,
                 &[rel.oid.into(), tenant.into()],
@@ -353,7 +359,18 @@ fn weaknesses_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<V
                    CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a \
                    LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
                   WHERE c.oid = $1 AND a.grantee <> c.relowner AND a.privilege_type = ANY ($2) \
-                  GROUP BY 1 ORDER BY 1",
+                  GROUP BY 1 \
+                 UNION ALL \
+                 SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, \
+                        ARRAY['REFERENCES (' || pg_catalog.string_agg(pg_catalog.quote_ident(att.attname), ', ' \
+                                                                     ORDER BY att.attnum) || ')'] \
+                   FROM pg_catalog.pg_attribute att \
+                   JOIN pg_catalog.pg_class c ON c.oid = att.attrelid \
+                   CROSS JOIN LATERAL pg_catalog.aclexplode(att.attacl) a \
+                   LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
+                  WHERE att.attrelid = $1 AND att.attacl IS NOT NULL AND NOT att.attisdropped \
+                    AND a.grantee <> c.relowner AND a.privilege_type = 'REFERENCES' \
+                  GROUP BY 1 ORDER BY 1, 2",
                 None,
                 &[rel.oid.into(), UNSAFE_PRIVILEGES.to_vec().into()],
             )
@@ -450,6 +467,12 @@ fn exclusion_with_tenant(rel: &Relation, constraint: pg_sys::Oid, name: &str) ->
         .find(|head| definition.starts_with(*head))
         .map(|head| head.len())
         .ok_or_else(|| cannot(format!("only GiST and btree exclusion constraints can take tenant_id: {definition}")))?;
+    if definition.contains(&format!("{TENANT_COLUMN} WITH ")) {
+        return Err(cannot(format!(
+            "it compares {TENANT_COLUMN} with another operator than =, so rows of different tenants conflict; \
+             change it to {TENANT_COLUMN} WITH ="
+        )));
+    }
     if usable != Some(true) {
         return Err(cannot(
             "its index method has no operator class for uuid; a superuser can add one with CREATE EXTENSION btree_gist".into(),

@@ -73,23 +73,20 @@ fn tenant_purge(tenant: Option<&str>, confirm_slug: Option<&str>) -> i64 {
 fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) -> i64 {
     let run = || {
         let rel = crate::catalog::Relation::lookup(tbl.0)?;
-        let owner = crate::registry::relation_owner(rel.oid)?;
         let sql = if delete {
             format!("DELETE FROM {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::spec::TENANT_COLUMN)
         } else {
             format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::spec::TENANT_COLUMN)
         };
-        crate::registry::with_pinned_search_path(|| {
-            crate::registry::as_role(owner, || {
-                crate::context::with_purge_context(tenant, || {
-                    if delete {
-                        Spi::connect_mut(|client| {
-                            client.update(&sql, None, &[tenant.into()]).map(|t| t.len() as i64).ctx("lifecycle::purge delete")
-                        })
-                    } else {
-                        Spi::get_one_with_args::<i64>(&sql, &[tenant.into()]).ctx("lifecycle::purge count").map(|n| n.unwrap_or(0))
-                    }
-                })
+        crate::registry::as_table_owner(rel.oid, || {
+            crate::context::with_purge_context(tenant, || {
+                if delete {
+                    Spi::connect_mut(|client| {
+                        client.update(&sql, None, &[tenant.into()]).map(|t| t.len() as i64).ctx("lifecycle::purge delete")
+                    })
+                } else {
+                    Spi::get_one_with_args::<i64>(&sql, &[tenant.into()]).ctx("lifecycle::purge count").map(|n| n.unwrap_or(0))
+                }
             })
         })
     };

@@ -762,8 +762,8 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
             Ok::<_, MtError>(limits)
         })
     })?;
-    // Kept only if no registry change arrived meanwhile.
-    if tenants::current_generation() == generation {
+    // Kept only if no registry change arrived meanwhile, and not from an older snapshot.
+    if tenants::current_generation() == generation && tenants::lookups_are_current() {
         LIMITS.with(|l| {
             let mut cache = l.borrow_mut();
             if cache.0 == generation && cache.1.len() < 10_000 {

@@ -110,6 +110,35 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R>
     f()
 }
 
+/// Run code that may execute other roles' code (a table owner's triggers, say) so that no
+/// setting it changes — `set_config(..., false)` of a search_path included — outlives it: a GUC
+/// nest level popped without keeping its changes, as VACUUM and REINDEX do around the code they
+/// run as a table's owner. (An ERROR pops it through the (sub)transaction abort.)
+pub fn discarding_settings<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    struct Discard(i32);
+    impl Drop for Discard {
+        fn drop(&mut self) {
+            // SAFETY: pops the level pushed below; during unwinding the abort pops it instead.
+            if !std::thread::panicking() {
+                unsafe { pg_sys::AtEOXact_GUC(false, self.0) };
+            }
+        }
+    }
+    // SAFETY: pushes a GUC nest level, popped by `Discard` or by the abort.
+    let _discard = Discard(unsafe { pg_sys::NewGUCNestLevel() });
+    f()
+}
+
+/// Run `f` as the owner of a table, the way PostgreSQL's maintenance commands do: in a
+/// security-restricted operation, with `search_path` pinned, and with every setting the owner's
+/// code changes discarded afterwards ([`discarding_settings`]). For statements that fire the
+/// owner's triggers on behalf of someone more privileged (`tenant_purge`, `tenant_enable`'s
+/// backfill).
+pub fn as_table_owner<R>(relid: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let owner = relation_owner(relid)?;
+    discarding_settings(|| with_pinned_search_path(|| as_role(owner, f)))
+}
+
 /// The owner of a relation.
 pub fn relation_owner(relid: pg_sys::Oid) -> Result<pg_sys::Oid> {
     Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])

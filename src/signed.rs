@@ -247,6 +247,21 @@ fn session_settings_untouched() -> Result<()> {
     }
 }
 
+/// Values the session keeps that a previous tenant's transaction could have set or read: the
+/// sequence values `currval`/`lastval` report (another tenant's ids) and the seed of `random()`
+/// (`setseed` would make this tenant's random values predictable). A signed context starts
+/// without them.
+fn forget_session_values() -> Result<()> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: fills the buffer we own.
+    if !unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
+        return Err(MtError::internal("signed::forget_session_values", "pg_strong_random failed"));
+    }
+    let seed = (u64::from_le_bytes(bytes) as f64 / u64::MAX as f64) * 2.0 - 1.0;
+    Spi::run("DISCARD SEQUENCES").ctx("signed: DISCARD SEQUENCES")?;
+    Spi::run_with_args("SELECT pg_catalog.setseed($1)", &[seed.into()]).ctx("signed: setseed")
+}
+
 /// Every GUC of this backend.
 ///
 /// # Safety
@@ -562,6 +577,7 @@ fn set_signed(token: &str) -> Result<pgrx::Uuid> {
     context::admit(&tenant, user)?;
     // Last, so that a token refused for another reason is not used up.
     use_once(jti, expires.ceil() as i64, now.floor() as i64)?;
+    forget_session_values()?;
     context::set_signed(tenant.id, user);
     Ok(tenant.id)
 }

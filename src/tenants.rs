@@ -204,9 +204,19 @@ fn cached<T>(generation: u64, read: impl FnOnce(&Cache) -> Option<T>) -> Option<
     })
 }
 
+/// Whether lookups may be cached for later transactions: not while this transaction has changed
+/// the registry, and not in a REPEATABLE READ or SERIALIZABLE transaction, whose snapshot may
+/// predate changes the cache generation already counts (a suspension committed after the
+/// snapshot was taken would be cached as "active" for every later transaction).
+pub fn lookups_are_current() -> bool {
+    // SAFETY: reads the transaction's isolation level.
+    let snapshot_per_transaction = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+    !snapshot_per_transaction && !CHANGED_IN_THIS_TRANSACTION.with(Cell::get)
+}
+
 /// Keep what a lookup that started at `generation` found, unless the registry changed since.
 fn remember(generation: u64, write: impl FnOnce(&mut Cache)) {
-    if CHANGED_IN_THIS_TRANSACTION.with(Cell::get) {
+    if !lookups_are_current() {
         return;
     }
     if TENANTS_RELID.with(Cell::get) == pg_sys::InvalidOid {
