@@ -195,6 +195,26 @@ fn staff_roles(db: &TestDb) {
     assert_eq!(plain, 2, "{SUPPORT} and {OPERATOR} must be plain LOGIN roles (no SUPERUSER, no BYPASSRLS)");
 }
 
+/// Ground truth: whether `table` has the extension's restrictive isolation policy
+/// (`multitenancy_isolation`, the one that filters by tenant) in pg_policy.
+fn has_isolation_policy(superuser: &mut Client, table: &str) -> bool {
+    superuser
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = to_regclass($1) AND polname = 'multitenancy_isolation')",
+            &[&table],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// `current_setting(name)` on `client`.
+fn show(client: &mut impl postgres::GenericClient, name: &str) -> String {
+    client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .unwrap_or_else(|e| panic!("current_setting({name:?}): {e}"))
+        .get(0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attacks shared by the preloaded and the non-preloaded server
 // ---------------------------------------------------------------------------------------------
@@ -686,6 +706,114 @@ mod app_role {
             );
         }
     }
+
+    /// Second review, finding 4: a signed session could still leave session state behind for the
+    /// next client of a pooler — `SET SESSION CHARACTERISTICS`, `ALTER ROLE ... SET` (a default
+    /// for every later session of the role), `LISTEN` — and `tenant_set_signed` only looked at
+    /// `search_path` and `role`, so `set_config('transform_null_equals', 'on', false)` or
+    /// `default_transaction_read_only` changed what the next tenant's signed transaction means.
+    /// Now the three statements are refused (42501) and change nothing, and `tenant_set_signed`
+    /// refuses (42501, naming the setting) to start on top of any session-level setting but the
+    /// presentation and transaction ones; after `RESET` it works.
+    ///
+    /// Without the fix: the three statements succeed (default_transaction_isolation becomes
+    /// serializable, pg_db_role_setting gains statement_timeout, pg_listening_channels lists the
+    /// channel, and `refused` fails), and `tenant_set_signed` succeeds after the set_config calls
+    /// (the old check compared only search_path and role with their reset values).
+    #[test]
+    fn a_signed_session_cannot_change_session_defaults_or_start_on_top_of_them() {
+        let o = Orders::with_rows("attack_signed_session_defaults", 2, 2);
+        require_signed(&o.db);
+        let mut su = o.db.superuser();
+        let role_settings = |su: &mut Client| -> Vec<String> {
+            su.query(
+                "SELECT format('%s %s %s', setdatabase, setrole, setconfig) FROM pg_db_role_setting ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
+        let settings_before = role_settings(&mut su);
+        let mut app = o.db.app();
+        assert_eq!(show(&mut app, "multitenancy.require_signed"), "on", "precondition: signed-only mode");
+
+        let characteristics =
+            app.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+        let alter_role = app.batch_execute(&format!("ALTER ROLE {APP} SET statement_timeout = '1ms'"));
+        let settings_after = role_settings(&mut su);
+        if settings_after != settings_before {
+            // Roles are cluster-wide: undo it before asserting, or every later session of the app
+            // role in the other tests would time out after 1 ms.
+            su.batch_execute(&format!("ALTER ROLE {APP} RESET statement_timeout")).unwrap();
+        }
+        let listen = app.batch_execute("LISTEN tenant_events");
+
+        assert_eq!(settings_after, settings_before, "pg_db_role_setting must not change (ALTER ROLE {APP} SET ...)");
+        assert_eq!(
+            show(&mut app, "default_transaction_isolation"),
+            "read committed",
+            "the session's default isolation level must not change"
+        );
+        assert_eq!(
+            count(&mut app, "SELECT count(*) FROM pg_listening_channels()"),
+            0,
+            "the session listens on no channel"
+        );
+        refused("SET SESSION CHARACTERISTICS in a require_signed session", characteristics, PRIVILEGE);
+        refused(&format!("ALTER ROLE {APP} SET statement_timeout in a require_signed session"), alter_role, PRIVILEGE);
+        refused("LISTEN in a require_signed session", listen, PRIVILEGE);
+
+        // set_config(..., false) is a function call, not a SET: it succeeds, and the next signed
+        // context refuses to start on top of it.
+        for (setting, value) in [("transform_null_equals", "on"), ("default_transaction_read_only", "on")] {
+            let mut app = o.db.app();
+            app.query_one("SELECT set_config($1, $2, false)", &[&setting, &value])
+                .unwrap_or_else(|e| panic!("set_config('{setting}', '{value}', false): {e:?}"));
+            assert_eq!(show(&mut app, setting), value, "ground truth: {setting} is set for the session");
+            {
+                let mut tx = app.transaction().unwrap();
+                let error = refused(
+                    &format!("tenant_set_signed after set_config('{setting}', '{value}', false)"),
+                    tx.query_one("SELECT multitenancy.tenant_set_signed($1)::text", &[&mint(&o.db, "acme")]),
+                    PRIVILEGE,
+                );
+                assert!(error.message().contains(setting), "the refusal must name {setting}: {:?}", error.message());
+            }
+            // RESET is allowed, and then a signed context starts.
+            app.batch_execute(&format!("RESET {setting}")).unwrap_or_else(|e| panic!("RESET {setting}: {e:?}"));
+            let mut tx = app.transaction().unwrap();
+            let id: String = tx
+                .query_one("SELECT multitenancy.tenant_set_signed($1)::text", &[&mint(&o.db, "acme")])
+                .unwrap()
+                .get(0);
+            assert_eq!(id, o.a);
+            assert_eq!(count(&mut tx, "SELECT count(*) FROM orders"), o.rows_a, "after RESET {setting}: acme's rows");
+            tx.commit().unwrap();
+        }
+
+        // Positive controls: a transaction's own isolation level, SET LOCAL after the signed
+        // context, and the presentation settings at session level.
+        let mut app = o.db.app();
+        app.batch_execute(
+            "SET application_name = 'attack-suite'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY';
+             SET client_encoding = 'UTF8'; SET extra_float_digits = 3;",
+        )
+        .expect("presentation settings stay settable for the session");
+        app.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE").unwrap();
+        let id: String = app
+            .query_one("SELECT multitenancy.tenant_set_signed($1)::text", &[&mint(&o.db, "acme")])
+            .expect("tenant_set_signed in a SERIALIZABLE transaction, after session-level presentation settings")
+            .get(0);
+        assert_eq!(id, o.a);
+        assert_eq!(show(&mut app, "transaction_isolation"), "serializable");
+        app.batch_execute("SET LOCAL statement_timeout = '5s'").expect("SET LOCAL after tenant_set_signed");
+        assert_eq!(show(&mut app, "statement_timeout"), "5s");
+        assert_eq!(count(&mut app, "SELECT count(*) FROM orders"), o.rows_a, "positive control: acme's rows");
+        app.batch_execute("COMMIT").unwrap();
+        assert_eq!(o.true_count(&o.b), o.rows_b, "ground truth: B's rows are untouched");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -833,6 +961,141 @@ mod tenant_admin {
         assert_eq!(owner_of("blog.example.org"), Some(o.b.clone()));
         refused("B's domain_add of A's fresh claim under a 1h TTL", add(&mut app, "globex", OWNER_B, "fresh.example.org"), &SqlState::UNIQUE_VIOLATION);
         assert_eq!(owner_of("fresh.example.org"), Some(o.a.clone()));
+    }
+
+    /// Second review, finding 5: tenant A's admin used the management functions as an oracle —
+    /// naming tenant B gave 42501 ("permission denied ... tenant \"globex\"", B's slug even when
+    /// B was named by its id), naming an unknown tenant 42704 ("does not exist"); domain_remove
+    /// of B's domain gave 42501, of an unknown one 42704. Now `member_add`, `member_set_role`,
+    /// `member_remove`, `setting_set` and `domain_add` answer another tenant and an unknown one
+    /// alike (42501, the tenant named as the caller named it), and `domain_remove` of B's domain
+    /// is "not found" (42704) like an unknown domain. Nothing of B's changes.
+    ///
+    /// Without the fix: the unknown tenant's 42704 fails `refused(.., 42501)`; B named by id is
+    /// answered with B's slug (the "never names globex" assertion); B's domain gives 42501, not
+    /// 42704.
+    #[test]
+    fn management_refusals_do_not_tell_another_tenant_from_an_unknown_one() {
+        let o = Orders::new("attack_management_oracle");
+        const NEWCOMER: &str = "a0000000-0000-4000-8000-0000000000a1";
+        const UNKNOWN_ID: &str = "00000000-0000-4000-8000-000000000000";
+        add_member(&o.db, "acme", ADMIN_A, "admin");
+        add_member(&o.db, "globex", OWNER_B, "owner");
+        add_member(&o.db, "globex", MEMBER_B, "member");
+        let mut su = o.db.superuser();
+        su.query_one("SELECT multitenancy.domain_add('globex', 'shop.globex.test')", &[]).unwrap();
+        // Ground truth: B exists by slug and by id, the unknown names do not.
+        let tenants = |su: &mut Client, key: &str| -> i64 {
+            su.query_one("SELECT count(*) FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1", &[&key])
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(
+            (
+                tenants(&mut su, "globex"),
+                tenants(&mut su, &o.b),
+                tenants(&mut su, "nobody"),
+                tenants(&mut su, UNKNOWN_ID)
+            ),
+            (1, 1, 0, 0),
+            "ground truth: globex exists by slug and id; nobody and {UNKNOWN_ID} do not"
+        );
+        // Everything of B's a refused call could have changed, and what it could have added.
+        let state = |su: &mut Client| -> String {
+            su.query_one(
+                "SELECT concat_ws(' | ',
+                    (SELECT string_agg(format('%s %s %s', tenant_id, user_id, role), ', ' ORDER BY tenant_id, user_id)
+                       FROM multitenancy.members),
+                    (SELECT string_agg(format('%s %s', slug, settings), ', ' ORDER BY slug) FROM multitenancy.tenants),
+                    (SELECT string_agg(format('%s %s', domain, tenant_id), ', ' ORDER BY domain) FROM multitenancy.domains))",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        };
+        let before = state(&mut su);
+
+        let mut app = o.db.app();
+        let calls = [
+            format!("SELECT multitenancy.member_add($1, '{NEWCOMER}', 'member')"),
+            format!("SELECT multitenancy.member_set_role($1, '{MEMBER_B}', 'admin')"),
+            format!("SELECT multitenancy.member_remove($1, '{MEMBER_B}')"),
+            "SELECT multitenancy.setting_set($1, 'sso', '\"hijacked\"'::jsonb)".to_string(),
+            "SELECT multitenancy.domain_add($1, 'hijack.example.org')".to_string(),
+        ];
+        let names = [
+            ("globex", "B by slug"),
+            (o.b.as_str(), "B by id"),
+            ("nobody", "an unknown slug"),
+            (UNKNOWN_ID, "an unknown id"),
+        ];
+        let mut answers = Vec::new();
+        for call in &calls {
+            let mut per_name = Vec::new();
+            for (name, what) in names {
+                let mut tx = begin_as_user(&mut app, "acme", ADMIN_A);
+                per_name.push((name, what, tx.execute(call.as_str(), &[&name])));
+            }
+            answers.push(per_name);
+        }
+        assert_eq!(state(&mut su), before, "ground truth: no member, setting or domain changed");
+
+        for (call, per_name) in calls.iter().zip(answers) {
+            let mut said = Vec::new();
+            for (name, what, result) in per_name {
+                let error = refused(&format!("{call} naming {what} ({name}) as acme's admin"), result, PRIVILEGE);
+                let told = told(&error);
+                if name == o.b {
+                    assert!(
+                        !told.contains("globex") && !told.contains("Globex"),
+                        "{call} naming B by id must not name B's slug: {told:?}"
+                    );
+                }
+                said.push((what, told.replace(name, "<tenant>")));
+            }
+            let (first_what, first) = &said[0];
+            for (what, answer) in &said[1..] {
+                assert_eq!(answer, first, "{call}: the answer for {what} must be the answer for {first_what}");
+            }
+        }
+
+        // domain_remove: B's domain is "not found", like an unknown one.
+        let mut removals = Vec::new();
+        for domain in ["shop.globex.test", "nobody.example.test"] {
+            let mut tx = begin_as_user(&mut app, "acme", ADMIN_A);
+            removals.push((domain, tx.execute("SELECT multitenancy.domain_remove($1)", &[&domain])));
+        }
+        assert_eq!(
+            count(&mut su, "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.globex.test'"),
+            1,
+            "B's domain still exists"
+        );
+        assert_eq!(state(&mut su), before, "nothing changed");
+        let mut said = Vec::new();
+        for (domain, result) in removals {
+            let error =
+                refused(&format!("domain_remove('{domain}') as acme's admin"), result, &SqlState::UNDEFINED_OBJECT);
+            said.push(told(&error).replace(domain, "<domain>"));
+        }
+        assert_eq!(said[0], said[1], "domain_remove must answer B's domain as it answers an unknown one");
+
+        // Positive controls: the admin manages its own tenant.
+        as_user(&mut app, "acme", ADMIN_A, &format!("SELECT multitenancy.member_add('acme', '{NEWCOMER}', 'member')"))
+            .expect("acme's admin adds a member to acme");
+        as_user(&mut app, "acme", ADMIN_A, "SELECT multitenancy.setting_set('acme', 'sso', '\"on\"'::jsonb)")
+            .expect("acme's admin changes acme's settings");
+        as_user(&mut app, "acme", ADMIN_A, "SELECT multitenancy.domain_add('acme', 'shop.acme-corp.test')")
+            .expect("acme's admin adds a domain to acme");
+        as_user(&mut app, "acme", ADMIN_A, "SELECT multitenancy.domain_remove('shop.acme-corp.test')")
+            .expect("acme's admin removes acme's domain");
+        let members = count(
+            &mut su,
+            &format!(
+                "SELECT count(*) FROM multitenancy.members WHERE tenant_id = '{}' AND user_id = '{NEWCOMER}'",
+                o.a
+            ),
+        );
+        assert_eq!(members, 1, "positive control: the newcomer is a member of acme");
     }
 }
 
@@ -1251,6 +1514,336 @@ mod operator_and_owner {
             assert!(
                 problems.iter().any(|p| p.object.contains(name) || p.problem.contains(name)),
                 "verify() must list the owner's {name} on orders: {problems:#?}"
+            );
+        }
+    }
+
+    /// `public.evil_v()`, the owner's VOLATILE function that drops the isolation policy of
+    /// `table` and swallows any error (armed), or does nothing (disarmed).
+    fn evil_v(table: &str, armed: bool) -> String {
+        let body = if armed {
+            format!(
+                "EXECUTE 'DROP POLICY IF EXISTS multitenancy_isolation ON {table}';\n EXCEPTION WHEN others THEN NULL;"
+            )
+        } else {
+            "NULL;".to_string()
+        };
+        format!(
+            "CREATE OR REPLACE FUNCTION public.evil_v() RETURNS void LANGUAGE plpgsql VOLATILE AS $f$
+             BEGIN
+                 {body}
+             END $f$;"
+        )
+    }
+
+    /// [`evil_v`] and `public.evil(bigint)`, the IMMUTABLE wrapper an index expression can call.
+    fn evil_functions(table: &str, armed: bool) -> String {
+        format!(
+            "{}
+             CREATE OR REPLACE FUNCTION public.evil(x bigint) RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $f$
+             BEGIN
+                 PERFORM public.evil_v();
+                 RETURN x;
+             END $f$;",
+            evil_v(table, armed)
+        )
+    }
+
+    /// Second review, finding 1: the owner's unique index on an enabled table calls an IMMUTABLE
+    /// function that runs `DROP POLICY multitenancy_isolation` (errors swallowed). During the
+    /// CREATE INDEX's own build the guard refuses the DROP (and the function swallows that); but
+    /// the guard then rebuilds the index as (tenant_id, evil(id)) with the table left to the
+    /// extension, and before the fix nothing looked at the table afterwards: the DROP went
+    /// through, only the permissive policy was left, and tenant A read every tenant's rows. Now
+    /// the table is checked again after the rebuild: the CREATE INDEX is refused (42501, naming
+    /// the missing policy) and changes nothing.
+    ///
+    /// Without the fix the CREATE INDEX succeeds: the isolation policy is gone (pg_policy), the
+    /// snapshot differs, `assert_isolated` sees B's rows in A's context, and `refused` fails.
+    #[test]
+    fn an_index_expression_cannot_drop_the_isolation_policy_during_the_guards_rebuild() {
+        let o = Orders::new("attack_index_rebuild");
+        let mut su = o.db.superuser();
+        let before = table_snapshot(&mut su, "orders");
+        let mut owner = o.db.owner();
+        owner.batch_execute(&evil_functions("public.orders", true)).unwrap();
+        let created = owner.batch_execute("CREATE UNIQUE INDEX orders_evil ON orders (public.evil(id))");
+
+        assert!(has_isolation_policy(&mut su, "orders"), "orders must keep its policy multitenancy_isolation");
+        assert_eq!(table_snapshot(&mut su, "orders"), before, "the refused CREATE INDEX changed nothing on orders");
+        assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", o.a.as_str()), ("globex", o.b.as_str())]);
+        let error = refused("CREATE UNIQUE INDEX orders_evil ON orders (evil(id))", created, PRIVILEGE);
+        assert!(
+            error.message().contains("public.orders") && error.message().contains("multitenancy_isolation"),
+            "the refusal names the table and the policy its index expression dropped: {:?}",
+            error.message()
+        );
+
+        // Positive control: the same index over a harmless function is accepted, and hardened to
+        // (tenant_id, evil(id)) — the refusal was the dropped policy, not the index.
+        owner.batch_execute(&evil_v("public.orders", false)).unwrap();
+        owner
+            .batch_execute("CREATE UNIQUE INDEX orders_evil ON orders (public.evil(id))")
+            .expect("an expression index whose function drops nothing is accepted");
+        let definition: String = su.query_one("SELECT pg_get_indexdef('orders_evil'::regclass)", &[]).unwrap().get(0);
+        assert!(definition.contains("(tenant_id, "), "the guard rebuilt the unique index per tenant: {definition}");
+        assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", o.a.as_str()), ("globex", o.b.as_str())]);
+    }
+
+    /// Finding 1 through `tenant_enable`'s repair of an enabled table: a unique index over
+    /// `evil(id)` made with the guard off (by a DBA, or before the guard) is rebuilt with
+    /// tenant_id by the owner's `tenant_enable`, which runs the function with the table left to
+    /// the extension. Refused (42501) now; nothing changes.
+    ///
+    /// Without the fix `tenant_enable` returns normally (the already-enabled path hardens and
+    /// repairs nothing afterwards): the isolation policy is gone and A reads B's rows.
+    #[test]
+    fn tenant_enable_cannot_be_made_to_drop_the_isolation_policy_by_an_index_expression() {
+        let o = Orders::new("attack_index_enable_repair");
+        // Disarmed while the guard is off, so that building the index drops nothing yet.
+        o.db.unguarded(&format!(
+            "SET LOCAL ROLE {OWNER};
+             {}
+             CREATE UNIQUE INDEX orders_evil ON orders (public.evil(id));",
+            evil_functions("public.orders", false)
+        ));
+        let mut owner = o.db.owner();
+        owner.batch_execute(&evil_v("public.orders", true)).unwrap();
+        let mut su = o.db.superuser();
+        assert!(has_isolation_policy(&mut su, "orders"), "precondition: orders has its isolation policy");
+        let before = table_snapshot(&mut su, "orders");
+
+        let repaired = owner.execute("SELECT multitenancy.tenant_enable('orders')", &[]);
+
+        assert!(has_isolation_policy(&mut su, "orders"), "orders must keep its policy multitenancy_isolation");
+        assert_eq!(table_snapshot(&mut su, "orders"), before, "the refused tenant_enable changed nothing on orders");
+        assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", o.a.as_str()), ("globex", o.b.as_str())]);
+        let error = refused("tenant_enable('orders') rebuilding an index over evil(id)", repaired, PRIVILEGE);
+        assert!(
+            error.message().contains("multitenancy_isolation"),
+            "the refusal names the dropped policy: {:?}",
+            error.message()
+        );
+
+        // Positive control: disarmed, the same repair goes through and hardens the index.
+        owner.batch_execute(&evil_v("public.orders", false)).unwrap();
+        owner.execute("SELECT multitenancy.tenant_enable('orders')", &[]).expect("the repair with a harmless function");
+        let definition: String = su.query_one("SELECT pg_get_indexdef('orders_evil'::regclass)", &[]).unwrap().get(0);
+        assert!(definition.contains("(tenant_id, "), "tenant_enable rebuilt the unique index per tenant: {definition}");
+        assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", o.a.as_str()), ("globex", o.b.as_str())]);
+    }
+
+    /// Finding 1 through the first `tenant_enable` of a legacy table: the index over `evil(id)`
+    /// is on an inheritance child, and `evil` drops the parent's isolation policy. Enabling the
+    /// parent enables the child, whose hardening rebuilds the index while the parent is still
+    /// left to the extension. (An index on the table itself is harmless here: tenant_enable
+    /// repairs what its hardening dropped. The child's is not, because nothing of the parent is
+    /// built after its children.) Refused now (42501); neither table is enabled.
+    ///
+    /// Without the fix `tenant_enable` succeeds and `legacy_orders` is enabled without
+    /// `multitenancy_isolation` (the first assertion), only the permissive policy filters it, and
+    /// A reads B's rows through it.
+    #[test]
+    fn enabling_a_legacy_table_cannot_be_made_to_drop_its_isolation_policy_by_a_childs_index() {
+        let db = TestDb::new("attack_index_enable_child");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        db.legacy(&format!(
+            "CREATE TABLE legacy_orders (id bigint NOT NULL, item text NOT NULL, tenant_id uuid);
+             CREATE TABLE legacy_orders_archive () INHERITS (legacy_orders);
+             INSERT INTO legacy_orders VALUES (1, 'acme-1', '{a}'), (2, 'globex-1', '{b}');
+             INSERT INTO legacy_orders_archive VALUES (3, 'acme-old', '{a}'), (4, 'globex-old', '{b}');
+             {}
+             CREATE UNIQUE INDEX legacy_orders_archive_evil ON legacy_orders_archive (public.evil(id));
+             GRANT SELECT ON legacy_orders, legacy_orders_archive TO {APP};",
+            evil_functions("public.legacy_orders", true)
+        ));
+        let mut su = db.superuser();
+        assert_eq!(count(&mut su, "SELECT count(*) FROM legacy_orders_archive"), 2, "ground truth: the child has rows");
+        let mut owner = db.owner();
+
+        let enable = owner.execute("SELECT multitenancy.tenant_enable('legacy_orders')", &[]);
+
+        let enabled = is_enabled(&mut su, "legacy_orders");
+        assert!(
+            !enabled || has_isolation_policy(&mut su, "legacy_orders"),
+            "legacy_orders was enabled without its policy multitenancy_isolation"
+        );
+        let error = refused("tenant_enable('legacy_orders') whose child's index drops its policy", enable, PRIVILEGE);
+        assert!(
+            error.message().contains("\"public.legacy_orders\"") && error.message().contains("multitenancy_isolation"),
+            "the refusal names legacy_orders and the dropped policy: {:?}",
+            error.message()
+        );
+        assert!(!enabled && !is_enabled(&mut su, "legacy_orders_archive"), "neither table is enabled");
+
+        // Positive control: disarmed, the same tree is enabled and isolated.
+        owner.batch_execute(&evil_v("public.legacy_orders", false)).unwrap();
+        owner
+            .execute("SELECT multitenancy.tenant_enable('legacy_orders')", &[])
+            .expect("enabling with a harmless function");
+        assert!(is_enabled(&mut su, "legacy_orders_archive"), "the child is enabled with its parent");
+        assert_isolated(db.server(), &db.name, "legacy_orders", &[("acme", a.as_str()), ("globex", b.as_str())]);
+    }
+
+    /// Second review, finding 2: `tenant_purge` ran its DELETEs in write admin mode, so the
+    /// owner's AFTER DELETE statement trigger on orders — run by an operator's purge of globex —
+    /// saw every tenant's rows and registry rows, `_admin_mode()` was true, and `member_add` on
+    /// acme worked (operator rights). Now the purged tenant is the context of the DELETE and the
+    /// trigger sees that tenant only: no other tenant's rows or domains, no admin mode, and
+    /// `member_add` on acme fails (42501). The purge itself succeeds.
+    ///
+    /// Without the fix the log holds acme's items and domain, `admin_mode` is logged as true,
+    /// `member_add` is logged as succeeded, and acme has the intruder as an owner.
+    #[test]
+    fn an_owner_trigger_sees_only_the_purged_tenant_during_a_purge() {
+        const INTRUDER: &str = "c0000000-0000-4000-8000-00000000c0de";
+        let o = Orders::new("attack_purge_context");
+        staff_roles(&o.db);
+        let mut su = o.db.superuser();
+        su.batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION multitenancy.tenant_delete(text), multitenancy.tenant_purge(text, text) TO {OPERATOR};
+             SELECT multitenancy.domain_add('acme', 'shop.acme.test');
+             SELECT multitenancy.domain_add('globex', 'shop.globex.test');"
+        ))
+        .unwrap();
+        o.db.owner()
+            .batch_execute(&format!(
+                "CREATE TABLE purge_log (what text NOT NULL, value text);
+                 SELECT multitenancy.tenant_exempt('purge_log', 'evidence of the attack');
+                 CREATE FUNCTION public.purge_hook() RETURNS trigger LANGUAGE plpgsql AS $f$
+                 BEGIN
+                     INSERT INTO public.purge_log SELECT 'item', item FROM public.orders;
+                     INSERT INTO public.purge_log SELECT 'domain', domain FROM multitenancy.domains;
+                     INSERT INTO public.purge_log VALUES ('admin_mode', multitenancy._admin_mode()::text);
+                     BEGIN
+                         PERFORM multitenancy.member_add('acme', '{INTRUDER}', 'owner');
+                         INSERT INTO public.purge_log VALUES ('member_add', 'succeeded');
+                     EXCEPTION WHEN others THEN
+                         INSERT INTO public.purge_log VALUES ('member_add', 'failed: ' || SQLSTATE || ' ' || SQLERRM);
+                     END;
+                     RETURN NULL;
+                 END $f$;
+                 CREATE TRIGGER purge_hook AFTER DELETE ON orders FOR EACH STATEMENT EXECUTE FUNCTION public.purge_hook();"
+            ))
+            .unwrap();
+
+        let mut operator = o.db.connect(OPERATOR);
+        operator.execute("SELECT multitenancy.tenant_delete('globex')", &[]).unwrap();
+        let purge = operator.query_one("SELECT multitenancy.tenant_purge('globex', 'globex')::text", &[]);
+
+        // Ground truth: what the trigger must not have seen exists.
+        assert_eq!(o.true_count(&o.a), o.rows_a, "ground truth: acme's rows exist");
+        assert_eq!(
+            count(&mut su, "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.acme.test'"),
+            1,
+            "ground truth: acme's domain exists"
+        );
+        let logged = |su: &mut Client, what: &str| -> Vec<String> {
+            su.query("SELECT coalesce(value, '') FROM purge_log WHERE what = $1 ORDER BY 1", &[&what])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let items = logged(&mut su, "item");
+        let domains = logged(&mut su, "domain");
+        let admin_mode = logged(&mut su, "admin_mode");
+        let member_add = logged(&mut su, "member_add");
+        assert!(!admin_mode.is_empty(), "precondition: the owner's trigger ran during the purge");
+        assert!(
+            items.iter().all(|i| i.starts_with("globex-")),
+            "the owner's trigger saw other tenants' rows: {items:?}"
+        );
+        assert!(
+            domains.iter().all(|d| d == "shop.globex.test"),
+            "the owner's trigger saw other tenants' domains: {domains:?}"
+        );
+        assert!(admin_mode.iter().all(|m| m == "false"), "the owner's trigger ran in admin mode: {admin_mode:?}");
+        assert!(
+            !member_add.is_empty() && member_add.iter().all(|m| m.starts_with("failed: 42501")),
+            "member_add('acme', ...) from the owner's trigger must fail with 42501: {member_add:?}"
+        );
+        let intruders =
+            count(&mut su, &format!("SELECT count(*) FROM multitenancy.members WHERE user_id = '{INTRUDER}'"));
+        assert_eq!(intruders, 0, "the owner's trigger made {INTRUDER} a member");
+        purge.unwrap_or_else(|e| panic!("the operator's purge of globex must succeed: {e:?}"));
+        assert_eq!(o.true_count(&o.b), 0, "the purge removed globex's rows");
+        assert_eq!(
+            count(&mut su, "SELECT count(*) FROM multitenancy.tenants WHERE slug = 'globex'"),
+            0,
+            "globex is gone from the registry"
+        );
+    }
+
+    /// Second review, finding 3: the materialized-view check failed with an internal error on
+    /// every view that calls no function of a procedural language (its query found no row), and
+    /// it missed the functions behind operators and aggregates. Now `SELECT 1` and a view of an
+    /// exempt table (built-in operators only) are created and refreshed, and views whose
+    /// aggregate's state function or whose operator's function is SQL reading orders are refused
+    /// (42501, naming the function).
+    ///
+    /// Without the fix every CREATE MATERIALIZED VIEW here fails with XX000 (the positive ones
+    /// panic; the refused ones are not 42501); with only the no-row fix, the aggregate and the
+    /// operator views are created, a REFRESH in globex's context stores B's row count and A
+    /// reads it (`leaked`), and they exist.
+    #[test]
+    fn materialized_views_without_user_code_work_and_code_behind_operators_and_aggregates_is_refused() {
+        let o = Orders::new("attack_matview_operators");
+        let mut owner = o.db.owner();
+        create_exempt_countries(&mut owner);
+        for (view, query) in
+            [("mv_constant", "SELECT 1 AS one"), ("mv_countries", "SELECT code, name FROM countries WHERE code = 'de'")]
+        {
+            owner
+                .batch_execute(&format!("CREATE MATERIALIZED VIEW {view} AS {query}"))
+                .unwrap_or_else(|e| panic!("CREATE MATERIALIZED VIEW {view} AS {query}: {e:?}"));
+            owner
+                .batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}"))
+                .unwrap_or_else(|e| panic!("REFRESH MATERIALIZED VIEW {view}: {e:?}"));
+            assert_eq!(count(&mut owner, &format!("SELECT count(*) FROM {view}")), 1, "{view} holds its row");
+        }
+
+        owner
+            .batch_execute(
+                "CREATE FUNCTION public.peek_state(acc bigint, x int) RETURNS bigint LANGUAGE sql STABLE
+                     AS 'SELECT acc + (SELECT count(*) FROM public.orders)';
+                 CREATE AGGREGATE public.peek(int) (SFUNC = public.peek_state, STYPE = bigint, INITCOND = '0');
+                 CREATE FUNCTION public.peek_op(int, int) RETURNS bigint LANGUAGE sql STABLE
+                     AS 'SELECT count(*) FROM public.orders';
+                 CREATE OPERATOR public.### (FUNCTION = public.peek_op, LEFTARG = int, RIGHTARG = int);",
+            )
+            .unwrap();
+        let attempts = [
+            ("mv_aggregate", "SELECT public.peek(1) AS seen", "peek_state"),
+            ("mv_operator", "SELECT 1 OPERATOR(public.###) 2 AS seen", "peek_op"),
+        ];
+        let mut app = o.db.app();
+        let mut su = o.db.superuser();
+        let mut results = Vec::new();
+        let mut leaked = Vec::new();
+        for (view, query, _) in attempts {
+            let created = owner.batch_execute(&format!("CREATE MATERIALIZED VIEW {view} AS {query} WITH NO DATA"));
+            if created.is_ok() {
+                owner.batch_execute(&format!("GRANT SELECT ON {view} TO {APP}")).unwrap();
+                let mut tx = begin_as(&mut owner, "globex");
+                tx.batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}")).unwrap();
+                tx.commit().unwrap();
+                let mut tx = begin_as(&mut app, "acme");
+                let seen: i64 = tx.query_one(&format!("SELECT seen FROM {view}"), &[]).unwrap().get(0);
+                leaked.push((view, seen));
+            }
+            results.push(created);
+        }
+        assert_eq!(o.true_count(&o.b), o.rows_b, "ground truth: B's rows exist");
+        assert_eq!(leaked, vec![], "tenant A read what a refresh in B's context stored (B's row count)");
+        for ((view, query, function), created) in attempts.into_iter().zip(results) {
+            assert!(!relation_exists(&mut su, view), "{view} must not exist");
+            let error = refused(&format!("CREATE MATERIALIZED VIEW {view} AS {query}"), created, PRIVILEGE);
+            assert!(
+                error.message().contains(function),
+                "the refusal of {view} names {function}: {:?}",
+                error.message()
             );
         }
     }
