@@ -814,6 +814,275 @@ mod app_role {
         app.batch_execute("COMMIT").unwrap();
         assert_eq!(o.true_count(&o.b), o.rows_b, "ground truth: B's rows are untouched");
     }
+
+    /// Third review, finding 2: a registry lookup made in a REPEATABLE READ transaction was kept
+    /// for the session's later transactions, under a cache generation that already counted a
+    /// change its snapshot predates. Session A opens a REPEATABLE READ transaction (its snapshot
+    /// taken), the superuser suspends globex — or removes a member of acme — and A then sets
+    /// that tenant (and user), admitted as its snapshot says, and commits. A's next transactions
+    /// must see the change: `tenant_set` is refused (28000), and so is an INSERT with the tenant
+    /// set through `multitenancy.tenant_id` (28000); nothing is written.
+    ///
+    /// Without the fix the stale lookup is answered from the cache: the next `tenant_set`
+    /// succeeds and the INSERT lands in the suspended tenant (the ground truth count assertion).
+    #[test]
+    fn a_repeatable_read_snapshot_does_not_keep_a_suspended_tenant_or_a_removed_member_admitted() {
+        const MEMBER_A: &str = "a0000000-0000-4000-8000-0000000000a2";
+        let o = Orders::new("attack_repeatable_read_cache");
+        add_member(&o.db, "acme", MEMBER_A, "member");
+        let mut su = o.db.superuser();
+
+        /// On a new connection of the app: `change` (as the superuser) while the app's REPEATABLE
+        /// READ transaction is open, then that transaction sets `tenant` (as end user `user`),
+        /// reads orders and commits. Returns the app's next two transactions on the same
+        /// connection: `tenant_set(tenant)`, and an INSERT into orders with `tenant_id` set.
+        fn after_a_snapshot_older_than(
+            o: &Orders,
+            change: &str,
+            tenant: &str,
+            tenant_id: &str,
+            user: Option<&str>,
+        ) -> (Result<String, postgres::Error>, Result<u64, postgres::Error>) {
+            let mut app = o.db.app();
+            let as_user = |tx: &mut Transaction<'_>| {
+                if let Some(user) = user {
+                    tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&user]).unwrap();
+                }
+            };
+            {
+                let mut tx =
+                    app.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+                assert_eq!(count(&mut tx, "SELECT 1::bigint"), 1, "the snapshot is taken");
+                o.db.superuser().batch_execute(change).unwrap_or_else(|e| panic!("{change}: {e}"));
+                as_user(&mut tx);
+                // Admitted or refused, as the snapshot taken before the change says: either is fine.
+                if tx.query_one("SELECT multitenancy.tenant_set($1)::text", &[&tenant]).is_ok() {
+                    count(&mut tx, "SELECT count(*) FROM orders");
+                    tx.commit().unwrap();
+                }
+            }
+            let set = {
+                let mut tx = app.transaction().unwrap();
+                as_user(&mut tx);
+                tx.query_one("SELECT multitenancy.tenant_set($1)::text", &[&tenant]).map(|r| r.get::<_, String>(0))
+            };
+            let mut tx = app.transaction().unwrap();
+            tx.execute("SELECT set_config('multitenancy.tenant_id', $1, true)", &[&tenant_id]).unwrap();
+            as_user(&mut tx);
+            let insert = tx.execute("INSERT INTO orders (item) VALUES ('written after the change')", &[]);
+            if insert.is_ok() {
+                tx.commit().unwrap();
+            }
+            (set, insert)
+        }
+
+        let not_admitted = &SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
+        let (set, insert) = after_a_snapshot_older_than(
+            &o,
+            "SELECT multitenancy.tenant_suspend('globex', 'unpaid')",
+            "globex",
+            &o.b,
+            None,
+        );
+        let status: String =
+            su.query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'globex'", &[]).unwrap().get(0);
+        assert_eq!(status, "suspended", "ground truth: globex is suspended");
+        assert_eq!(o.true_count(&o.b), o.rows_b, "nothing was written to the suspended globex: {insert:?}");
+        refused("tenant_set('globex') in the transaction after a stale REPEATABLE READ one", set, not_admitted);
+        refused("INSERT as globex in a later transaction", insert, not_admitted);
+
+        let (set, insert) = after_a_snapshot_older_than(
+            &o,
+            &format!("SELECT multitenancy.member_remove('acme', '{MEMBER_A}')"),
+            "acme",
+            &o.a,
+            Some(MEMBER_A),
+        );
+        let members =
+            count(&mut su, &format!("SELECT count(*) FROM multitenancy.members WHERE user_id = '{MEMBER_A}'"));
+        assert_eq!(members, 0, "ground truth: {MEMBER_A} is no member of any tenant");
+        assert_eq!(o.true_count(&o.a), o.rows_a, "nothing was written to acme by the removed member: {insert:?}");
+        refused(
+            "tenant_set('acme') as the removed member after a stale REPEATABLE READ transaction",
+            set,
+            not_admitted,
+        );
+        refused("INSERT as the removed member of acme in a later transaction", insert, not_admitted);
+
+        // Positive control: acme without an end user, and globex once active again.
+        su.execute("SELECT multitenancy.tenant_activate('globex')", &[]).unwrap();
+        let mut app = o.db.app();
+        for tenant in ["acme", "globex"] {
+            let mut tx = begin_as(&mut app, tenant);
+            tx.execute("INSERT INTO orders (item) VALUES ('positive control')", &[]).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!((o.true_count(&o.a), o.true_count(&o.b)), (o.rows_a + 1, o.rows_b + 1));
+    }
+
+    /// Third review, finding 4: the guard revoked table-level REFERENCES on an enabled table from
+    /// every role but the owner, not a column-level grant. With `GRANT REFERENCES (tenant_id, id)
+    /// ON orders TO mt_app` the app could make a table of its own with a foreign key to orders —
+    /// which PostgreSQL checks without row level security — and learn which of tenant B's order
+    /// ids exist. Now the guard revokes the column-level grant too: the app has no REFERENCES on
+    /// any column of orders, and its table referencing orders is refused (42501).
+    ///
+    /// Without the fix `has_column_privilege` is true (the first assertion); the app's table is
+    /// created and accepts a row naming B's order.
+    #[test]
+    fn a_column_level_references_grant_on_an_enabled_table_is_revoked() {
+        let o = Orders::new("attack_column_references");
+        let mut su = o.db.superuser();
+        su.batch_execute(&format!("CREATE SCHEMA scratch; GRANT USAGE, CREATE ON SCHEMA scratch TO {APP}")).unwrap();
+        let b_order: i64 =
+            su.query_one("SELECT min(id) FROM orders WHERE tenant_id = $1::text::uuid", &[&o.b]).unwrap().get(0);
+        let granted = o.db.owner().batch_execute(&format!("GRANT REFERENCES (tenant_id, id) ON orders TO {APP}"));
+
+        let mut app = o.db.app();
+        let created = app.batch_execute(
+            "CREATE TABLE scratch.order_probe (
+                 tenant uuid, order_id bigint,
+                 FOREIGN KEY (tenant, order_id) REFERENCES public.orders (tenant_id, id))",
+        );
+        // The oracle: a row naming one of B's orders is accepted exactly when the order exists.
+        let probe = created
+            .is_ok()
+            .then(|| app.execute("INSERT INTO scratch.order_probe VALUES ($1::text::uuid, $2)", &[&o.b, &b_order]));
+
+        let references = |su: &mut Client, column: &str| -> bool {
+            su.query_one("SELECT has_column_privilege($1, 'public.orders', $2, 'REFERENCES')", &[&APP, &column])
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(
+            (references(&mut su, "tenant_id"), references(&mut su, "id")),
+            (false, false),
+            "{APP} must have no REFERENCES privilege on orders (tenant_id, id) after the owner's grant: {granted:?}"
+        );
+        assert_eq!(o.true_count(&o.b), o.rows_b, "ground truth: B's orders exist");
+        assert!(
+            !relation_exists(&mut su, "scratch.order_probe"),
+            "the app's table referencing orders exists: {probe:?}"
+        );
+        refused("CREATE TABLE scratch.order_probe ... REFERENCES public.orders as the app", created, PRIVILEGE);
+        // Positive control: the app keeps the privileges it was meant to have.
+        let kept: bool = su
+            .query_one("SELECT has_table_privilege($1, 'public.orders', 'SELECT, INSERT, UPDATE, DELETE')", &[&APP])
+            .unwrap()
+            .get(0);
+        assert!(kept, "{APP} keeps SELECT, INSERT, UPDATE and DELETE on orders");
+    }
+
+    /// Third review, finding 5: a signed context started with the session values the previous
+    /// transaction on the connection left — with a pooler, another tenant's. Tenant A's signed
+    /// transaction calls `setseed(0.42)` and inserts into orders (an identity column the app may
+    /// read the sequence of); tenant B's next signed transactions on the same connection must not
+    /// draw the `random()` values A's seed predicts (computed in a session of its own), and
+    /// `lastval()` / `currval()` are "not yet defined" (55000) instead of A's id.
+    ///
+    /// Without the fix B draws exactly the predicted values (the `assert_ne`), and `lastval()`
+    /// returns A's order id.
+    #[test]
+    fn a_signed_transaction_does_not_inherit_the_random_seed_or_sequence_values_of_the_previous_one() {
+        let o = Orders::with_rows("attack_signed_session_values", 2, 2);
+        require_signed(&o.db);
+        let mut owner = o.db.owner();
+        let sequence: String = owner.query_one("SELECT pg_get_serial_sequence('orders', 'id')", &[]).unwrap().get(0);
+        owner.batch_execute(&format!("GRANT USAGE ON SEQUENCE {sequence} TO {APP}")).unwrap();
+        let mut su = o.db.superuser();
+        su.batch_execute("SELECT setseed(0.42)").unwrap();
+        let predicted: Vec<f64> = (0..3).map(|_| su.query_one("SELECT random()", &[]).unwrap().get(0)).collect();
+
+        // One connection, as a pooler's server connection: A's transaction, then B's.
+        let mut conn = o.db.app();
+        assert_eq!(show(&mut conn, "multitenancy.require_signed"), "on", "precondition: signed-only mode");
+        let (a_id, a_lastval) = {
+            let mut tx = conn.transaction().unwrap();
+            tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&mint(&o.db, "acme")]).unwrap();
+            tx.batch_execute("SELECT setseed(0.42)").unwrap();
+            let id: i64 =
+                tx.query_one("INSERT INTO orders (item) VALUES ('acme-secret') RETURNING id", &[]).unwrap().get(0);
+            let last: i64 = tx.query_one("SELECT lastval()", &[]).unwrap().get(0);
+            tx.commit().unwrap();
+            (id, last)
+        };
+        let drawn: Vec<f64> = {
+            let mut tx = conn.transaction().unwrap();
+            tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&mint(&o.db, "globex")]).unwrap();
+            let drawn = (0..3).map(|_| tx.query_one("SELECT random()", &[]).unwrap().get(0)).collect();
+            tx.commit().unwrap();
+            drawn
+        };
+        let mut in_b = |sql: &str| -> Result<i64, postgres::Error> {
+            let mut tx = conn.transaction().unwrap();
+            tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&mint(&o.db, "globex")]).unwrap();
+            tx.query_one(sql, &[]).map(|r| r.get(0))
+        };
+        let lastval = in_b("SELECT lastval()");
+        let currval = in_b(&format!("SELECT currval('{sequence}')"));
+
+        let mine = count(&mut su, &format!("SELECT count(*) FROM orders WHERE id = {a_id} AND tenant_id = '{}'", o.a));
+        assert_eq!((mine, a_lastval), (1, a_id), "ground truth: A's order {a_id} exists, and A's lastval() was its id");
+        assert_ne!(drawn, predicted, "tenant B's random() values are the ones A's setseed(0.42) predicts");
+        for (what, result) in [("lastval()", lastval), ("currval of the orders sequence", currval)] {
+            let error = refused(
+                &format!("{what} in B's signed transaction after A's insert"),
+                result,
+                &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            );
+            assert!(error.message().contains("not yet defined"), "{what}: {:?}", error.message());
+        }
+    }
+
+    /// Third review, finding 6: `tenant_resolve` routed a suspended (or deleted) tenant's hosts —
+    /// `<slug>.<base_domain>` and its verified custom domain — to the tenant, telling a router
+    /// (and whoever calls it) that the tenant exists. Now only active tenants are routed to:
+    /// those hosts resolve to NULL, as an unknown host does, and route again once the tenant is
+    /// active.
+    ///
+    /// Without the fix both hosts of the suspended globex resolve to its id.
+    #[test]
+    fn tenant_resolve_routes_to_active_tenants_only() {
+        let o = Orders::new("attack_resolve_inactive");
+        let mut su = o.db.superuser();
+        su.batch_execute(&format!("ALTER DATABASE {} SET multitenancy.base_domain = 'example.test'", o.db.name))
+            .unwrap();
+        let token: String =
+            su.query_one("SELECT multitenancy.domain_add('globex', 'shop.globex.test')", &[]).unwrap().get(0);
+        su.execute("SELECT multitenancy.domain_verify('shop.globex.test', $1)", &[&token]).unwrap();
+        let mut app = o.db.app();
+        let mut resolve = |host: &str| -> Option<String> {
+            app.query_one("SELECT multitenancy.tenant_resolve($1)::text", &[&host]).unwrap().get(0)
+        };
+        let hosts = ["globex.example.test", "shop.globex.test"];
+        for host in hosts {
+            assert_eq!(resolve(host), Some(o.b.clone()), "precondition: {host} routes to the active globex");
+        }
+
+        for (change, status) in
+            [("tenant_suspend('globex', 'unpaid')", "suspended"), ("tenant_delete('globex')", "deleted")]
+        {
+            su.batch_execute(&format!("SELECT multitenancy.{change}")).unwrap();
+            let truth = count(
+                &mut su,
+                &format!(
+                    "SELECT count(*) FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                      WHERE d.domain = 'shop.globex.test' AND d.verified_at IS NOT NULL
+                        AND t.slug = 'globex' AND t.status = '{status}'"
+                ),
+            );
+            assert_eq!(truth, 1, "ground truth: globex is {status} and its domain is verified");
+            for host in hosts {
+                assert_eq!(resolve(host), None, "{host} of the {status} globex must resolve to nothing");
+            }
+            assert_eq!(resolve("nobody.example.test"), None, "an unknown host resolves to nothing");
+            assert_eq!(resolve("acme.example.test"), Some(o.a.clone()), "positive control: the active acme");
+        }
+        su.execute("SELECT multitenancy.tenant_activate('globex')", &[]).unwrap();
+        for host in hosts {
+            assert_eq!(resolve(host), Some(o.b.clone()), "{host} routes to globex again once it is active");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1846,6 +2115,246 @@ mod operator_and_owner {
                 error.message()
             );
         }
+    }
+
+    /// Third review, finding 1 (critical): during `tenant_purge` the owner's AFTER DELETE row
+    /// trigger on its enabled table runs `set_config('search_path', 'public, pg_catalog', false)`,
+    /// and the owner has created `public.=` for uuids (and `public.lower(text)`), whose function
+    /// makes the owner a superuser when it runs as one. The setting outlived the owner's code, so
+    /// the rest of the purge — run as the registry's owner, a superuser — compared tenant ids
+    /// with the owner's operator, and the operator's (or DBA's) session kept the owner's
+    /// search_path afterwards. Now every setting the owner's code changes is discarded: the
+    /// owner stays a plain role, and the search_path of the operator (not a superuser) and of a
+    /// superuser DBA who runs an unqualified `lower()` afterwards is what it was.
+    ///
+    /// The owner is a role of this test's own: a failure must leave no superuser behind that
+    /// other tests use, and any escalation is undone before asserting.
+    ///
+    /// Without the fix the operator's purge makes the owner a superuser (the first assertion),
+    /// and both sessions are left with `search_path = public, pg_catalog`.
+    #[test]
+    fn an_owner_trigger_cannot_steer_the_search_path_of_a_purge_to_its_operator() {
+        let db = TestDb::new("attack_purge_search_path");
+        staff_roles(&db);
+        let owner_role = format!("{}_owner", db.name);
+        let mut su = db.superuser();
+        su.batch_execute(&format!(
+            "CREATE ROLE {owner_role} LOGIN NOSUPERUSER NOBYPASSRLS;
+             GRANT CREATE, USAGE ON SCHEMA public TO {owner_role};
+             GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
+                                       multitenancy.tenant_exempt(regclass, text) TO {owner_role};
+             GRANT EXECUTE ON FUNCTION multitenancy.tenant_delete(text),
+                                       multitenancy.tenant_purge(text, text) TO {OPERATOR};"
+        ))
+        .unwrap();
+        let tenants = [
+            ("acme", db.tenant("Acme", "acme")),
+            ("globex", db.tenant("Globex", "globex")),
+            ("initech", db.tenant("Initech", "initech")),
+        ];
+        let mut owner = db.connect(&owner_role);
+        owner
+            .batch_execute(&format!(
+                "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, item text NOT NULL);
+                 SELECT multitenancy.tenant_enable('orders');
+                 GRANT SELECT, INSERT ON orders TO {APP};"
+            ))
+            .unwrap();
+        let mut app = db.app();
+        for (slug, _) in &tenants {
+            let mut tx = begin_as(&mut app, slug);
+            tx.execute("INSERT INTO orders (item) VALUES ($1 || '-1'), ($1 || '-2')", &[slug]).unwrap();
+            tx.commit().unwrap();
+        }
+        let escalate = format!(
+            "IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE 'ALTER ROLE {owner_role} SUPERUSER';
+             END IF;"
+        );
+        owner
+            .batch_execute(&format!(
+                "CREATE TABLE steer_log (search_path text);
+                 SELECT multitenancy.tenant_exempt('steer_log', 'evidence of the attack');
+                 CREATE FUNCTION public.uuid_eq_trojan(a uuid, b uuid) RETURNS boolean LANGUAGE plpgsql AS $f$
+                 BEGIN
+                     {escalate}
+                     RETURN pg_catalog.uuid_eq(a, b);
+                 END $f$;
+                 CREATE OPERATOR public.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = public.uuid_eq_trojan);
+                 CREATE FUNCTION public.lower(t text) RETURNS text LANGUAGE plpgsql AS $f$
+                 BEGIN
+                     {escalate}
+                     RETURN pg_catalog.lower(t);
+                 END $f$;
+                 CREATE FUNCTION public.steer() RETURNS trigger LANGUAGE plpgsql AS $f$
+                 BEGIN
+                     PERFORM pg_catalog.set_config('search_path', 'public, pg_catalog', false);
+                     INSERT INTO public.steer_log VALUES (pg_catalog.current_setting('search_path'));
+                     RETURN NULL;
+                 END $f$;
+                 CREATE TRIGGER steer AFTER DELETE ON orders FOR EACH ROW EXECUTE FUNCTION public.steer();"
+            ))
+            .unwrap();
+        // Whether the owner became a superuser; undone at once (roles are cluster-wide).
+        let escalated = |su: &mut Client| -> bool {
+            let superuser: bool =
+                su.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&owner_role]).unwrap().get(0);
+            if superuser {
+                su.batch_execute(&format!("ALTER ROLE {owner_role} NOSUPERUSER")).unwrap();
+            }
+            superuser
+        };
+
+        // The operator purges globex.
+        let mut operator = db.connect(OPERATOR);
+        let operator_path = show(&mut operator, "search_path");
+        operator.execute("SELECT multitenancy.tenant_delete('globex')", &[]).unwrap();
+        let operator_purge = operator.query_one("SELECT multitenancy.tenant_purge('globex', 'globex')", &[]);
+        let operator_path_after = show(&mut operator, "search_path");
+        let by_operator = escalated(&mut su);
+
+        // A superuser DBA purges initech, then calls lower() unqualified.
+        let mut dba = db.superuser();
+        let dba_path = show(&mut dba, "search_path");
+        dba.execute("SELECT multitenancy.tenant_delete('initech')", &[]).unwrap();
+        let dba_purge = dba.query_one("SELECT multitenancy.tenant_purge('initech', 'initech')", &[]);
+        let dba_path_after = show(&mut dba, "search_path");
+        let by_dba_purge = escalated(&mut su);
+        let lowered: String = dba.query_one("SELECT lower('ACME')", &[]).unwrap().get(0);
+        let by_lower = escalated(&mut su);
+
+        assert_eq!(
+            (by_operator, by_dba_purge, by_lower),
+            (false, false, false),
+            "the owner's code made {owner_role} a superuser (operator's purge, DBA's purge, DBA's lower())"
+        );
+        let purged: Vec<i64> = [operator_purge, dba_purge]
+            .into_iter()
+            .map(|p| p.unwrap_or_else(|e| panic!("the purge must succeed: {e:?}")).get(0))
+            .collect();
+        assert_eq!(purged, vec![2, 2], "each purge deleted the tenant's two orders");
+        let left = |su: &mut Client, id: &str| -> i64 {
+            su.query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&id]).unwrap().get(0)
+        };
+        let truth: Vec<i64> = tenants.iter().map(|(_, id)| left(&mut su, id)).collect();
+        assert_eq!(truth, vec![2, 0, 0], "ground truth: acme's orders are left, globex's and initech's are purged");
+        let steered: Vec<String> =
+            su.query("SELECT DISTINCT search_path FROM steer_log", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(
+            steered,
+            vec!["public, pg_catalog"],
+            "precondition: the owner's trigger ran and set its search_path"
+        );
+        assert_eq!(operator_path_after, operator_path, "the operator's search_path must not change during the purge");
+        assert_eq!(dba_path_after, dba_path, "the DBA's search_path must not change during the purge");
+        assert_eq!(lowered, "acme");
+    }
+
+    /// Third review, finding 3: an exclusion constraint that takes tenant_id with another
+    /// operator than `=` — `EXCLUDE USING gist (tenant_id WITH <>, email WITH =)` — was accepted
+    /// on an enabled table because tenant_id was in it; but it makes rows of *different* tenants
+    /// conflict, so tenant A's insert of an email fails (23P01) exactly when tenant B has it. Now
+    /// it is refused (55000, naming the constraint) when added to an enabled table, when a new
+    /// table with a tenant_id uuid column is enabled on creation, and by tenant_enable of a
+    /// legacy table; A's insert of B's email does not fail with 23P01.
+    ///
+    /// Without the fix all three are accepted, and A's insert of B's email fails with 23P01 (the
+    /// oracle assertion).
+    #[test]
+    fn an_exclusion_constraint_cannot_make_rows_of_different_tenants_conflict() {
+        let db = TestDb::new("attack_exclusion_operator");
+        let _a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        let mut su = db.superuser();
+        su.batch_execute("CREATE EXTENSION btree_gist").unwrap();
+        db.legacy(
+            "CREATE TABLE legacy_signups (
+                 id int, email text NOT NULL, tenant_id uuid,
+                 CONSTRAINT legacy_signups_oracle EXCLUDE USING gist (tenant_id WITH <>, email WITH =));",
+        );
+        let mut owner = db.owner();
+        owner
+            .batch_execute(
+                "CREATE TABLE signups (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL);
+                 SELECT multitenancy.tenant_enable('signups');",
+            )
+            .unwrap();
+        let attempts = [
+            (
+                "signups",
+                "ALTER TABLE signups
+                     ADD CONSTRAINT signups_oracle EXCLUDE USING gist (tenant_id WITH <>, email WITH =)",
+            ),
+            (
+                "new_signups",
+                "CREATE TABLE new_signups (
+                     id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL, tenant_id uuid,
+                     CONSTRAINT new_signups_oracle EXCLUDE USING gist (tenant_id WITH <>, email WITH =))",
+            ),
+            ("legacy_signups", "SELECT multitenancy.tenant_enable('legacy_signups')"),
+        ];
+        let mut app = db.app();
+        let insert = |app: &mut Client, tenant: &str, table: &str, email: &str| -> Result<u64, postgres::Error> {
+            let mut tx = begin_as(app, tenant);
+            let n = tx.execute(&format!("INSERT INTO {table} (email) VALUES ($1)"), &[&email])?;
+            tx.commit()?;
+            Ok(n)
+        };
+        let mut results = Vec::new();
+        let mut oracles = Vec::new();
+        for (table, statement) in attempts {
+            let result = owner.batch_execute(statement);
+            if result.is_ok() {
+                owner.batch_execute(&format!("GRANT SELECT, INSERT ON {table} TO {APP}")).unwrap();
+                insert(&mut app, "globex", table, "ceo@globex.test").unwrap();
+                oracles.push((table, insert(&mut app, "acme", table, "ceo@globex.test")));
+            }
+            results.push((table, statement, result));
+        }
+
+        for (table, _) in &oracles {
+            let rows: i64 = su
+                .query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[&b])
+                .unwrap()
+                .get(0);
+            assert_eq!(rows, 1, "ground truth: B's row with the email exists in {table}");
+        }
+        let conflicts: Vec<&str> = oracles
+            .iter()
+            .filter(|(_, r)| r.as_ref().err().and_then(|e| e.code()) == Some(&SqlState::EXCLUSION_VIOLATION))
+            .map(|(table, _)| *table)
+            .collect();
+        assert_eq!(conflicts, Vec::<&str>::new(), "tenant A's insert of B's email conflicted with B's row (an oracle)");
+        let constraints = count(
+            &mut su,
+            "SELECT count(*) FROM pg_constraint
+              WHERE conname LIKE '%\\_oracle' AND conrelid IN (SELECT relid FROM multitenancy.enabled_tables)",
+        );
+        assert_eq!(constraints, 0, "no enabled table has an exclusion constraint with tenant_id WITH <>");
+        assert!(!relation_exists(&mut su, "new_signups"), "new_signups was not created");
+        assert!(!is_enabled(&mut su, "legacy_signups"), "legacy_signups was not enabled");
+        for (table, statement, result) in results {
+            let error = refused(statement, result, &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+            assert!(
+                error.message().contains(&format!("{table}_oracle")),
+                "the refusal names the constraint: {:?}",
+                error.message()
+            );
+        }
+
+        // Positive control: the per-tenant constraint is accepted; A's insert of B's email works,
+        // and a second one of A's own conflicts.
+        owner
+            .batch_execute("ALTER TABLE signups ADD CONSTRAINT signups_email EXCLUDE USING gist (email WITH =)")
+            .unwrap();
+        owner.batch_execute(&format!("GRANT SELECT, INSERT ON signups TO {APP}")).unwrap();
+        insert(&mut app, "globex", "signups", "ceo@globex.test").unwrap();
+        insert(&mut app, "acme", "signups", "ceo@globex.test").expect("A's insert of the email B has");
+        refused(
+            "A's second insert of the same email",
+            insert(&mut app, "acme", "signups", "ceo@globex.test"),
+            &SqlState::EXCLUSION_VIOLATION,
+        );
     }
 }
 
