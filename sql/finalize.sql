@@ -1,5 +1,15 @@
 -- multitenancy finalize: privileges and event triggers. Runs after every function exists.
 
+-- The naming rules of the registry, written once in Rust (src/registry/tenants.rs,
+-- src/signing.rs) and checked by the tables too.
+ALTER TABLE multitenancy.tenants
+    ADD CONSTRAINT tenants_slug_format CHECK (multitenancy._slug_valid(slug)),
+    ADD CONSTRAINT tenants_plan_format CHECK (multitenancy._plan_valid(plan));
+ALTER TABLE multitenancy.plans ADD CONSTRAINT plans_name_format CHECK (multitenancy._plan_valid(name));
+ALTER TABLE multitenancy.members ADD CONSTRAINT members_role_values CHECK (multitenancy._role_rank(role) IS NOT NULL);
+ALTER TABLE multitenancy.signing_keys
+    ADD CONSTRAINT signing_keys_name_check CHECK (multitenancy._signing_key_name_valid(name));
+
 -- Registry tables change only through the extension's functions.
 REVOKE ALL ON ALL TABLES IN SCHEMA multitenancy FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA multitenancy FROM PUBLIC;
@@ -40,9 +50,7 @@ CREATE FUNCTION multitenancy._audit_log_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        RAISE EXCEPTION 'multitenancy.audit_log is append-only'
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Audit rows cannot be changed or removed; a superuser can archive them.';
+        PERFORM multitenancy._raise('audit_log_append_only', '{}');
     END IF;
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END
@@ -75,7 +83,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
-                AND p.proname NOT IN ('_admin_mode', '_readable_tenant',
+                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_role_rank',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
                                       '_usage_counters', '_usage_totals')
     LOOP

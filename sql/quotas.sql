@@ -25,16 +25,11 @@ BEGIN
             v_table := NULL;
         END;
         IF v_table IS NULL OR NOT EXISTS (SELECT 1 FROM multitenancy.enabled_tables e WHERE e.relid = v_table) THEN
-            RAISE EXCEPTION 'quota key "%" names no tenant-enabled table', left(p_key, 100)
-                USING ERRCODE = 'undefined_table',
-                      HINT = 'Write rows:<schema>.<table> for a table enabled with multitenancy.tenant_enable(), e.g. rows:public.orders.';
+            PERFORM multitenancy._raise('quota_key_no_table', ARRAY[p_key]);
         END IF;
         RETURN 'rows:' || v_table::text;
     END IF;
-    RAISE EXCEPTION 'invalid quota key "%"', left(p_key, 100)
-        USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'A key is members, rows, bytes, rows:<schema>.<table>, or a metered counter name: lower-case '
-                     'letters, digits, _ . -, starting with a letter, at most 63 characters (e.g. api_calls).';
+    PERFORM multitenancy._raise('invalid_quota_key', ARRAY[p_key]);
 END
 $$;
 
@@ -157,7 +152,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            multitenancy._quota(p_tenant, p_key),
            CASE WHEN metered THEN multitenancy._period_start(now()) END,
            CASE WHEN metered THEN (multitenancy._period_start(now()) + interval '1 month')::date END
-      FROM (SELECT p_key NOT IN ('members', 'rows', 'bytes') AND p_key NOT LIKE 'rows:%' AS metered) k
+      FROM (SELECT multitenancy._quota_is_metered(p_key) AS metered) k
 $$;
 
 -- quota_check(key) and usage_get(key) are in src/quotas.rs: a 'rows:<table>' key names its table

@@ -5,9 +5,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'signing key "%" already exists', p_name
-            USING ERRCODE = 'duplicate_object',
-                  HINT = 'Key names are never reused, so that a token names exactly one secret. Choose another name.';
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
     END IF;
     -- The audit row names the key and never holds the secret.
     RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
@@ -21,9 +19,7 @@ DECLARE
 BEGIN
     SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'signing key "%" does not exist', left(p_name, 100)
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'List the keys with SELECT * FROM multitenancy.signing_key_list().';
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
     END IF;
     IF v_retired_at IS NOT NULL THEN
         RETURN NULL;

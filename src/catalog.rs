@@ -1,5 +1,8 @@
 //! Small catalog helpers: the `regclass` argument type and what we need to know of a relation.
-use crate::error::MtError;
+use crate::error::{MtError, NoRowIsNone, SpiContext};
+// Not imported as `Result`: pgrx's `impl_sql_translatable!` below means std's.
+use crate::error::Result as MtResult;
+use std::collections::HashSet;
 use pgrx::prelude::*;
 use pgrx::spi::quote_qualified_identifier;
 use std::ffi::CStr;
@@ -55,7 +58,7 @@ pub struct Relation {
 }
 
 impl Relation {
-    pub fn lookup(oid: pg_sys::Oid) -> crate::error::Result<Relation> {
+    pub fn lookup(oid: pg_sys::Oid) -> MtResult<Relation> {
         // SAFETY: lsyscache lookups return NULL (or '\0' for relkind) when the relation is gone.
         unsafe {
             let name = pg_sys::get_rel_name(oid);
@@ -108,8 +111,7 @@ impl Relation {
 }
 
 /// The first column of every row of a query that returns oids (NULLs skipped).
-pub fn oid_column(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> crate::error::Result<Vec<pg_sys::Oid>> {
-    use crate::error::SpiContext;
+pub fn oid_column(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> MtResult<Vec<pg_sys::Oid>> {
     Spi::connect(|client| {
         let rows = client.select(sql, None, args).ctx("catalog::oid_column")?;
         let mut out = Vec::new();
@@ -127,6 +129,151 @@ pub fn is_reserved_schema(schema: &str) -> bool {
     matches!(schema, "multitenancy" | "pg_catalog" | "information_schema" | "pg_toast")
         || schema.starts_with("pg_temp_")
         || schema.starts_with("pg_toast_temp_")
+}
+
+// ---------------------------------------------------------------------------------------------
+// What reads what: inheritance, views, publications (the guard refuses, verify() reports and
+// tenant_enable warns from the same reads).
+
+/// Children (partitions, inheritance children) of a table.
+pub fn children(relid: pg_sys::Oid) -> MtResult<Vec<pg_sys::Oid>> {
+    oid_column("SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1 ORDER BY inhrelid", &[relid.into()])
+}
+
+pub fn is_partition(relid: pg_sys::Oid) -> MtResult<bool> {
+    Spi::get_one_with_args::<bool>("SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])
+        .ctx("guard::is_partition")
+        .map(|p| p.unwrap_or(false))
+}
+
+/// The tables a view or materialized view reads, through any depth of views.
+pub fn tables_read_by(relid: pg_sys::Oid) -> MtResult<Vec<pg_sys::Oid>> {
+    oid_column(
+                "WITH RECURSIVE reads(relid) AS ( \
+                     SELECT d.refobjid FROM pg_catalog.pg_rewrite w \
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                      WHERE w.ev_class = $1 AND d.refobjid <> $1 \
+                   UNION \
+                     SELECT d.refobjid FROM reads r \
+                       JOIN pg_catalog.pg_class v ON v.oid = r.relid AND v.relkind IN ('v', 'm') \
+                       JOIN pg_catalog.pg_rewrite w ON w.ev_class = v.oid \
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                      WHERE d.refobjid <> v.oid) \
+                 SELECT DISTINCT relid FROM reads ORDER BY relid",
+        &[relid.into()],
+    )
+}
+
+pub fn first_enabled(tables: Vec<pg_sys::Oid>, enabled: &HashSet<pg_sys::Oid>) -> MtResult<Option<Relation>> {
+    match tables.into_iter().find(|t| enabled.contains(t)) {
+        Some(t) => Relation::lookup(t).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether a view applies row level security as the querying role. Before PostgreSQL 15 there is
+/// no `security_invoker`: a view then reads as its owner, which row level security (forced on
+/// enabled tables) still filters unless the owner is a superuser or has BYPASSRLS.
+pub fn view_is_safe(view: pg_sys::Oid) -> MtResult<bool> {
+    #[cfg(not(feature = "pg14"))]
+    const SQL: &str = "SELECT COALESCE((SELECT o.option_value::bool \
+           FROM pg_catalog.pg_options_to_table(c.reloptions) o WHERE o.option_name = 'security_invoker'), false) \
+           FROM pg_catalog.pg_class c WHERE c.oid = $1";
+    #[cfg(feature = "pg14")]
+    const SQL: &str = "SELECT NOT (r.rolsuper OR r.rolbypassrls) FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $1";
+    Spi::get_one_with_args::<bool>(SQL, &[view.into()]).ctx("guard::view_is_safe").map(|s| s.unwrap_or(false))
+}
+
+/// The enabled table a leaky view reads, if it is one.
+pub fn leaky_view(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> MtResult<Option<Relation>> {
+    if view_is_safe(view)? {
+        return Ok(None);
+    }
+    first_enabled(tables_read_by(view)?, enabled)
+}
+
+/// Why a materialized view would store tenant rows outside row level security.
+pub enum MatviewLeak {
+    /// It reads a tenant-enabled table.
+    Table(Relation),
+    /// It calls a function that may read one (its rows depend on whose context refreshes it).
+    Function(String),
+}
+
+/// Whether a materialized view (through any views it reads) reads a tenant-enabled table or
+/// calls a function that could: directly, or as the code of an operator, a cast or an aggregate. Functions in SQL or a procedural language count (what they
+/// read cannot be known from the catalog); built-in and C functions do not (a superuser
+/// installed them; C code that reads tables is trusted like the extension that brings it).
+pub fn matview_leak(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> MtResult<Option<MatviewLeak>> {
+    if let Some(table) = first_enabled(tables_read_by(view)?, enabled)? {
+        return Ok(Some(MatviewLeak::Table(table)));
+    }
+    let function = Spi::get_one_with_args::<String>(
+        "WITH RECURSIVE reads(relid) AS ( \
+             SELECT $1::pg_catalog.oid \
+           UNION \
+             SELECT d.refobjid FROM reads r \
+               JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_class v ON v.oid = d.refobjid AND v.relkind IN ('v', 'm') \
+              WHERE d.refobjid <> r.relid), \
+         deps AS ( \
+             SELECT d.refclassid, d.refobjid FROM reads r \
+               JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid = w.oid), \
+         called(oid) AS ( \
+             SELECT refobjid FROM deps WHERE refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+           UNION SELECT o.oprcode::pg_catalog.oid FROM deps JOIN pg_catalog.pg_operator o ON o.oid = deps.refobjid \
+                  WHERE deps.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+           UNION SELECT c.castfunc FROM deps JOIN pg_catalog.pg_cast c ON c.oid = deps.refobjid \
+                  WHERE deps.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass), \
+         functions(oid) AS ( \
+             SELECT oid FROM called \
+           UNION SELECT f FROM called JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = called.oid \
+                  CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, \
+                        a.aggserialfn, a.aggdeserialfn, a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::pg_catalog.oid[]) f) \
+         SELECT p.oid::pg_catalog.regprocedure::text FROM functions fn \
+           JOIN pg_catalog.pg_proc p ON p.oid = fn.oid \
+           JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+          WHERE l.lanname NOT IN ('internal', 'c') \
+            AND p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
+          ORDER BY 1 LIMIT 1",
+        &[view.into()],
+    )
+    .no_row_is_none()
+    .ctx("guard::matview functions")?;
+    Ok(function.map(MatviewLeak::Function))
+}
+
+/// Enabled tables a publication publishes, with the publication's name.
+pub fn published_tables(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> MtResult<(String, Vec<Relation>)> {
+    let (name, tables) = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT p.pubname::text, c.oid FROM pg_catalog.pg_publication p \
+                   JOIN pg_catalog.pg_publication_tables t ON t.pubname = p.pubname \
+                   JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
+                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+                  WHERE p.oid = $1 ORDER BY c.oid",
+                None,
+                &[publication.into()],
+            )
+            .ctx("guard::published_tables")?;
+        let mut name = String::new();
+        let mut tables = Vec::new();
+        for row in rows {
+            name = row.get::<String>(1).ctx("pubname")?.unwrap_or_default();
+            tables.push(row.get::<pg_sys::Oid>(2).ctx("table")?.unwrap_or_default());
+        }
+        Ok::<_, MtError>((name, tables))
+    })?;
+    let tables = tables.into_iter().filter(|t| enabled.contains(t)).map(Relation::lookup).collect::<MtResult<_>>()?;
+    Ok((name, tables))
 }
 
 /// The function-manager record of a version-1 C function (`pg_finfo_<name>`), for the

@@ -78,7 +78,7 @@ pub enum MtError {
     /// No tenant answers to a host name.
     HostNotFound { host: String },
     /// A write or a metered use that would take a tenant past a limit.
-    QuotaExceeded { tenant: String, key: String, used: i64, adding: i64, quota: i64 },
+    QuotaExceeded { tenant: String, key: String, metered: bool, used: i64, adding: i64, quota: i64 },
     /// A tenant token that does not verify.
     BadToken { reason: String },
     /// The used-token table has no free slot for a token's id.
@@ -107,6 +107,42 @@ pub enum MtError {
     AdminReadOnly { table: String },
     /// Session state that would outlive a transaction in a session that requires signed contexts.
     SignedSessionState { what: String, hint: String },
+    /// A domain another tenant has registered.
+    DomainTaken { domain: String },
+    /// `domain_verify` with a token that is not the domain's.
+    WrongVerificationToken { domain: String },
+    /// UPDATE, DELETE or TRUNCATE of the audit log by anyone but a superuser.
+    AuditLogAppendOnly,
+    /// A lifecycle change to the status the tenant already has.
+    StatusUnchanged { slug: String, status: String },
+    /// `tenant_suspend` of a tenant that is not active.
+    CannotSuspend { slug: String, status: String },
+    /// `tenant_purge` of a tenant that is not deleted.
+    CannotPurge { slug: String, status: String },
+    /// `tenant_purge` without the tenant's slug as confirmation.
+    PurgeUnconfirmed,
+    /// `tenant_purge` where tables that are not tenant-enabled reference the tenant's rows.
+    PurgeReferenced { slug: String, tables: String },
+    /// A plan that does not exist.
+    PlanNotFound { plan: String },
+    /// Plan limits or features that are not JSON objects, or limits that are not whole numbers.
+    InvalidPlanLimits { reason: &'static str },
+    /// A change of a tenant's owners by someone who is not one.
+    OwnersOnly { action: &'static str, slug: String },
+    /// `member_add` of a member.
+    AlreadyMember { user: String, slug: String },
+    /// Removing or demoting the last owner.
+    LastOwner { verb: String, slug: String },
+    /// A member change of a user who is not a member.
+    MemberNotFound { user: String, slug: String },
+    /// A `rows:<table>` quota key naming no tenant-enabled table.
+    QuotaKeyNoTable { key: String },
+    /// A quota key that breaks the key rules.
+    InvalidQuotaKey { key: String },
+    /// `signing_key_add` with a name in use (retired or not).
+    SigningKeyExists { name: String },
+    /// A signing key that does not exist.
+    SigningKeyNotFound { name: String },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     Internal { context: &'static str, error: String },
 }
@@ -165,6 +201,22 @@ impl MtError {
             MtError::OperatorsOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::TriggerMisused { .. } | MtError::SignedSessionState { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::AdminReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            MtError::DomainTaken { .. } | MtError::AlreadyMember { .. } => ERRCODE_UNIQUE_VIOLATION,
+            MtError::WrongVerificationToken { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            MtError::AuditLogAppendOnly | MtError::OwnersOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::StatusUnchanged { .. }
+            | MtError::CannotSuspend { .. }
+            | MtError::CannotPurge { .. }
+            | MtError::LastOwner { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            MtError::PurgeUnconfirmed | MtError::InvalidPlanLimits { .. } | MtError::InvalidQuotaKey { .. } => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            MtError::PurgeReferenced { .. } => ERRCODE_FOREIGN_KEY_VIOLATION,
+            MtError::PlanNotFound { .. } | MtError::MemberNotFound { .. } | MtError::SigningKeyNotFound { .. } => {
+                ERRCODE_UNDEFINED_OBJECT
+            }
+            MtError::QuotaKeyNoTable { .. } => ERRCODE_UNDEFINED_TABLE,
+            MtError::SigningKeyExists { .. } => ERRCODE_DUPLICATE_OBJECT,
             MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -276,7 +328,7 @@ impl MtError {
             MtError::InvalidArgument { message, .. } => message.clone(),
             MtError::InvalidRole { role } => format!("invalid member role \"{}\"", clip(role)),
             MtError::HostNotFound { host } => format!("no tenant for host \"{}\"", clip(host)),
-            MtError::QuotaExceeded { tenant, key, used, adding, quota } => format!(
+            MtError::QuotaExceeded { tenant, key, used, adding, quota, .. } => format!(
                 "quota \"{}\" of tenant \"{}\" exceeded: {used} used, {adding} more requested, limit {quota}",
                 clip(key),
                 clip(tenant)
@@ -293,6 +345,40 @@ impl MtError {
             MtError::SignedSessionState { what, .. } => format!(
                 "refused: {what} would outlive this transaction in a session that requires signed tenant contexts"
             ),
+            MtError::DomainTaken { domain } => format!("domain \"{}\" is already registered to another tenant", clip(domain)),
+            MtError::WrongVerificationToken { domain } => {
+                format!("verification token does not match for domain \"{}\"", clip(domain))
+            }
+            MtError::AuditLogAppendOnly => "multitenancy.audit_log is append-only".into(),
+            MtError::StatusUnchanged { slug, status } => format!("tenant \"{}\" is already {status}", clip(slug)),
+            MtError::CannotSuspend { slug, status } => {
+                format!("tenant \"{}\" is {status}; only an active tenant can be suspended", clip(slug))
+            }
+            MtError::CannotPurge { slug, status } => {
+                format!("tenant \"{}\" is {status}; only a deleted tenant can be purged", clip(slug))
+            }
+            MtError::PurgeUnconfirmed => {
+                "tenant_purge needs confirmation: confirm_slug must be the tenant's slug".into()
+            }
+            MtError::PurgeReferenced { slug, tables } => {
+                format!("cannot purge tenant \"{}\": rows of {} are still referenced", clip(slug), clip(tables))
+            }
+            MtError::PlanNotFound { plan } => format!("plan \"{}\" does not exist", clip(plan)),
+            MtError::InvalidPlanLimits { reason } => (*reason).into(),
+            MtError::OwnersOnly { action, slug } => {
+                format!("permission denied to {action} tenant \"{}\": only owners may", clip(slug))
+            }
+            MtError::AlreadyMember { user, slug } => {
+                format!("user {} is already a member of tenant \"{}\"", clip(user), clip(slug))
+            }
+            MtError::LastOwner { verb, slug } => format!("cannot {} the last owner of tenant \"{}\"", clip(verb), clip(slug)),
+            MtError::MemberNotFound { user, slug } => {
+                format!("user {} is not a member of tenant \"{}\"", clip(user), clip(slug))
+            }
+            MtError::QuotaKeyNoTable { key } => format!("quota key \"{}\" names no tenant-enabled table", clip(key)),
+            MtError::InvalidQuotaKey { key } => format!("invalid quota key \"{}\"", clip(key)),
+            MtError::SigningKeyExists { name } => format!("signing key \"{}\" already exists", clip(name)),
+            MtError::SigningKeyNotFound { name } => format!("signing key \"{}\" does not exist", clip(name)),
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
     }
@@ -339,6 +425,10 @@ impl MtError {
             MtError::PublishesTenantTable { .. } => Some(
                 "Logical decoding ignores row level security: a subscriber receives every tenant's rows.".into(),
             ),
+            MtError::PurgeUnconfirmed => {
+                Some("Purging deletes every row of the tenant in every tenant-enabled table, for good.".into())
+            }
+            MtError::LastOwner { .. } => Some("A tenant always keeps at least one owner.".into()),
             MtError::UnprotectedAtCommit { .. } => Some(
                 "multitenancy.guarded_schemas lists schemas in which every table holds tenant data unless \
                  declared global."
@@ -456,7 +546,7 @@ impl MtError {
             MtError::HostNotFound { .. } => "Register the host with multitenancy.domain_add() and verify it, or \
                  use <slug>.<multitenancy.base_domain>."
                 .into(),
-            MtError::QuotaExceeded { tenant, key, .. } if crate::quotas::is_metered(key) => format!(
+            MtError::QuotaExceeded { tenant, key, metered: true, .. } => format!(
                 "Metered usage is counted per calendar month (UTC) and starts again at 0 next month. A DBA can raise \
                  the limit: multitenancy.quota_set('{tenant}', '{key}', <limit>), or the plan's limits."
             ),
@@ -506,6 +596,58 @@ impl MtError {
                  in a new transaction."
                 .into(),
             MtError::SignedSessionState { hint, .. } => hint.clone(),
+            MtError::DomainTaken { .. } => "A domain routes to one tenant; the other tenant must remove it first \
+                 (multitenancy.domain_remove), or, while it is unverified, wait until its claim expires \
+                 (multitenancy.domain_claim_ttl)."
+                .into(),
+            MtError::WrongVerificationToken { .. } => {
+                "Pass the token multitenancy.domain_add() returned for this domain.".into()
+            }
+            MtError::AuditLogAppendOnly => "Audit rows cannot be changed or removed; a superuser can archive them.".into(),
+            MtError::StatusUnchanged { slug, .. } => format!(
+                "Check the status first: SELECT status FROM multitenancy.tenants WHERE slug = '{}'.",
+                clip(slug)
+            ),
+            MtError::CannotSuspend { status, .. } => {
+                format!("Activate it first with multitenancy.tenant_activate(), or leave it {status}.")
+            }
+            MtError::CannotPurge { slug, .. } => {
+                format!("Delete it first: SELECT multitenancy.tenant_delete('{}').", clip(slug))
+            }
+            MtError::PurgeUnconfirmed => {
+                "Call SELECT multitenancy.tenant_purge('<tenant>', confirm_slug => '<its slug>').".into()
+            }
+            MtError::PurgeReferenced { .. } => "A table that is not tenant-enabled references the tenant's rows; \
+                 delete those rows first."
+                .into(),
+            MtError::PlanNotFound { plan } => format!(
+                "Create it first: SELECT multitenancy.plan_set('{}', limits => '{{}}', features => '{{}}').",
+                clip(plan)
+            ),
+            MtError::InvalidPlanLimits { .. } => "For example limits => '{\"rows\": 100000, \"bytes\": 1073741824, \
+                 \"members\": 5, \"api_calls\": null}', features => '{\"sso\": false}'."
+                .into(),
+            MtError::OwnersOnly { .. } => "Ask an owner of the tenant; an admin may add members as admin.".into(),
+            MtError::AlreadyMember { .. } => "Change the role with multitenancy.member_set_role().".into(),
+            MtError::LastOwner { .. } => "Make another member owner first: SELECT \
+                 multitenancy.member_set_role('<tenant>', '<user>', 'owner')."
+                .into(),
+            MtError::MemberNotFound { .. } => "List the members with multitenancy.member_list('<tenant>'); add one \
+                 with multitenancy.member_add()."
+                .into(),
+            MtError::QuotaKeyNoTable { .. } => "Write rows:<schema>.<table> for a table enabled with \
+                 multitenancy.tenant_enable(), e.g. rows:public.orders."
+                .into(),
+            MtError::InvalidQuotaKey { .. } => "A key is members, rows, bytes, rows:<schema>.<table>, or a metered \
+                 counter name: lower-case letters, digits, _ . -, starting with a letter, at most 63 characters \
+                 (e.g. api_calls)."
+                .into(),
+            MtError::SigningKeyExists { .. } => "Key names are never reused, so that a token names exactly one \
+                 secret. Choose another name."
+                .into(),
+            MtError::SigningKeyNotFound { .. } => {
+                "List the keys with SELECT * FROM multitenancy.signing_key_list().".into()
+            }
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }
@@ -551,6 +693,50 @@ fn cap(text: String, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+/// `multitenancy._raise(kind, args)`: the one way the extension's SQL functions raise an error,
+/// so that every SQLSTATE, message and hint comes from [`MtError`]. `kind` names the error and
+/// `args` fill it in (see the match below); an unknown kind is an internal error.
+#[pg_extern(volatile, parallel_safe)]
+fn _raise(kind: Option<&str>, args: Option<Vec<Option<String>>>) {
+    let args = args.unwrap_or_default();
+    // NULL is shown as plpgsql's RAISE showed it.
+    let arg = |i: usize| args.get(i).cloned().flatten().unwrap_or_else(|| "NULL".into());
+    let error = match required(kind, "kind").or_raise() {
+        "domain_taken" => MtError::DomainTaken { domain: arg(0) },
+        "host_not_found" => MtError::HostNotFound { host: arg(0) },
+        "wrong_verification_token" => MtError::WrongVerificationToken { domain: arg(0) },
+        "audit_log_append_only" => MtError::AuditLogAppendOnly,
+        "status_unchanged" => MtError::StatusUnchanged { slug: arg(0), status: arg(1) },
+        "cannot_suspend" => MtError::CannotSuspend { slug: arg(0), status: arg(1) },
+        "cannot_purge" => MtError::CannotPurge { slug: arg(0), status: arg(1) },
+        "purge_unconfirmed" => MtError::PurgeUnconfirmed,
+        "purge_referenced" => MtError::PurgeReferenced { slug: arg(0), tables: arg(1) },
+        "slug_taken" => MtError::DuplicateSlug { slug: arg(0) },
+        "plan_not_found" => MtError::PlanNotFound { plan: arg(0) },
+        "plan_not_objects" => MtError::InvalidPlanLimits { reason: "plan limits and features must be JSON objects" },
+        "plan_limits_not_whole" => {
+            MtError::InvalidPlanLimits { reason: "plan limits must be whole numbers >= 0 (or null for unlimited)" }
+        }
+        "null_argument" if arg(0) == "key" => MtError::NullArgument { argument: "key" },
+        "owners_only_add" => MtError::OwnersOnly { action: "add an owner to", slug: arg(0) },
+        "owners_only_remove" => MtError::OwnersOnly { action: "remove an owner of", slug: arg(0) },
+        "owners_only_change" => MtError::OwnersOnly { action: "change the owners of", slug: arg(0) },
+        "already_member" => MtError::AlreadyMember { user: arg(0), slug: arg(1) },
+        "last_owner" => MtError::LastOwner { verb: arg(0), slug: arg(1) },
+        "member_not_found" => MtError::MemberNotFound { user: arg(0), slug: arg(1) },
+        "quota_key_no_table" => MtError::QuotaKeyNoTable { key: arg(0) },
+        "invalid_quota_key" => MtError::InvalidQuotaKey { key: arg(0) },
+        "signing_key_exists" => MtError::SigningKeyExists { name: arg(0) },
+        "signing_key_not_found" => MtError::SigningKeyNotFound { name: arg(0) },
+        "tenant_not_found" => MtError::TenantNotFound { tenant: arg(0) },
+        other => MtError::InvalidArgument {
+            message: format!("unknown error kind \"{}\"", clip(other)),
+            hint: "multitenancy._raise is the extension's own way to raise its errors; see src/error.rs.".into(),
+        },
+    };
+    error.raise()
 }
 
 /// `result.or_raise()` turns an `MtError` into a PostgreSQL ERROR at the SQL boundary.

@@ -44,6 +44,22 @@ pub static DOMAIN_CLAIM_TTL: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 3
 /// `multitenancy.ddl_guard`: the event triggers check DDL (on) or only log it (off).
 pub static DDL_GUARD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+static mut PRELOADED: bool = false;
+
+/// Record that the library is being loaded by `shared_preload_libraries` (in the postmaster,
+/// before any backend exists).
+pub fn set_preloaded() {
+    // SAFETY: written once in the single-threaded postmaster, read-only afterwards.
+    unsafe { PRELOADED = true };
+}
+
+/// Whether the library was loaded by `shared_preload_libraries` (signed contexts need it, and
+/// superuser-only settings are enforced from connection start only then).
+pub fn preloaded() -> bool {
+    // SAFETY: set once in the postmaster before any backend exists.
+    unsafe { PRELOADED }
+}
+
 type StringCheckHook =
     unsafe extern "C-unwind" fn(*mut *mut c_char, *mut *mut c_void, pg_sys::GucSource::Type) -> bool;
 

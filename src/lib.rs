@@ -1,86 +1,72 @@
 //! multitenancy: tenant isolation as a property of PostgreSQL.
 //!
-//! `lib.rs` only wires the modules together; each capability lives in its own module:
-//! - [`gucs`]: every setting the extension registers (one place),
-//! - [`context`]: resolves the tenant of the current transaction (the only reader of the
-//!   tenant settings) and exposes `current_tenant_id()` / `tenant_set()`,
-//! - [`tenants`]: the tenant registry (`tenant_create`, slug rules) and its per-session cache,
-//! - [`members`]: members and roles (`member_add`, `has_role`, ...),
-//! - [`lifecycle`]: suspend, activate, delete, purge, rename; plans and settings,
-//! - [`domains`]: custom domains and host routing,
-//! - [`quotas`]: exact per-tenant usage counters, limits and metering,
-//! - [`signed`]: signing keys, tenant tokens and `tenant_set_signed` (signed contexts),
-//! - [`access`]: who may manage what, audited admin access (`admin_begin`), the audit log,
-//! - [`spec`]: the one description of what a protected table looks like,
-//! - [`enable`]: `tenant_enable` / `tenant_disable` (which build and remove that shape) and
-//!   `tenant_exempt` / `tenant_unexempt`,
-//! - [`hardening`]: tenant-scoped unique keys and foreign keys, and the grants an enabled table
-//!   may not have,
-//! - [`guard`]: the event triggers that keep protected tables protected through later DDL,
-//! - [`verify`]: the catalog audit,
-//! - [`registry`]: privileged access to the extension's own tables,
-//! - [`error`]: the typed error enum and its SQLSTATEs.
+//! `lib.rs` only wires the modules together. They form layers, each importing only its own
+//! layer and the ones below (checked by `pgrx-tests/tests/architecture.rs`):
+//!
+//! 1. leaves — [`error`] (the one error catalogue), [`gucs`] (every setting), [`uuid`],
+//!    [`catalog`] (relations and what reads what);
+//! 2. [`registry`] — the extension's own tables as the registry owner reads and writes them, and
+//!    the tenant registry's per-session cache ([`registry::tenants`]);
+//! 3. [`context`] — which tenant (and user) the transaction acts for: plain settings, claims,
+//!    signed tokens, admin mode; `current_tenant_id()`;
+//! 4. [`tenants::access`] — who may manage what, the audit log;
+//! 5. the capabilities — [`tenants`] (create, members, lifecycle, domains), [`signing`] (keys and
+//!    tokens), [`tables`] (the protected shape, tenant_enable, hardening, the DDL guard,
+//!    verify()), [`quotas`];
+//! 6. wiring — [`xact`] (the transaction callbacks) and this file.
+//!
+//! Each module's SQL lives in `sql/<capability>.sql` beside it; README's "Development" section
+//! maps capability to Rust, SQL and tests.
 use pgrx::prelude::*;
 
-mod access;
 mod catalog;
 mod context;
-mod domains;
-mod enable;
 mod error;
-mod guard;
 mod gucs;
-mod hardening;
-mod lifecycle;
-mod members;
 mod quotas;
 mod registry;
-mod signed;
-mod spec;
+mod signing;
+mod tables;
 mod tenants;
-mod verify;
+mod uuid;
+mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+// SQL functions check the functions they call when they are created: each file requires those.
+extension_sql_file!("../sql/tenants.sql", name = "tenants", requires = ["bootstrap", current_user_id]);
+extension_sql_file!("../sql/members.sql", name = "members", requires = ["tenants", tenants::access::_readable_tenant]);
 extension_sql_file!(
-    "../sql/model.sql",
-    name = "model",
-    requires = ["bootstrap", current_tenant_id, current_user_id, access::_readable_tenant, gucs::_base_domain]
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["tenants", current_tenant_id, tenants::access::_readable_tenant]
 );
-// The C entry points of src/quotas.rs and src/tenants.rs (trigger functions and
-// row_bytes(record), which pgrx's function macros cannot declare).
-extension_sql!(
-    r#"
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
-"#,
-    name = "quota_functions",
-    requires = ["bootstrap"]
+extension_sql_file!(
+    "../sql/domains.sql",
+    name = "domains",
+    requires = ["tenants", tenants::access::_readable_tenant, gucs::_base_domain]
 );
-extension_sql_file!("../sql/quotas.sql", name = "quotas", requires = ["model", "quota_functions", current_tenant_id, quotas::_usage_unwritten, quotas::_usage_lock]);
+extension_sql_file!(
+    "../sql/quotas.sql",
+    name = "quotas",
+    requires = ["tenants", "quotas_counting", current_tenant_id, quotas::_usage_unwritten, quotas::_usage_lock]
+);
 extension_sql_file!("../sql/signing.sql", name = "signing", requires = ["bootstrap"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+// (sql/bootstrap.sql's registry tables come first; the C trigger functions are declared beside
+// their Rust: quotas.rs and registry/tenants.rs.)
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // Before the settings are defined: both look at what the session had set until now.
-    signed::init();
-    signed::init_session_guard();
+    context::signed::init();
     context::init();
     gucs::init();
-    guard::init();
-    tenants::init();
-    access::init();
+    context::signed::init_session_guard();
+    registry::tenants::init();
     quotas::init();
+    xact::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -1,7 +1,7 @@
 //! Quotas and usage: exact per-tenant counters of rows and bytes in tenant-enabled tables,
 //! limits from plans and per-tenant overrides, metered counters.
 //!
-//! Counting: every tenant-enabled table has two triggers (declared in [`crate::spec`], so the
+//! Counting: every tenant-enabled table has two triggers (declared in [`crate::tables::spec`], so the
 //! guard and `verify()` keep them there). An AFTER ROW trigger adds each written row's tenant,
 //! table and size to a per-backend list — no SQL per row. An AFTER STATEMENT trigger then checks
 //! the statement's counts per tenant. A transaction's first counted write of a tenant takes the
@@ -17,7 +17,7 @@
 //! the table exactly (`usage_recompute`).
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry;
-use crate::tenants;
+use crate::registry::tenants;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +25,12 @@ use std::collections::{BTreeMap, HashMap};
 /// The keys the extension counts itself; any other key is a metered counter.
 pub fn is_metered(key: &str) -> bool {
     !matches!(key, "members" | "rows" | "bytes") && !key.starts_with("rows:")
+}
+
+/// [`is_metered`] for SQL (`_usage`).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _quota_is_metered(key: &str) -> bool {
+    is_metered(key)
 }
 
 /// The limits of one tenant that the counting triggers enforce (`None`: unlimited).
@@ -162,34 +168,14 @@ pub fn subtransaction_committed(level: i32) {
 /// Before commit: check what no statement trigger has checked, then write what was counted.
 pub fn before_commit() -> Result<()> {
     if PENDING.with(|p| p.borrow().values().any(|d| !d.is_empty())) {
-        with_active_snapshot(end_of_statement)?;
+        registry::with_active_snapshot(end_of_statement)?;
     }
     let Some(txn) = TRANSACTION.with(|t| t.borrow_mut().take()) else { return Ok(()) };
     let unwritten = txn.flattened();
     if unwritten.values().all(|v| *v == (0, 0)) {
         return Ok(());
     }
-    with_active_snapshot(|| write_unwritten(unwritten))
-}
-
-/// Run `f` with an active snapshot: at commit, statements have finished and SPI needs one of
-/// its own. (An ERROR aborts the transaction, which clears the snapshot stack.)
-fn with_active_snapshot<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    // SAFETY: pushed and popped around our own statements.
-    let pushed = unsafe {
-        if pg_sys::ActiveSnapshotSet() {
-            false
-        } else {
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            true
-        }
-    };
-    let result = f();
-    if pushed {
-        // SAFETY: pops what we pushed.
-        unsafe { pg_sys::PopActiveSnapshot() };
-    }
-    result
+    registry::with_active_snapshot(|| write_unwritten(unwritten))
 }
 
 /// `_usage_unwritten()`: what this session's transaction has counted and not yet written, for
@@ -246,7 +232,7 @@ unsafe fn tenant_attno(tupdesc: pg_sys::TupleDesc) -> Option<usize> {
     (*tupdesc).attrs.as_slice(natts).iter().position(|attr| {
         !attr.attisdropped
             && attr.atttypid == pg_sys::UUIDOID
-            && std::ffi::CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes() == crate::spec::TENANT_COLUMN.as_bytes()
+            && std::ffi::CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes() == crate::tables::spec::TENANT_COLUMN.as_bytes()
     })
 }
 
@@ -266,6 +252,23 @@ unsafe fn slot_row(slot: *mut pg_sys::TupleTableSlot) -> Option<([u8; 16], i64)>
 }
 
 use crate::catalog::{trigger_data, FINFO_V1};
+
+// The C entry points below, which pgrx's function macros do not declare: the triggers read the
+// trigger's slots directly (no PgHeapTuple per row), and row_bytes takes any record.
+extension_sql!(
+    r#"
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+"#,
+    name = "quotas_counting",
+    requires = ["bootstrap"]
+);
 
 /// `multitenancy.row_bytes(record)`: the size a row counts for in the `bytes` quota.
 #[no_mangle]
@@ -395,10 +398,10 @@ unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys:
 /// # Safety
 /// `data` is the trigger data of the current call.
 unsafe fn check_trigger(data: &pg_sys::TriggerData, spec_index: usize) -> Result<()> {
-    let spec = &crate::spec::TRIGGERS[spec_index];
+    let spec = &crate::tables::spec::TRIGGERS[spec_index];
     let rel = data.tg_relation;
     let relid = (*rel).rd_id;
-    if crate::access::admin_mode().is_some_and(|m| !m.write) {
+    if crate::context::admin::admin_mode().is_some_and(|m| !m.write) {
         return Err(MtError::AdminReadOnly { table: relation_name(rel) });
     }
     if CHECKED.with(|c| c.borrow().contains(&relid.to_u32())) {
@@ -560,7 +563,7 @@ fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<
 pub fn lock_tenant(tenant: pgrx::Uuid) -> Result<()> {
     let b = tenant.as_bytes();
     let hash = (0..4).fold(0u32, |h, i| h ^ u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]));
-    let class = usage_relid()?;
+    let class = registry::relid(c"table_usage")?;
     // SAFETY: builds a lock tag as SET_LOCKTAG_OBJECT does and takes the lock for the
     // transaction (released when it ends, or with a rolled-back subtransaction that took it).
     unsafe {
@@ -581,18 +584,6 @@ pub fn lock_tenant(tenant: pgrx::Uuid) -> Result<()> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn _usage_lock(tenant: pgrx::Uuid) {
     lock_tenant(tenant).or_raise()
-}
-
-fn usage_relid() -> Result<pg_sys::Oid> {
-    // SAFETY: syscache lookups by name.
-    let relid = unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
-        pg_sys::get_relname_relid(c"table_usage".as_ptr(), nsp)
-    };
-    if relid == pg_sys::InvalidOid {
-        return Err(MtError::internal("quotas", "table multitenancy.table_usage is missing"));
-    }
-    Ok(relid)
 }
 
 /// Group (tenant, table) deltas by tenant, in uuid order: a statement writing several tenants
@@ -719,7 +710,7 @@ fn write_unwritten(deltas: Deltas) -> Result<()> {
 
 fn exceeded(tenant: pgrx::Uuid, key: &str, used: i64, adding: i64, quota: i64) -> MtError {
     let slug = tenants::lookup(tenants::Key::Id(tenant)).ok().flatten().map(|t| t.slug).unwrap_or_else(|| tenant.to_string());
-    MtError::QuotaExceeded { tenant: slug, key: key.to_string(), used, adding, quota }
+    MtError::QuotaExceeded { tenant: slug, key: key.to_string(), metered: is_metered(key), used, adding, quota }
 }
 
 /// The limits the triggers enforce for a tenant, cached per registry generation.
@@ -863,8 +854,8 @@ fn quota_set(tenant: Option<&str>, key: Option<&str>, quota: Option<i64>) {
             });
         }
         let key = validate_key(key)?;
-        let tenant = crate::access::tenant(tenant)?;
-        crate::access::change("quota_set", Some(tenant.id), "SELECT multitenancy._quota_set($1, $2, $3, true)", &[
+        let tenant = crate::tenants::access::tenant(tenant)?;
+        crate::tenants::access::change("quota_set", Some(tenant.id), "SELECT multitenancy._quota_set($1, $2, $3, true)", &[
             tenant.id.into(),
             key.as_str().into(),
             quota.into(),
@@ -878,8 +869,8 @@ fn quota_set(tenant: Option<&str>, key: Option<&str>, quota: Option<i64>) {
 fn quota_reset(tenant: Option<&str>, key: Option<&str>) {
     let run = || {
         let key = validate_key(key)?;
-        let tenant = crate::access::tenant(tenant)?;
-        crate::access::change("quota_reset", Some(tenant.id), "SELECT multitenancy._quota_set($1, $2, NULL, false)", &[
+        let tenant = crate::tenants::access::tenant(tenant)?;
+        crate::tenants::access::change("quota_reset", Some(tenant.id), "SELECT multitenancy._quota_set($1, $2, NULL, false)", &[
             tenant.id.into(),
             key.as_str().into(),
         ])

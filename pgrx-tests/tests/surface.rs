@@ -309,6 +309,7 @@ fn plausible(function: &str, param: &Param, fx: &Fixture) -> Option<String> {
         "timestamp with time zone" => literal("2026-01-15 12:00:00+00", "timestamptz"),
         "date" => literal("2026-01-15", "date"),
         "record" => "ROW(1, 'x'::text, true)".into(),
+        "text[]" => "ARRAY['acme']::text[]".into(),
         _ => return None,
     })
 }
@@ -323,6 +324,11 @@ fn hostile(ty: &str) -> Vec<Value> {
         return values;
     }
     match ty {
+        "text[]" => {
+            values.push(value("empty array", "'{}'::text[]".into()));
+            values.push(value("1 MB element", format!("ARRAY[{big}]")));
+            values.push(value("a NULL element", "ARRAY[NULL]::text[]".into()));
+        }
         "bigint" => {
             values.push(value("bigint min", "(-9223372036854775808)::bigint".into()));
             values.push(value("bigint max", "9223372036854775807::bigint".into()));

@@ -1,42 +1,18 @@
 //! The tenant context: the one place that decides which tenant the current transaction acts for.
 //!
-//! Every other module asks [`current`] / [`resolve`]; none reads the settings itself.
+//! Every other module asks [`current`] / [`resolve`]; none reads the settings itself. The
+//! sources: the plain settings and framework claims (here), a verified token ([`signed`]), and
+//! audited admin mode ([`admin`]).
+pub mod admin;
+pub mod signed;
+
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::access;
-use crate::members::Role;
-use crate::tenants;
+use crate::registry::tenants::Role;
+use crate::registry::tenants;
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CStr;
-
-/// Parse a uuid the way PostgreSQL's `uuid_in` does: optional surrounding braces, 32 hex digits,
-/// and an optional '-' after any group of four digits.
-pub fn parse_uuid(text: &str) -> Option<pgrx::Uuid> {
-    parse_uuid_bytes(text.as_bytes())
-}
-
-fn parse_uuid_bytes(text: &[u8]) -> Option<pgrx::Uuid> {
-    let inner = match text {
-        [b'{', inner @ .., b'}'] => inner,
-        _ => text,
-    };
-    let mut bytes = [0u8; 16];
-    let mut digits = 0usize;
-    let mut iter = inner.iter().peekable();
-    while let Some(&c) = iter.next() {
-        let nibble = (c as char).to_digit(16)? as u8;
-        if digits == 32 {
-            return None;
-        }
-        bytes[digits / 2] |= if digits % 2 == 0 { nibble << 4 } else { nibble };
-        digits += 1;
-        if digits % 4 == 0 && digits < 32 && iter.peek() == Some(&&b'-') {
-            iter.next();
-        }
-    }
-    (digits == 32).then(|| pgrx::Uuid::from_bytes(bytes))
-}
 
 /// Read one of the context settings: `Ok(None)` when unset or empty (what RESET and DISCARD ALL
 /// leave behind), `Err(shown value)` when it is not a uuid.
@@ -50,7 +26,7 @@ fn read_uuid_setting(raw: *const std::ffi::c_char) -> std::result::Result<Option
     if value.is_empty() {
         return Ok(None);
     }
-    parse_uuid_bytes(value).map(Some).ok_or_else(|| {
+    crate::uuid::parse_bytes(value).map(Some).ok_or_else(|| {
         let mut shown = String::from_utf8_lossy(value).into_owned();
         if shown.chars().count() > 64 {
             shown = shown.chars().take(64).collect::<String>() + "...";
@@ -90,7 +66,7 @@ thread_local! {
 
 /// Called from `_PG_init` before the settings are defined.
 pub fn init() {
-    if !crate::signed::preloaded() && !gucs::value_of(c"multitenancy.require_signed").is_null() {
+    if !gucs::preloaded() && !gucs::value_of(c"multitenancy.require_signed").is_null() {
         REQUIRE_SIGNED_UNTRUSTED.with(|u| u.set(true));
     }
 }
@@ -108,8 +84,8 @@ fn raw() -> Result<Raw> {
             None => (value, None),
         };
         let malformed = || MtError::internal("context::raw", "malformed signed context");
-        let tenant = parse_uuid_bytes(tenant).ok_or_else(malformed)?;
-        let user = user.map(|user| parse_uuid_bytes(user).ok_or_else(malformed)).transpose()?;
+        let tenant = crate::uuid::parse_bytes(tenant).ok_or_else(malformed)?;
+        let user = user.map(|user| crate::uuid::parse_bytes(user).ok_or_else(malformed)).transpose()?;
         return Ok(Raw { origin: Origin::Signed, tenant: Some(tenant), user });
     }
     if gucs::require_signed() || REQUIRE_SIGNED_UNTRUSTED.with(Cell::get) {
@@ -128,7 +104,7 @@ fn raw() -> Result<Raw> {
 /// The error for "no tenant", in the words of the context's source.
 fn missing(origin: Origin) -> MtError {
     match origin {
-        Origin::SignedRequired => MtError::NoSignedContext { preloaded: crate::signed::preloaded() },
+        Origin::SignedRequired => MtError::NoSignedContext { preloaded: gucs::preloaded() },
         Origin::Claims => match gucs::claims() {
             Some((setting, claim, _)) => {
                 // SAFETY: value_of returns NULL or a NUL-terminated string.
@@ -205,7 +181,7 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
     .map_err(named)?;
     let tenant = match tenant {
         None => None,
-        Some(tenant) => match parse_uuid(&tenant) {
+        Some(tenant) => match crate::uuid::parse(&tenant) {
             Some(id) => Some(id),
             None => Some(
                 tenants::find(&tenant)?
@@ -216,7 +192,7 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
     };
     let user = user
         .map(|user| {
-            parse_uuid(&user).ok_or_else(|| {
+            crate::uuid::parse(&user).ok_or_else(|| {
                 named(format!("has a user claim \"{}\" that is not a uuid", user_claim.to_string_lossy()))
             })
         })
@@ -294,7 +270,7 @@ fn checked() -> Result<Checked> {
         return Ok(Checked { tenant, user: None, admin: false, role: None, generation: 0, transaction: 0 });
     }
     let user = raw.user;
-    let admin = access::admin_mode().is_some();
+    let admin = admin::admin_mode().is_some();
     let transaction = TRANSACTION.with(Cell::get);
     let same = |done: &Checked| done.tenant == tenant && done.user == user && done.admin == admin;
     if let Some(done) = CHECKED.with(Cell::get).filter(same) {
@@ -359,7 +335,7 @@ pub fn set(tenant: Option<&str>) -> Result<pgrx::Uuid> {
 /// Whether `tenant` may be the context for `user` (if any): active, and with the user as a
 /// member. In admin mode anything goes.
 pub fn admit(tenant: &tenants::Tenant, user: Option<pgrx::Uuid>) -> Result<()> {
-    if access::admin_mode().is_some() {
+    if admin::admin_mode().is_some() {
         return Ok(());
     }
     if !tenant.is_active() {
@@ -479,32 +455,6 @@ fn set_by_host(host: &str) -> Result<pgrx::Uuid> {
 #[pg_schema]
 mod tests {
     use super::*;
-
-    #[pg_test]
-    fn parses_what_uuid_in_accepts() {
-        let canonical = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
-        for text in [
-            canonical,
-            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
-            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
-            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
-            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
-            "{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}",
-        ] {
-            let ours = parse_uuid(text).map(|u| u.to_string());
-            let postgres = Spi::get_one_with_args::<pgrx::Uuid>("SELECT $1::uuid", &[text.into()])
-                .unwrap()
-                .map(|u| u.to_string());
-            assert_eq!(ours, postgres, "{text}");
-            assert_eq!(ours.as_deref(), Some(canonical));
-        }
-        for bad in ["", "acme", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111",
-            "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11",
-            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-            " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"] {
-            assert!(parse_uuid(bad).is_none(), "{bad:?} should be refused");
-        }
-    }
 
     #[pg_test]
     fn claims_are_read_by_name_or_dotted_path() {

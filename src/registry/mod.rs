@@ -5,6 +5,8 @@
 //! `search_path` — the same thing `SECURITY DEFINER ... SET search_path` does for a SQL
 //! function, limited to the registry statements. Everything else a function does (DDL on the
 //! caller's tables, say) runs as the caller, so PostgreSQL's own ownership checks apply.
+pub mod tenants;
+
 use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::catalog::oid_column;
 use std::collections::HashSet;
@@ -13,17 +15,58 @@ use pgrx::prelude::*;
 
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
-/// The oid of `multitenancy.tenants`.
-pub fn tenants_relid() -> Result<pg_sys::Oid> {
+/// The oid of the extension's table `multitenancy.<name>`.
+pub fn relid(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
     // SAFETY: syscache lookups by name.
     let relid = unsafe {
         let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
-        pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp)
+        pg_sys::get_relname_relid(name.as_ptr(), nsp)
     };
     if relid == pg_sys::InvalidOid {
-        return Err(MtError::internal("registry", "table multitenancy.tenants is missing"));
+        return Err(MtError::internal("registry", format!("table multitenancy.{} is missing", name.to_string_lossy())));
     }
     Ok(relid)
+}
+
+/// The oid of `multitenancy.tenants`.
+pub fn tenants_relid() -> Result<pg_sys::Oid> {
+    relid(c"tenants")
+}
+
+/// Run `f` in a GUC nest level of its own, as `fmgr_security_definer` does for a function's SET
+/// clause: settings `f` makes end with it — kept by the caller's level (`keep`), or discarded,
+/// as VACUUM and REINDEX discard what the table owner's code they run set. (On an ERROR the
+/// (sub)transaction abort pops the level instead.)
+fn in_guc_level<R>(keep: bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    struct Pop(i32, bool);
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            // SAFETY: pops the level pushed below; during unwinding the abort pops it instead
+            // (AtEOXact_GUC must not run twice for one level).
+            if !std::thread::panicking() {
+                unsafe { pg_sys::AtEOXact_GUC(self.1, self.0) };
+            }
+        }
+    }
+    // SAFETY: pushes a GUC nest level, popped by `Pop` or by the abort.
+    let _pop = Pop(unsafe { pg_sys::NewGUCNestLevel() }, keep);
+    f()
+}
+
+/// Run `f` with `search_path = pg_catalog, pg_temp`, restoring the caller's on return.
+/// Deparsed expressions then print qualified, and no operator or function can be captured by a
+/// schema the caller put on their search_path.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    in_guc_level(true, || {
+        gucs::set(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
+        f()
+    })
+}
+
+/// Run code that may execute other roles' code (a table owner's triggers, say) so that no
+/// setting it changes — `set_config(..., false)` of a search_path included — outlives it.
+pub fn discarding_settings<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    in_guc_level(false, f)
 }
 
 /// The role that owns the registry (the role that ran CREATE EXTENSION).
@@ -41,25 +84,24 @@ pub fn registry_owner() -> Result<pg_sys::Oid> {
     }
 }
 
-/// Run `f` with `search_path = pg_catalog, pg_temp`, restoring the caller's on return (on an
-/// ERROR the (sub)transaction abort restores it). Deparsed expressions then print qualified, and
-/// no operator or function can be captured by a schema the caller put on their search_path.
-pub fn with_pinned_search_path<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    struct Restore(i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: pops the GUC nest level we pushed. During unwinding from an ERROR the
-            // abort pops it instead (AtEOXact_GUC must not run twice for one level).
-            if !std::thread::panicking() {
-                unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
-            }
+/// Run `f` with an active snapshot: at commit, statements have finished and SPI needs one of
+/// its own (the quotas' write-back and the guard's check of new tables). (An ERROR aborts the transaction, which clears the snapshot stack.)
+pub fn with_active_snapshot<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    // SAFETY: pushed and popped around our own statements.
+    let pushed = unsafe {
+        if pg_sys::ActiveSnapshotSet() {
+            false
+        } else {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            true
         }
+    };
+    let result = f();
+    if pushed {
+        // SAFETY: pops what we pushed.
+        unsafe { pg_sys::PopActiveSnapshot() };
     }
-    // What fmgr_security_definer does for a function's SET clause.
-    // SAFETY: pushes a GUC nest level, popped by `Restore` or by the abort.
-    let _restore = Restore(unsafe { pg_sys::NewGUCNestLevel() });
-    gucs::set(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
-    f()
+    result
 }
 
 /// Run `f` as the owner of the registry, with a pinned search_path — what `SECURITY DEFINER
@@ -107,25 +149,6 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R>
         );
         Restore { user, sec_context }
     };
-    f()
-}
-
-/// Run code that may execute other roles' code (a table owner's triggers, say) so that no
-/// setting it changes — `set_config(..., false)` of a search_path included — outlives it: a GUC
-/// nest level popped without keeping its changes, as VACUUM and REINDEX do around the code they
-/// run as a table's owner. (An ERROR pops it through the (sub)transaction abort.)
-pub fn discarding_settings<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    struct Discard(i32);
-    impl Drop for Discard {
-        fn drop(&mut self) {
-            // SAFETY: pops the level pushed below; during unwinding the abort pops it instead.
-            if !std::thread::panicking() {
-                unsafe { pg_sys::AtEOXact_GUC(false, self.0) };
-            }
-        }
-    }
-    // SAFETY: pushes a GUC nest level, popped by `Discard` or by the abort.
-    let _discard = Discard(unsafe { pg_sys::NewGUCNestLevel() });
     f()
 }
 

@@ -1,7 +1,7 @@
-//! The tenant registry: creating tenants, slug rules, looking tenants up.
-use crate::access;
-use crate::context;
-use crate::members::Role;
+//! The tenant registry as the rest of the extension reads it: tenants and their members' roles,
+//! looked up through a per-session cache that every committed registry change invalidates in
+//! every session, and the naming rules (slugs, names, plans). Creating and changing tenants is
+//! the capabilities' work (`crate::registry::tenants`); this module only reads.
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry;
 use pgrx::prelude::*;
@@ -13,6 +13,41 @@ use unicode_normalization::UnicodeNormalization;
 
 pub const SLUG_MAX_LEN: usize = 63;
 pub const NAME_MAX_LEN: usize = 200;
+
+/// A member's role; the order is the rank (owner > admin > member > guest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Guest,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "guest" => Some(Role::Guest),
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+pub fn parse_role(name: Option<&str>, argument: &'static str) -> Result<Role> {
+    let name = crate::error::required(name, argument)?;
+    Role::parse(&name.trim().to_lowercase()).ok_or_else(|| MtError::InvalidRole { role: name.to_string() })
+}
 
 /// A tenant as the context and lifecycle code needs it.
 #[derive(Clone, Debug)]
@@ -80,6 +115,25 @@ pub fn validate_plan(plan: &str) -> Result<()> {
     }
 }
 
+/// The slug rule for SQL: `tenants.slug`'s CHECK constraint (sql/finalize.sql).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _slug_valid(slug: &str) -> bool {
+    validate_slug(slug).is_ok()
+}
+
+/// The plan-name rule for SQL: the CHECK constraints on plan names (sql/finalize.sql).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _plan_valid(plan: &str) -> bool {
+    validate_plan(plan).is_ok()
+}
+
+/// A member role's rank (owner 4, admin 3, member 2, guest 1; NULL: not a role), for SQL: the
+/// CHECK on `members.role` and the order of `member_list`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _role_rank(role: &str) -> Option<i32> {
+    Role::parse(role).map(|r| r as i32 + 1)
+}
+
 /// Tenants (and memberships) this session has looked up.
 ///
 /// `tenant_set` runs in every transaction of an application, and reading the registry with SPI
@@ -118,7 +172,6 @@ pub fn init() {
     // SAFETY: registers callbacks for the life of the backend; they only touch our counters.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(registry_changed), pg_sys::Datum::from(0));
-        pg_sys::RegisterXactCallback(Some(transaction_ended), std::ptr::null_mut());
     }
 }
 
@@ -129,6 +182,15 @@ unsafe extern "C-unwind" fn registry_changed(_arg: pg_sys::Datum, relid: pg_sys:
         GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
+
+extension_sql!(
+    r#"
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+"#,
+    name = "registry_changed",
+    requires = ["bootstrap"]
+);
 
 /// `multitenancy._registry_changed()`: the `multitenancy_registry_changed` triggers (every
 /// session's cache of the registry is stale). A C entry point of its own, so that it can refuse
@@ -158,25 +220,6 @@ fn registry_changed_now() {
     // whichever way it ends.
     CHANGED_IN_THIS_TRANSACTION.with(|c| c.set(true));
     GENERATION.with(|g| g.set(g.get() + 1));
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn transaction_ended(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    if matches!(event, XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE) {
-        // Rows counted by a command that fired no statement trigger (quotas.rs).
-        crate::quotas::before_commit().or_raise();
-    }
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE) {
-        crate::quotas::transaction_ended();
-    }
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE) {
-        if CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false)) {
-            GENERATION.with(|g| g.set(g.get() + 1));
-        }
-        context::transaction_ended();
-        access::transaction_ended();
-    }
 }
 
 /// The cache generation after applying pending invalidations: a registry change committed by
@@ -322,7 +365,7 @@ pub fn lookup(key: Key) -> Result<Option<Tenant>> {
 /// Look a tenant up by id or slug (a uuid string is taken as an id).
 pub fn find(key: &str) -> Result<Option<Tenant>> {
     let key = key.trim();
-    match context::parse_uuid(key) {
+    match crate::uuid::parse(key) {
         Some(id) => lookup(Key::Id(id)),
         None => lookup(Key::Slug(&key.to_lowercase())),
     }
@@ -368,40 +411,12 @@ pub fn validate_name(name: Option<&str>) -> Result<&str> {
     Ok(name)
 }
 
-/// Create a tenant; returns its id. When `multitenancy.user_id` is set, that user becomes the
-/// tenant's owner.
-pub fn create(name: Option<&str>, slug: Option<&str>, plan: Option<&str>) -> Result<pgrx::Uuid> {
-    let name = validate_name(name)?;
-    let slug = match slug {
-        Some(slug) => {
-            validate_slug(slug)?;
-            slug.to_string()
-        }
-        None => derive_slug(name).ok_or_else(|| MtError::SlugUnderivable { name: name.to_string() })?,
-    };
-    let plan = plan.unwrap_or_default();
-    validate_plan(plan)?;
-    let owner = context::resolve_user()?;
-
-    let id = access::change(
-        "tenant_create",
-        None,
-        "SELECT multitenancy._tenant_create($1, $2, $3, $4)",
-        &[name.into(), slug.as_str().into(), plan.into(), owner.into()],
-    )?;
-    let id = id.ok_or(MtError::DuplicateSlug { slug })?;
-    context::parse_uuid(&id).ok_or_else(|| MtError::internal("tenants::create", "no tenant id"))
-}
-
-/// Create a tenant. `slug` defaults to one derived from `name`; `plan` defaults to 'free'.
-#[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn tenant_create(
-    name: Option<&str>,
-    slug: default!(Option<&str>, "NULL"),
-    plan: default!(Option<&str>, "'free'"),
-) -> pgrx::Uuid {
-    create(name, slug, plan).or_raise()
+/// The end of a transaction (`crate::xact`): this session's own registry changes, visible to it
+/// while the transaction ran, are committed or gone, and either way the cache starts again.
+pub fn transaction_ended() {
+    if CHANGED_IN_THIS_TRANSACTION.with(|c| c.replace(false)) {
+        GENERATION.with(|g| g.set(g.get() + 1));
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -431,31 +446,4 @@ mod tests {
         assert!(validate_slug(&long).is_ok());
     }
 
-    #[pg_test]
-    fn create_derives_slug_and_refuses_duplicates() {
-        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Acme Corp')")
-            .unwrap()
-            .unwrap();
-        let slug = Spi::get_one_with_args::<String>(
-            "SELECT slug FROM multitenancy.tenants WHERE id = $1",
-            &[id.into()],
-        )
-        .unwrap();
-        assert_eq!(slug.as_deref(), Some("acme-corp"));
-        assert!(matches!(
-            create(Some("Acme Corp"), None, Some("free")),
-            Err(MtError::DuplicateSlug { .. })
-        ));
-        assert!(matches!(create(Some("   "), None, Some("free")), Err(MtError::InvalidName { .. })));
-        assert!(matches!(create(Some("X"), Some("Bad Slug"), Some("free")), Err(MtError::InvalidSlug { .. })));
-        assert!(matches!(create(Some("X"), Some("x"), Some("Gold Plan")), Err(MtError::InvalidPlan { .. })));
-        let count = Spi::get_one::<i64>("SELECT count(*) FROM multitenancy.tenants").unwrap();
-        assert_eq!(count, Some(1), "refused creations must not leave rows behind");
-    }
-
-    #[pg_test(error = "tenant slug \"globex\" is already taken")]
-    fn duplicate_slug_is_an_error_in_sql() {
-        Spi::run("SELECT multitenancy.tenant_create('Globex')").unwrap();
-        Spi::run("SELECT multitenancy.tenant_create('Globex Corporation', 'globex')").unwrap();
-    }
 }

@@ -5,12 +5,12 @@
 //! in the caller's transaction: an error anywhere leaves the table exactly as it was.
 use crate::catalog::{self, Regclass, Relation};
 use crate::error::{notice, warning, MtError, OrRaise, Result, SpiContext};
-use crate::guard::{self, Busy};
-use crate::hardening;
+use crate::tables::busy::Busy;
+use crate::tables::hardening;
 use crate::registry;
 use crate::quotas;
-use crate::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN, TRIGGERS};
-use crate::tenants;
+use crate::tables::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN, TRIGGERS};
+use crate::registry::tenants;
 use pgrx::prelude::*;
 use pgrx::spi::quote_literal;
 
@@ -118,7 +118,7 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     if before.is_empty() && was_enabled {
         let hardened = hardening::harden(&rel, &enabled)?;
         let children = enable_children(&rel, backfill)?;
-        guard::recheck("tenant_enable", &rel, &enabled)?;
+        hardening::recheck("tenant_enable", &rel, &enabled)?;
         if hardened.is_empty() && children.is_empty() {
             notice(format!("table {} is already tenant-enabled; nothing changed", rel.display()));
         }
@@ -156,7 +156,7 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     enable_children(&rel, backfill)?;
     // The owner's code that the DDL above ran (triggers during a backfill, index expressions,
     // constraint checks) had this table left to us: it must still be the protected shape.
-    guard::recheck("tenant_enable", &rel, &enabled)?;
+    hardening::recheck("tenant_enable", &rel, &enabled)?;
     if was_enabled {
         let repaired: Vec<String> = before.iter().map(Deviation::describe).collect();
         notice(format!("repaired tenant protection of {}: {}", rel.display(), repaired.join("; ")));
@@ -181,7 +181,7 @@ fn repair<'a>(rel: &Relation, deviations: impl Iterator<Item = &'a Deviation>) -
 /// Returns the children that were not enabled before.
 pub fn enable_children(rel: &Relation, backfill: Option<pgrx::Uuid>) -> Result<Vec<pg_sys::Oid>> {
     let mut enabled = Vec::new();
-    for child in guard::children(rel.oid)? {
+    for child in catalog::children(rel.oid)? {
         if !registry::is_enabled(child)? {
             enable(child, backfill)?;
             enabled.push(child);
@@ -206,7 +206,7 @@ fn warn_about_leaks(rel: &Relation) -> Result<()> {
         let view_rel = Relation::lookup(view)?;
         let leaks = match view_rel.kind {
             pg_sys::RELKIND_MATVIEW => true,
-            pg_sys::RELKIND_VIEW => guard::leaky_view(view, &only_this)?.is_some(),
+            pg_sys::RELKIND_VIEW => catalog::leaky_view(view, &only_this)?.is_some(),
             _ => false,
         };
         if leaks {
@@ -220,7 +220,7 @@ fn warn_about_leaks(rel: &Relation) -> Result<()> {
     }
     let publications = catalog::oid_column("SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname", &[])?;
     for publication in publications {
-        let (name, tables) = guard::published_tables(publication, &only_this)?;
+        let (name, tables) = catalog::published_tables(publication, &only_this)?;
         if !tables.is_empty() {
             warning(format!(
                 "publication {name} publishes {}: logical decoding ignores row level security; see multitenancy.verify()",
@@ -269,7 +269,7 @@ pub fn disable(relid: pg_sys::Oid) -> Result<()> {
     }
     registry::forget_enabled(relid)?;
     // A partitioned table is one table to the application: its partitions go with it.
-    for child in guard::children(relid)? {
+    for child in catalog::children(relid)? {
         if registry::is_enabled(child)? {
             disable(child)?;
         }

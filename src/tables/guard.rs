@@ -14,104 +14,38 @@
 //! The extension's own DDL (`tenant_enable`, hardening) runs with the guard [`Busy`], so it does
 //! not check itself. With `multitenancy.ddl_guard = off` (superusers only) nothing is checked and
 //! every command is logged instead.
-use crate::catalog::{oid_column, Relation};
-use crate::enable;
-use crate::error::{log, notice, MtError, NoRowIsNone, OrRaise, Result, SpiContext};
+use crate::catalog::{children, is_partition, leaky_view, matview_leak, oid_column, published_tables, MatviewLeak, Relation};
+use crate::tables::busy::{self, ours};
+use crate::tables::enable;
+use crate::error::{log, notice, MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::hardening;
+use crate::tables::hardening;
 use crate::registry;
-use crate::spec;
+use crate::tables::spec;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashSet;
 
 thread_local! {
-    /// The tables the extension is changing with its own DDL right now (innermost last).
-    static BUSY: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     /// Tables created in guarded schemas during this transaction, checked at COMMIT.
     static PENDING: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
 
-/// While alive, the guard leaves commands on these tables to the extension (its own DDL, which
-/// passes through states the guard would refuse and is checked as a whole when it is done).
-///
-/// Only these tables: the extension's DDL runs user code (the owner's triggers during a
-/// backfill, index expressions while an index is rebuilt, check constraints while a key is
-/// validated), and whatever that code does to any other object is checked as usual. The guard
-/// is never paused as a whole.
-pub struct Busy(usize);
-
-impl Busy {
-    pub fn enter(tables: &[pg_sys::Oid]) -> Busy {
-        BUSY.with(|b| {
-            let mut busy = b.borrow_mut();
-            let depth = busy.len();
-            busy.extend_from_slice(tables);
-            Busy(depth)
-        })
+/// Before commit (`crate::xact`): the tables created in guarded schemas during the transaction
+/// must be enabled or exempt.
+pub fn before_commit() -> Result<()> {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pending.is_empty() {
+        return Ok(());
     }
+    // No statement is running at COMMIT: SPI needs a snapshot of its own.
+    registry::with_active_snapshot(|| check_pending(pending))
 }
 
-impl Drop for Busy {
-    fn drop(&mut self) {
-        BUSY.with(|b| b.borrow_mut().truncate(self.0));
-    }
-}
-
-/// After the extension's own DDL on an enabled table — during which the owner's code (index
-/// expressions, check constraints, triggers) may have run while the guard left the table to the
-/// extension — the table must still be exactly the protected shape, keys and grants included.
-/// Whoever makes a table [`Busy`] checks it with this when its DDL is done.
-pub fn recheck(command: &str, rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
-    if let Some(deviation) = spec::inspect(rel)?.first() {
-        return Err(weakens(command, rel, deviation));
-    }
-    let weak = hardening::weaknesses(rel, enabled)?;
-    if let Some(weakness) = weak.iter().find(|w| !matches!(w, hardening::Weakness::GlobalReference(_))) {
-        return Err(MtError::GuardWeakens {
-            command: command.into(),
-            table: rel.display(),
-            what: weakness.describe(),
-            fix: None,
-        });
-    }
-    Ok(())
-}
-
-/// Whether the extension's own DDL is changing `relid` right now.
-pub fn ours(relid: pg_sys::Oid) -> bool {
-    BUSY.with(|b| b.borrow().contains(&relid))
-}
-
-pub fn init() {
-    // SAFETY: registers a callback for the life of the backend; it only touches our statics and,
-    // before commit, runs the pending-table check.
-    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
-            let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            if !pending.is_empty() {
-                // No statement is running at COMMIT: SPI needs a snapshot of its own.
-                // SAFETY: pushed and popped around the check; an ERROR aborts the transaction,
-                // which pops it.
-                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-                let result = check_pending(pending);
-                unsafe { pg_sys::PopActiveSnapshot() };
-                result.or_raise();
-            }
-        }
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PARALLEL_ABORT => {
-            PENDING.with(|p| p.borrow_mut().clear());
-            BUSY.with(|b| b.borrow_mut().clear());
-        }
-        _ => {}
-    }
+/// The transaction ended (`crate::xact`), whichever way.
+pub fn transaction_ended() {
+    PENDING.with(|p| p.borrow_mut().clear());
+    busy::transaction_ended();
 }
 
 /// The tables created in guarded schemas must be enabled or exempt when the transaction commits.
@@ -229,7 +163,7 @@ fn ddl_command_end() -> Result<()> {
     if commands.is_empty() {
         return Ok(());
     }
-    let signed = crate::signed::session_is_signed();
+    let signed = crate::context::signed::session_is_signed();
     let mut enabled = registry::enabled_set()?;
     let mut checked = HashSet::new();
     for command in &commands {
@@ -289,11 +223,6 @@ fn enabled_parent(relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<
     parents.into_iter().find(|p| enabled.contains(p)).map(Relation::lookup).transpose()
 }
 
-/// Children (partitions, inheritance children) of a table.
-pub fn children(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
-    oid_column("SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1 ORDER BY inhrelid", &[relid.into()])
-}
-
 fn announce_child(child: pg_sys::Oid, parent: &Relation) -> Result<()> {
     notice(format!(
         "table {} is a {} of tenant-enabled table {}: tenant-enabled automatically",
@@ -308,21 +237,21 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
     let rel = Relation::lookup(relid)?;
     if enabled.contains(&relid) {
         if let Some(deviation) = spec::inspect(&rel)?.first() {
-            return Err(weakens(tag, &rel, deviation));
+            return Err(hardening::refusal(tag, &rel, deviation));
         }
         hardening::harden(&rel, enabled)?;
         for child in enable::enable_children(&rel, None)? {
             enabled.insert(child);
             announce_child(child, &rel)?;
         }
-        return recheck(tag, &rel, enabled);
+        return hardening::recheck(tag, &rel, enabled);
     }
     // A table that is not enabled may not become the parent of one (ATTACH PARTITION, INHERIT):
     // a query on it would return the child's rows of every tenant.
     if let Some(child) = children(relid)?.into_iter().find(|c| enabled.contains(c)) {
         let child = Relation::lookup(child)?;
         let deviation = spec::Deviation::ParentNotEnabled { parent: rel.display() };
-        return Err(weakens(tag, &child, &deviation));
+        return Err(hardening::refusal(tag, &child, &deviation));
     }
     if let Some(parent) = enabled_parent(relid, enabled)? {
         enable::enable(relid, None)?;
@@ -342,130 +271,11 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
     Ok(())
 }
 
-fn weakens(command: &str, rel: &Relation, deviation: &spec::Deviation) -> MtError {
-    MtError::GuardWeakens {
-        command: command.into(),
-        table: rel.display(),
-        what: deviation.describe(),
-        fix: deviation.fix(&rel.sql()),
-    }
-}
-
-pub fn is_partition(relid: pg_sys::Oid) -> Result<bool> {
-    Spi::get_one_with_args::<bool>("SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])
-        .ctx("guard::is_partition")
-        .map(|p| p.unwrap_or(false))
-}
-
-/// The tables a view or materialized view reads, through any depth of views.
-pub fn tables_read_by(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
-    oid_column(
-                "WITH RECURSIVE reads(relid) AS ( \
-                     SELECT d.refobjid FROM pg_catalog.pg_rewrite w \
-                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                        AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                      WHERE w.ev_class = $1 AND d.refobjid <> $1 \
-                   UNION \
-                     SELECT d.refobjid FROM reads r \
-                       JOIN pg_catalog.pg_class v ON v.oid = r.relid AND v.relkind IN ('v', 'm') \
-                       JOIN pg_catalog.pg_rewrite w ON w.ev_class = v.oid \
-                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                        AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                      WHERE d.refobjid <> v.oid) \
-                 SELECT DISTINCT relid FROM reads ORDER BY relid",
-        &[relid.into()],
-    )
-}
-
-fn first_enabled(tables: Vec<pg_sys::Oid>, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {
-    match tables.into_iter().find(|t| enabled.contains(t)) {
-        Some(t) => Relation::lookup(t).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Whether a view applies row level security as the querying role. Before PostgreSQL 15 there is
-/// no `security_invoker`: a view then reads as its owner, which row level security (forced on
-/// enabled tables) still filters unless the owner is a superuser or has BYPASSRLS.
-pub fn view_is_safe(view: pg_sys::Oid) -> Result<bool> {
-    #[cfg(not(feature = "pg14"))]
-    const SQL: &str = "SELECT COALESCE((SELECT o.option_value::bool \
-           FROM pg_catalog.pg_options_to_table(c.reloptions) o WHERE o.option_name = 'security_invoker'), false) \
-           FROM pg_catalog.pg_class c WHERE c.oid = $1";
-    #[cfg(feature = "pg14")]
-    const SQL: &str = "SELECT NOT (r.rolsuper OR r.rolbypassrls) FROM pg_catalog.pg_class c \
-           JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $1";
-    Spi::get_one_with_args::<bool>(SQL, &[view.into()]).ctx("guard::view_is_safe").map(|s| s.unwrap_or(false))
-}
-
-/// The enabled table a leaky view reads, if it is one.
-pub fn leaky_view(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {
-    if view_is_safe(view)? {
-        return Ok(None);
-    }
-    first_enabled(tables_read_by(view)?, enabled)
-}
-
 fn check_view(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
     match leaky_view(view, enabled)? {
         Some(table) => Err(MtError::LeakyView { view: Relation::lookup(view)?.display(), table: table.display() }),
         None => Ok(()),
     }
-}
-
-/// Why a materialized view would store tenant rows outside row level security.
-pub enum MatviewLeak {
-    /// It reads a tenant-enabled table.
-    Table(Relation),
-    /// It calls a function that may read one (its rows depend on whose context refreshes it).
-    Function(String),
-}
-
-/// Whether a materialized view (through any views it reads) reads a tenant-enabled table or
-/// calls a function that could: directly, or as the code of an operator, a cast or an aggregate. Functions in SQL or a procedural language count (what they
-/// read cannot be known from the catalog); built-in and C functions do not (a superuser
-/// installed them; C code that reads tables is trusted like the extension that brings it).
-pub fn matview_leak(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<MatviewLeak>> {
-    if let Some(table) = first_enabled(tables_read_by(view)?, enabled)? {
-        return Ok(Some(MatviewLeak::Table(table)));
-    }
-    let function = Spi::get_one_with_args::<String>(
-        "WITH RECURSIVE reads(relid) AS ( \
-             SELECT $1::pg_catalog.oid \
-           UNION \
-             SELECT d.refobjid FROM reads r \
-               JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
-               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-               JOIN pg_catalog.pg_class v ON v.oid = d.refobjid AND v.relkind IN ('v', 'm') \
-              WHERE d.refobjid <> r.relid), \
-         deps AS ( \
-             SELECT d.refclassid, d.refobjid FROM reads r \
-               JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.relid \
-               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                AND d.objid = w.oid), \
-         called(oid) AS ( \
-             SELECT refobjid FROM deps WHERE refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-           UNION SELECT o.oprcode::pg_catalog.oid FROM deps JOIN pg_catalog.pg_operator o ON o.oid = deps.refobjid \
-                  WHERE deps.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
-           UNION SELECT c.castfunc FROM deps JOIN pg_catalog.pg_cast c ON c.oid = deps.refobjid \
-                  WHERE deps.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass), \
-         functions(oid) AS ( \
-             SELECT oid FROM called \
-           UNION SELECT f FROM called JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = called.oid \
-                  CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, \
-                        a.aggserialfn, a.aggdeserialfn, a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::pg_catalog.oid[]) f) \
-         SELECT p.oid::pg_catalog.regprocedure::text FROM functions fn \
-           JOIN pg_catalog.pg_proc p ON p.oid = fn.oid \
-           JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-          WHERE l.lanname NOT IN ('internal', 'c') \
-            AND p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
-          ORDER BY 1 LIMIT 1",
-        &[view.into()],
-    )
-    .no_row_is_none()
-    .ctx("guard::matview functions")?;
-    Ok(function.map(MatviewLeak::Function))
 }
 
 fn check_matview(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
@@ -475,32 +285,6 @@ fn check_matview(view: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()
         Some(MatviewLeak::Function(function)) => Err(MtError::MaterializedViewFunction { view: name()?, function }),
         None => Ok(()),
     }
-}
-
-/// Enabled tables a publication publishes, with the publication's name.
-pub fn published_tables(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<(String, Vec<Relation>)> {
-    let (name, tables) = Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT p.pubname::text, c.oid FROM pg_catalog.pg_publication p \
-                   JOIN pg_catalog.pg_publication_tables t ON t.pubname = p.pubname \
-                   JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
-                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
-                  WHERE p.oid = $1 ORDER BY c.oid",
-                None,
-                &[publication.into()],
-            )
-            .ctx("guard::published_tables")?;
-        let mut name = String::new();
-        let mut tables = Vec::new();
-        for row in rows {
-            name = row.get::<String>(1).ctx("pubname")?.unwrap_or_default();
-            tables.push(row.get::<pg_sys::Oid>(2).ctx("table")?.unwrap_or_default());
-        }
-        Ok::<_, MtError>((name, tables))
-    })?;
-    let tables = tables.into_iter().filter(|t| enabled.contains(t)).map(Relation::lookup).collect::<Result<_>>()?;
-    Ok((name, tables))
 }
 
 fn check_publication(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
@@ -587,7 +371,7 @@ fn sql_drop() -> Result<()> {
         }
         let rel = Relation::lookup(relid)?;
         if let Some(deviation) = spec::inspect(&rel)?.first() {
-            return Err(weakens(&command, &rel, deviation));
+            return Err(hardening::refusal(&command, &rel, deviation));
         }
     }
     Ok(())

@@ -20,7 +20,9 @@
 use crate::catalog::Relation;
 use crate::error::{notice, MtError, Result, SpiContext};
 use crate::registry;
-use crate::spec::TENANT_COLUMN;
+use crate::tables::busy;
+use crate::tables::spec;
+use crate::tables::spec::TENANT_COLUMN;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_qualified_identifier};
 use std::collections::HashSet;
@@ -176,7 +178,7 @@ fn primary_key(relid: pg_sys::Oid) -> Result<Option<(Vec<String>, Vec<i16>)>> {
 }
 
 fn tenant_attnum(relid: pg_sys::Oid) -> Result<Option<i16>> {
-    Ok(crate::spec::column_state(relid)?.map(|c| c.attnum))
+    Ok(crate::tables::spec::column_state(relid)?.map(|c| c.attnum))
 }
 
 /// Foreign keys matching `filter` (`c.conrelid = $1` or `c.confrelid = $1`) that do not
@@ -598,7 +600,7 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
     for table in to_convert.iter().flat_map(|fk| [&fk.table, &fk.parent]) {
         if table.oid != rel.oid
             && enabled.contains(&table.oid)
-            && !crate::guard::ours(table.oid)
+            && !busy::ours(table.oid)
             && !partners.iter().any(|t| t.oid == table.oid)
         {
             partners.push(table);
@@ -607,18 +609,48 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
     let mut tables = vec![rel.oid];
     tables.extend(to_convert.iter().flat_map(|fk| [fk.table.oid, fk.parent.oid]));
     {
-        let _busy = crate::guard::Busy::enter(&tables);
+        let _busy = busy::Busy::enter(&tables);
         for statement in &statements {
             Spi::run(statement).ctx("hardening: DDL")?;
         }
     }
     for partner in partners {
-        crate::guard::recheck("tenant_enable", partner, enabled)?;
+        recheck("tenant_enable", partner, enabled)?;
     }
     if !changes.is_empty() {
         notice(format!("hardened {}: {}", rel.display(), changes.join("; ")));
     }
     Ok(changes)
+}
+
+/// After the extension's own DDL on an enabled table — during which the owner's code (index
+/// expressions, check constraints, triggers) may have run while the guard left the table to the
+/// extension — the table must still be exactly the protected shape, keys and grants included.
+/// Whoever makes a table busy (`crate::tables::busy`) checks it with this when its DDL is done.
+pub fn recheck(command: &str, rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
+    if let Some(deviation) = spec::inspect(rel)?.first() {
+        return Err(refusal(command, rel, deviation));
+    }
+    let weak = weaknesses(rel, enabled)?;
+    if let Some(weakness) = weak.iter().find(|w| !matches!(w, Weakness::GlobalReference(_))) {
+        return Err(MtError::GuardWeakens {
+            command: command.into(),
+            table: rel.display(),
+            what: weakness.describe(),
+            fix: None,
+        });
+    }
+    Ok(())
+}
+
+/// The guard's refusal of a command that leaves `rel` with `deviation`.
+pub fn refusal(command: &str, rel: &Relation, deviation: &spec::Deviation) -> MtError {
+    MtError::GuardWeakens {
+        command: command.into(),
+        table: rel.display(),
+        what: deviation.describe(),
+        fix: deviation.fix(&rel.sql()),
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -657,10 +689,10 @@ mod tests {
              GRANT ALL ON h_parent TO hardening_app;",
         )
         .unwrap();
-        crate::enable::enable(oid("h_child"), None).unwrap();
+        crate::tables::enable::enable(oid("h_child"), None).unwrap();
         // The child was enabled first: its FK to a not-yet-enabled parent stays global.
         assert!(constraints("h_child").iter().any(|c| c.contains("FOREIGN KEY (parent_id) REFERENCES h_parent(id)")));
-        crate::enable::enable(oid("h_parent"), None).unwrap();
+        crate::tables::enable::enable(oid("h_parent"), None).unwrap();
         let parent = constraints("h_parent");
         assert!(parent.contains(&"h_parent_email_key UNIQUE (tenant_id, email)".to_string()), "{parent:?}");
         assert!(parent.iter().any(|c| c.ends_with("UNIQUE (tenant_id, id)")), "{parent:?}");
@@ -699,7 +731,7 @@ mod tests {
              CREATE TABLE h_global (email text REFERENCES h_users (email));",
         )
         .unwrap();
-        match crate::enable::enable(oid("h_users"), None) {
+        match crate::tables::enable::enable(oid("h_users"), None) {
             Err(MtError::CannotHarden { object, .. }) => assert!(object.contains("h_global_email_fkey"), "{object}"),
             other => panic!("expected CannotHarden, got {other:?}"),
         }

@@ -6,13 +6,12 @@
 //! It compares with the same sources as the rest of the extension: [`spec::inspect`] for the
 //! shape of enabled tables, [`hardening::weaknesses`] for their keys and grants, and the DDL
 //! guard's view and publication checks.
-use crate::catalog::{oid_column, Relation};
+use crate::catalog::{self, oid_column, Relation};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
-use crate::guard;
 use crate::gucs;
-use crate::hardening::{self, Weakness};
+use crate::tables::hardening::{self, Weakness};
 use crate::registry;
-use crate::spec;
+use crate::tables::spec;
 use pgrx::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +76,10 @@ fn findings_pinned() -> Result<Vec<Finding>> {
                 _ => error(rel.display(), weakness.describe(), repair.clone()),
             });
         }
-        for child in guard::children(rel.oid)? {
+        for child in catalog::children(rel.oid)? {
             if !enabled.contains(&child) {
                 let child_rel = Relation::lookup(child)?;
-                let partition = guard::is_partition(child)?;
+                let partition = catalog::is_partition(child)?;
                 found.push(error(
                     child_rel.display(),
                     format!(
@@ -132,12 +131,12 @@ fn findings_pinned() -> Result<Vec<Finding>> {
         for view in views {
             let rel = Relation::lookup(view)?;
             if rel.kind == pg_sys::RELKIND_MATVIEW {
-                let problem = match guard::matview_leak(view, &enabled)? {
-                    Some(guard::MatviewLeak::Table(table)) => Some(format!(
+                let problem = match catalog::matview_leak(view, &enabled)? {
+                    Some(catalog::MatviewLeak::Table(table)) => Some(format!(
                         "materialized view stores rows of tenant-enabled table {} outside row level security",
                         table.display()
                     )),
-                    Some(guard::MatviewLeak::Function(function)) => Some(format!(
+                    Some(catalog::MatviewLeak::Function(function)) => Some(format!(
                         "materialized view calls {function}, which may read tenant-enabled tables: it stores the rows of \
                          whichever tenant's context refreshed it, outside row level security"
                     )),
@@ -150,7 +149,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
                         format!("DROP MATERIALIZED VIEW {}; (use a view WITH (security_invoker = true))", rel.sql()),
                     ));
                 }
-            } else if let Some(table) = guard::leaky_view(view, &enabled)? {
+            } else if let Some(table) = catalog::leaky_view(view, &enabled)? {
                 found.push(error(
                     rel.display(),
                     format!("view is not security_invoker and reads tenant-enabled table {}", table.display()),
@@ -161,7 +160,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
 
         // Publications: logical decoding ignores row level security.
         for publication in oid_column("SELECT oid FROM pg_catalog.pg_publication ORDER BY pubname", &[])? {
-            let (name, tables) = guard::published_tables(publication, &enabled)?;
+            let (name, tables) = catalog::published_tables(publication, &enabled)?;
             for table in tables {
                 found.push(error(
                     name.clone(),

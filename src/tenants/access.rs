@@ -14,75 +14,15 @@
 //!
 //! Every state change made through the extension's functions writes one row to
 //! `multitenancy.audit_log` ([`change`]).
-use crate::context;
+use crate::context::{self, admin};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::members::Role;
+use crate::registry::tenants::Role;
 use crate::registry;
-use crate::tenants::{self, Tenant};
+use crate::registry::tenants::{self, Tenant};
 use pgrx::prelude::*;
-use std::cell::Cell;
 
 pub const ADMIN_ROLE: &std::ffi::CStr = c"multitenancy_admin";
-
-#[derive(Clone, Copy, Debug)]
-pub struct AdminMode {
-    /// The transaction nest level that admin mode belongs to (a rolled-back savepoint at or
-    /// below it ends admin mode).
-    level: i32,
-    pub write: bool,
-}
-
-thread_local! {
-    static ADMIN: Cell<Option<AdminMode>> = const { Cell::new(None) };
-}
-
-pub fn init() {
-    // SAFETY: registers a callback for the life of the backend; it only touches ADMIN.
-    unsafe { pg_sys::RegisterSubXactCallback(Some(subtransaction_ended), std::ptr::null_mut()) };
-}
-
-/// Admin mode of the current transaction, if `admin_begin` was called in it.
-pub fn admin_mode() -> Option<AdminMode> {
-    ADMIN.with(Cell::get)
-}
-
-fn leave_admin_mode() {
-    if ADMIN.with(|a| a.take()).is_some() {
-        // SAFETY: marks every cached plan of this backend for re-planning.
-        unsafe { pg_sys::ResetPlanCache() };
-    }
-}
-
-/// Called at the end of every top-level transaction.
-pub fn transaction_ended() {
-    leave_admin_mode();
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn subtransaction_ended(
-    event: pg_sys::SubXactEvent::Type,
-    _sub: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    // SAFETY: reads transaction state; the callback runs while the subtransaction is current.
-    let ending = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    match event {
-        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => crate::quotas::subtransaction_aborted(ending),
-        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => crate::quotas::subtransaction_committed(ending),
-        _ => {}
-    }
-    let Some(mode) = admin_mode() else { return };
-    let level = ending;
-    match event {
-        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB if level <= mode.level => leave_admin_mode(),
-        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB if level == mode.level => {
-            ADMIN.with(|a| a.set(Some(AdminMode { level: level - 1, ..mode })));
-        }
-        _ => {}
-    }
-}
 
 fn has_privileges_of(role: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups for the current user.
@@ -91,7 +31,7 @@ fn has_privileges_of(role: pg_sys::Oid) -> bool {
 
 /// May the calling role manage every tenant?
 pub fn is_operator() -> Result<bool> {
-    Ok(admin_mode().is_some_and(|m| m.write) || is_dba()?)
+    Ok(admin::admin_mode().is_some_and(|m| m.write) || is_dba()?)
 }
 
 /// Is the calling role a DBA: a superuser, or a role with the privileges of the extension's
@@ -207,15 +147,7 @@ pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
     let user = context::resolve_user().unwrap_or(None);
     let details = pgrx::JsonB(serde_json::json!({ "reason": reason, "write": write }));
     registry::as_owner(|| audit("admin_begin", None, Some(details), &acting_role, user))?;
-    // A second admin_begin in the same transaction does not take back write access.
-    let mode = AdminMode {
-        // SAFETY: reads transaction state.
-        level: unsafe { pg_sys::GetCurrentTransactionNestLevel() },
-        write: write || admin_mode().is_some_and(|m| m.write),
-    };
-    ADMIN.with(|a| a.set(Some(mode)));
-    // SAFETY: marks every cached plan of this backend for re-planning.
-    unsafe { pg_sys::ResetPlanCache() };
+    let mode = admin::enter(write);
     if !mode.write {
         gucs::set(c"transaction_read_only", c"on", pg_sys::GucAction::GUC_ACTION_LOCAL);
     }
@@ -233,13 +165,6 @@ pub fn begin(reason: Option<&str>, write: bool) -> Result<()> {
 fn admin_begin(reason: Option<&str>, write: default!(Option<bool>, false)) {
     let write = crate::error::required(write, "write").or_raise();
     begin(reason, write).or_raise()
-}
-
-/// Whether this transaction is in admin mode. For the extension's policies only; IMMUTABLE on
-/// purpose, see the module documentation.
-#[pg_extern(immutable, parallel_safe)]
-fn _admin_mode() -> bool {
-    admin_mode().is_some()
 }
 
 /// The tenant a management call names, for a caller who may manage some tenant: operators get
@@ -271,7 +196,7 @@ pub fn tenant(key: Option<&str>) -> Result<Tenant> {
 /// Whether the caller may read the registry entries of `tenant`: it is the tenant of the current
 /// context, or admin mode is on, or the caller is an operator.
 pub fn may_read(tenant: &Tenant) -> Result<bool> {
-    Ok(context::resolve()? == Some(tenant.id) || admin_mode().is_some() || is_operator()?)
+    Ok(context::resolve()? == Some(tenant.id) || admin::admin_mode().is_some() || is_operator()?)
 }
 
 /// For `member_list` and friends (SQL): 42501 unless [`may_read`].
@@ -282,7 +207,7 @@ fn _readable_tenant(tenant: Option<&str>) -> pgrx::Uuid {
         // Refused the same way whether the tenant exists or not, named as the caller named it:
         // the refusal answers no question about another tenant. Operators and admin mode learn
         // that a tenant does not exist (42704).
-        let insider = admin_mode().is_some() || is_operator()?;
+        let insider = admin::admin_mode().is_some() || is_operator()?;
         match tenants::find(key)? {
             Some(found) if insider || may_read(&found)? => Ok(found.id),
             None if insider => Err(MtError::TenantNotFound { tenant: key.to_string() }),

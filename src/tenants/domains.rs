@@ -1,10 +1,10 @@
 //! Custom domains of tenants and host-based routing. `tenant_resolve` and the normalisation are
 //! SQL (`sql/bootstrap.sql`, `sql/model.sql`); the changes are authorised here.
-use crate::access::{self, Need};
+use crate::tenants::access::{self, Need};
 use crate::error::{MtError, NoRowIsNone, OrRaise, Result, SpiContext};
-use crate::members::Role;
+use crate::registry::tenants::Role;
 use crate::registry;
-use crate::tenants;
+use crate::registry::tenants;
 use pgrx::prelude::*;
 
 fn normalize(domain: Option<&str>) -> Result<String> {

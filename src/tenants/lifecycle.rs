@@ -3,10 +3,10 @@
 //! EXECUTE on them from PUBLIC and a DBA grants them. `setting_set` is for tenant admins too.
 //! Each call is one change with one audit row (see `access::change`); the data work is in
 //! `sql/model.sql`.
-use crate::access::{self, Need};
+use crate::tenants::access::{self, Need};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
-use crate::members::Role;
-use crate::tenants;
+use crate::registry::tenants::Role;
+use crate::registry::tenants;
 use pgrx::prelude::*;
 
 fn required_text<'a>(value: Option<&'a str>, what: &str, example: &str) -> Result<&'a str> {
@@ -74,9 +74,9 @@ fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) 
     let run = || {
         let rel = crate::catalog::Relation::lookup(tbl.0)?;
         let sql = if delete {
-            format!("DELETE FROM {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::spec::TENANT_COLUMN)
+            format!("DELETE FROM {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::tables::spec::TENANT_COLUMN)
         } else {
-            format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::spec::TENANT_COLUMN)
+            format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::tables::spec::TENANT_COLUMN)
         };
         crate::registry::as_table_owner(rel.oid, || {
             crate::context::with_purge_context(tenant, || {

@@ -2,46 +2,11 @@
 //! the cheap checks applications use in queries and policies (`is_member`, `tenant_role`,
 //! `has_role`). The data changes themselves are SQL functions in `sql/model.sql`, run as the
 //! registry owner after the caller has been authorised here.
-use crate::access::{self, Need};
+use crate::tenants::access::{self, Need};
 use crate::context;
 use crate::error::{MtError, OrRaise, Result};
-use crate::tenants;
+use crate::registry::tenants::{self, parse_role, Role};
 use pgrx::prelude::*;
-
-/// A member's role; the order is the rank (owner > admin > member > guest).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Guest,
-    Member,
-    Admin,
-    Owner,
-}
-
-impl Role {
-    pub fn parse(name: &str) -> Option<Role> {
-        match name {
-            "guest" => Some(Role::Guest),
-            "member" => Some(Role::Member),
-            "admin" => Some(Role::Admin),
-            "owner" => Some(Role::Owner),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Guest => "guest",
-            Role::Member => "member",
-            Role::Admin => "admin",
-            Role::Owner => "owner",
-        }
-    }
-}
-
-pub fn parse_role(name: Option<&str>, argument: &'static str) -> Result<Role> {
-    let name = crate::error::required(name, argument)?;
-    Role::parse(&name.trim().to_lowercase()).ok_or_else(|| MtError::InvalidRole { role: name.to_string() })
-}
 
 /// Authorise a membership change and run it. `may_leave`: the change is a removal, which any
 /// member may make of themself.
@@ -133,7 +98,7 @@ fn is_member(
     let run = || -> Result<Option<bool>> {
         let (Some(tenant), Some(user)) = (tenant, user_id) else { return Ok(None) };
         let own = context::resolve()? == Some(tenant) || context::resolve_user()? == Some(user);
-        if !own && access::admin_mode().is_none() && !access::is_operator()? {
+        if !own && crate::context::admin::admin_mode().is_none() && !access::is_operator()? {
             // Named as the caller named it: the refusal tells nothing about the tenant.
             return Err(MtError::NotAuthorized {
                 action: "look up members of",

@@ -1,0 +1,11 @@
+//! Tenant-protected tables: [`spec`], the one description of the protected shape; [`enable`],
+//! which builds it (`tenant_enable`, `tenant_disable`, exemptions); [`hardening`], the keys and
+//! grants beyond the policies; [`busy`], which tables the extension's own DDL is changing;
+//! [`guard`], the event triggers that keep the shape through later DDL; and [`verify`], the
+//! catalog audit. All compare against `spec` and `hardening`, nothing else.
+pub mod busy;
+pub mod enable;
+pub mod guard;
+pub mod hardening;
+pub mod spec;
+pub mod verify;
