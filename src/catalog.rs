@@ -2,9 +2,9 @@
 use crate::error::{MtError, NoRowIsNone, SpiContext};
 // Not imported as `Result`: pgrx's `impl_sql_translatable!` below means std's.
 use crate::error::Result as MtResult;
-use std::collections::HashSet;
 use pgrx::prelude::*;
 use pgrx::spi::quote_qualified_identifier;
+use std::collections::HashSet;
 use std::ffi::CStr;
 
 /// A `regclass` argument. PostgreSQL resolves the name (with the caller's search_path) before
@@ -13,11 +13,7 @@ use std::ffi::CStr;
 pub struct Regclass(pub pg_sys::Oid);
 
 impl FromDatum for Regclass {
-    unsafe fn from_polymorphic_datum(
-        datum: pg_sys::Datum,
-        is_null: bool,
-        _typoid: pg_sys::Oid,
-    ) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
         if is_null {
             None
         } else {
@@ -149,7 +145,7 @@ pub fn is_partition(relid: pg_sys::Oid) -> MtResult<bool> {
 /// The tables a view or materialized view reads, through any depth of views.
 pub fn tables_read_by(relid: pg_sys::Oid) -> MtResult<Vec<pg_sys::Oid>> {
     oid_column(
-                "WITH RECURSIVE reads(relid) AS ( \
+        "WITH RECURSIVE reads(relid) AS ( \
                      SELECT d.refobjid FROM pg_catalog.pg_rewrite w \
                        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
                         AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
@@ -311,7 +307,8 @@ mod tests {
         assert_eq!(rel.sql(), r#""Odd Schema"."My Table""#);
         assert!(rel.is_table());
         Spi::run(r#"CREATE VIEW v AS SELECT 1"#).unwrap();
-        let view = Relation::lookup(Spi::get_one::<pg_sys::Oid>("SELECT 'v'::regclass::oid").unwrap().unwrap()).unwrap();
+        let view =
+            Relation::lookup(Spi::get_one::<pg_sys::Oid>("SELECT 'v'::regclass::oid").unwrap().unwrap()).unwrap();
         assert!(!view.is_table());
         assert_eq!(view.kind_phrase(), "a view");
     }

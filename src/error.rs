@@ -405,10 +405,9 @@ impl MtError {
                  member of."
                     .into(),
             ),
-            MtError::InvalidSlug { .. } => Some(
-                "A slug is 1 to 63 characters of a-z, 0-9 and '-', and neither starts nor ends with '-'."
-                    .into(),
-            ),
+            MtError::InvalidSlug { .. } => {
+                Some("A slug is 1 to 63 characters of a-z, 0-9 and '-', and neither starts nor ends with '-'.".into())
+            }
             MtError::BackfillRequired { .. } => {
                 Some("Every row of a tenant-enabled table must belong to a tenant.".into())
             }
@@ -422,9 +421,9 @@ impl MtError {
                  not apply to it."
                     .into(),
             ),
-            MtError::PublishesTenantTable { .. } => Some(
-                "Logical decoding ignores row level security: a subscriber receives every tenant's rows.".into(),
-            ),
+            MtError::PublishesTenantTable { .. } => {
+                Some("Logical decoding ignores row level security: a subscriber receives every tenant's rows.".into())
+            }
             MtError::PurgeUnconfirmed => {
                 Some("Purging deletes every row of the tenant in every tenant-enabled table, for good.".into())
             }

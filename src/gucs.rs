@@ -60,8 +60,7 @@ pub fn preloaded() -> bool {
     unsafe { PRELOADED }
 }
 
-type StringCheckHook =
-    unsafe extern "C-unwind" fn(*mut *mut c_char, *mut *mut c_void, pg_sys::GucSource::Type) -> bool;
+type StringCheckHook = unsafe extern "C-unwind" fn(*mut *mut c_char, *mut *mut c_void, pg_sys::GucSource::Type) -> bool;
 
 /// What pgrx's `GucRegistry::define_string_guc` does, plus the check hook it does not take.
 fn define_checked_string(
@@ -229,7 +228,13 @@ unsafe extern "C-unwind" fn check_tenant_id(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL).
-    unsafe { check_session_only(*newval, source, c"multitenancy.tenant_id cannot have a server, database, role or connection default") }
+    unsafe {
+        check_session_only(
+            *newval,
+            source,
+            c"multitenancy.tenant_id cannot have a server, database, role or connection default",
+        )
+    }
 }
 
 #[pg_guard]
@@ -239,7 +244,13 @@ unsafe extern "C-unwind" fn check_user_id(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: as above.
-    unsafe { check_session_only(*newval, source, c"multitenancy.user_id cannot have a server, database, role or connection default") }
+    unsafe {
+        check_session_only(
+            *newval,
+            source,
+            c"multitenancy.user_id cannot have a server, database, role or connection default",
+        )
+    }
 }
 
 /// Only [`set_signed_context`] may give the signed context a value; PostgreSQL itself copies it
@@ -253,7 +264,10 @@ unsafe extern "C-unwind" fn check_signed_context(
 ) -> bool {
     // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL);
     // ParallelWorkerNumber is a plain global.
-    if unsafe { is_unset(*newval) } || SETTING_SIGNED.with(std::cell::Cell::get) || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+    if unsafe { is_unset(*newval) }
+        || SETTING_SIGNED.with(std::cell::Cell::get)
+        || unsafe { pg_sys::ParallelWorkerNumber } >= 0
+    {
         return true;
     }
     refuse(
@@ -433,16 +447,25 @@ mod tests {
         for source in [PGC_S_SESSION, PGC_S_DEFAULT, PGC_S_DYNAMIC_DEFAULT, PGC_S_OVERRIDE] {
             assert!(source_may_set_a_tenant(source), "{source}");
         }
-        for source in [PGC_S_FILE, PGC_S_ARGV, PGC_S_GLOBAL, PGC_S_DATABASE, PGC_S_USER, PGC_S_DATABASE_USER,
-            PGC_S_CLIENT, PGC_S_TEST, PGC_S_ENV_VAR]
-        {
+        for source in [
+            PGC_S_FILE,
+            PGC_S_ARGV,
+            PGC_S_GLOBAL,
+            PGC_S_DATABASE,
+            PGC_S_USER,
+            PGC_S_DATABASE_USER,
+            PGC_S_CLIENT,
+            PGC_S_TEST,
+            PGC_S_ENV_VAR,
+        ] {
             assert!(!source_may_set_a_tenant(source), "{source}");
         }
     }
 
     #[pg_test(error = "multitenancy.tenant_id cannot have a server, database, role or connection default")]
     fn a_role_default_is_refused() {
-        Spi::run("ALTER ROLE CURRENT_USER SET multitenancy.tenant_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'").unwrap();
+        Spi::run("ALTER ROLE CURRENT_USER SET multitenancy.tenant_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'")
+            .unwrap();
     }
 
     #[pg_test]

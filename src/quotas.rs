@@ -67,7 +67,11 @@ struct Transaction {
 
 impl Transaction {
     fn unwritten_of(&self, tenant: &[u8; 16]) -> (i64, i64) {
-        self.unwritten.values().flat_map(|d| d.iter()).filter(|((t, _), _)| t == tenant).fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
+        self.unwritten
+            .values()
+            .flat_map(|d| d.iter())
+            .filter(|((t, _), _)| t == tenant)
+            .fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
     }
 
     fn unwritten_rows(&self, tenant: &[u8; 16], tables: &[pg_sys::Oid]) -> i64 {
@@ -181,13 +185,14 @@ pub fn before_commit() -> Result<()> {
 /// `_usage_unwritten()`: what this session's transaction has counted and not yet written, for
 /// the readers (tenant_stats, quota_check, usage_drift) to add to the stored counters.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _usage_unwritten() -> TableIterator<'static, (name!(tenant_id, pgrx::Uuid), name!(relid, pg_sys::Oid), name!(rows, i64), name!(bytes, i64))> {
+fn _usage_unwritten() -> TableIterator<
+    'static,
+    (name!(tenant_id, pgrx::Uuid), name!(relid, pg_sys::Oid), name!(rows, i64), name!(bytes, i64)),
+> {
     let all = TRANSACTION.with(|t| t.borrow().as_ref().map(Transaction::flattened).unwrap_or_default());
-    TableIterator::new(
-        all.into_iter()
-            .filter(|(_, v)| *v != (0, 0))
-            .map(|((tenant, table), (rows, bytes))| (pgrx::Uuid::from_bytes(tenant), pg_sys::Oid::from(table), rows, bytes)),
-    )
+    TableIterator::new(all.into_iter().filter(|(_, v)| *v != (0, 0)).map(|((tenant, table), (rows, bytes))| {
+        (pgrx::Uuid::from_bytes(tenant), pg_sys::Oid::from(table), rows, bytes)
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,7 +237,8 @@ unsafe fn tenant_attno(tupdesc: pg_sys::TupleDesc) -> Option<usize> {
     (*tupdesc).attrs.as_slice(natts).iter().position(|attr| {
         !attr.attisdropped
             && attr.atttypid == pg_sys::UUIDOID
-            && std::ffi::CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes() == crate::tables::spec::TENANT_COLUMN.as_bytes()
+            && std::ffi::CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes()
+                == crate::tables::spec::TENANT_COLUMN.as_bytes()
     })
 }
 
@@ -363,7 +369,6 @@ pub unsafe extern "C-unwind" fn mt_usage_statement(fcinfo: pg_sys::FunctionCallI
     pg_sys::Datum::from(0)
 }
 
-
 thread_local! {
     /// Tables whose counting triggers [`check_trigger`] has accepted. A table leaves the set when
     /// its relcache entry is invalidated (any DDL on it, tenant_disable, DROP, a rolled-back
@@ -418,8 +423,11 @@ unsafe fn check_trigger(data: &pg_sys::TriggerData, spec_index: usize) -> Result
     let trigger = data.tg_trigger;
     let name = if trigger.is_null() { &b""[..] } else { std::ffi::CStr::from_ptr((*trigger).tgname).to_bytes() };
     if !after || row != spec.row || name != spec.name.as_bytes() {
-        return Err(misused(&format!("only the AFTER {} trigger {} that tenant_enable() creates may call it",
-            if spec.row { "ROW" } else { "STATEMENT" }, spec.name)));
+        return Err(misused(&format!(
+            "only the AFTER {} trigger {} that tenant_enable() creates may call it",
+            if spec.row { "ROW" } else { "STATEMENT" },
+            spec.name
+        )));
     }
     if tenant_attno((*rel).rd_att).is_none() {
         return Err(misused("the table has no tenant_id column of type uuid"));
@@ -437,7 +445,11 @@ unsafe fn check_trigger(data: &pg_sys::TriggerData, spec_index: usize) -> Result
 /// `rel` is an open relation.
 unsafe fn relation_name(rel: pg_sys::Relation) -> String {
     let namespace = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-    let schema = if namespace.is_null() { String::new() } else { std::ffi::CStr::from_ptr(namespace).to_string_lossy().into_owned() };
+    let schema = if namespace.is_null() {
+        String::new()
+    } else {
+        std::ffi::CStr::from_ptr(namespace).to_string_lossy().into_owned()
+    };
     let name = std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
     format!("{schema}.{name}")
 }
@@ -689,7 +701,8 @@ fn check_table(
     if used > quota {
         // Qualified, as quota keys are stored.
         let key = registry::with_pinned_search_path(|| {
-            Spi::get_one_with_args::<String>("SELECT 'rows:' || $1::regclass::text", &[limited.into()]).ctx("quotas: key")
+            Spi::get_one_with_args::<String>("SELECT 'rows:' || $1::regclass::text", &[limited.into()])
+                .ctx("quotas: key")
         })?
         .unwrap_or_default();
         return Err(exceeded(tenant, &key, used - added, added, quota));
@@ -709,7 +722,8 @@ fn write_unwritten(deltas: Deltas) -> Result<()> {
 }
 
 fn exceeded(tenant: pgrx::Uuid, key: &str, used: i64, adding: i64, quota: i64) -> MtError {
-    let slug = tenants::lookup(tenants::Key::Id(tenant)).ok().flatten().map(|t| t.slug).unwrap_or_else(|| tenant.to_string());
+    let slug =
+        tenants::lookup(tenants::Key::Id(tenant)).ok().flatten().map(|t| t.slug).unwrap_or_else(|| tenant.to_string());
     MtError::QuotaExceeded { tenant: slug, key: key.to_string(), metered: is_metered(key), used, adding, quota }
 }
 
@@ -785,13 +799,17 @@ fn cancel_unwritten(table: Option<pg_sys::Oid>, tenant: Option<pgrx::Uuid>) {
 /// A table's counters leave with it (TRUNCATE, tenant_disable, DROP).
 pub fn forget(table: pg_sys::Oid) -> Result<()> {
     cancel_unwritten(Some(table), None);
-    registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_forget_table($1)", &[table.into()]).ctx("quotas::forget"))
+    registry::as_owner(|| {
+        Spi::run_with_args("SELECT multitenancy._usage_forget_table($1)", &[table.into()]).ctx("quotas::forget")
+    })
 }
 
 /// Set a table's counters to what it holds (after tenant_enable installed the counting).
 pub fn recount(table: pg_sys::Oid) -> Result<()> {
     cancel_unwritten(Some(table), None);
-    registry::as_owner(|| Spi::run_with_args("SELECT multitenancy._usage_recount($1)", &[table.into()]).ctx("quotas::recount"))
+    registry::as_owner(|| {
+        Spi::run_with_args("SELECT multitenancy._usage_recount($1)", &[table.into()]).ctx("quotas::recount")
+    })
 }
 
 /// `_usage_forget(table)`: for the DROP event trigger.
@@ -822,16 +840,18 @@ fn validate_key(key: Option<&str>) -> Result<String> {
     if key.len() > 200 {
         return Err(MtError::InvalidArgument {
             message: format!("invalid quota key \"{}\": longer than 200 bytes", crate::error::clip(key)),
-            hint: "A key is 'members', 'rows', 'bytes', 'rows:<table>' or a metered counter's name such as 'api_calls'.".into(),
+            hint:
+                "A key is 'members', 'rows', 'bytes', 'rows:<table>' or a metered counter's name such as 'api_calls'."
+                    .into(),
         });
     }
     // `rows:<table>` names the table as the caller would (their search_path), and is stored
     // schema-qualified.
     let table = match key.strip_prefix("rows:") {
-        Some(name) => Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::pg_catalog.oid", &[
-            name.into(),
-        ])
-        .unwrap_or(None),
+        Some(name) => {
+            Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::pg_catalog.oid", &[name.into()])
+                .unwrap_or(None)
+        }
         None => None,
     };
     registry::as_owner(|| {
@@ -855,11 +875,12 @@ fn quota_set(tenant: Option<&str>, key: Option<&str>, quota: Option<i64>) {
         }
         let key = validate_key(key)?;
         let tenant = crate::tenants::access::tenant(tenant)?;
-        crate::tenants::access::change("quota_set", Some(tenant.id), "SELECT multitenancy._quota_set($1, $2, $3, true)", &[
-            tenant.id.into(),
-            key.as_str().into(),
-            quota.into(),
-        ])
+        crate::tenants::access::change(
+            "quota_set",
+            Some(tenant.id),
+            "SELECT multitenancy._quota_set($1, $2, $3, true)",
+            &[tenant.id.into(), key.as_str().into(), quota.into()],
+        )
     };
     run().or_raise();
 }
@@ -870,10 +891,12 @@ fn quota_reset(tenant: Option<&str>, key: Option<&str>) {
     let run = || {
         let key = validate_key(key)?;
         let tenant = crate::tenants::access::tenant(tenant)?;
-        crate::tenants::access::change("quota_reset", Some(tenant.id), "SELECT multitenancy._quota_set($1, $2, NULL, false)", &[
-            tenant.id.into(),
-            key.as_str().into(),
-        ])
+        crate::tenants::access::change(
+            "quota_reset",
+            Some(tenant.id),
+            "SELECT multitenancy._quota_set($1, $2, NULL, false)",
+            &[tenant.id.into(), key.as_str().into()],
+        )
     };
     run().or_raise();
 }
@@ -911,7 +934,9 @@ fn usage_record(key: Option<&str>, amount: default!(Option<i64>, 1)) -> i64 {
 }
 
 /// The current tenant's usage of `key`, as `_usage` reports it.
-fn usage_of(key: Option<&str>) -> Result<(Option<i64>, Option<i64>, Option<pgrx::datum::Date>, Option<pgrx::datum::Date>)> {
+fn usage_of(
+    key: Option<&str>,
+) -> Result<(Option<i64>, Option<i64>, Option<pgrx::datum::Date>, Option<pgrx::datum::Date>)> {
     let key = validate_key(key)?;
     let tenant = crate::context::current()?;
     registry::as_owner(|| {

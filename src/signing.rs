@@ -2,14 +2,17 @@
 //! `signing_key_retire`, and `tenant_token` for the trusted backends a DBA grants it to). The
 //! database's side — verifying a token and making it the transaction's context — is
 //! `crate::context::signed`. The keys' data work is `sql/signing.sql`.
-use crate::context::{self, signed::{mac, unix_now}};
+use crate::context::{
+    self,
+    signed::{mac, unix_now},
+};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry::{self, tenants};
 use crate::tenants::access;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use pgrx::prelude::*;
 use hmac::Mac;
+use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
@@ -74,11 +77,8 @@ fn mint(tenant: &str, user: Option<pgrx::Uuid>, ttl_seconds: f64) -> Result<Stri
     if let Some(user) = user {
         claims["sub"] = Value::String(user.to_string());
     }
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let signing_input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let signature = URL_SAFE_NO_PAD.encode(mac(&secret, &signing_input).finalize().into_bytes());
     Ok(format!("{signing_input}.{signature}"))
 }
@@ -132,10 +132,12 @@ fn signing_key_add(name: Option<&str>, secret: Option<&[u8]>) {
                     .into(),
             });
         }
-        access::change("signing_key_add", None, "SELECT multitenancy._signing_key_add($1, $2)", &[
-            name.into(),
-            secret.into(),
-        ])
+        access::change(
+            "signing_key_add",
+            None,
+            "SELECT multitenancy._signing_key_add($1, $2)",
+            &[name.into(), secret.into()],
+        )
     };
     run().or_raise();
 }

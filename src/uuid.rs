@@ -50,18 +50,24 @@ mod tests {
             "{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}",
         ] {
             let ours = parse(text).map(|u| u.to_string());
-            let postgres = Spi::get_one_with_args::<pgrx::Uuid>("SELECT $1::uuid", &[text.into()])
-                .unwrap()
-                .map(|u| u.to_string());
+            let postgres =
+                Spi::get_one_with_args::<pgrx::Uuid>("SELECT $1::uuid", &[text.into()]).unwrap().map(|u| u.to_string());
             assert_eq!(ours, postgres, "{text}");
             assert_eq!(ours.as_deref(), Some(canonical));
         }
-        for bad in ["", "acme", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111",
-            "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11",
-            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-            " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"] {
+        for bad in [
+            "",
+            "acme",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111",
+            "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ] {
             assert!(parse(bad).is_none(), "{bad:?} should be refused");
         }
     }
-
 }

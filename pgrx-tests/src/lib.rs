@@ -167,7 +167,8 @@ impl Server {
             .unwrap()
             .get(0);
         assert_eq!(
-            available, 1,
+            available,
+            1,
             "the multitenancy extension is not installed into {}; run `cargo pgrx install --pg-config {}` \
              (scripts/test.sh does)",
             self.bindir.display(),
@@ -201,8 +202,7 @@ impl Server {
     }
 
     pub fn connect(&self, db: &str, user: &str) -> Client {
-        Client::connect(&self.url(db, user), NoTls)
-            .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+        Client::connect(&self.url(db, user), NoTls).unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
     }
 
     /// Connect and collect the NOTICE/WARNING messages the server sends.
@@ -267,7 +267,8 @@ impl TestDb {
     /// Like [`TestDb::with_setup`], on `server`.
     pub fn on(server: &'static Server, tag: &str, setup: &str) -> TestDb {
         let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let clean: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        let clean: String =
+            tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
         let name = format!("t{n}_{}", &clean[..clean.len().min(40)]);
         server.connect("postgres", SUPERUSER).batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         let db = TestDb { name, server };
@@ -278,18 +279,22 @@ impl TestDb {
             su.batch_execute("RESET ROLE").unwrap();
         }
         su.batch_execute(&format!(
-                "CREATE EXTENSION multitenancy;
+            "CREATE EXTENSION multitenancy;
                  GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
                                            multitenancy.tenant_disable(regclass),
                                            multitenancy.tenant_exempt(regclass, text),
                                            multitenancy.tenant_unexempt(regclass) TO {OWNER};"
-            ))
-            .unwrap();
+        ))
+        .unwrap();
         // `cargo pgrx test` installs a build with a `tests` schema of test functions into the same
         // PostgreSQL; these suites must run against the real extension.
         let test_build: bool =
             su.query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'tests')", &[]).unwrap().get(0);
-        assert!(!test_build, "a pg_test build of the extension is installed; run `cargo pgrx install --pg-config {}`", pg_config());
+        assert!(
+            !test_build,
+            "a pg_test build of the extension is installed; run `cargo pgrx install --pg-config {}`",
+            pg_config()
+        );
         db
     }
 
@@ -345,10 +350,7 @@ impl TestDb {
 
     /// Create a tenant (as superuser) and return its id as text.
     pub fn tenant(&self, name: &str, slug: &str) -> String {
-        self.superuser()
-            .query_one("SELECT multitenancy.tenant_create($1, $2)::text", &[&name, &slug])
-            .unwrap()
-            .get(0)
+        self.superuser().query_one("SELECT multitenancy.tenant_create($1, $2)::text", &[&name, &slug]).unwrap().get(0)
     }
 }
 
@@ -375,7 +377,10 @@ pub fn verify_all(client: &mut impl postgres::GenericClient) -> Vec<Problem> {
 
 fn verify_rows(client: &mut impl postgres::GenericClient, filter: &str) -> Vec<Problem> {
     client
-        .query(&format!("SELECT severity, object, problem, fix FROM multitenancy.verify() {filter} ORDER BY 1, 2, 3"), &[])
+        .query(
+            &format!("SELECT severity, object, problem, fix FROM multitenancy.verify() {filter} ORDER BY 1, 2, 3"),
+            &[],
+        )
         .unwrap_or_else(|e| panic!("SELECT * FROM multitenancy.verify(): {e}"))
         .iter()
         .map(|r| Problem {
@@ -521,7 +526,8 @@ pub fn as_user(app: &mut Client, tenant: &str, user: &str, sql: &str) -> Result<
 
 /// Message fragments (any of them, case-insensitive) accepted for a 42501 refusal of a
 /// management call.
-pub const DENIED: &[&str] = &["permission denied", "not allowed", "not permitted", "requires", "must be", "only", "cannot"];
+pub const DENIED: &[&str] =
+    &["permission denied", "not allowed", "not permitted", "requires", "must be", "only", "cannot"];
 
 /// Assert a refusal: SQLSTATE `code` and a message containing one of `fragments`
 /// (case-insensitive).
@@ -596,7 +602,11 @@ pub fn expect_quota_exceeded<T: std::fmt::Debug>(
     let expected =
         format!("quota \"{key}\" of tenant \"{slug}\" exceeded: {used} used, {adding} more requested, limit {quota}");
     assert_eq!(error.message(), expected, "the 53400 message");
-    assert!(error.hint().is_some_and(|h| !h.trim().is_empty()), "a quota refusal comes with a hint: {:?}", error.message());
+    assert!(
+        error.hint().is_some_and(|h| !h.trim().is_empty()),
+        "a quota refusal comes with a hint: {:?}",
+        error.message()
+    );
     error
 }
 

@@ -5,8 +5,8 @@
 //! `write => true` — and one audit row records who did it and why.
 //!
 //! Every check pairs what the support role sees with the ground truth read by the superuser.
-use multitenancy_integration::*;
 use multitenancy_integration::expect_sqlstate_mentioning as refused;
+use multitenancy_integration::*;
 use std::sync::OnceLock;
 
 /// The support role of these tests: LOGIN, NOSUPERUSER, NOBYPASSRLS, member of
@@ -84,10 +84,7 @@ fn admin_audit(o: &Orders) -> Vec<(String, String, String)> {
 
 /// Count of rows of one tenant, as the client sees them.
 fn seen_of(client: &mut impl postgres::GenericClient, tenant_id: &str) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&tenant_id])
-        .unwrap()
-        .get(0)
+    client.query_one("SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid", &[&tenant_id]).unwrap().get(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,12 +221,11 @@ fn admin_begin_reads_every_tenant_in_a_read_only_transaction() {
 #[test]
 fn admin_begin_with_write_writes_any_tenant_and_ends_with_the_transaction() {
     let o = support_orders("admin_write");
-    let acme_row: i64 = o
-        .db
-        .superuser()
-        .query_one("SELECT min(id) FROM orders WHERE tenant_id = $1::text::uuid", &[&o.a])
-        .unwrap()
-        .get(0);
+    let acme_row: i64 =
+        o.db.superuser()
+            .query_one("SELECT min(id) FROM orders WHERE tenant_id = $1::text::uuid", &[&o.a])
+            .unwrap()
+            .get(0);
     let mut client = support(&o);
 
     let mut tx = client.transaction().unwrap();
@@ -354,12 +350,18 @@ fn cached_plans_do_not_cross_into_or_out_of_admin_mode() {
     assert_eq!(run(&mut s, "SELECT multitenancy.tenant_set('acme')"), acme);
     assert_eq!(run(&mut s, "SELECT multitenancy.admin_begin('plan cache test')"), all);
     assert_eq!(run(&mut s, "SELECT multitenancy.admin_begin('plan cache test, again')"), all);
-    assert_eq!(run(&mut s, "SELECT multitenancy.tenant_set('acme')"), acme, "an admin-mode plan outlived its transaction");
+    assert_eq!(
+        run(&mut s, "SELECT multitenancy.tenant_set('acme')"),
+        acme,
+        "an admin-mode plan outlived its transaction"
+    );
     // The same through a rolled-back savepoint.
     {
         let mut tx = s.transaction().unwrap();
-        tx.batch_execute("SELECT multitenancy.tenant_set('acme'); SAVEPOINT a; SELECT multitenancy.admin_begin('savepoint')")
-            .unwrap();
+        tx.batch_execute(
+            "SELECT multitenancy.tenant_set('acme'); SAVEPOINT a; SELECT multitenancy.admin_begin('savepoint')",
+        )
+        .unwrap();
         assert_eq!(tx.query_one("EXECUTE q", &[]).unwrap().get::<_, i64>(0), all);
         tx.batch_execute("ROLLBACK TO SAVEPOINT a").unwrap();
         assert_eq!(tx.query_one("EXECUTE q", &[]).unwrap().get::<_, i64>(0), acme, "admin mode outlived its savepoint");

@@ -30,11 +30,8 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
             if path.is_dir() {
                 walk(&path, &format!("{prefix}{name}::"), out);
             } else if path.extension().is_some_and(|e| e == "rs") {
-                let module = if name == "mod" {
-                    prefix.trim_end_matches("::").to_string()
-                } else {
-                    format!("{prefix}{name}")
-                };
+                let module =
+                    if name == "mod" { prefix.trim_end_matches("::").to_string() } else { format!("{prefix}{name}") };
                 out.insert(module, path);
             }
         }
@@ -101,7 +98,8 @@ fn references(module: &str, source: &str) -> BTreeSet<String> {
                 let end = text[from..].find('}').map(|e| from + e).unwrap_or(text.len());
                 for member in text[from + 1..end].split(',') {
                     let member = member.trim().trim_start_matches('{');
-                    let head: String = member.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect();
+                    let head: String =
+                        member.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect();
                     let head = head.trim_end_matches(':');
                     if !head.is_empty() && head != "self" {
                         found.insert(join(head));
@@ -286,7 +284,10 @@ fn the_check_fails_on_an_introduced_cycle_and_an_upward_import() {
         found.iter().any(|f| f.starts_with("error (layer leaves) imports quotas")),
         "an upward import is reported: {found:?}"
     );
-    assert!(found.iter().any(|f| f.starts_with("import cycle:") && f.contains("error")), "a cycle is reported: {found:?}");
+    assert!(
+        found.iter().any(|f| f.starts_with("import cycle:") && f.contains("error")),
+        "a cycle is reported: {found:?}"
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {

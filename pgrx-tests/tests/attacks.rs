@@ -227,8 +227,7 @@ fn counting_triggers_on_a_temp_table(o: &Orders) {
     let db = &o.db;
     assert_eq!(drift(db), Vec::<String>::new(), "precondition: the counters are exact before the attack");
     let mut app = db.app();
-    let can_create: bool =
-        app.query_one("SELECT has_schema_privilege('public', 'CREATE')", &[]).unwrap().get(0);
+    let can_create: bool = app.query_one("SELECT has_schema_privilege('public', 'CREATE')", &[]).unwrap().get(0);
     assert!(!can_create, "ground truth: {APP} has no CREATE on public");
     refused(
         "CREATE TABLE public.usage_bait as the app",
@@ -297,20 +296,19 @@ fn disclosures(o: &Orders) {
     let mut su = o.db.superuser();
     let user = MEMBER_B;
     add_member(&o.db, "globex", user, "member");
-    let token: String = su
-        .query_one("SELECT multitenancy.domain_add('globex', 'shop.globex.test')", &[])
-        .unwrap()
-        .get(0);
+    let token: String =
+        su.query_one("SELECT multitenancy.domain_add('globex', 'shop.globex.test')", &[]).unwrap().get(0);
     // Ground truth: what the app must not learn exists.
-    let b_id: String = su.query_one("SELECT id::text FROM multitenancy.tenants WHERE slug = 'globex'", &[]).unwrap().get(0);
+    let b_id: String =
+        su.query_one("SELECT id::text FROM multitenancy.tenants WHERE slug = 'globex'", &[]).unwrap().get(0);
     assert_eq!(b_id, o.b);
-    let member: bool = su
-        .query_one("SELECT multitenancy.is_member($1::text::uuid, $2::text::uuid)", &[&o.b, &user])
-        .unwrap()
-        .get(0);
+    let member: bool =
+        su.query_one("SELECT multitenancy.is_member($1::text::uuid, $2::text::uuid)", &[&o.b, &user]).unwrap().get(0);
     assert!(member, "ground truth: the user is a member of globex");
-    let unverified =
-        count(&mut su, "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.globex.test' AND verified_at IS NULL");
+    let unverified = count(
+        &mut su,
+        "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.globex.test' AND verified_at IS NULL",
+    );
     assert_eq!(unverified, 1, "ground truth: globex's domain is registered and unverified");
 
     let mut app = o.db.app();
@@ -361,7 +359,10 @@ fn disclosures(o: &Orders) {
         PRIVILEGE,
     );
     assert_eq!(
-        count(&mut su, "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.globex.test' AND verified_at IS NULL"),
+        count(
+            &mut su,
+            "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.globex.test' AND verified_at IS NULL"
+        ),
         1,
         "the domain is still unverified"
     );
@@ -398,9 +399,14 @@ mod app_role {
         let write = attached.is_ok().then(|| app.execute("INSERT INTO crash_bait VALUES (1, 'x'), (2, 'y')", &[]));
 
         // The attacker's own backend did not die (a crash closes its connection first).
-        for (what, result) in [("CREATE TRIGGER", attached.as_ref().err()), ("INSERT", write.as_ref().and_then(|w| w.as_ref().err()))] {
+        for (what, result) in
+            [("CREATE TRIGGER", attached.as_ref().err()), ("INSERT", write.as_ref().and_then(|w| w.as_ref().err()))]
+        {
             if let Some(error) = result {
-                assert!(error.as_db_error().is_some(), "{what} on the bigint temp table lost its connection (server crash): {error}");
+                assert!(
+                    error.as_db_error().is_some(),
+                    "{what} on the bigint temp table lost its connection (server crash): {error}"
+                );
             }
         }
         // The server stayed up: a session opened before the attack still works.
@@ -466,10 +472,17 @@ mod app_role {
         let mut victim = bouncer.connect(&o.db.name, APP);
         let pid = backend_pid(&mut attacker);
         assert_eq!(backend_pid(&mut victim), pid, "with pool size 1 both clients share one server connection");
-        assert_eq!(simple_one(&mut attacker, "SHOW multitenancy.require_signed"), "on", "precondition: signed-only mode");
+        assert_eq!(
+            simple_one(&mut attacker, "SHOW multitenancy.require_signed"),
+            "on",
+            "precondition: signed-only mode"
+        );
 
         attacker.batch_execute("BEGIN").unwrap();
-        let id = simple_one(&mut attacker, &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&mint(&o.db, "acme"))));
+        let id = simple_one(
+            &mut attacker,
+            &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&mint(&o.db, "acme"))),
+        );
         assert_eq!(id, o.a);
         let created = attacker.batch_execute(
             "CREATE TEMP TABLE orders (id bigint, item text, amount int DEFAULT 1,
@@ -480,8 +493,10 @@ mod app_role {
         for i in 0..2 {
             victim.batch_execute("BEGIN").unwrap();
             assert_eq!(backend_pid(&mut victim), pid, "the victim is on the attacker's server connection");
-            let id =
-                simple_one(&mut victim, &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&mint(&o.db, "globex"))));
+            let id = simple_one(
+                &mut victim,
+                &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&mint(&o.db, "globex"))),
+            );
             assert_eq!(id, o.b);
             victim
                 .batch_execute(&format!("INSERT INTO orders (item) VALUES ('globex-secret-{i}')"))
@@ -491,7 +506,10 @@ mod app_role {
 
         attacker.batch_execute("BEGIN").unwrap();
         assert_eq!(backend_pid(&mut attacker), pid);
-        simple_one(&mut attacker, &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&mint(&o.db, "acme"))));
+        simple_one(
+            &mut attacker,
+            &format!("SELECT multitenancy.tenant_set_signed({})::text", literal(&mint(&o.db, "acme"))),
+        );
         let temp_orders = simple_value(&mut attacker, "SELECT to_regclass('pg_temp.orders')::text").unwrap();
         let stolen = simple_count(&mut attacker, "SELECT count(*) FROM orders WHERE item LIKE 'globex-secret-%'");
         attacker.batch_execute("COMMIT").unwrap();
@@ -520,7 +538,13 @@ mod app_role {
         let o = Orders::with_rows("attack_signed_session_state", 2, 2);
         require_signed(&o.db);
         let mut app = o.db.app();
-        assert_eq!(count(&mut app, "SELECT count(*) FROM pg_settings WHERE name = 'multitenancy.require_signed' AND setting = 'on'"), 1);
+        assert_eq!(
+            count(
+                &mut app,
+                "SELECT count(*) FROM pg_settings WHERE name = 'multitenancy.require_signed' AND setting = 'on'"
+            ),
+            1
+        );
         let search_path: String = app.query_one("SHOW search_path", &[]).unwrap().get(0);
 
         let attempts = [
@@ -618,11 +642,17 @@ mod app_role {
             for (existing, unknown) in [("globex", "nobody"), (o.b.as_str(), "00000000-0000-4000-8000-000000000000")] {
                 let mut su = o.db.superuser();
                 let known: i64 = su
-                    .query_one("SELECT count(*) FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1", &[&existing])
+                    .query_one(
+                        "SELECT count(*) FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1",
+                        &[&existing],
+                    )
                     .unwrap()
                     .get(0);
                 let nobody: i64 = su
-                    .query_one("SELECT count(*) FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1", &[&unknown])
+                    .query_one(
+                        "SELECT count(*) FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1",
+                        &[&unknown],
+                    )
                     .unwrap()
                     .get(0);
                 assert_eq!((known, nobody), (1, 0), "ground truth: {existing} exists, {unknown} does not");
@@ -658,7 +688,11 @@ mod app_role {
                 result,
                 &[&SqlState::INVALID_PARAMETER_VALUE, &SqlState::NULL_VALUE_NOT_ALLOWED],
             );
-            assert!(error.message().contains(argument), "{what}: the message must name argument {argument:?}: {:?}", error.message());
+            assert!(
+                error.message().contains(argument),
+                "{what}: the message must name argument {argument:?}: {:?}",
+                error.message()
+            );
         };
         {
             let mut tx = begin_as(&mut app, "acme");
@@ -670,8 +704,16 @@ mod app_role {
             check("admin_begin('x', NULL)", tx.execute("SELECT multitenancy.admin_begin('x', NULL)", &[]), "write");
         }
         let mut su = o.db.superuser();
-        assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.metered_usage WHERE key = 'k'"), 0, "nothing metered");
-        assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.audit_log WHERE action = 'admin_begin'"), 0, "no admin access");
+        assert_eq!(
+            count(&mut su, "SELECT count(*) FROM multitenancy.metered_usage WHERE key = 'k'"),
+            0,
+            "nothing metered"
+        );
+        assert_eq!(
+            count(&mut su, "SELECT count(*) FROM multitenancy.audit_log WHERE action = 'admin_begin'"),
+            0,
+            "no admin access"
+        );
     }
 
     /// Finding 4: a 1 MB argument is not echoed back: message, detail and hint together stay
@@ -1115,7 +1157,11 @@ mod tenant_admin {
             .unwrap();
         add_member(&o.db, "acme", ADMIN_A, "admin");
         let mut app = o.db.app();
-        assert_eq!(resolve(&mut app, "globex.example.test"), Some(o.b.clone()), "precondition: B's slug host routes to B");
+        assert_eq!(
+            resolve(&mut app, "globex.example.test"),
+            Some(o.b.clone()),
+            "precondition: B's slug host routes to B"
+        );
 
         let added = text_as_user(
             &mut app,
@@ -1157,17 +1203,33 @@ mod tenant_admin {
         assert_eq!(resolve(&mut app, "acme.example.test"), Some(o.a.clone()), "positive control: A's own slug host");
 
         // A domain of A's own: the admin may register it but not verify it.
-        let token = text_as_user(&mut app, "acme", ADMIN_A, "SELECT multitenancy.domain_add('acme', 'shop.acme-corp.test')", &[])
-            .expect("a tenant admin may register a host outside base_domain")
-            .expect("domain_add returns the verification token");
+        let token = text_as_user(
+            &mut app,
+            "acme",
+            ADMIN_A,
+            "SELECT multitenancy.domain_add('acme', 'shop.acme-corp.test')",
+            &[],
+        )
+        .expect("a tenant admin may register a host outside base_domain")
+        .expect("domain_add returns the verification token");
         refused(
             "domain_verify by a tenant admin",
-            text_as_user(&mut app, "acme", ADMIN_A, "SELECT multitenancy.domain_verify('shop.acme-corp.test', $1)::text", &[&token]),
+            text_as_user(
+                &mut app,
+                "acme",
+                ADMIN_A,
+                "SELECT multitenancy.domain_verify('shop.acme-corp.test', $1)::text",
+                &[&token],
+            ),
             PRIVILEGE,
         );
         assert_eq!(resolve(&mut app, "shop.acme-corp.test"), None, "the unverified domain routes nowhere");
         su.execute("SELECT multitenancy.domain_verify('shop.acme-corp.test', $1)", &[&token]).unwrap();
-        assert_eq!(resolve(&mut app, "shop.acme-corp.test"), Some(o.a.clone()), "positive control: an operator verifies it");
+        assert_eq!(
+            resolve(&mut app, "shop.acme-corp.test"),
+            Some(o.a.clone()),
+            "positive control: an operator verifies it"
+        );
     }
 
     /// Finding 6: tenant A's unverified claim of a host blocks tenant B (23505) only while it is
@@ -1198,19 +1260,26 @@ mod tenant_admin {
         };
 
         add(&mut app, "acme", ADMIN_A, "shop.example.org").expect("A claims the host");
-        refused("B's domain_add of A's fresh claim", add(&mut app, "globex", OWNER_B, "shop.example.org"), &SqlState::UNIQUE_VIOLATION);
+        refused(
+            "B's domain_add of A's fresh claim",
+            add(&mut app, "globex", OWNER_B, "shop.example.org"),
+            &SqlState::UNIQUE_VIOLATION,
+        );
         assert_eq!(owner_of("shop.example.org"), Some(o.a.clone()), "ground truth: A's fresh claim stands");
 
         backdate("shop.example.org", "30 days");
         let taken = add(&mut app, "globex", OWNER_B, "shop.example.org");
-        assert_eq!(owner_of("shop.example.org"), Some(o.b.clone()), "a stale unverified claim must not block B: {taken:?}");
+        assert_eq!(
+            owner_of("shop.example.org"),
+            Some(o.b.clone()),
+            "a stale unverified claim must not block B: {taken:?}"
+        );
         let token = taken.unwrap().expect("B gets a verification token");
-        let stored: String = o
-            .db
-            .superuser()
-            .query_one("SELECT verification_token FROM multitenancy.domains WHERE domain = 'shop.example.org'", &[])
-            .unwrap()
-            .get(0);
+        let stored: String =
+            o.db.superuser()
+                .query_one("SELECT verification_token FROM multitenancy.domains WHERE domain = 'shop.example.org'", &[])
+                .unwrap()
+                .get(0);
         assert_eq!(stored, token, "B's token is the one that verifies the host");
 
         // The TTL is the DBA's: the app cannot shorten it; a shorter one makes younger claims stale.
@@ -1228,7 +1297,11 @@ mod tenant_admin {
         backdate("blog.example.org", "2 hours");
         add(&mut app, "globex", OWNER_B, "blog.example.org").expect("a claim older than the 1h TTL does not block B");
         assert_eq!(owner_of("blog.example.org"), Some(o.b.clone()));
-        refused("B's domain_add of A's fresh claim under a 1h TTL", add(&mut app, "globex", OWNER_B, "fresh.example.org"), &SqlState::UNIQUE_VIOLATION);
+        refused(
+            "B's domain_add of A's fresh claim under a 1h TTL",
+            add(&mut app, "globex", OWNER_B, "fresh.example.org"),
+            &SqlState::UNIQUE_VIOLATION,
+        );
         assert_eq!(owner_of("fresh.example.org"), Some(o.a.clone()));
     }
 
@@ -1396,8 +1469,14 @@ mod support_staff {
             Ok(()) => "SELECT pg_temp.enter_admin()",
             Err(error) => {
                 let db = db_error(error);
-                assert_eq!(db.code(), &SqlState::FEATURE_NOT_SUPPORTED, "only PostgreSQL may refuse the SET clause: {}", db.message());
-                let version: i32 = support.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0);
+                assert_eq!(
+                    db.code(),
+                    &SqlState::FEATURE_NOT_SUPPORTED,
+                    "only PostgreSQL may refuse the SET clause: {}",
+                    db.message()
+                );
+                let version: i32 =
+                    support.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0);
                 assert!(version >= 160000, "PostgreSQL {version} refused SET transaction_read_only in a function");
                 "SELECT multitenancy.admin_begin('ticket 4711')"
             }
@@ -1538,7 +1617,11 @@ mod operator_and_owner {
         assert_eq!(problems, vec![], "verify() finds nothing wrong with other_enabled");
         refused("tenant_enable('legacy') whose backfill fires the owner's DDL", enable, PRIVILEGE);
         assert!(!is_enabled(&mut su, "legacy"), "legacy is not enabled");
-        assert_eq!(count(&mut su, "SELECT count(*) FROM legacy WHERE tenant_id IS NULL"), 2, "the backfill was rolled back");
+        assert_eq!(
+            count(&mut su, "SELECT count(*) FROM legacy WHERE tenant_id IS NULL"),
+            2,
+            "the backfill was rolled back"
+        );
     }
 
     /// Finding 10: making an enabled table a child of a global (exempt) table — ALTER TABLE ...
@@ -1577,20 +1660,25 @@ mod operator_and_owner {
         }
         let mut su = db.superuser();
         let truth = |su: &mut Client, table: &str| -> i64 {
-            su.query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[&b]).unwrap().get(0)
+            su.query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[&b])
+                .unwrap()
+                .get(0)
         };
-        assert_eq!((truth(&mut su, "private_items"), truth(&mut su, "part_items")), (1, 1), "ground truth: B's rows exist");
+        assert_eq!(
+            (truth(&mut su, "private_items"), truth(&mut su, "part_items")),
+            (1, 1),
+            "ground truth: B's rows exist"
+        );
 
         let inherit = owner.batch_execute("ALTER TABLE private_items INHERIT catalog_items");
-        let attach = owner.batch_execute("ALTER TABLE reports.by_id ATTACH PARTITION part_items FOR VALUES FROM (0) TO (1000)");
+        let attach =
+            owner.batch_execute("ALTER TABLE reports.by_id ATTACH PARTITION part_items FOR VALUES FROM (0) TO (1000)");
         let inherits = owner.batch_execute("CREATE TABLE sneaky_items (tenant_id uuid) INHERITS (catalog_items)");
 
         let mut tx = begin_as(&mut app, "acme");
         let via_parent = count(&mut tx, "SELECT count(*) FROM catalog_items WHERE item LIKE 'globex%'");
-        let via_partitioned: i64 = tx
-            .query_one("SELECT count(*) FROM reports.by_id WHERE tenant_id = $1::text::uuid", &[&b])
-            .unwrap()
-            .get(0);
+        let via_partitioned: i64 =
+            tx.query_one("SELECT count(*) FROM reports.by_id WHERE tenant_id = $1::text::uuid", &[&b]).unwrap().get(0);
         drop(tx);
         assert_eq!(via_parent, 0, "tenant A must not read B's rows through the exempt parent catalog_items");
         assert_eq!(via_partitioned, 0, "tenant A must not read B's rows through the partitioned table reports.by_id");
@@ -1626,8 +1714,10 @@ mod operator_and_owner {
 
         let (mut app, notices) = o.db.connect_with_notices(APP);
         let mut tx = begin_as(&mut app, "acme");
-        tx.batch_execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexonlyscan = off")
-            .unwrap();
+        tx.batch_execute(
+            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexonlyscan = off",
+        )
+        .unwrap();
         let items: Vec<String> = tx.query("SELECT item FROM orders", &[]).unwrap().iter().map(|r| r.get(0)).collect();
         drop(tx);
         let heard = notices.take();
@@ -1636,8 +1726,10 @@ mod operator_and_owner {
         let leaked: Vec<&String> = heard.iter().filter(|n| n.contains("globex")).collect();
         assert_eq!(leaked, Vec::<&String>::new(), "tenant A's scan received B's values in NOTICEs");
         refused("CREATE POLICY a_spy ... USING (leak(item))", spy, PRIVILEGE);
-        let policies =
-            count(&mut o.db.superuser(), "SELECT count(*) FROM pg_policy WHERE polrelid = 'orders'::regclass AND polname = 'a_spy'");
+        let policies = count(
+            &mut o.db.superuser(),
+            "SELECT count(*) FROM pg_policy WHERE polrelid = 'orders'::regclass AND polname = 'a_spy'",
+        );
         assert_eq!(policies, 0, "the a_spy policy does not exist");
 
         owner
@@ -1660,7 +1752,8 @@ mod operator_and_owner {
                  LANGUAGE sql STABLE AS 'SELECT id, item, tenant_id FROM public.orders'",
             )
             .unwrap();
-        let created = owner.batch_execute("CREATE MATERIALIZED VIEW order_digest AS SELECT * FROM public.all_orders() WITH NO DATA");
+        let created = owner
+            .batch_execute("CREATE MATERIALIZED VIEW order_digest AS SELECT * FROM public.all_orders() WITH NO DATA");
         let mut su = o.db.superuser();
         let mut seen_by_a = 0;
         if created.is_ok() {
@@ -1718,7 +1811,8 @@ mod operator_and_owner {
         let mut su = db.superuser();
         let book = |app: &mut Client, tenant: &str, table: &str, during: &str| -> Result<u64, postgres::Error> {
             let mut tx = begin_as(app, tenant);
-            let n = tx.execute(&format!("INSERT INTO {table} (room, during) VALUES (1, $1::text::tstzrange)"), &[&during])?;
+            let n =
+                tx.execute(&format!("INSERT INTO {table} (room, during) VALUES (1, $1::text::tstzrange)"), &[&during])?;
             tx.commit()?;
             Ok(n)
         };
@@ -1726,10 +1820,15 @@ mod operator_and_owner {
             book(&mut app, "globex", table, "[2030-01-01 10:00+00, 2030-01-01 11:00+00)").unwrap();
             let overlapping = book(&mut app, "acme", table, "[2030-01-01 10:30+00, 2030-01-01 11:30+00)");
             let rows = |su: &mut Client, tenant: &str| -> i64 {
-                su.query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[&tenant]).unwrap().get(0)
+                su.query_one(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1::text::uuid"), &[&tenant])
+                    .unwrap()
+                    .get(0)
             };
             assert_eq!(rows(&mut su, &b), 1, "ground truth: B's booking in {table} exists");
-            assert!(overlapping.is_ok(), "{table}: A's booking must not conflict with B's (an oracle): {overlapping:?}");
+            assert!(
+                overlapping.is_ok(),
+                "{table}: A's booking must not conflict with B's (an oracle): {overlapping:?}"
+            );
             assert_eq!(rows(&mut su, &a), 1, "ground truth: A's booking in {table} exists");
             refused(
                 &format!("{table}: A's second, overlapping booking"),
@@ -1752,7 +1851,9 @@ mod operator_and_owner {
                  SELECT multitenancy.tenant_exempt('order_sink', 'where the attack copies rows');",
             )
             .unwrap();
-        let also = owner.batch_execute("CREATE RULE copy_out AS ON INSERT TO orders DO ALSO INSERT INTO order_sink VALUES (NEW.item)");
+        let also = owner.batch_execute(
+            "CREATE RULE copy_out AS ON INSERT TO orders DO ALSO INSERT INTO order_sink VALUES (NEW.item)",
+        );
         let instead = owner.batch_execute("CREATE RULE swallow AS ON INSERT TO orders DO INSTEAD NOTHING");
 
         let mut app = o.db.app();
@@ -2371,8 +2472,7 @@ mod without_preloading {
     fn app_role_attacks_fail_without_the_library_preloaded() {
         let server = Server::private("");
         let o = Orders::on(server, "attack_no_preload", 3, 2);
-        let preloaded: String =
-            o.db.superuser().query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
+        let preloaded: String = o.db.superuser().query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
         assert!(!preloaded.contains("multitenancy"), "precondition: the library is not preloaded");
         counting_triggers_on_a_temp_table(&o);
         disclosures(&o);

@@ -6,8 +6,8 @@
 //! (`tenant_set`) plus `multitenancy.user_id` set for the transaction. Every refusal is checked
 //! by SQLSTATE and a message fragment, next to the ground truth read by the superuser (the
 //! registry did not change) and a positive control (the right user may do it).
-use multitenancy_integration::*;
 use multitenancy_integration::expect_sqlstate_mentioning as refused;
+use multitenancy_integration::*;
 use postgres::types::ToSql;
 
 /// End users of the fixture (see [`site`]).
@@ -25,9 +25,12 @@ const OWNER_B: &str = "b0000000-0000-4000-8000-000000000001";
 fn site(tag: &str) -> Orders {
     let o = Orders::new(tag);
     let mut su = o.db.superuser();
-    for (tenant, user, role) in
-        [("acme", OWNER_A, "owner"), ("acme", ADMIN_A, "admin"), ("acme", MEMBER_A, "member"), ("globex", OWNER_B, "owner")]
-    {
+    for (tenant, user, role) in [
+        ("acme", OWNER_A, "owner"),
+        ("acme", ADMIN_A, "admin"),
+        ("acme", MEMBER_A, "member"),
+        ("globex", OWNER_B, "owner"),
+    ] {
         su.execute("SELECT multitenancy.member_add($1, $2::text::uuid, $3)", &[&tenant, &user, &role])
             .unwrap_or_else(|e| panic!("as superuser, member_add({tenant}, {user}, {role}): {e}"));
     }
@@ -117,7 +120,10 @@ fn domain_row(o: &Orders, domain: &str) -> Option<DomainRow> {
 /// Every row of `multitenancy.domains`, as the superuser sees it.
 fn domains_snapshot(o: &Orders) -> String {
     o.db.superuser()
-        .query_one("SELECT coalesce(string_agg(d::text, E'\\n' ORDER BY d.domain), '') FROM multitenancy.domains d", &[])
+        .query_one(
+            "SELECT coalesce(string_agg(d::text, E'\\n' ORDER BY d.domain), '') FROM multitenancy.domains d",
+            &[],
+        )
         .unwrap()
         .get(0)
 }
@@ -161,7 +167,9 @@ fn domain_normalize_canonicalizes_hosts_and_rejects_garbage() {
             .unwrap_or_else(|e| panic!("as {APP}, domain_normalize({host:?}): {e}"))
             .get(0)
     };
-    for host in ["Shop.Example.COM.", "shop.example.com:8443", " shop.example.com ", "shop.example.com", "SHOP.EXAMPLE.COM:443"] {
+    for host in
+        ["Shop.Example.COM.", "shop.example.com:8443", " shop.example.com ", "shop.example.com", "SHOP.EXAMPLE.COM:443"]
+    {
         assert_eq!(normalize(Some(host)).as_deref(), Some("shop.example.com"), "domain_normalize({host:?})");
     }
     for garbage in ["", "a b", "http://x", "-x.com", " "] {
@@ -171,7 +179,10 @@ fn domain_normalize_canonicalizes_hosts_and_rejects_garbage() {
 
     let volatility: String = db
         .superuser()
-        .query_one("SELECT provolatile::text FROM pg_proc WHERE oid = 'multitenancy.domain_normalize(text)'::regprocedure", &[])
+        .query_one(
+            "SELECT provolatile::text FROM pg_proc WHERE oid = 'multitenancy.domain_normalize(text)'::regprocedure",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(volatility, "i", "domain_normalize must be IMMUTABLE");
@@ -201,7 +212,9 @@ fn domain_add_registers_a_host_for_one_tenant_only() {
 
     // The same host, however spelled, for globex (by globex's own owner): 23505.
     let before = domains_snapshot(&o);
-    for spelling in ["shop.example.com", "SHOP.EXAMPLE.COM", "shop.example.com.", "shop.example.com:8443", " Shop.Example.com "] {
+    for spelling in
+        ["shop.example.com", "SHOP.EXAMPLE.COM", "shop.example.com.", "shop.example.com:8443", " Shop.Example.com "]
+    {
         refused(
             domain_add(&mut app, "globex", OWNER_B, spelling),
             &SqlState::UNIQUE_VIOLATION,
@@ -416,16 +429,28 @@ fn domain_list_and_domain_remove_stay_within_the_tenant() {
     assert_eq!(count(&mut o.db.superuser(), "SELECT count(*) FROM multitenancy.domains"), 3, "ground truth");
 
     let list = |app: &mut Client, context: &str, tenant: &str| -> Result<Vec<(String, bool, bool)>, postgres::Error> {
-        exec_as(app, context, None, "SELECT domain, is_primary, verified FROM multitenancy.domain_list($1) ORDER BY domain", &[
-            &tenant,
-        ])
+        exec_as(
+            app,
+            context,
+            None,
+            "SELECT domain, is_primary, verified FROM multitenancy.domain_list($1) ORDER BY domain",
+            &[&tenant],
+        )
         .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     };
     let expected = vec![("shop.acme.test".to_string(), false, true), ("www.acme.test".to_string(), true, false)];
     assert_eq!(list(&mut app, "acme", "acme").unwrap(), expected, "acme's domains, by slug");
     assert_eq!(list(&mut app, "acme", &o.a).unwrap(), expected, "acme's domains, by id");
-    refused(list(&mut app, "acme", "globex"), &SqlState::INSUFFICIENT_PRIVILEGE, &["permission denied", "tenant", "globex"]);
-    refused(list(&mut app, "acme", &o.b), &SqlState::INSUFFICIENT_PRIVILEGE, &["permission denied", "tenant", o.b.as_str()]);
+    refused(
+        list(&mut app, "acme", "globex"),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        &["permission denied", "tenant", "globex"],
+    );
+    refused(
+        list(&mut app, "acme", &o.b),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        &["permission denied", "tenant", o.b.as_str()],
+    );
     assert_eq!(domain_row(&o, "shop.globex.test").unwrap().tenant, o.b, "ground truth: globex does have a domain");
 
     // The registry table under RLS: only the context tenant's domains.
@@ -485,7 +510,12 @@ fn settings_as(app: &mut Client, tenant: &str, user: &str, key: &str) -> (Option
     (rows[0].get(0), rows[0].get(1))
 }
 
-fn setting_list(app: &mut Client, context: &str, user: &str, tenant: &str) -> Result<Vec<(String, String, String)>, postgres::Error> {
+fn setting_list(
+    app: &mut Client,
+    context: &str,
+    user: &str,
+    tenant: &str,
+) -> Result<Vec<(String, String, String)>, postgres::Error> {
     exec_as(
         app,
         context,
@@ -504,7 +534,13 @@ fn setting_set(
     key: &str,
     value: Option<&str>,
 ) -> Result<Vec<Row>, postgres::Error> {
-    exec_as(app, context, Some(user), "SELECT multitenancy.setting_set($1, $2, $3::text::jsonb)", &[&tenant, &key, &value])
+    exec_as(
+        app,
+        context,
+        Some(user),
+        "SELECT multitenancy.setting_set($1, $2, $3::text::jsonb)",
+        &[&tenant, &key, &value],
+    )
 }
 
 fn triple(key: &str, value: &str, source: &str) -> (String, String, String) {
@@ -531,8 +567,16 @@ fn settings_fall_back_to_the_plan_and_tenant_overrides_win() {
     let mut app = o.db.app();
 
     // From the plan.
-    assert_eq!(settings_as(&mut app, "acme", OWNER_A, "sso"), (Some("true".into()), true), "sso from the plan's features");
-    assert_eq!(settings_as(&mut app, "acme", OWNER_A, "rows"), (Some("100".into()), false), "rows from the plan's limits");
+    assert_eq!(
+        settings_as(&mut app, "acme", OWNER_A, "sso"),
+        (Some("true".into()), true),
+        "sso from the plan's features"
+    );
+    assert_eq!(
+        settings_as(&mut app, "acme", OWNER_A, "rows"),
+        (Some("100".into()), false),
+        "rows from the plan's limits"
+    );
     assert_eq!(settings_as(&mut app, "acme", OWNER_A, "both"), (Some("2".into()), false), "features before limits");
     assert_eq!(settings_as(&mut app, "acme", OWNER_A, "missing"), (None, false), "an unknown key is NULL");
     assert_eq!(settings_as(&mut app, "acme", MEMBER_A, "sso"), (Some("true".into()), true), "a plain member reads too");
@@ -551,7 +595,12 @@ fn settings_fall_back_to_the_plan_and_tenant_overrides_win() {
     assert_eq!(settings_as(&mut app, "acme", OWNER_A, "beta"), (Some("true".into()), true), "a tenant-only flag");
     assert_eq!(
         setting_list(&mut app, "acme", OWNER_A, "acme").unwrap(),
-        [triple("beta", "true", "tenant"), triple("both", "2", "plan"), triple("rows", "5", "tenant"), triple("sso", "false", "tenant")],
+        [
+            triple("beta", "true", "tenant"),
+            triple("both", "2", "plan"),
+            triple("rows", "5", "tenant"),
+            triple("sso", "false", "tenant")
+        ],
         "setting_list shows each key once, with its source"
     );
     let truth: bool = su
@@ -574,7 +623,12 @@ fn settings_fall_back_to_the_plan_and_tenant_overrides_win() {
     assert!(!has_sso, "ground truth: the override is gone, got {}", settings_of(&o, &o.a));
     assert_eq!(
         setting_list(&mut app, "acme", OWNER_A, "acme").unwrap(),
-        [triple("beta", "true", "tenant"), triple("both", "2", "plan"), triple("rows", "5", "tenant"), triple("sso", "true", "plan")],
+        [
+            triple("beta", "true", "tenant"),
+            triple("both", "2", "plan"),
+            triple("rows", "5", "tenant"),
+            triple("sso", "true", "plan")
+        ],
     );
 
     // plan_set is an upsert: the tenant reads the plan's new limits.

@@ -76,7 +76,10 @@ fn dump_and_restore_keep_tenants_enabled_tables_and_isolation() {
 /// `PGOPTIONS='-c multitenancy.ddl_guard=off'` as the README tells DBAs to for pg_restore.
 fn run(server: &Server, program: &str, args: &[&str], guard_off: bool) -> std::process::Output {
     let mut command = Command::new(server.program(program));
-    command.env_remove("PGOPTIONS").args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", SUPERUSER]).args(args);
+    command
+        .env_remove("PGOPTIONS")
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", SUPERUSER])
+        .args(args);
     if guard_off {
         command.env("PGOPTIONS", "-c multitenancy.ddl_guard=off");
     }
@@ -143,7 +146,11 @@ fn a_custom_format_dump_restores_with_the_guard_off() {
     assert!(dump.status.success(), "pg_dump -Fc: {}", String::from_utf8_lossy(&dump.stderr));
 
     let check_restored = |target: &str| {
-        assert_eq!(verify(&mut server.connect(target, SUPERUSER)), [], "expected verify() to be clean on the restored database");
+        assert_eq!(
+            verify(&mut server.connect(target, SUPERUSER)),
+            [],
+            "expected verify() to be clean on the restored database"
+        );
         assert_eq!(state(server, target, &tables), source, "expected the same registry, table shapes and rows");
         for table in ["orders", "events", "events_2025", "events_2026"] {
             assert_isolated(server, target, table, &[("acme", &a), ("globex", &b)]);
@@ -282,7 +289,10 @@ fn dump_and_restore_keep_members_domains_settings_and_audit() {
     {
         let mut app = server.connect(&target, APP);
         let mut tx = begin_as(&mut app, "acme");
-        let refused = expect_sqlstate(tx.execute("INSERT INTO orders (item) VALUES ('over')", &[]), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+        let refused = expect_sqlstate(
+            tx.execute("INSERT INTO orders (item) VALUES ('over')", &[]),
+            &SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+        );
         assert!(refused.message().contains("quota \"rows\" of tenant \"acme\""), "{}", refused.message());
     }
 

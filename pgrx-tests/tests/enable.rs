@@ -57,14 +57,17 @@ fn a_missing_table_a_view_and_an_unknown_backfill_tenant_are_refused() {
     let before = table_snapshot(&mut su, "notes");
     let mut owner = db.owner();
 
-    expect_sqlstate(owner.execute("SELECT multitenancy.tenant_enable('no_such_table')", &[]), &SqlState::UNDEFINED_TABLE);
-    let view = expect_sqlstate(owner.execute("SELECT multitenancy.tenant_enable('notes_view')", &[]), &SqlState::WRONG_OBJECT_TYPE);
+    expect_sqlstate(
+        owner.execute("SELECT multitenancy.tenant_enable('no_such_table')", &[]),
+        &SqlState::UNDEFINED_TABLE,
+    );
+    let view = expect_sqlstate(
+        owner.execute("SELECT multitenancy.tenant_enable('notes_view')", &[]),
+        &SqlState::WRONG_OBJECT_TYPE,
+    );
     assert!(view.message().contains("is a view"), "{}", view.message());
     let unknown = expect_sqlstate(
-        owner.execute(
-            "SELECT multitenancy.tenant_enable('notes', '00000000-0000-0000-0000-000000000001')",
-            &[],
-        ),
+        owner.execute("SELECT multitenancy.tenant_enable('notes', '00000000-0000-0000-0000-000000000001')", &[]),
         &SqlState::UNDEFINED_OBJECT,
     );
     assert!(unknown.message().contains("does not exist"), "{}", unknown.message());
@@ -76,7 +79,8 @@ fn a_role_that_does_not_own_the_table_cannot_enable_it() {
     let db = TestDb::new("enable_not_owner");
     legacy_table(&db, "notes");
     let mut su = db.superuser();
-    su.batch_execute(&format!("GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) TO {APP}")).unwrap();
+    su.batch_execute(&format!("GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) TO {APP}"))
+        .unwrap();
     let a = db.tenant("Acme", "acme");
     let before = table_snapshot(&mut su, "notes");
 
@@ -99,7 +103,8 @@ fn enabling_in_a_rolled_back_transaction_leaves_nothing_behind() {
     let mut owner = db.owner();
     let mut tx = owner.transaction().unwrap();
     tx.execute("SELECT multitenancy.tenant_enable('notes', $1::text::uuid)", &[&a]).unwrap();
-    let enabled: bool = tx.query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'notes'::regclass", &[]).unwrap().get(0);
+    let enabled: bool =
+        tx.query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'notes'::regclass", &[]).unwrap().get(0);
     assert!(enabled, "inside the transaction the table is protected");
     tx.rollback().unwrap();
 
@@ -199,7 +204,8 @@ fn repairing_a_forced_table_sees_every_row_not_only_the_owners_tenant() {
     let orphan_owner: String =
         su.query_one("SELECT tenant_id::text FROM orders WHERE item = 'orphan'", &[]).unwrap().get(0);
     assert_eq!(orphan_owner, orders.a);
-    let forced: bool = su.query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'orders'::regclass", &[]).unwrap().get(0);
+    let forced: bool =
+        su.query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'orders'::regclass", &[]).unwrap().get(0);
     assert!(forced, "FORCE is back on after the repair");
     assert_eq!(orders.true_count(&orders.b), orders.rows_b, "other tenants' rows are untouched");
 }

@@ -89,12 +89,18 @@ fn a_new_table_left_unprotected_is_refused_at_commit_and_rolled_back() {
     tx.batch_execute("CREATE TABLE drafts (id int); INSERT INTO drafts VALUES (1)")
         .expect("statements before COMMIT run: the check is at the end of the transaction");
     let error = expect_sqlstate(tx.commit(), &SqlState::INSUFFICIENT_PRIVILEGE);
-    assert_eq!(error.message(), format!("{COMMIT_REFUSAL}public.drafts"), "expected the COMMIT refusal naming public.drafts");
+    assert_eq!(
+        error.message(),
+        format!("{COMMIT_REFUSAL}public.drafts"),
+        "expected the COMMIT refusal naming public.drafts"
+    );
     assert!(error.hint().is_some_and(|h| !h.is_empty()), "expected a hint with the fix");
 
     // A multi-statement query string is one implicit transaction: refused at its end, listing all.
     let error = expect_sqlstate(
-        owner.batch_execute("CREATE TABLE first_t (id int); CREATE TABLE second_t (id int); INSERT INTO first_t VALUES (1)"),
+        owner.batch_execute(
+            "CREATE TABLE first_t (id int); CREATE TABLE second_t (id int); INSERT INTO first_t VALUES (1)",
+        ),
         &SqlState::INSUFFICIENT_PRIVILEGE,
     );
     assert!(error.message().starts_with(COMMIT_REFUSAL), "expected the COMMIT refusal, got {:?}", error.message());
@@ -192,7 +198,11 @@ fn the_commit_check_sees_the_final_state_of_the_transaction() {
             ),
             &SqlState::INSUFFICIENT_PRIVILEGE,
         );
-        assert_eq!(error.message(), format!("{COMMIT_REFUSAL}public.unexempted"), "exempt then unexempt must not count");
+        assert_eq!(
+            error.message(),
+            format!("{COMMIT_REFUSAL}public.unexempted"),
+            "exempt then unexempt must not count"
+        );
     }
     for table in ["undone", "flipped", "unexempted"] {
         assert!(!relation_exists(&mut su, table), "refused: {table} must not exist");
@@ -217,7 +227,8 @@ fn the_commit_check_sees_the_final_state_of_the_transaction() {
 fn only_guarded_schemas_are_checked_and_a_dba_chooses_them_per_database() {
     let db = TestDb::new("guard_schemas");
     let mut su = db.superuser();
-    su.batch_execute(&format!("CREATE SCHEMA scratch AUTHORIZATION {OWNER}; GRANT USAGE ON SCHEMA scratch TO {APP}")).unwrap();
+    su.batch_execute(&format!("CREATE SCHEMA scratch AUTHORIZATION {OWNER}; GRANT USAGE ON SCHEMA scratch TO {APP}"))
+        .unwrap();
 
     let mut owner = db.owner();
     owner.batch_execute("CREATE TABLE scratch.tmp (id int)").expect("scratch is not guarded: the table commits");
@@ -328,7 +339,8 @@ fn ddl_that_would_unprotect_an_enabled_table_is_refused_and_changes_nothing() {
 
     // PostgreSQL may refuse these first (the policies depend on the column); either way they
     // fail and nothing changes.
-    for statement in ["ALTER TABLE orders DROP COLUMN tenant_id", "ALTER TABLE orders ALTER COLUMN tenant_id TYPE text"] {
+    for statement in ["ALTER TABLE orders DROP COLUMN tenant_id", "ALTER TABLE orders ALTER COLUMN tenant_id TYPE text"]
+    {
         let result = owner.batch_execute(statement);
         assert!(result.is_err(), "{statement}: expected an error, it succeeded");
         assert_eq!(table_snapshot(&mut su, "orders"), before, "{statement}: failed, so nothing may have changed");
@@ -343,7 +355,8 @@ fn ddl_that_would_unprotect_an_enabled_table_is_refused_and_changes_nothing() {
     assert_eq!(table_snapshot(&mut su, "orders"), before, "the aborted transaction changed nothing");
 
     // The guard is not a privilege check: the superuser is refused too.
-    for statement in ["ALTER TABLE orders NO FORCE ROW LEVEL SECURITY", "DROP POLICY multitenancy_isolation ON orders"] {
+    for statement in ["ALTER TABLE orders NO FORCE ROW LEVEL SECURITY", "DROP POLICY multitenancy_isolation ON orders"]
+    {
         refuse(&mut su, statement, "\"public.orders\"");
         assert_eq!(table_snapshot(&mut su, "orders"), before, "{statement} as superuser: nothing changed");
     }
@@ -371,7 +384,9 @@ fn ddl_that_keeps_the_protection_is_allowed() {
     assert_protected(&mut su, "orders");
     assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", &o.a), ("globex", &o.b)]);
 
-    owner.batch_execute("DROP POLICY app_own ON orders").expect("dropping the application's own policy must be allowed");
+    owner
+        .batch_execute("DROP POLICY app_own ON orders")
+        .expect("dropping the application's own policy must be allowed");
     owner.batch_execute("DROP TABLE orders").expect("dropping an enabled table leaves nothing unprotected");
     assert!(!relation_exists(&mut su, "orders"), "ground truth: the table is gone");
     assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.enabled_tables"), 0, "the registry forgot it");
@@ -390,7 +405,8 @@ fn partitions_and_children_of_an_enabled_table_are_enabled() {
     let db = TestDb::new("guard_partitions");
     let (a, b) = tenants(&db);
     let mut su = db.superuser();
-    su.batch_execute(&format!("CREATE SCHEMA archive AUTHORIZATION {OWNER}; GRANT USAGE ON SCHEMA archive TO {APP}")).unwrap();
+    su.batch_execute(&format!("CREATE SCHEMA archive AUTHORIZATION {OWNER}; GRANT USAGE ON SCHEMA archive TO {APP}"))
+        .unwrap();
     let mut owner = db.owner();
     owner
         .batch_execute(
@@ -414,7 +430,9 @@ fn partitions_and_children_of_an_enabled_table_are_enabled() {
               VALUES (1, '2024-05-01', 'a', '{a}'), (2, '2024-05-02', 'b', '{b}');"
     ));
     owner
-        .batch_execute("ALTER TABLE events ATTACH PARTITION events_2024 FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+        .batch_execute(
+            "ALTER TABLE events ATTACH PARTITION events_2024 FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
+        )
         .expect("attaching a table to an enabled partitioned table enables it");
     owner
         .batch_execute("CREATE TABLE docs_archived (archived_at date) INHERITS (docs)")
@@ -432,7 +450,8 @@ fn partitions_and_children_of_an_enabled_table_are_enabled() {
          INSERT INTO docs_archived (id, body, tenant_id) VALUES (1, 'a', '{a}'), (2, 'b', '{b}');"
     ))
     .unwrap();
-    let tables = ["events", "events_2026", "archive.events_2025", "events_2024", "docs", "docs_archived", "docs_imported"];
+    let tables =
+        ["events", "events_2026", "archive.events_2025", "events_2024", "docs", "docs_archived", "docs_imported"];
     owner.batch_execute(&format!("GRANT SELECT ON {} TO {APP}", tables.join(", "))).unwrap();
     for table in tables {
         assert_protected(&mut su, table);
@@ -486,14 +505,22 @@ fn views_over_enabled_tables_must_be_security_invoker() {
 
     let error = refuse(&mut owner, "CREATE VIEW orders_report AS SELECT * FROM orders", "public.orders_report");
     assert!(
-        error.message().contains("view \"public.orders_report\" reads tenant-enabled table \"public.orders\" but is not security_invoker"),
+        error.message().contains(
+            "view \"public.orders_report\" reads tenant-enabled table \"public.orders\" but is not security_invoker"
+        ),
         "expected the message to name the view, the table and the reason, got {:?}",
         error.message()
     );
     for (statement, view) in [
         ("CREATE VIEW orders_report WITH (security_invoker = false) AS SELECT id FROM orders", "public.orders_report"),
-        ("CREATE VIEW orders_by_country AS SELECT c.code, o.id FROM countries c CROSS JOIN orders o", "public.orders_by_country"),
-        ("CREATE VIEW busy_countries AS SELECT code FROM countries WHERE EXISTS (SELECT 1 FROM orders)", "public.busy_countries"),
+        (
+            "CREATE VIEW orders_by_country AS SELECT c.code, o.id FROM countries c CROSS JOIN orders o",
+            "public.orders_by_country",
+        ),
+        (
+            "CREATE VIEW busy_countries AS SELECT code FROM countries WHERE EXISTS (SELECT 1 FROM orders)",
+            "public.busy_countries",
+        ),
     ] {
         refuse(&mut owner, statement, view);
     }
@@ -532,7 +559,9 @@ fn views_over_enabled_tables_must_be_security_invoker() {
         .expect("a security_invoker view over a security_invoker view is allowed");
 
     // Positive control: a plain view over a table that is not enabled.
-    owner.batch_execute("CREATE VIEW country_names AS SELECT name FROM countries").expect("views over tables that are not enabled are fine");
+    owner
+        .batch_execute("CREATE VIEW country_names AS SELECT name FROM countries")
+        .expect("views over tables that are not enabled are fine");
 }
 
 /// A materialized view over an enabled table stores its rows outside row level security: it is
@@ -543,7 +572,8 @@ fn materialized_views_over_enabled_tables_are_refused() {
     let mut su = o.db.superuser();
     refuse(&mut su, "CREATE MATERIALIZED VIEW orders_mv AS SELECT * FROM orders", "public.orders_mv");
     expect_refused(
-        o.db.owner().batch_execute("CREATE MATERIALIZED VIEW orders_mv AS SELECT id, tenant_id FROM orders WITH NO DATA"),
+        o.db.owner()
+            .batch_execute("CREATE MATERIALIZED VIEW orders_mv AS SELECT id, tenant_id FROM orders WITH NO DATA"),
         "public.orders_mv",
     );
     expect_refused(
@@ -593,7 +623,8 @@ fn publications_of_enabled_tables_are_refused_unless_the_guard_is_off() {
 
     // Positive controls: publications without enabled tables.
     su.batch_execute("CREATE PUBLICATION pub_ref FOR TABLE countries").expect("publishing an exempt table is allowed");
-    su.batch_execute("CREATE PUBLICATION pub_refdata FOR TABLES IN SCHEMA refdata").expect("a schema without enabled tables");
+    su.batch_execute("CREATE PUBLICATION pub_refdata FOR TABLES IN SCHEMA refdata")
+        .expect("a schema without enabled tables");
     let before = publications(&mut su);
     for statement in [
         "ALTER PUBLICATION pub_ref ADD TABLE orders",
@@ -669,9 +700,13 @@ fn only_a_superuser_can_turn_the_guard_off() {
 
     // A role default the owner would give itself.
     let mut owner = o.db.owner();
-    let result = owner.batch_execute(&format!("ALTER ROLE CURRENT_USER IN DATABASE {} SET multitenancy.ddl_guard = off", o.db.name));
+    let result = owner
+        .batch_execute(&format!("ALTER ROLE CURRENT_USER IN DATABASE {} SET multitenancy.ddl_guard = off", o.db.name));
     assert!(result.is_err(), "a non-superuser must not store a default for multitenancy.ddl_guard");
-    let stored = count(&mut su, "SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%ddl_guard%'");
+    let stored = count(
+        &mut su,
+        "SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%ddl_guard%'",
+    );
     assert_eq!(stored, 0, "no default for multitenancy.ddl_guard was stored");
     expect_refused(o.db.owner().batch_execute("ALTER TABLE orders NO FORCE ROW LEVEL SECURITY"), "\"public.orders\"");
     assert_eq!(table_snapshot(&mut su, "orders"), before, "none of the attempts changed anything");
@@ -725,7 +760,11 @@ fn exemptions_are_explicit_exclusive_and_for_migrations_only() {
         owner.execute("SELECT multitenancy.tenant_exempt('orders', 'shared')", &[]),
         &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
     );
-    assert!(error.message().contains("enabled"), "expected the refusal to say the table is tenant-enabled: {:?}", error.message());
+    assert!(
+        error.message().contains("enabled"),
+        "expected the refusal to say the table is tenant-enabled: {:?}",
+        error.message()
+    );
     assert!(!is_exempt(&mut su, "orders"), "an enabled table must not become exempt");
     assert_eq!(table_snapshot(&mut su, "orders"), orders_before, "refused: orders unchanged");
     // With backfill_tenant, so that the rows in countries are not the reason for the refusal.
@@ -733,17 +772,30 @@ fn exemptions_are_explicit_exclusive_and_for_migrations_only() {
         owner.execute("SELECT multitenancy.tenant_enable('countries', $1::text::uuid)", &[&o.a]),
         &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
     );
-    assert!(error.message().contains("exempt"), "expected the refusal to say the table is exempt: {:?}", error.message());
+    assert!(
+        error.message().contains("exempt"),
+        "expected the refusal to say the table is exempt: {:?}",
+        error.message()
+    );
     assert!(!is_enabled(&mut su, "countries"), "an exempt table must not become enabled");
     assert_eq!(table_snapshot(&mut su, "countries"), countries_before, "refused: countries unchanged");
 
     o.db.legacy("CREATE TABLE colors (name text)");
-    expect_sqlstate(owner.execute("SELECT multitenancy.tenant_exempt('colors', '')", &[]), &SqlState::INVALID_PARAMETER_VALUE);
+    expect_sqlstate(
+        owner.execute("SELECT multitenancy.tenant_exempt('colors', '')", &[]),
+        &SqlState::INVALID_PARAMETER_VALUE,
+    );
     assert!(!is_exempt(&mut su, "colors"), "an exemption needs a reason");
 
     let mut app = o.db.app();
-    expect_sqlstate(app.execute("SELECT multitenancy.tenant_exempt('colors', 'x')", &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
-    expect_sqlstate(app.execute("SELECT multitenancy.tenant_unexempt('countries')", &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
+    expect_sqlstate(
+        app.execute("SELECT multitenancy.tenant_exempt('colors', 'x')", &[]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    expect_sqlstate(
+        app.execute("SELECT multitenancy.tenant_unexempt('countries')", &[]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
     assert!(is_exempt(&mut su, "countries") && !is_exempt(&mut su, "colors"), "the application changed nothing");
 
     // Positive controls: exempt, unexempt, then enable.
@@ -755,5 +807,9 @@ fn exemptions_are_explicit_exclusive_and_for_migrations_only() {
     assert!(is_enabled(&mut su, "colors"));
 
     owner.batch_execute("DROP TABLE countries").unwrap();
-    assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.exempt_tables"), 0, "a dropped table leaves the registry");
+    assert_eq!(
+        count(&mut su, "SELECT count(*) FROM multitenancy.exempt_tables"),
+        0,
+        "a dropped table leaves the registry"
+    );
 }

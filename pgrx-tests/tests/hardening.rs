@@ -29,7 +29,9 @@ fn index_def(su: &mut Client, index: &str) -> String {
 
 /// `true` when `grantee` holds `privilege` on `table` (PostgreSQL's own check).
 fn has(su: &mut Client, grantee: &str, table: &str, privilege: &str) -> bool {
-    su.query_one("SELECT has_table_privilege($1::text::name, $2::text, $3::text)", &[&grantee, &table, &privilege]).unwrap().get(0)
+    su.query_one("SELECT has_table_privilege($1::text::name, $2::text, $3::text)", &[&grantee, &table, &privilege])
+        .unwrap()
+        .get(0)
 }
 
 /// Privileges granted to PUBLIC on `table`, from its ACL.
@@ -122,7 +124,10 @@ fn unique_constraints_added_later_get_tenant_id_too() {
 
     owner.batch_execute("ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email)").unwrap();
     let said = notices.take();
-    assert!(said.iter().any(|n| n.contains("users_email_key")), "expected a NOTICE about users_email_key, got {said:?}");
+    assert!(
+        said.iter().any(|n| n.contains("users_email_key")),
+        "expected a NOTICE about users_email_key, got {said:?}"
+    );
     owner.batch_execute("ALTER TABLE users ADD COLUMN code text CONSTRAINT users_code_key UNIQUE").unwrap();
     owner.batch_execute("CREATE UNIQUE INDEX users_handle_idx ON users (handle)").unwrap();
 
@@ -136,7 +141,10 @@ fn unique_constraints_added_later_get_tenant_id_too() {
         );
     }
     let handle = index_def(&mut su, "users_handle_idx");
-    assert!(handle.ends_with("(tenant_id, handle)"), "expected users_handle_idx on (tenant_id, handle), found {handle}");
+    assert!(
+        handle.ends_with("(tenant_id, handle)"),
+        "expected users_handle_idx on (tenant_id, handle), found {handle}"
+    );
 }
 
 /// An email that tenant B uses can be used by tenant A: the unique constraint neither blocks A
@@ -226,7 +234,9 @@ fn foreign_keys_between_enabled_tables_include_tenant_id() {
         .unwrap();
     assert_composite_fk(&mut su, "c2", "p2");
 
-    db.legacy("CREATE TABLE p3 (id int PRIMARY KEY); CREATE TABLE c3 (id int PRIMARY KEY, parent_id int REFERENCES p3 (id));");
+    db.legacy(
+        "CREATE TABLE p3 (id int PRIMARY KEY); CREATE TABLE c3 (id int PRIMARY KEY, parent_id int REFERENCES p3 (id));",
+    );
     owner.execute("SELECT multitenancy.tenant_enable('c3')", &[]).unwrap();
     owner.execute("SELECT multitenancy.tenant_enable('p3')", &[]).unwrap();
     assert_composite_fk(&mut su, "c3", "p3");
@@ -247,7 +257,9 @@ fn foreign_keys_between_enabled_tables_include_tenant_id() {
     );
     assert!(error.message().contains("no tenant context"), "{}", error.message());
     owner
-        .batch_execute("ALTER TABLE c4 ADD CONSTRAINT c4_parent_fk FOREIGN KEY (parent_id) REFERENCES p1 (id) NOT VALID")
+        .batch_execute(
+            "ALTER TABLE c4 ADD CONSTRAINT c4_parent_fk FOREIGN KEY (parent_id) REFERENCES p1 (id) NOT VALID",
+        )
         .unwrap();
     assert_composite_fk(&mut su, "c4", "p1");
     su.batch_execute("ALTER TABLE c4 VALIDATE CONSTRAINT c4_parent_fk").unwrap();
@@ -255,7 +267,9 @@ fn foreign_keys_between_enabled_tables_include_tenant_id() {
     let names: Vec<String> = constraints(&mut su, "c4", "f").into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["c4_parent_fk"], "expected the foreign key to keep its name");
 
-    owner.batch_execute("CREATE TABLE c5 (id int PRIMARY KEY, tenant_id uuid, parent_id int REFERENCES p1 (id))").unwrap();
+    owner
+        .batch_execute("CREATE TABLE c5 (id int PRIMARY KEY, tenant_id uuid, parent_id int REFERENCES p1 (id))")
+        .unwrap();
     assert!(is_enabled(&mut su, "c5"), "c5 has a tenant_id uuid column: enabled at CREATE");
     assert_composite_fk(&mut su, "c5", "p1");
 
@@ -279,7 +293,10 @@ fn foreign_keys_between_enabled_tables_include_tenant_id() {
         .unwrap();
     let fks = constraints(&mut su, "addresses", "f");
     assert_eq!(fks.len(), 1, "expected one foreign key on addresses, found {fks:?}");
-    assert_eq!(fks[0].1, "FOREIGN KEY (country) REFERENCES countries(code)", "expected the FK to an exempt table unchanged");
+    assert_eq!(
+        fks[0].1, "FOREIGN KEY (country) REFERENCES countries(code)",
+        "expected the FK to an exempt table unchanged"
+    );
 }
 
 /// Tenant A referencing tenant B's parent row fails exactly like referencing a row that never
@@ -302,7 +319,8 @@ fn a_foreign_key_reveals_nothing_about_another_tenants_rows() {
         .unwrap();
     let mut app = db.app();
     let mut tx = begin_as(&mut app, "globex");
-    tx.batch_execute("INSERT INTO parents (id) VALUES (100); INSERT INTO children (id, parent_id) VALUES (1, 100)").unwrap();
+    tx.batch_execute("INSERT INTO parents (id) VALUES (100); INSERT INTO children (id, parent_id) VALUES (1, 100)")
+        .unwrap();
     tx.commit().expect("positive control: B references its own parent");
     let mut tx = begin_as(&mut app, "acme");
     tx.batch_execute("INSERT INTO parents (id) VALUES (1)").unwrap();
@@ -311,7 +329,11 @@ fn a_foreign_key_reveals_nothing_about_another_tenants_rows() {
     let mut su = db.superuser();
     let parent_100: String = su.query_one("SELECT tenant_id::text FROM parents WHERE id = 100", &[]).unwrap().get(0);
     assert_eq!(parent_100, b, "ground truth: parent 100 exists and is B's");
-    assert_eq!(count(&mut su, "SELECT count(*) FROM parents WHERE id = 999"), 0, "ground truth: parent 999 never existed");
+    assert_eq!(
+        count(&mut su, "SELECT count(*) FROM parents WHERE id = 999"),
+        0,
+        "ground truth: parent 999 never existed"
+    );
 
     let attempt = |app: &mut Client, child: i32, parent: i32| -> DbError {
         let mut tx = begin_as(app, "acme");
@@ -335,7 +357,8 @@ fn a_foreign_key_reveals_nothing_about_another_tenants_rows() {
     assert_eq!(others.hint(), nobodys.hint(), "nor the hints");
 
     let mut tx = begin_as(&mut app, "acme");
-    tx.execute("INSERT INTO children (id, parent_id) VALUES (12, 1)", &[]).expect("positive control: A references its own parent");
+    tx.execute("INSERT INTO children (id, parent_id) VALUES (12, 1)", &[])
+        .expect("positive control: A references its own parent");
     tx.commit().unwrap();
     let children: Vec<(i32, i32, String)> = su
         .query("SELECT id, parent_id, tenant_id::text FROM children ORDER BY id", &[])

@@ -568,12 +568,8 @@ fn app_role_cannot_touch_the_registry_or_manage_tables() {
     assert_eq!(count(&mut app, "SELECT count(*) FROM multitenancy.tenants"), 0);
     {
         let mut tx = begin_as(&mut app, "acme");
-        let seen: Vec<String> = tx
-            .query("SELECT id::text FROM multitenancy.tenants", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let seen: Vec<String> =
+            tx.query("SELECT id::text FROM multitenancy.tenants", &[]).unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(seen, [o.a.clone()]);
     }
     expect_sqlstate(app.query("SELECT * FROM multitenancy.enabled_tables", &[]), &denied);
@@ -717,7 +713,11 @@ fn no_role_database_or_connection_default_can_set_a_tenant() {
         format!("ALTER ROLE CURRENT_USER IN DATABASE {db} SET multitenancy.tenant_id = '{}'", o.a),
     ] {
         let error = expect_sqlstate(app.batch_execute(&statement), &SqlState::INVALID_PARAMETER_VALUE);
-        assert!(error.message().contains("cannot have a server, database, role or connection default"), "{}", error.message());
+        assert!(
+            error.message().contains("cannot have a server, database, role or connection default"),
+            "{}",
+            error.message()
+        );
     }
     // The same for a DBA whose session has the library loaded.
     let mut su = o.db.superuser();
@@ -729,7 +729,10 @@ fn no_role_database_or_connection_default_can_set_a_tenant() {
     ] {
         assert!(su.batch_execute(&statement).is_err(), "{statement} must be refused");
     }
-    let stored = count(&mut su, "SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%multitenancy.tenant_id%'");
+    let stored = count(
+        &mut su,
+        "SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%multitenancy.tenant_id%'",
+    );
     assert_eq!(stored, 0, "no default was stored");
 
     // The library is preloaded on the test server, so every session validates: a fresh

@@ -5,8 +5,8 @@
 //! after a GRANT. Every refusal is checked with its SQLSTATE and a message fragment and with a
 //! snapshot (as superuser) showing that nothing changed; every "cannot see" is paired with the
 //! ground truth that the rows exist.
-use multitenancy_integration::*;
 use multitenancy_integration::expect_sqlstate_mentioning as refused;
+use multitenancy_integration::*;
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------------------------------------
@@ -99,7 +99,13 @@ fn one_new_audit_row(su: &mut Client, before: &[AuditRow], action: &str, tenant:
 
 /// Run one state-changing call and check that it wrote exactly one audit row; record the action.
 #[track_caller]
-fn audited<R>(su: &mut Client, covered: &mut Vec<String>, action: &str, tenant: Option<&str>, call: impl FnOnce() -> R) -> (R, AuditRow) {
+fn audited<R>(
+    su: &mut Client,
+    covered: &mut Vec<String>,
+    action: &str,
+    tenant: Option<&str>,
+    call: impl FnOnce() -> R,
+) -> (R, AuditRow) {
     let before = audit_rows(su);
     let result = call();
     let row = one_new_audit_row(su, &before, action, tenant);
@@ -151,7 +157,9 @@ fn snapshot(su: &mut Client) -> Snapshot {
         snap.insert(("multitenancy.tenants".into(), row.get(0)), (1, row.get(1)));
     }
     if relation_exists(su, "public.countries") {
-        let row = su.query_one("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM countries t", &[]).unwrap();
+        let row = su
+            .query_one("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM countries t", &[])
+            .unwrap();
         snap.insert(("countries".into(), "-".into()), (row.get(0), row.get(1)));
     }
     snap
@@ -246,8 +254,13 @@ fn table_digest(su: &mut Client, table: &str) -> (i64, Option<String>) {
     (row.get(0), row.get(1))
 }
 
-const REGISTRY: [&str; 5] =
-    ["multitenancy.tenants", "multitenancy.members", "multitenancy.domains", "multitenancy.audit_log", "multitenancy.plans"];
+const REGISTRY: [&str; 5] = [
+    "multitenancy.tenants",
+    "multitenancy.members",
+    "multitenancy.domains",
+    "multitenancy.audit_log",
+    "multitenancy.plans",
+];
 
 fn registry_digest(su: &mut Client) -> Vec<(i64, Option<String>)> {
     REGISTRY.iter().map(|t| table_digest(su, t)).collect()
@@ -283,7 +296,11 @@ fn a_suspended_tenant_is_refused_and_activate_restores_it() {
     {
         let mut tx = app.transaction().unwrap();
         tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{}'", o.b)).unwrap();
-        refused(tx.query_one("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, &["suspended"]);
+        refused(
+            tx.query_one("SELECT count(*) FROM orders", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            &["suspended"],
+        );
     }
     // The data is kept, and acme is unaffected.
     assert_eq!(o.true_count(&o.b), o.rows_b, "ground truth: a suspended tenant's rows are kept");
@@ -332,7 +349,11 @@ fn a_session_level_context_stops_working_in_the_next_transaction_after_suspensio
     // The next transaction (explicit or not) fails.
     {
         let mut tx = app.transaction().unwrap();
-        refused(tx.query_one("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, &["suspended"]);
+        refused(
+            tx.query_one("SELECT count(*) FROM orders", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            &["suspended"],
+        );
     }
     refused(
         app.query_one("SELECT multitenancy.current_tenant_id()", &[]),
@@ -373,7 +394,11 @@ fn delete_is_soft_refuses_the_context_and_activate_undoes_it() {
     {
         let mut tx = app.transaction().unwrap();
         tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{}'", o.b)).unwrap();
-        refused(tx.query_one("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, &["deleted"]);
+        refused(
+            tx.query_one("SELECT count(*) FROM orders", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            &["deleted"],
+        );
     }
     refused(
         su.execute("SELECT multitenancy.tenant_delete('globex')", &[]),
@@ -450,7 +475,11 @@ fn purge_removes_every_row_of_the_tenant_and_nothing_of_the_others() {
     let before = snapshot(&mut su);
     // Ground truth: every tenant has rows everywhere (so "zero" and "unchanged" mean something).
     for (slug, id) in &w.tenants {
-        for table in enabled.iter().map(String::as_str).chain(["multitenancy.members", "multitenancy.domains", "multitenancy.audit_log"]) {
+        for table in enabled.iter().map(String::as_str).chain([
+            "multitenancy.members",
+            "multitenancy.domains",
+            "multitenancy.audit_log",
+        ]) {
             assert!(rows_in(&before, table, id) > 0, "ground truth: {slug} has rows in {table}");
         }
     }
@@ -469,7 +498,11 @@ fn purge_removes_every_row_of_the_tenant_and_nothing_of_the_others() {
         let left = count(&mut su, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{b}'"));
         assert_eq!(left, 0, "{table} still has {left} row(s) of the purged tenant");
     }
-    assert_eq!(count(&mut su, &format!("SELECT count(*) FROM multitenancy.tenants WHERE id = '{b}'")), 0, "the tenant row is gone");
+    assert_eq!(
+        count(&mut su, &format!("SELECT count(*) FROM multitenancy.tenants WHERE id = '{b}'")),
+        0,
+        "the tenant row is gone"
+    );
 
     // Every other tenant's rows, the exempt table and the tenant-less audit rows are identical.
     let after = snapshot(&mut su);
@@ -486,7 +519,10 @@ fn purge_removes_every_row_of_the_tenant_and_nothing_of_the_others() {
         "audit rows of the purged tenant are kept (and the purge is one more)"
     );
     let last: String = su
-        .query_one(&format!("SELECT action FROM multitenancy.audit_log WHERE tenant_id = '{b}' ORDER BY id DESC LIMIT 1"), &[])
+        .query_one(
+            &format!("SELECT action FROM multitenancy.audit_log WHERE tenant_id = '{b}' ORDER BY id DESC LIMIT 1"),
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(last, "tenant_purge");
@@ -499,12 +535,20 @@ fn purge_removes_every_row_of_the_tenant_and_nothing_of_the_others() {
     {
         let mut tx = app.transaction().unwrap();
         tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{b}'")).unwrap();
-        refused(tx.query_one("SELECT count(*) FROM projects", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, &["does not exist"]);
+        refused(
+            tx.query_one("SELECT count(*) FROM projects", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            &["does not exist"],
+        );
     }
     for (slug, id) in w.tenants.iter().filter(|(s, _)| s != "globex") {
         let mut tx = begin_as(&mut app, slug);
         for table in &enabled {
-            assert_eq!(count(&mut tx, &format!("SELECT count(*) FROM {table}")), rows_in(&before, table, id), "{slug} in {table}");
+            assert_eq!(
+                count(&mut tx, &format!("SELECT count(*) FROM {table}")),
+                rows_in(&before, table, id),
+                "{slug} in {table}"
+            );
         }
     }
     // A foreign key of the surviving tenants still holds: a task of acme cannot point at nothing.
@@ -525,7 +569,8 @@ fn rename_changes_name_and_slug_and_refuses_a_taken_slug() {
     let mut su = o.db.superuser();
     let mut app = o.db.app();
     let name_slug = |su: &mut Client, id: &str| -> (String, String) {
-        let row = su.query_one("SELECT name, slug FROM multitenancy.tenants WHERE id = $1::text::uuid", &[&id]).unwrap();
+        let row =
+            su.query_one("SELECT name, slug FROM multitenancy.tenants WHERE id = $1::text::uuid", &[&id]).unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!(try_set(&mut app, "acme").unwrap(), o.a, "the old slug is cached in this session");
@@ -655,14 +700,20 @@ fn every_state_changing_call_writes_exactly_one_audit_row() {
     });
     assert_eq!(row.session_role, APP, "the audit row names the session role");
     audited(&mut su, &mut covered, "member_set_role", Some(&a), || {
-        as_user(&mut app, "acme", U_OWNER, &format!("SELECT multitenancy.member_set_role('acme', '{U_MEMBER}', 'admin')"))
-            .unwrap()
+        as_user(
+            &mut app,
+            "acme",
+            U_OWNER,
+            &format!("SELECT multitenancy.member_set_role('acme', '{U_MEMBER}', 'admin')"),
+        )
+        .unwrap()
     });
 
     // Domains and settings, as the owner through the app; verification by an operator who saw the token.
     let (token, _) = audited(&mut su, &mut covered, "domain_add", Some(&a), || {
         let mut tx = begin_as_user(&mut app, "acme", U_OWNER);
-        let token: String = tx.query_one("SELECT multitenancy.domain_add('acme', 'shop.acme.test')", &[]).unwrap().get(0);
+        let token: String =
+            tx.query_one("SELECT multitenancy.domain_add('acme', 'shop.acme.test')", &[]).unwrap().get(0);
         tx.commit().unwrap();
         token
     });
@@ -670,7 +721,10 @@ fn every_state_changing_call_writes_exactly_one_audit_row() {
         dba.execute("SELECT multitenancy.domain_verify('shop.acme.test', $1::text)", &[&token]).unwrap()
     });
     assert_eq!(
-        count(&mut su, "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.acme.test' AND verified_at IS NOT NULL"),
+        count(
+            &mut su,
+            "SELECT count(*) FROM multitenancy.domains WHERE domain = 'shop.acme.test' AND verified_at IS NOT NULL"
+        ),
         1
     );
     audited(&mut su, &mut covered, "setting_set", Some(&a), || {
@@ -767,13 +821,21 @@ fn refused_calls_write_no_audit_row() {
     refused_unaudited(&mut su, "domain_add of another tenant's domain", &unique, &["already"], || {
         as_user(&mut app, "acme", U_OWNER, "SELECT multitenancy.domain_add('acme', 'shop.globex.test')")
     });
-    refused_unaudited(&mut su, "domain_verify with a wrong token", &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, &["token"], || {
-        dba.execute("SELECT multitenancy.domain_verify('shop.globex.test', 'not-the-token')", &[])
-    });
+    refused_unaudited(
+        &mut su,
+        "domain_verify with a wrong token",
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        &["token"],
+        || dba.execute("SELECT multitenancy.domain_verify('shop.globex.test', 'not-the-token')", &[]),
+    );
     // Another tenant's domain is "not found" for acme's owner, as an unknown one is.
-    refused_unaudited(&mut su, "domain_remove by another tenant's owner", &SqlState::UNDEFINED_OBJECT, &["no tenant for host"], || {
-        as_user(&mut app, "acme", U_OWNER, "SELECT multitenancy.domain_remove('shop.globex.test')")
-    });
+    refused_unaudited(
+        &mut su,
+        "domain_remove by another tenant's owner",
+        &SqlState::UNDEFINED_OBJECT,
+        &["no tenant for host"],
+        || as_user(&mut app, "acme", U_OWNER, "SELECT multitenancy.domain_remove('shop.globex.test')"),
+    );
     refused_unaudited(&mut su, "setting_set by a member", &insufficient, DENIED, || {
         as_user(&mut app, "acme", U_MEMBER, "SELECT multitenancy.setting_set('acme', 'color', '\"black\"')")
     });
@@ -798,13 +860,23 @@ fn refused_calls_write_no_audit_row() {
     refused_unaudited(&mut su, "tenant_rename to a taken slug", &unique, &["globex", "already taken"], || {
         dba.execute("SELECT multitenancy.tenant_rename('acme', 'Acme', 'globex')", &[])
     });
-    refused_unaudited(&mut su, "admin_begin by a role outside multitenancy_admin", &insufficient, &["multitenancy_admin"], || {
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT multitenancy.admin_begin('curious')", &[])
-    });
-    refused_unaudited(&mut su, "tenant_suspend by the app (not granted)", &insufficient, &["permission denied"], || {
-        app.execute("SELECT multitenancy.tenant_suspend('acme', 'x')", &[])
-    });
+    refused_unaudited(
+        &mut su,
+        "admin_begin by a role outside multitenancy_admin",
+        &insufficient,
+        &["multitenancy_admin"],
+        || {
+            let mut tx = app.transaction().unwrap();
+            tx.execute("SELECT multitenancy.admin_begin('curious')", &[])
+        },
+    );
+    refused_unaudited(
+        &mut su,
+        "tenant_suspend by the app (not granted)",
+        &insufficient,
+        &["permission denied"],
+        || app.execute("SELECT multitenancy.tenant_suspend('acme', 'x')", &[]),
+    );
 
     assert_eq!(table_digest(&mut su, "multitenancy.members"), members_before, "no member changed");
     assert_eq!(table_digest(&mut su, "multitenancy.tenants"), tenants_before, "no tenant changed");
@@ -835,16 +907,32 @@ fn the_audit_log_is_append_only_for_the_app_and_owner_roles() {
     for (who, mut client) in [(APP, o.db.app()), (OWNER, o.db.owner())] {
         for statement in &statements {
             // Without a context.
-            refused(client.batch_execute(statement), &SqlState::INSUFFICIENT_PRIVILEGE, &["permission denied", "append-only"]);
+            refused(
+                client.batch_execute(statement),
+                &SqlState::INSUFFICIENT_PRIVILEGE,
+                &["permission denied", "append-only"],
+            );
             // With acme's context, where the rows are visible (positive control).
             let mut tx = begin_as(&mut client, "acme");
-            assert_eq!(count(&mut tx, "SELECT count(*) FROM multitenancy.audit_log"), acme_rows, "{who} sees acme's audit rows");
-            refused(tx.batch_execute(statement), &SqlState::INSUFFICIENT_PRIVILEGE, &["permission denied", "append-only"]);
+            assert_eq!(
+                count(&mut tx, "SELECT count(*) FROM multitenancy.audit_log"),
+                acme_rows,
+                "{who} sees acme's audit rows"
+            );
+            refused(
+                tx.batch_execute(statement),
+                &SqlState::INSUFFICIENT_PRIVILEGE,
+                &["permission denied", "append-only"],
+            );
             drop(tx);
             // And as an end user who owns the tenant.
             if who == APP {
                 let mut tx = begin_as_user(&mut client, "acme", U_OWNER);
-                refused(tx.batch_execute(statement), &SqlState::INSUFFICIENT_PRIVILEGE, &["permission denied", "append-only"]);
+                refused(
+                    tx.batch_execute(statement),
+                    &SqlState::INSUFFICIENT_PRIVILEGE,
+                    &["permission denied", "append-only"],
+                );
             }
         }
         assert_eq!(table_digest(&mut su, "multitenancy.audit_log"), before, "{who} changed no audit row");
@@ -890,10 +978,15 @@ fn the_app_sees_only_its_own_tenants_registry_rows() {
     for (slug, own, other) in [("acme", &o.a, &o.b), ("globex", &o.b, &o.a)] {
         let mut tx = begin_as(&mut app, slug);
         for (table, column) in SCOPED {
-            let truth = |su: &mut Client, id: &str| count(su, &format!("SELECT count(*) FROM {table} WHERE {column} = '{id}'"));
+            let truth =
+                |su: &mut Client, id: &str| count(su, &format!("SELECT count(*) FROM {table} WHERE {column} = '{id}'"));
             let (own_truth, other_truth) = (truth(&mut su, own), truth(&mut su, other));
             assert!(own_truth > 0 && other_truth > 0, "ground truth: both tenants have rows in {table}");
-            assert_eq!(count(&mut tx, &format!("SELECT count(*) FROM {table}")), own_truth, "{slug} sees all of its own rows of {table}, and only those");
+            assert_eq!(
+                count(&mut tx, &format!("SELECT count(*) FROM {table}")),
+                own_truth,
+                "{slug} sees all of its own rows of {table}, and only those"
+            );
             assert_eq!(
                 count(&mut tx, &format!("SELECT count(*) FROM {table} WHERE {column} = '{own}'")),
                 own_truth,
@@ -916,7 +1009,11 @@ fn the_app_sees_only_its_own_tenants_registry_rows() {
     {
         let mut tx = begin_as_user(&mut app, "acme", U_MEMBER);
         for (table, column) in SCOPED {
-            assert_eq!(count(&mut tx, &format!("SELECT count(*) FROM {table} WHERE {column} = '{}'", o.b)), 0, "{table}");
+            assert_eq!(
+                count(&mut tx, &format!("SELECT count(*) FROM {table} WHERE {column} = '{}'", o.b)),
+                0,
+                "{table}"
+            );
         }
     }
     // Without a context: no rows (or the no-context error), never all of them.
@@ -929,7 +1026,11 @@ fn the_app_sees_only_its_own_tenants_registry_rows() {
     // The tables registry stays private.
     for table in ["multitenancy.enabled_tables", "multitenancy.exempt_tables"] {
         let mut tx = begin_as(&mut app, "acme");
-        refused(tx.query(&format!("SELECT * FROM {table}"), &[]), &SqlState::INSUFFICIENT_PRIVILEGE, &["permission denied"]);
+        refused(
+            tx.query(&format!("SELECT * FROM {table}"), &[]),
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+            &["permission denied"],
+        );
     }
 }
 

@@ -7,8 +7,8 @@
 //! NOBYPASSRLS, owns nothing) wherever the application would do it. Every refusal is checked
 //! with its SQLSTATE and a message fragment, and next to it the ground truth as superuser (the
 //! member rows exist and are unchanged), with a positive control where one makes sense.
-use multitenancy_integration::*;
 use multitenancy_integration::expect_sqlstate_mentioning as refused;
+use multitenancy_integration::*;
 
 // ---------------------------------------------------------------------------------------------
 // End users (values of multitenancy.user_id). Their order as uuids is the order below.
@@ -49,7 +49,8 @@ fn set_role(tenant: &str, user: &str, role: &str) -> String {
 /// As the DBA (superuser, an operator): add a member, which must work.
 #[track_caller]
 fn dba_add(su: &mut Client, tenant: &str, user: &str, role: &str) {
-    su.execute(&add(tenant, user, role), &[]).unwrap_or_else(|e| panic!("DBA member_add({tenant}, {user}, {role}): {e}"));
+    su.execute(&add(tenant, user, role), &[])
+        .unwrap_or_else(|e| panic!("DBA member_add({tenant}, {user}, {role}): {e}"));
 }
 
 /// Ground truth (as superuser): `(user_id, role, invited_by, joined_at)` of every member of a
@@ -202,7 +203,11 @@ fn a_member_cannot_add_or_change_anyone_but_may_leave() {
     // Having left, its user id no longer gets acme's context.
     let mut tx = app.transaction().unwrap();
     tx.batch_execute(&format!("SET LOCAL multitenancy.user_id = '{U_MEMBER}'")).unwrap();
-    refused(tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, &["not a member"]);
+    refused(
+        tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]),
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        &["not a member"],
+    );
 }
 
 #[test]
@@ -252,11 +257,8 @@ fn the_last_owner_cannot_be_removed_or_demoted() {
 
     // The owner itself, through the application.
     for sql in [remove("acme", U_OWNER), set_role("acme", U_OWNER, "admin"), set_role("acme", U_OWNER, "guest")] {
-        let error = refused(
-            as_user(&mut app, "acme", U_OWNER, &sql),
-            &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            &["owner"],
-        );
+        let error =
+            refused(as_user(&mut app, "acme", U_OWNER, &sql), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, &["owner"]);
         assert_eq!(members_of(&mut su, &a), before, "{sql} ({}): the member row is unchanged", error.message());
     }
     // Not even the DBA.
@@ -284,13 +286,16 @@ fn with_two_owners_one_can_be_demoted_or_removed() {
     // The second owner removes the first.
     as_user(&mut app, "acme", U_NEW, &remove("acme", U_OWNER)).unwrap();
     assert_eq!(role_of(&mut su, &a, U_OWNER), None, "with two owners, one can be removed");
-    let owners: Vec<String> =
-        roles_of(&mut su, &a).into_iter().filter(|(_, r)| r == "owner").map(|(u, _)| u).collect();
+    let owners: Vec<String> = roles_of(&mut su, &a).into_iter().filter(|(_, r)| r == "owner").map(|(u, _)| u).collect();
     assert_eq!(owners, [U_NEW]);
 
     // Now U_NEW is the last owner again.
     let before = members_of(&mut su, &a);
-    refused(as_user(&mut app, "acme", U_NEW, &remove("acme", U_NEW)), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, &["owner"]);
+    refused(
+        as_user(&mut app, "acme", U_NEW, &remove("acme", U_NEW)),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        &["owner"],
+    );
     refused(
         as_user(&mut app, "acme", U_NEW, &set_role("acme", U_NEW, "admin")),
         &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -321,12 +326,17 @@ fn invalid_roles_duplicates_unknown_tenants_and_unknown_members_are_refused() {
         );
         refused(su.execute(&set_role("acme", U_MEMBER, role), &[]), &SqlState::INVALID_PARAMETER_VALUE, &["role"]);
     }
-    let error = refused(su.execute(&add("acme", U_NEW, "superadmin"), &[]), &SqlState::INVALID_PARAMETER_VALUE, &["role"]);
+    let error =
+        refused(su.execute(&add("acme", U_NEW, "superadmin"), &[]), &SqlState::INVALID_PARAMETER_VALUE, &["role"]);
     assert!(error.message().contains("superadmin"), "the message names the bad role: {}", error.message());
 
     // Adding an existing member (whatever the role asked for): 23505, the existing row stays.
     for role in ["member", "admin", "owner"] {
-        refused(su.execute(&add("acme", U_MEMBER, role), &[]), &SqlState::UNIQUE_VIOLATION, &["member", "already", "exists"]);
+        refused(
+            su.execute(&add("acme", U_MEMBER, role), &[]),
+            &SqlState::UNIQUE_VIOLATION,
+            &["member", "already", "exists"],
+        );
         refused(
             as_user(&mut app, "acme", U_OWNER, &add("acme", U_MEMBER, role)),
             &SqlState::UNIQUE_VIOLATION,
@@ -397,14 +407,21 @@ fn is_member_tenant_role_and_has_role_answer_for_the_current_user() {
             .get(0);
         assert!(!no, "U_OWNER2 is globex's owner, not a member of acme");
         // An unknown role name is an error, not false.
-        refused(tx.query_one("SELECT multitenancy.has_role('bogus')", &[]), &SqlState::INVALID_PARAMETER_VALUE, &["bogus"]);
+        refused(
+            tx.query_one("SELECT multitenancy.has_role('bogus')", &[]),
+            &SqlState::INVALID_PARAMETER_VALUE,
+            &["bogus"],
+        );
     }
 
     // With a context but no user id: no role, and has_role is not true for any role.
     {
         let mut tx = begin_as(&mut app, "acme");
         let row = tx
-            .query_one("SELECT multitenancy.tenant_role(), multitenancy.has_role('guest'), multitenancy.has_role('owner')", &[])
+            .query_one(
+                "SELECT multitenancy.tenant_role(), multitenancy.has_role('guest'), multitenancy.has_role('owner')",
+                &[],
+            )
             .unwrap();
         assert_eq!(row.get::<_, Option<String>>(0), None, "tenant_role() without a user id");
         assert_ne!(row.get::<_, Option<bool>>(1), Some(true), "has_role('guest') without a user id");
@@ -516,8 +533,10 @@ fn set_local_context_of_a_non_member_fails_at_the_first_query() {
     assert_eq!(o.true_count(&o.a), o.rows_a, "ground truth: acme has rows");
     let mut app = o.db.app();
 
-    let user_first = format!("SET LOCAL multitenancy.user_id = '{U_STRANGER}'; SET LOCAL multitenancy.tenant_id = '{}'", o.a);
-    let tenant_first = format!("SET LOCAL multitenancy.tenant_id = '{}'; SET LOCAL multitenancy.user_id = '{U_STRANGER}'", o.a);
+    let user_first =
+        format!("SET LOCAL multitenancy.user_id = '{U_STRANGER}'; SET LOCAL multitenancy.tenant_id = '{}'", o.a);
+    let tenant_first =
+        format!("SET LOCAL multitenancy.tenant_id = '{}'; SET LOCAL multitenancy.user_id = '{U_STRANGER}'", o.a);
     for sets in [&user_first, &tenant_first] {
         for query in ["SELECT multitenancy.current_tenant_id()::text", "SELECT count(*)::text FROM orders"] {
             let mut tx = app.transaction().unwrap();
@@ -587,7 +606,8 @@ fn an_application_policy_on_has_role_filters_rows_by_role() {
     // Admins write rows (the policy's USING is also its WITH CHECK).
     {
         let mut tx = begin_as_user(&mut app, "acme", U_ADMIN);
-        tx.batch_execute("INSERT INTO payroll (employee, salary) VALUES ('ann', 100), ('bob', 200), ('cid', 300)").unwrap();
+        tx.batch_execute("INSERT INTO payroll (employee, salary) VALUES ('ann', 100), ('bob', 200), ('cid', 300)")
+            .unwrap();
         tx.commit().unwrap();
         let mut tx = begin_as_user(&mut app, "globex", U_STRANGER);
         tx.batch_execute("INSERT INTO payroll (employee, salary) VALUES ('xi', 10), ('yu', 20)").unwrap();
@@ -673,7 +693,10 @@ fn user_tenants_lists_exactly_the_current_users_tenants_with_roles() {
         let mut tx = app.transaction().unwrap();
         tx.batch_execute(&format!("SET LOCAL multitenancy.user_id = '{user}'")).unwrap();
         let rows = tx
-            .query("SELECT tenant_id::text, slug, name, role, status FROM multitenancy.user_tenants() ORDER BY slug", &[])
+            .query(
+                "SELECT tenant_id::text, slug, name, role, status FROM multitenancy.user_tenants() ORDER BY slug",
+                &[],
+            )
             .unwrap_or_else(|e| panic!("user_tenants() as {user}: {e}"))
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
@@ -736,7 +759,8 @@ fn member_list_is_for_the_tenants_own_context() {
     let listed = |rows: Vec<Row>| -> Vec<(String, String, Option<String>)> {
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
     };
-    const LIST: &str = "SELECT user_id::text, role, invited_by::text FROM multitenancy.member_list($1) ORDER BY user_id";
+    const LIST: &str =
+        "SELECT user_id::text, role, invited_by::text FROM multitenancy.member_list($1) ORDER BY user_id";
     let acme_truth = truth(&mut su, &a);
     assert_eq!(acme_truth.len(), 5, "ground truth: acme has five members");
     let globex_truth = truth(&mut su, &b);
@@ -807,7 +831,8 @@ fn tenant_create_with_a_user_id_makes_that_user_the_owner() {
         );
     }
     assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.tenants WHERE slug = 'hooli'"), 0);
-    su.batch_execute(&format!("GRANT EXECUTE ON FUNCTION multitenancy.tenant_create(text, text, text) TO {APP}")).unwrap();
+    su.batch_execute(&format!("GRANT EXECUTE ON FUNCTION multitenancy.tenant_create(text, text, text) TO {APP}"))
+        .unwrap();
     let hooli: String = {
         let mut tx = app.transaction().unwrap();
         tx.batch_execute(&format!("SET LOCAL multitenancy.user_id = '{U_OWNER2}'")).unwrap();
@@ -863,7 +888,10 @@ fn two_owners_leaving_at_once_leave_one_owner() {
     };
     // Let the second session reach the lock before the first commits.
     let waiting = |su: &mut Client| {
-        count(su, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%member_remove%'")
+        count(
+            su,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%member_remove%'",
+        )
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while waiting(&mut su) == 0 {
@@ -872,7 +900,6 @@ fn two_owners_leaving_at_once_leave_one_owner() {
     }
     tx.commit().unwrap();
     refused(second.join().unwrap(), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, &["last owner"]);
-    let owners: Vec<String> =
-        roles_of(&mut su, &a).into_iter().filter(|(_, r)| r == "owner").map(|(u, _)| u).collect();
+    let owners: Vec<String> = roles_of(&mut su, &a).into_iter().filter(|(_, r)| r == "owner").map(|(u, _)| u).collect();
     assert_eq!(owners, [U_OWNER]);
 }

@@ -101,10 +101,7 @@ fn assert_context_evaluated_once(nodes: &[Value], query: &str) {
     let init_plans: Vec<&Value> = nodes.iter().filter(|n| n["Parent Relationship"] == "InitPlan").collect();
     assert_eq!(init_plans.len(), 1, "{query}: one initPlan reads the context: {nodes:#?}");
     assert_eq!(init_plans[0]["Actual Loops"], 1, "{query}: evaluated once: {:#?}", init_plans[0]);
-    assert!(
-        !nodes.iter().any(|n| n["Parent Relationship"] == "SubPlan"),
-        "{query}: no per-row SubPlan: {nodes:#?}"
-    );
+    assert!(!nodes.iter().any(|n| n["Parent Relationship"] == "SubPlan"), "{query}: no per-row SubPlan: {nodes:#?}");
 }
 
 /// The indexes of `items` whose first column is tenant_id.
@@ -132,7 +129,9 @@ fn tenant_index_scan<'a>(nodes: &'a [Value], indexes: &[String], query: &str) ->
             n["Index Name"].as_str().is_some_and(|name| indexes.iter().any(|i| i == name))
                 && is_tenant_predicate(n["Index Cond"].as_str().unwrap_or_default())
         })
-        .unwrap_or_else(|| panic!("{query}: expected a scan of {indexes:?} with the tenant as index condition: {nodes:#?}"))
+        .unwrap_or_else(|| {
+            panic!("{query}: expected a scan of {indexes:?} with the tenant as index condition: {nodes:#?}")
+        })
 }
 
 #[test]
@@ -150,7 +149,8 @@ fn the_benchmark_workloads_use_a_tenant_index_and_read_the_context_once() {
         .find(|n| n["Node Type"] == "Index Scan" || n["Node Type"] == "Index Only Scan")
         .unwrap_or_else(|| panic!("{point}: expected an index scan: {nodes:#?}"));
     assert_eq!(scan["Actual Rows"], 1, "the row is the tenant's and is found");
-    let tenant_checked = [&scan["Index Cond"], &scan["Filter"]].iter().filter_map(|v| v.as_str()).any(is_tenant_predicate);
+    let tenant_checked =
+        [&scan["Index Cond"], &scan["Filter"]].iter().filter_map(|v| v.as_str()).any(is_tenant_predicate);
     assert!(tenant_checked, "{point}: the tenant predicate applies at the scan: {scan:#}");
 
     // Workload 2: the (tenant_id, created_at) index, read backwards, serves filter and order.
@@ -178,7 +178,11 @@ fn the_benchmark_workloads_use_a_tenant_index_and_read_the_context_once() {
 fn the_context_function_runs_once_per_query_not_once_per_row() {
     let items = items();
     // pg_stat counts C-function calls when track_functions = all (a superuser setting).
-    items.db.superuser().batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {} SET track_functions = 'all'", items.db.name)).unwrap();
+    items
+        .db
+        .superuser()
+        .batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {} SET track_functions = 'all'", items.db.name))
+        .unwrap();
     let mut app = items.db.app();
     let mut tx = begin_as(&mut app, &items.tenant);
     // A filter no index serves: the scan reads every row of the tenant.

@@ -234,7 +234,8 @@ fn repeatable_read_writers_of_two_tables_race_for_the_last_unit() {
 
     let mut first = db.app();
     let first_pid = backend_pid(&mut first);
-    let mut first_tx = first.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    let mut first_tx =
+        first.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
     first_tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
     // The second transaction takes its snapshot now, before the first inserts or commits.
     let mut second = db.app();
@@ -322,7 +323,8 @@ fn sixteen_connections_near_the_limit() {
                         if db_err.message().contains(&expected) {
                             refused += 1;
                         } else {
-                            unexpected.push(format!("53400 with message {:?}, expected {expected:?}", db_err.message()));
+                            unexpected
+                                .push(format!("53400 with message {:?}, expected {expected:?}", db_err.message()));
                         }
                     }
                     _ => unexpected.push(describe(&e)),
@@ -437,7 +439,10 @@ fn tenants_do_not_block_each_other() {
         .collect();
     let failures: Vec<String> =
         workers.into_iter().filter_map(|w| w.join().expect("a worker thread panicked").err()).collect();
-    assert!(failures.is_empty(), "writers of other tenants must not wait for tenant 0's open transaction: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "writers of other tenants must not wait for tenant 0's open transaction: {failures:#?}"
+    );
 
     // They finished while X is still open: the same transaction, still idle in it.
     assert_eq!(

@@ -44,14 +44,16 @@ fn shop(tag: &str, limits: &str) -> Shop {
     let db = TestDb::new(tag);
     let mut su = db.superuser();
     set_plan(&mut su, "small", limits);
-    let a: String = su
-        .query_one("SELECT multitenancy.tenant_create('Acme', 'acme', 'small')::text", &[])
-        .unwrap()
-        .get(0);
+    let a: String =
+        su.query_one("SELECT multitenancy.tenant_create('Acme', 'acme', 'small')::text", &[]).unwrap().get(0);
     let b = db.tenant("Globex", "globex");
     su.execute("SELECT multitenancy.tenant_change_plan('globex', 'small')", &[]).unwrap();
-    let plans: Vec<String> =
-        su.query("SELECT plan FROM multitenancy.tenants ORDER BY slug", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let plans: Vec<String> = su
+        .query("SELECT plan FROM multitenancy.tenants ORDER BY slug", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(plans, ["small", "small"], "ground truth: both tenants are on plan small");
     create_orders(&db);
     db.owner()
@@ -374,7 +376,14 @@ fn the_statements_of_one_transaction_count_against_each_other() {
         for i in 0..4 {
             tx.execute("INSERT INTO notes (body) VALUES ($1)", &[&format!("note {i}")]).unwrap();
         }
-        expect_quota_exceeded(tx.execute("INSERT INTO notes (body) VALUES ('one too many')", &[]), "rows", "acme", 5, 1, 5);
+        expect_quota_exceeded(
+            tx.execute("INSERT INTO notes (body) VALUES ('one too many')", &[]),
+            "rows",
+            "acme",
+            5,
+            1,
+            5,
+        );
         tx.rollback().unwrap();
     }
     // A loop of 1000 single-row statements in one transaction, limit 1000: all fit, one more
@@ -382,14 +391,25 @@ fn the_statements_of_one_transaction_count_against_each_other() {
     quota_set(&mut su, "acme", "rows", Some(1000));
     {
         let mut tx = begin_as(&mut app, "acme");
-        tx.batch_execute("DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$")
-            .unwrap();
-        expect_quota_exceeded(tx.execute("INSERT INTO notes (body) VALUES ('1001')", &[]), "rows", "acme", 1000, 1, 1000);
+        tx.batch_execute(
+            "DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$",
+        )
+        .unwrap();
+        expect_quota_exceeded(
+            tx.execute("INSERT INTO notes (body) VALUES ('1001')", &[]),
+            "rows",
+            "acme",
+            1000,
+            1,
+            1000,
+        );
     }
     {
         let mut tx = begin_as(&mut app, "acme");
-        tx.batch_execute("DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$")
-            .unwrap();
+        tx.batch_execute(
+            "DO $$ BEGIN FOR i IN 2..1000 LOOP INSERT INTO notes (body) VALUES ('n' || i); END LOOP; END $$",
+        )
+        .unwrap();
         tx.commit().unwrap();
     }
     assert_eq!(rows_of(&mut su, "orders", &s.a) + rows_of(&mut su, "notes", &s.a), 1000);
@@ -430,7 +450,14 @@ fn rolled_back_inserts_give_their_capacity_back() {
     // The refused statement inside a savepoint; the transaction goes on.
     {
         let mut sp = tx.savepoint("over").unwrap();
-        expect_quota_exceeded(sp.execute("INSERT INTO orders (item) VALUES ('too many')", &[]), "rows", "acme", 3, 1, 3);
+        expect_quota_exceeded(
+            sp.execute("INSERT INTO orders (item) VALUES ('too many')", &[]),
+            "rows",
+            "acme",
+            3,
+            1,
+            3,
+        );
         sp.rollback().unwrap();
     }
     assert_eq!(check_in(&mut tx, "rows"), (3, Some(3), Some(0)), "the refusal counted nothing");
@@ -446,7 +473,10 @@ fn rolled_back_inserts_give_their_capacity_back() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(items.len(), 3, "ground truth: acme has exactly 3 rows: {items:?}");
-    assert!(items.iter().all(|i| i != "too many" && i != "in a savepoint" && i != "rolled back" && i != "kept"), "{items:?}");
+    assert!(
+        items.iter().all(|i| i != "too many" && i != "in a savepoint" && i != "rolled back" && i != "kept"),
+        "{items:?}"
+    );
     assert!(items.contains(&"after the refusal".to_string()), "{items:?}");
     assert_eq!(totals(&mut su, &s.a).map(|t| t.0), Some(3));
     assert_eq!(check(&mut app, "acme", "rows"), (3, Some(3), Some(0)));
@@ -515,9 +545,8 @@ fn the_bytes_limit_refuses_growing_inserts_and_updates_and_allows_shrinking() {
     assert_eq!(check(&mut app, "acme", "bytes"), (bytes, Some(2 * one), Some(5)));
     {
         let mut tx = begin_as(&mut app, "acme");
-        let row = tx
-            .query_one("SELECT rows, bytes FROM multitenancy.tenant_stats() WHERE table_name IS NULL", &[])
-            .unwrap();
+        let row =
+            tx.query_one("SELECT rows, bytes FROM multitenancy.tenant_stats() WHERE table_name IS NULL", &[]).unwrap();
         assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, bytes), "tenant_stats() totals");
         let row = tx
             .query_one("SELECT rows, bytes FROM multitenancy.tenant_stats() WHERE table_name = 'notes'::regclass", &[])
@@ -580,7 +609,10 @@ fn a_table_rows_limit_refuses_only_that_tables_rows() {
     assert!(error.message().contains("nosuch"), "the 42P01 message names the key: {:?}", error.message());
     // A table that exists but is not tenant-enabled.
     s.db.legacy("CREATE TABLE plain (id int)");
-    expect_sqlstate(su.execute("SELECT multitenancy.quota_set('acme', 'rows:public.plain', 1)", &[]), &SqlState::UNDEFINED_TABLE);
+    expect_sqlstate(
+        su.execute("SELECT multitenancy.quota_set('acme', 'rows:public.plain', 1)", &[]),
+        &SqlState::UNDEFINED_TABLE,
+    );
     for key in ["Bad Key!", "", "1rows", "API_CALLS"] {
         refused(
             su.execute("SELECT multitenancy.quota_set('acme', $1, 1)", &[&key]),
@@ -703,7 +735,14 @@ fn the_members_limit_refuses_a_member_past_it_until_one_leaves() {
     expect_quota_exceeded(su.execute(&member_add("acme", U_THIRD, "member"), &[]), "members", "acme", 2, 1, 2);
     assert_eq!(members_of(&mut su, &s.a), two, "the member rows are unchanged");
     // So is the owner through the application.
-    expect_quota_exceeded(as_user(&mut app, "acme", U_OWNER, &member_add("acme", U_THIRD, "admin")), "members", "acme", 2, 1, 2);
+    expect_quota_exceeded(
+        as_user(&mut app, "acme", U_OWNER, &member_add("acme", U_THIRD, "admin")),
+        "members",
+        "acme",
+        2,
+        1,
+        2,
+    );
     assert_eq!(members_of(&mut su, &s.a), two, "the member rows are unchanged");
     assert_eq!(check(&mut app, "acme", "members"), (2, Some(2), Some(0)));
 
@@ -736,7 +775,14 @@ fn metered_usage_is_counted_per_tenant_and_month_and_refused_past_the_limit() {
 
     assert_eq!(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls')").unwrap(), 1);
     assert_eq!(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls', 4)").unwrap(), 5);
-    expect_quota_exceeded(record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls')"), "api_calls", "acme", 5, 1, 5);
+    expect_quota_exceeded(
+        record(&mut app, "acme", "SELECT multitenancy.usage_record('api_calls')"),
+        "api_calls",
+        "acme",
+        5,
+        1,
+        5,
+    );
 
     // Nothing counted by the refusal; the period is this calendar month (UTC).
     let row = one_as(
@@ -768,7 +814,14 @@ fn metered_usage_is_counted_per_tenant_and_month_and_refused_past_the_limit() {
     // Another tenant's counter is its own.
     assert_eq!(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls')").unwrap(), 1);
     assert_eq!(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls', 4)").unwrap(), 5);
-    expect_quota_exceeded(record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls', 2)"), "api_calls", "globex", 5, 2, 5);
+    expect_quota_exceeded(
+        record(&mut app, "globex", "SELECT multitenancy.usage_record('api_calls', 2)"),
+        "api_calls",
+        "globex",
+        5,
+        2,
+        5,
+    );
     assert_eq!(check(&mut app, "acme", "api_calls"), (5, Some(5), Some(0)), "acme's counter did not move");
 
     // Keys the extension counts itself, and amounts that are not positive.
@@ -793,7 +846,13 @@ fn metered_usage_is_counted_per_tenant_and_month_and_refused_past_the_limit() {
         &["no tenant context"],
     );
     assert_eq!(
-        count(&mut su, &format!("SELECT coalesce(sum(used), 0)::bigint FROM multitenancy.metered_usage WHERE tenant_id = '{}'", s.a)),
+        count(
+            &mut su,
+            &format!(
+                "SELECT coalesce(sum(used), 0)::bigint FROM multitenancy.metered_usage WHERE tenant_id = '{}'",
+                s.a
+            )
+        ),
         5,
         "ground truth: none of the refused calls counted anything"
     );
@@ -804,7 +863,9 @@ fn metered_usage_is_counted_per_tenant_and_month_and_refused_past_the_limit() {
 
     // tenant_stats().usage lists this month's counters.
     let usage: serde_json::Value =
-        one_as(&mut app, "acme", "SELECT usage FROM multitenancy.tenant_stats() WHERE table_name IS NULL").unwrap().get(0);
+        one_as(&mut app, "acme", "SELECT usage FROM multitenancy.tenant_stats() WHERE table_name IS NULL")
+            .unwrap()
+            .get(0);
     assert_eq!(usage, serde_json::json!({"api_calls": 5, "emails_sent": 1000}));
     let usage: serde_json::Value = su
         .query_one("SELECT usage FROM multitenancy.tenant_stats() WHERE slug = 'globex' AND table_name IS NULL", &[])
@@ -885,10 +946,16 @@ fn the_app_cannot_manage_quotas_or_write_usage_and_sees_only_its_own_tenant() {
     for (slug, own, other) in [("acme", &s.a, &s.b), ("globex", &s.b, &s.a)] {
         let mut tx = begin_as(&mut app, slug);
         for table in USAGE {
-            let truth = |su: &mut Client, id: &str| count(su, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{id}'"));
+            let truth = |su: &mut Client, id: &str| {
+                count(su, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{id}'"))
+            };
             let (own_truth, other_truth) = (truth(&mut su, own), truth(&mut su, other));
             assert!(own_truth > 0 && other_truth > 0, "ground truth: both tenants have rows in {table}");
-            assert_eq!(count(&mut tx, &format!("SELECT count(*) FROM {table}")), own_truth, "{slug} sees its own rows of {table}, only those");
+            assert_eq!(
+                count(&mut tx, &format!("SELECT count(*) FROM {table}")),
+                own_truth,
+                "{slug} sees its own rows of {table}, only those"
+            );
             assert_eq!(
                 count(&mut tx, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{other}'")),
                 0,
@@ -896,8 +963,12 @@ fn the_app_cannot_manage_quotas_or_write_usage_and_sees_only_its_own_tenant() {
             );
         }
         // tenant_stats() likewise.
-        let slugs: Vec<String> =
-            tx.query("SELECT DISTINCT slug FROM multitenancy.tenant_stats()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        let slugs: Vec<String> = tx
+            .query("SELECT DISTINCT slug FROM multitenancy.tenant_stats()", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         assert_eq!(slugs, [slug], "tenant_stats() as {APP} shows its context tenant only");
         tx.commit().unwrap();
     }
@@ -917,7 +988,9 @@ fn the_app_cannot_manage_quotas_or_write_usage_and_sees_only_its_own_tenant() {
     }
     match app.query("SELECT * FROM multitenancy.tenant_stats()", &[]) {
         Ok(rows) => assert!(rows.is_empty(), "tenant_stats() without a context shows nothing"),
-        Err(e) => assert_eq!(db_error(&e).code(), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, "tenant_stats(): {e}"),
+        Err(e) => {
+            assert_eq!(db_error(&e).code(), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION, "tenant_stats(): {e}")
+        }
     }
 
     // Positive control: the DBA's quota_set and quota_reset work, one audit row each.
@@ -932,7 +1005,10 @@ fn the_app_cannot_manage_quotas_or_write_usage_and_sees_only_its_own_tenant() {
     su.execute("SELECT multitenancy.quota_reset('acme', 'rows')", &[]).unwrap();
     one_new_audit_row(&mut su, &before, "quota_reset", &s.a);
     assert_eq!(
-        count(&mut su, &format!("SELECT count(*) FROM multitenancy.quotas WHERE tenant_id = '{}' AND key = 'rows'", s.a)),
+        count(
+            &mut su,
+            &format!("SELECT count(*) FROM multitenancy.quotas WHERE tenant_id = '{}' AND key = 'rows'", s.a)
+        ),
         0
     );
 }
@@ -1044,7 +1120,11 @@ fn the_guard_keeps_the_counting_triggers_and_recompute_repairs_what_went_uncount
         "ALTER TRIGGER multitenancy_usage_statement ON orders RENAME TO counting",
     ] {
         expect_refused(owner.batch_execute(sql), "orders");
-        assert_eq!(usage_triggers(&mut su, "orders"), BOTH_TRIGGERS_ON, "{sql} as the owner: the triggers are still there, enabled");
+        assert_eq!(
+            usage_triggers(&mut su, "orders"),
+            BOTH_TRIGGERS_ON,
+            "{sql} as the owner: the triggers are still there, enabled"
+        );
     }
     // The counting still works.
     add_orders(&mut app, "acme", 1).unwrap();
@@ -1060,7 +1140,10 @@ fn the_guard_keeps_the_counting_triggers_and_recompute_repairs_what_went_uncount
     assert_eq!(truth.0, o.rows_a + 3);
     assert_eq!(totals(&mut su, &o.a).map(|t| t.0), Some(o.rows_a + 1), "the two rows went uncounted");
     let drift: Vec<(String, Option<String>, i64, i64)> = su
-        .query("SELECT tenant_id::text, table_name::text, rows_counted, rows_actual FROM multitenancy.usage_drift()", &[])
+        .query(
+            "SELECT tenant_id::text, table_name::text, rows_counted, rows_actual FROM multitenancy.usage_drift()",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
@@ -1099,7 +1182,10 @@ fn partitions_are_counted_separately_and_limited_together() {
              GRANT SELECT, INSERT, DELETE ON events, events_eu, events_us TO {APP};"
         ))
         .unwrap();
-    assert!(is_enabled(&mut su, "events_eu") && is_enabled(&mut su, "events_us"), "precondition: the partitions are enabled");
+    assert!(
+        is_enabled(&mut su, "events_eu") && is_enabled(&mut su, "events_us"),
+        "precondition: the partitions are enabled"
+    );
     let mut app = db.app();
 
     run_as(&mut app, "acme", "INSERT INTO events VALUES (1, 'eu', 'a'), (2, 'eu', 'b'), (3, 'us', 'c')").unwrap();
@@ -1108,9 +1194,15 @@ fn partitions_are_counted_separately_and_limited_together() {
     // One counter per partition, none for the parent.
     let (eu_a, us_a) = (actual(&mut su, "events_eu", &a), actual(&mut su, "events_us", &a));
     assert_eq!((eu_a.0, us_a.0), (2, 1), "ground truth");
-    assert_eq!(per_table(&mut su, &a), [("events_eu".to_string(), eu_a.0, eu_a.1), ("events_us".to_string(), us_a.0, us_a.1)]);
+    assert_eq!(
+        per_table(&mut su, &a),
+        [("events_eu".to_string(), eu_a.0, eu_a.1), ("events_us".to_string(), us_a.0, us_a.1)]
+    );
     let (eu_b, us_b) = (actual(&mut su, "events_eu", &b), actual(&mut su, "events_us", &b));
-    assert_eq!(per_table(&mut su, &b), [("events_eu".to_string(), eu_b.0, eu_b.1), ("events_us".to_string(), us_b.0, us_b.1)]);
+    assert_eq!(
+        per_table(&mut su, &b),
+        [("events_eu".to_string(), eu_b.0, eu_b.1), ("events_us".to_string(), us_b.0, us_b.1)]
+    );
     assert_eq!(totals(&mut su, &a), Some(actual(&mut su, "events", &a)));
     assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.table_usage WHERE relid = 'events'::regclass"), 0);
 
@@ -1172,14 +1264,17 @@ fn tenant_purge_leaves_no_counters_quotas_or_metered_usage() {
         quota_set(&mut su, slug, "rows:public.orders", Some(20));
     }
     const USAGE: [&str; 3] = ["multitenancy.table_usage", "multitenancy.quotas", "multitenancy.metered_usage"];
-    let rows = |su: &mut Client, table: &str, id: &str| count(su, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{id}'"));
+    let rows = |su: &mut Client, table: &str, id: &str| {
+        count(su, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{id}'"))
+    };
     for table in USAGE {
         assert!(rows(&mut su, table, &s.a) > 0, "ground truth: acme has rows in {table} before the purge");
     }
     let globex_before = USAGE.map(|t| rows(&mut su, t, &s.b));
 
     su.execute("SELECT multitenancy.tenant_delete('acme')", &[]).unwrap();
-    let purged: i64 = su.query_one("SELECT multitenancy.tenant_purge('acme', confirm_slug => 'acme')", &[]).unwrap().get(0);
+    let purged: i64 =
+        su.query_one("SELECT multitenancy.tenant_purge('acme', confirm_slug => 'acme')", &[]).unwrap().get(0);
     assert_eq!(purged, 5, "tenant_purge deleted acme's 3 orders and 2 notes");
 
     for table in USAGE {

@@ -20,11 +20,8 @@ fn unix_now() -> i64 {
 
 /// A JWT (HS256) minted the way an application backend would with any JWT library.
 fn jwt(secret: &[u8], header: &Value, claims: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
     mac.update(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
@@ -75,7 +72,8 @@ fn refused_without_access(app: &mut Client, attempt: &str, fragment: &str) {
     assert!(error.message().contains(fragment), "{attempt}: expected {fragment:?} in {:?}", error.message());
     assert!(error.hint().is_some_and(|h| !h.is_empty()), "{attempt}: a hint");
     tx.batch_execute("ROLLBACK TO SAVEPOINT attempt").unwrap();
-    let error = expect_sqlstate(tx.query("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    let error =
+        expect_sqlstate(tx.query("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
     assert!(error.message().contains("no signed tenant context"), "after {attempt}: {:?}", error.message());
 }
 
@@ -132,10 +130,8 @@ fn require_signed_accepts_only_a_verified_context() {
     let (own, foreign) = seen_with(&mut app, &token(&o.db, "acme"), &o.b);
     assert_eq!((own, foreign), (o.rows_a, 0));
     let mut tx = app.transaction().unwrap();
-    let id: String = tx
-        .query_one("SELECT multitenancy.tenant_set_signed($1)::text", &[&token(&o.db, "acme")])
-        .unwrap()
-        .get(0);
+    let id: String =
+        tx.query_one("SELECT multitenancy.tenant_set_signed($1)::text", &[&token(&o.db, "acme")]).unwrap().get(0);
     assert_eq!(id, o.a);
     // The plain setting changes nothing once a signed context is set.
     tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{b}'")).unwrap();
@@ -155,7 +151,11 @@ fn require_signed_accepts_only_a_verified_context() {
     )
     .unwrap();
     let plan = |tx: &mut Transaction, sql: &str| -> String {
-        tx.query(&format!("EXPLAIN (COSTS OFF) {sql}"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0) + "\n").collect()
+        tx.query(&format!("EXPLAIN (COSTS OFF) {sql}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0) + "\n")
+            .collect()
     };
     let in_worker = "SELECT multitenancy.current_tenant_id()::text";
     assert!(plan(&mut tx, in_worker).contains("Single Copy"), "{}", plan(&mut tx, in_worker));
@@ -221,7 +221,10 @@ fn bad_tokens_give_no_access() {
     assert_eq!(seen_with(&mut app, &once, &o.b), (o.rows_a, 0));
     {
         let mut tx = app.transaction().unwrap();
-        let error = expect_sqlstate(tx.query("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+        let error = expect_sqlstate(
+            tx.query("SELECT count(*) FROM orders", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        );
         assert!(error.message().contains("no signed tenant context"), "{}", error.message());
     }
     refused_without_access(&mut app, &set(&once), "already been used");
@@ -274,9 +277,18 @@ fn keys_rotate_and_retired_keys_are_refused() {
         .collect();
     assert_eq!(listed, vec![("k1".into(), false), ("k2".into(), true)]);
     // Bad key management input changes nothing.
-    expect_sqlstate(su.batch_execute("SELECT multitenancy.signing_key_add('k2', decode(repeat('ef', 32), 'hex'))"), &SqlState::DUPLICATE_OBJECT);
-    expect_sqlstate(su.batch_execute("SELECT multitenancy.signing_key_add('k3', '\\x0102')"), &SqlState::INVALID_PARAMETER_VALUE);
-    expect_sqlstate(su.batch_execute("SELECT multitenancy.signing_key_add('k 3', decode(repeat('ef', 32), 'hex'))"), &SqlState::INVALID_PARAMETER_VALUE);
+    expect_sqlstate(
+        su.batch_execute("SELECT multitenancy.signing_key_add('k2', decode(repeat('ef', 32), 'hex'))"),
+        &SqlState::DUPLICATE_OBJECT,
+    );
+    expect_sqlstate(
+        su.batch_execute("SELECT multitenancy.signing_key_add('k3', '\\x0102')"),
+        &SqlState::INVALID_PARAMETER_VALUE,
+    );
+    expect_sqlstate(
+        su.batch_execute("SELECT multitenancy.signing_key_add('k 3', decode(repeat('ef', 32), 'hex'))"),
+        &SqlState::INVALID_PARAMETER_VALUE,
+    );
     expect_sqlstate(su.batch_execute("SELECT multitenancy.signing_key_retire('nope')"), &SqlState::UNDEFINED_OBJECT);
     assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.signing_keys"), 2);
 }
@@ -298,7 +310,8 @@ fn a_token_carries_the_user() {
     let outsider = jwt(&secret(), &header("k1"), &claims);
     refused_without_access(&mut app, &format!("SELECT multitenancy.tenant_set_signed('{outsider}')"), "not a member");
     su.execute("SELECT multitenancy.member_add('acme', $1::text::uuid, 'member')", &[&user]).unwrap();
-    let token: String = su.query_one("SELECT multitenancy.tenant_token('acme', $1::text::uuid)", &[&user]).unwrap().get(0);
+    let token: String =
+        su.query_one("SELECT multitenancy.tenant_token('acme', $1::text::uuid)", &[&user]).unwrap().get(0);
     let mut tx = app.transaction().unwrap();
     tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&token]).unwrap();
     // The plain user setting is ignored, like the tenant setting.
@@ -375,13 +388,16 @@ fn signed_mode_refuses_to_run_without_shared_preload_libraries() {
     tx.execute("INSERT INTO orders (item) VALUES ('x')", &[]).unwrap();
     tx.commit().unwrap();
 
-    su.batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {} SET multitenancy.require_signed = on", db.name)).unwrap();
+    su.batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {} SET multitenancy.require_signed = on", db.name))
+        .unwrap();
     let with_option = format!("{} options='-c multitenancy.require_signed=off'", server.url(&db.name, APP));
     for mut app in [db.app(), Client::connect(&with_option, NoTls).unwrap()] {
         let mut tx = app.transaction().unwrap();
         tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{a}'")).unwrap();
-        let error =
-            expect_sqlstate(tx.query("SELECT count(*) FROM orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+        let error = expect_sqlstate(
+            tx.query("SELECT count(*) FROM orders", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        );
         assert!(error.message().contains("shared_preload_libraries"), "{}", error.message());
     }
     assert_eq!(count(&mut su, "SELECT count(*) FROM orders"), 1, "the row exists");

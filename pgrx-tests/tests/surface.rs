@@ -74,7 +74,10 @@ fn installed_surface(su: &mut Client) -> Surface {
 fn public_surface_matches_the_allowlist() {
     let db = TestDb::new("surface_allowlist");
     let installed = installed_surface(&mut db.superuser());
-    assert!(!installed.public.is_empty(), "ground truth: PUBLIC may execute some functions (current_tenant_id at least)");
+    assert!(
+        !installed.public.is_empty(),
+        "ground truth: PUBLIC may execute some functions (current_tenant_id at least)"
+    );
     assert!(
         installed.public.contains("multitenancy.current_tenant_id()"),
         "ground truth: the row level security policies call current_tenant_id() as every role"
@@ -443,9 +446,8 @@ fn run(client: &mut Client, caller: Caller, sql: &str) -> Outcome {
         return lost(e);
     }
     if caller.context {
-        let set = format!(
-            "SELECT set_config('multitenancy.user_id', '{OWNER_USER}', true), multitenancy.tenant_set('acme')"
-        );
+        let set =
+            format!("SELECT set_config('multitenancy.user_id', '{OWNER_USER}', true), multitenancy.tenant_set('acme')");
         if let Err(e) = client.batch_execute(&set) {
             return match e.as_db_error() {
                 Some(db) => panic!("{caller}: tenant_set('acme') failed before the call: {}", db.message()),
@@ -620,9 +622,8 @@ fn check_call(
     if code.starts_with("XX") {
         fail(Kind::Internal, code, short.clone());
     }
-    let length = error.message().chars().count()
-        + detail.chars().count()
-        + error.hint().map_or(0, |h| h.chars().count());
+    let length =
+        error.message().chars().count() + detail.chars().count() + error.hint().map_or(0, |h| h.chars().count());
     if length >= MAX_ERROR_TEXT {
         fail(Kind::LongMessage, code, format!("[{length} characters] {short}"));
     }

@@ -127,8 +127,11 @@ fn expected_stats(su: &mut Client) -> Vec<Stat> {
         .collect();
     let mut stats = Vec::new();
     for (id, slug) in tenants {
-        let tables: Vec<(&String, &(i64, i64))> =
-            actual.iter().filter(|((tenant, _), _)| tenant == &id).map(|((_, table), counts)| (table, counts)).collect();
+        let tables: Vec<(&String, &(i64, i64))> = actual
+            .iter()
+            .filter(|((tenant, _), _)| tenant == &id)
+            .map(|((_, table), counts)| (table, counts))
+            .collect();
         let members: i64 = su
             .query_one("SELECT count(*) FROM multitenancy.members WHERE tenant_id = $1::text::uuid", &[&id])
             .unwrap()
@@ -245,8 +248,16 @@ fn insert_one_order(app: &mut Client, slug: &str) -> Result<u64, postgres::Error
 #[track_caller]
 fn refused_by_quota<T: std::fmt::Debug>(result: Result<T, postgres::Error>, start: &str) -> DbError {
     let error = expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
-    assert!(error.message().starts_with(start), "expected a message starting with {start:?}, got {:?}", error.message());
-    assert!(error.hint().is_some_and(|h| !h.trim().is_empty()), "expected a hint with the refusal {:?}", error.message());
+    assert!(
+        error.message().starts_with(start),
+        "expected a message starting with {start:?}, got {:?}",
+        error.message()
+    );
+    assert!(
+        error.hint().is_some_and(|h| !h.trim().is_empty()),
+        "expected a hint with the refusal {:?}",
+        error.message()
+    );
     error
 }
 
@@ -389,9 +400,14 @@ fn tenant_stats_matches_the_tables() {
         .unwrap()
         .get(0);
     assert!(compressed, "the 'compressible' value must be stored compressed");
-    let toast: String =
-        su.query_one("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'docs'::regclass", &[]).unwrap().get(0);
-    assert!(count(&mut su, &format!("SELECT count(*) FROM {toast}")) > 0, "some docs values must be stored out of line");
+    let toast: String = su
+        .query_one("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'docs'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        count(&mut su, &format!("SELECT count(*) FROM {toast}")) > 0,
+        "some docs values must be stored out of line"
+    );
     let sizes: Vec<(String, i64)> = su
         .query(
             "SELECT key, multitenancy.row_bytes(d) FROM docs d
@@ -422,7 +438,8 @@ fn tenant_stats_matches_the_tables() {
         ("initech", &ids[2], 2, 0, json!({})),
     ];
     for (slug, id, rows, members, usage) in expected_totals {
-        let total = totals(id).unwrap_or_else(|| panic!("tenant_stats() must have a totals row for {slug}: {stats:#?}"));
+        let total =
+            totals(id).unwrap_or_else(|| panic!("tenant_stats() must have a totals row for {slug}: {stats:#?}"));
         assert_eq!(total.slug, slug);
         assert_eq!(total.rows, rows, "{slug}: rows across orders and docs");
         assert!(total.bytes > 0, "{slug}: bytes");
@@ -528,7 +545,10 @@ fn recompute_repairs_corrupted_counters() {
     .unwrap();
     su.execute("UPDATE multitenancy.table_usage SET byte_count = 1 WHERE tenant_id = $1::text::uuid AND relid = 0::oid::regclass", &[b]).unwrap();
     let deleted = su
-        .execute("DELETE FROM multitenancy.table_usage WHERE tenant_id = $1::text::uuid AND relid = 'docs'::regclass", &[c])
+        .execute(
+            "DELETE FROM multitenancy.table_usage WHERE tenant_id = $1::text::uuid AND relid = 'docs'::regclass",
+            &[c],
+        )
         .unwrap();
     assert_eq!(deleted, 1, "initech had a docs counter to delete");
     su.batch_execute(&format!(
@@ -610,9 +630,18 @@ fn recompute_repairs_corrupted_counters() {
     );
 
     // The refused statements changed nothing; the accepted ones were counted.
-    assert_eq!(count(&mut su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{b}' AND item = 'one more'")), 0);
-    assert_eq!(count(&mut su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{d}' AND item = 'one more'")), 1);
-    assert_eq!(count(&mut su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{a}' AND item = 'one more'")), 1);
+    assert_eq!(
+        count(&mut su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{b}' AND item = 'one more'")),
+        0
+    );
+    assert_eq!(
+        count(&mut su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{d}' AND item = 'one more'")),
+        1
+    );
+    assert_eq!(
+        count(&mut su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{a}' AND item = 'one more'")),
+        1
+    );
     assert_eq!(usage_drift(&mut su), Vec::new(), "usage_drift() must stay empty");
     assert_stats_match(&mut su, "after the quota checks");
 }

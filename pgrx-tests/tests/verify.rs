@@ -31,7 +31,12 @@ fn matching<'a>(problems: &'a [Problem], object: &str, problem: &str) -> Vec<&'a
 /// verify() reports `problem` (`|` separates substrings that must all appear) on `object`,
 /// with `severity` when given, and a fix; returns the matching rows.
 #[track_caller]
-fn assert_reported<'a>(problems: &'a [Problem], severity: Option<&str>, object: &str, problem: &str) -> Vec<&'a Problem> {
+fn assert_reported<'a>(
+    problems: &'a [Problem],
+    severity: Option<&str>,
+    object: &str,
+    problem: &str,
+) -> Vec<&'a Problem> {
     let found = matching(problems, object, problem);
     assert!(!found.is_empty(), "expected verify() to report {problem:?} on {object:?}; it returned {problems:#?}");
     for row in &found {
@@ -110,7 +115,9 @@ fn tables_from_before_the_extension_keep_working_and_are_reported() {
     let mut owner = db.owner();
     owner.execute("INSERT INTO pre_customers VALUES (3, 'three')", &[]).expect("the owner still writes its table");
     owner.execute("UPDATE pre_customers SET name = 'uno' WHERE id = 1", &[]).unwrap();
-    owner.execute("INSERT INTO pre_tenanted VALUES (2, NULL)", &[]).expect("no tenant rule was imposed on an old table");
+    owner
+        .execute("INSERT INTO pre_tenanted VALUES (2, NULL)", &[])
+        .expect("no tenant rule was imposed on an old table");
     assert_eq!(count(&mut owner, "SELECT count(*) FROM pre_customers"), 3, "the owner sees every row, as before");
     for table in ["pre_customers", "pre_empty", "pre_tenanted"] {
         assert!(!is_enabled(&mut su, table), "{table} must not be enabled by CREATE EXTENSION");

@@ -8,8 +8,8 @@ pub mod signed;
 
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::registry::tenants::Role;
 use crate::registry::tenants;
+use crate::registry::tenants::Role;
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -133,9 +133,9 @@ thread_local! {
 /// Follow a claim name through the claims: the name itself, else a dotted path into nested
 /// objects (`app_metadata.tenant_id`).
 fn claim<'a>(claims: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
-    claims.get(name).or_else(|| {
-        name.contains('.').then(|| name.split('.').try_fold(claims, |value, key| value.get(key))).flatten()
-    })
+    claims
+        .get(name)
+        .or_else(|| name.contains('.').then(|| name.split('.').try_fold(claims, |value, key| value.get(key))).flatten())
 }
 
 /// Read tenant and user claims out of a claims value (a JSON object).
@@ -167,18 +167,22 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
     }
     // SAFETY: checked non-NULL above; copied before any SQL runs.
     let value = unsafe { CStr::from_ptr(value) }.to_bytes();
-    let (tenant, user) = CLAIMS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let hit = cache.as_ref().is_some_and(|(v, t, u, _)| {
-            v.as_slice() == value && t.as_slice() == tenant_claim.to_bytes() && u.as_slice() == user_claim.to_bytes()
-        });
-        if !hit {
-            let parsed = parse_claims(value, &tenant_claim.to_string_lossy(), &user_claim.to_string_lossy());
-            *cache = Some((value.to_vec(), tenant_claim.to_bytes().to_vec(), user_claim.to_bytes().to_vec(), parsed));
-        }
-        cache.as_ref().expect("filled above").3.clone()
-    })
-    .map_err(named)?;
+    let (tenant, user) = CLAIMS
+        .with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let hit = cache.as_ref().is_some_and(|(v, t, u, _)| {
+                v.as_slice() == value
+                    && t.as_slice() == tenant_claim.to_bytes()
+                    && u.as_slice() == user_claim.to_bytes()
+            });
+            if !hit {
+                let parsed = parse_claims(value, &tenant_claim.to_string_lossy(), &user_claim.to_string_lossy());
+                *cache =
+                    Some((value.to_vec(), tenant_claim.to_bytes().to_vec(), user_claim.to_bytes().to_vec(), parsed));
+            }
+            cache.as_ref().expect("filled above").3.clone()
+        })
+        .map_err(named)?;
     let tenant = match tenant {
         None => None,
         Some(tenant) => match crate::uuid::parse(&tenant) {
@@ -461,7 +465,10 @@ mod tests {
         let read = |json: &str, tenant: &str, user: &str| parse_claims(json.as_bytes(), tenant, user);
         let both = (Some("acme".to_string()), Some("u1".to_string()));
         assert_eq!(read(r#"{"tenant_id": "acme", "sub": "u1"}"#, "tenant_id", "sub"), Ok(both.clone()));
-        assert_eq!(read(r#"{"app_metadata": {"tenant_id": "acme"}, "sub": "u1"}"#, "app_metadata.tenant_id", "sub"), Ok(both));
+        assert_eq!(
+            read(r#"{"app_metadata": {"tenant_id": "acme"}, "sub": "u1"}"#, "app_metadata.tenant_id", "sub"),
+            Ok(both)
+        );
         // A key that itself contains a dot wins over the path.
         assert_eq!(read(r#"{"a.b": "x", "a": {"b": "y"}}"#, "a.b", ""), Ok((Some("x".into()), None)));
         assert_eq!(read(r#"{"sub": "u1"}"#, "tenant_id", ""), Ok((None, None)), "no user claim asked for");
@@ -523,16 +530,13 @@ mod tests {
         let set = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_set('initech')").unwrap();
         assert_eq!(set, Some(id));
         assert_eq!(current().unwrap(), id);
-        let by_id = Spi::get_one_with_args::<pgrx::Uuid>(
-            "SELECT multitenancy.tenant_set($1)",
-            &[id.to_string().into()],
-        )
-        .unwrap();
+        let by_id =
+            Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_set($1)", &[id.to_string().into()])
+                .unwrap();
         assert_eq!(by_id, Some(id));
-        let local = Spi::get_one::<bool>(
-            "SELECT setting IS NOT NULL FROM pg_settings WHERE name = 'multitenancy.tenant_id'",
-        )
-        .unwrap();
+        let local =
+            Spi::get_one::<bool>("SELECT setting IS NOT NULL FROM pg_settings WHERE name = 'multitenancy.tenant_id'")
+                .unwrap();
         assert_eq!(local, Some(true));
     }
 
@@ -540,8 +544,7 @@ mod tests {
     fn tenant_set_refuses_unknown_and_inactive_tenants() {
         let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Umbrella')").unwrap().unwrap();
         assert!(matches!(set(Some("nobody")), Err(MtError::TenantNotFound { .. })));
-        Spi::run_with_args("UPDATE multitenancy.tenants SET status = 'suspended' WHERE id = $1", &[id.into()])
-            .unwrap();
+        Spi::run_with_args("UPDATE multitenancy.tenants SET status = 'suspended' WHERE id = $1", &[id.into()]).unwrap();
         assert!(matches!(set(Some("umbrella")), Err(MtError::TenantNotActive { .. })));
         assert!(resolve().unwrap().is_none(), "a refused tenant_set must not set a context");
     }

@@ -20,8 +20,8 @@
 //! expires (then the token is refused as expired) and forgets everything when the server
 //! restarts, which is why tokens issued before the table was created are refused.
 use crate::context;
-use crate::gucs;
 use crate::error::{MtError, OrRaise, Result, SpiContext};
+use crate::gucs;
 use crate::registry;
 use crate::registry::tenants;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -174,7 +174,8 @@ unsafe fn leaves_session_state(stmt: *mut pg_sys::Node) -> Option<String> {
                 return (name == "session characteristics")
                     .then(|| "SET SESSION CHARACTERISTICS (session-level transaction defaults)".into());
             }
-            (sets && !session_setting_allowed(&name)).then(|| format!("SET {name} without LOCAL (a session-level setting)"))
+            (sets && !session_setting_allowed(&name))
+                .then(|| format!("SET {name} without LOCAL (a session-level setting)"))
         }
         pg_sys::NodeTag::T_AlterRoleSetStmt | pg_sys::NodeTag::T_AlterDatabaseSetStmt => {
             Some("ALTER ROLE/DATABASE ... SET (a default for every later session)".into())
@@ -209,7 +210,9 @@ unsafe extern "C-unwind" fn process_utility(
     }
     match PREV_PROCESS_UTILITY {
         Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => {
+            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+        }
     }
 }
 
@@ -355,7 +358,9 @@ fn use_once(jti: &str, expires: i64, now: i64) -> Result<()> {
             }
         }
         let outcome = match (used, free) {
-            (true, _) => Err(MtError::BadToken { reason: "it has already been used (a token is good for one transaction)".into() }),
+            (true, _) => Err(MtError::BadToken {
+                reason: "it has already been used (a token is good for one transaction)".into(),
+            }),
             (false, Some(index)) => {
                 slots[index] = Slot { key, expires };
                 Ok(())
@@ -389,9 +394,8 @@ pub fn mac(secret: &[u8], signing_input: &str) -> HmacSha256 {
 }
 
 fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .map_err(|_| bad(format!("its {what} is not base64url")))?;
+    let bytes =
+        URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).map_err(|_| bad(format!("its {what} is not base64url")))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(bad(format!("its {what} is not a JSON object"))),
@@ -457,9 +461,8 @@ fn set_signed(token: &str) -> Result<pgrx::Uuid> {
     if retired {
         return Err(bad(format!("signing key \"{kid}\" is retired")));
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature.trim_end_matches('='))
-        .map_err(|_| bad("its signature is not base64url"))?;
+    let signature =
+        URL_SAFE_NO_PAD.decode(signature.trim_end_matches('=')).map_err(|_| bad("its signature is not base64url"))?;
     // verify_slice compares in constant time.
     mac(&secret, &token[..header.len() + 1 + payload.len()])
         .verify_slice(&signature)
@@ -524,9 +527,12 @@ mod tests {
     }
 
     fn token(ttl: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT multitenancy.tenant_token('signed-co', NULL, $1::interval)", &[ttl.into()])
-            .unwrap()
-            .unwrap()
+        Spi::get_one_with_args::<String>(
+            "SELECT multitenancy.tenant_token('signed-co', NULL, $1::interval)",
+            &[ttl.into()],
+        )
+        .unwrap()
+        .unwrap()
     }
 
     #[pg_test]
@@ -549,8 +555,11 @@ mod tests {
     #[pg_test]
     fn a_signed_context_is_the_tenant_of_the_transaction() {
         let id = setup();
-        let set = Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_set_signed($1)", &[token("1 minute").into()])
-            .unwrap();
+        let set = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT multitenancy.tenant_set_signed($1)",
+            &[token("1 minute").into()],
+        )
+        .unwrap();
         assert_eq!(set, Some(id));
         assert_eq!(context::current().unwrap(), id);
     }

@@ -7,11 +7,11 @@
 //! caller's tables, say) runs as the caller, so PostgreSQL's own ownership checks apply.
 pub mod tenants;
 
-use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::catalog::oid_column;
-use std::collections::HashSet;
+use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::gucs;
 use pgrx::prelude::*;
+use std::collections::HashSet;
 
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
@@ -218,11 +218,8 @@ pub fn record_enabled(relid: pg_sys::Oid) -> Result<()> {
 /// Remove a table from `multitenancy.enabled_tables`.
 pub fn forget_enabled(relid: pg_sys::Oid) -> Result<()> {
     as_owner(|| {
-        Spi::run_with_args(
-            "DELETE FROM multitenancy.enabled_tables WHERE relid = $1::oid::regclass",
-            &[relid.into()],
-        )
-        .ctx("registry::forget_enabled")
+        Spi::run_with_args("DELETE FROM multitenancy.enabled_tables WHERE relid = $1::oid::regclass", &[relid.into()])
+            .ctx("registry::forget_enabled")
     })
 }
 

@@ -445,5 +445,4 @@ mod tests {
         assert!(long.len() <= SLUG_MAX_LEN && !long.ends_with('-'));
         assert!(validate_slug(&long).is_ok());
     }
-
 }

@@ -5,12 +5,12 @@
 //! in the caller's transaction: an error anywhere leaves the table exactly as it was.
 use crate::catalog::{self, Regclass, Relation};
 use crate::error::{notice, warning, MtError, OrRaise, Result, SpiContext};
+use crate::quotas;
+use crate::registry;
+use crate::registry::tenants;
 use crate::tables::busy::Busy;
 use crate::tables::hardening;
-use crate::registry;
-use crate::quotas;
 use crate::tables::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN, TRIGGERS};
-use crate::registry::tenants;
 use pgrx::prelude::*;
 use pgrx::spi::quote_literal;
 
@@ -147,9 +147,8 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
     registry::record_enabled(relid)?;
     // The counting was missing (a table being enabled, or a repair): the counters start from
     // what the table holds. A partitioned table holds nothing itself; its partitions count.
-    let counting_installed = before
-        .iter()
-        .any(|d| matches!(d, Deviation::TriggerMissing { .. } | Deviation::TriggerDiffers { .. }));
+    let counting_installed =
+        before.iter().any(|d| matches!(d, Deviation::TriggerMissing { .. } | Deviation::TriggerDiffers { .. }));
     if counting_installed && rel.kind == pg_sys::RELKIND_RELATION {
         quotas::recount(relid)?;
     }
@@ -167,9 +166,8 @@ pub fn enable(relid: pg_sys::Oid, backfill: Option<pgrx::Uuid>) -> Result<()> {
 /// Build what the spec says is missing.
 fn repair<'a>(rel: &Relation, deviations: impl Iterator<Item = &'a Deviation>) -> Result<()> {
     for deviation in deviations {
-        let statements = deviation
-            .repair_sql(&rel.sql())
-            .ok_or_else(|| MtError::internal("tenant_enable", deviation.describe()))?;
+        let statements =
+            deviation.repair_sql(&rel.sql()).ok_or_else(|| MtError::internal("tenant_enable", deviation.describe()))?;
         for statement in statements {
             run(&statement)?;
         }
@@ -248,12 +246,10 @@ pub fn disable(relid: pg_sys::Oid) -> Result<()> {
         run(&trigger.drop_sql(&table))?;
     }
     quotas::forget(relid)?;
-    let other_policies = Spi::get_one_with_args::<i64>(
-        "SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid = $1",
-        &[relid.into()],
-    )
-    .ctx("disable: other policies")?
-    .unwrap_or(0);
+    let other_policies =
+        Spi::get_one_with_args::<i64>("SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid = $1", &[relid.into()])
+            .ctx("disable: other policies")?
+            .unwrap_or(0);
     if other_policies == 0 {
         run(&format!("ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"))?;
     } else {
@@ -341,9 +337,7 @@ mod tests {
     }
 
     fn tenant(name: &str) -> pgrx::Uuid {
-        Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_create($1)", &[name.into()])
-            .unwrap()
-            .unwrap()
+        Spi::get_one_with_args::<pgrx::Uuid>("SELECT multitenancy.tenant_create($1)", &[name.into()]).unwrap().unwrap()
     }
 
     #[pg_test]
@@ -366,7 +360,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(before, after);
-        let indexes = Spi::get_one::<i64>("SELECT count(*) FROM pg_index WHERE indrelid = 'en_basic'::regclass").unwrap();
+        let indexes =
+            Spi::get_one::<i64>("SELECT count(*) FROM pg_index WHERE indrelid = 'en_basic'::regclass").unwrap();
         assert_eq!(indexes, Some(2), "the primary key and UNIQUE (tenant_id, id), which is the tenant index");
         // Without a primary key there is no tenant key: a plain tenant index is built.
         Spi::run("CREATE TABLE en_nokey (body text)").unwrap();
@@ -375,7 +370,10 @@ mod tests {
             "SELECT string_agg(pg_get_indexdef(indexrelid), ';') FROM pg_index WHERE indrelid = 'en_nokey'::regclass",
         )
         .unwrap();
-        assert_eq!(nokey.as_deref(), Some("CREATE INDEX en_nokey_tenant_id_idx ON public.en_nokey USING btree (tenant_id)"));
+        assert_eq!(
+            nokey.as_deref(),
+            Some("CREATE INDEX en_nokey_tenant_id_idx ON public.en_nokey USING btree (tenant_id)")
+        );
     }
 
     #[pg_test]
@@ -387,11 +385,8 @@ mod tests {
         }
         let acme = tenant("Acme");
         enable(oid("en_rows"), Some(acme)).unwrap();
-        let assigned = Spi::get_one_with_args::<i64>(
-            "SELECT count(*) FROM en_rows WHERE tenant_id = $1",
-            &[acme.into()],
-        )
-        .unwrap();
+        let assigned =
+            Spi::get_one_with_args::<i64>("SELECT count(*) FROM en_rows WHERE tenant_id = $1", &[acme.into()]).unwrap();
         assert_eq!(assigned, Some(5));
         let default = Spi::get_one::<String>(
             "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'en_rows'::regclass",
@@ -407,7 +402,7 @@ mod tests {
             "SET LOCAL multitenancy.ddl_guard = off; CREATE TABLE en_reuse (id int, tenant_id uuid); \
              INSERT INTO en_reuse VALUES (1, NULL), (2, NULL); RESET multitenancy.ddl_guard",
         )
-            .unwrap();
+        .unwrap();
         assert!(matches!(
             enable(oid("en_reuse"), None),
             Err(MtError::BackfillRequired { rows: 2, column_exists: true, .. })

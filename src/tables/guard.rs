@@ -14,13 +14,15 @@
 //! The extension's own DDL (`tenant_enable`, hardening) runs with the guard [`Busy`], so it does
 //! not check itself. With `multitenancy.ddl_guard = off` (superusers only) nothing is checked and
 //! every command is logged instead.
-use crate::catalog::{children, is_partition, leaky_view, matview_leak, oid_column, published_tables, MatviewLeak, Relation};
-use crate::tables::busy::{self, ours};
-use crate::tables::enable;
+use crate::catalog::{
+    children, is_partition, leaky_view, matview_leak, oid_column, published_tables, MatviewLeak, Relation,
+};
 use crate::error::{log, notice, MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::tables::hardening;
 use crate::registry;
+use crate::tables::busy::{self, ours};
+use crate::tables::enable;
+use crate::tables::hardening;
 use crate::tables::spec;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -94,7 +96,8 @@ struct Command {
 #[cfg(feature = "pg14")]
 const PUBLICATION_NAMESPACE: &str = "NULL::pg_catalog.oid";
 #[cfg(not(feature = "pg14"))]
-const PUBLICATION_NAMESPACE: &str = "(SELECT n.pnpubid FROM pg_catalog.pg_publication_namespace n WHERE n.oid = c.objid)";
+const PUBLICATION_NAMESPACE: &str =
+    "(SELECT n.pnpubid FROM pg_catalog.pg_publication_namespace n WHERE n.oid = c.objid)";
 
 fn commands() -> Result<Vec<Command>> {
     let sql = format!(
@@ -170,10 +173,11 @@ fn ddl_command_end() -> Result<()> {
         if signed && command.temp {
             return Err(MtError::SignedSessionState {
                 what: format!("{} of temporary object {}", command.tag, command.identity),
-                hint: "In a session that requires signed tenant contexts, a transaction cannot leave objects behind for \
+                hint:
+                    "In a session that requires signed tenant contexts, a transaction cannot leave objects behind for \
                        the next transaction on the same connection (which may be another tenant's, behind a pooler). \
                        Use a common table expression or a tenant-enabled table instead of a temporary object."
-                    .into(),
+                        .into(),
             });
         }
         if let Some(publication) = command.publication {
@@ -341,7 +345,10 @@ fn sql_drop() -> Result<()> {
     }
     if !gucs::ddl_guard() {
         for (kind, identity, _, _) in &dropped {
-            log(format!("multitenancy.ddl_guard is off: DROP {kind} {identity} by {} not checked", registry::session_role()));
+            log(format!(
+                "multitenancy.ddl_guard is off: DROP {kind} {identity} by {} not checked",
+                registry::session_role()
+            ));
         }
         return Ok(());
     }
@@ -425,12 +432,17 @@ mod tests {
         assert_eq!(PENDING.with(|p| p.borrow().len()), 1);
     }
 
-    #[pg_test(error = "refused: ALTER TABLE would leave tenant-enabled table \"public.g_weak\" unprotected: row level security is disabled")]
+    #[pg_test(
+        error = "refused: ALTER TABLE would leave tenant-enabled table \"public.g_weak\" unprotected: row level security is disabled"
+    )]
     fn weakening_an_enabled_table_is_refused() {
-        Spi::run("CREATE TABLE g_weak (id int, tenant_id uuid); ALTER TABLE g_weak DISABLE ROW LEVEL SECURITY").unwrap();
+        Spi::run("CREATE TABLE g_weak (id int, tenant_id uuid); ALTER TABLE g_weak DISABLE ROW LEVEL SECURITY")
+            .unwrap();
     }
 
-    #[pg_test(error = "refused: view \"public.g_view\" reads tenant-enabled table \"public.g_base\" but is not security_invoker")]
+    #[pg_test(
+        error = "refused: view \"public.g_view\" reads tenant-enabled table \"public.g_base\" but is not security_invoker"
+    )]
     fn a_view_that_is_not_security_invoker_is_refused() {
         Spi::run(
             "CREATE TABLE g_base (id int, tenant_id uuid);

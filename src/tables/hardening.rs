@@ -126,9 +126,13 @@ impl Weakness {
             Weakness::Unique { name, constraint: Some(_), .. } => {
                 format!("unique constraint {name} does not include tenant_id")
             }
-            Weakness::Unique { name, constraint: None, .. } => format!("unique index {name} does not include tenant_id"),
+            Weakness::Unique { name, constraint: None, .. } => {
+                format!("unique index {name} does not include tenant_id")
+            }
             Weakness::Exclusion { name, .. } => {
-                format!("exclusion constraint {name} does not include tenant_id WITH = (it compares rows across tenants)")
+                format!(
+                    "exclusion constraint {name} does not include tenant_id WITH = (it compares rows across tenants)"
+                )
             }
             Weakness::TenantKeyMissing { columns } => format!(
                 "no unique constraint on ({TENANT_COLUMN}, {}) for tenant-scoped foreign keys",
@@ -422,20 +426,17 @@ fn unique_index_with_tenant(rel: &Relation, index: pg_sys::Oid, name: &str) -> R
 }
 
 fn unique_constraint_with_tenant(rel: &Relation, constraint: pg_sys::Oid, name: &str) -> Result<String> {
-    let definition = Spi::get_one_with_args::<String>(
-        "SELECT pg_catalog.pg_get_constraintdef($1)",
-        &[constraint.into()],
-    )
-    .ctx("hardening::constraintdef")?
-    .unwrap_or_default();
+    let definition =
+        Spi::get_one_with_args::<String>("SELECT pg_catalog.pg_get_constraintdef($1)", &[constraint.into()])
+            .ctx("hardening::constraintdef")?
+            .unwrap_or_default();
     // "UNIQUE [NULLS NOT DISTINCT ](a, b)[ INCLUDE (...)][ DEFERRABLE ...]": the first '(' opens the key.
-    let open = definition.find('(').filter(|_| definition.starts_with("UNIQUE")).ok_or_else(|| {
-        MtError::CannotHarden {
+    let open =
+        definition.find('(').filter(|_| definition.starts_with("UNIQUE")).ok_or_else(|| MtError::CannotHarden {
             table: rel.display(),
             object: format!("unique constraint {name}"),
             reason: format!("unexpected definition: {definition}"),
-        }
-    })?;
+        })?;
     let (before, after) = definition.split_at(open + 1);
     Ok(format!(
         "ALTER TABLE {} DROP CONSTRAINT {name_q}, ADD CONSTRAINT {name_q} {before}{TENANT_COLUMN}, {after}",
@@ -477,7 +478,8 @@ fn exclusion_with_tenant(rel: &Relation, constraint: pg_sys::Oid, name: &str) ->
     }
     if usable != Some(true) {
         return Err(cannot(
-            "its index method has no operator class for uuid; a superuser can add one with CREATE EXTENSION btree_gist".into(),
+            "its index method has no operator class for uuid; a superuser can add one with CREATE EXTENSION btree_gist"
+                .into(),
         ));
     }
     let (before, after) = definition.split_at(open);
@@ -518,7 +520,10 @@ fn harden_pinned(rel: &Relation, enabled: &HashSet<pg_sys::Oid>) -> Result<Vec<S
                 return Err(MtError::CannotHarden {
                     table: rel.display(),
                     object: format!("the unique key used by foreign key {} of {}", fk.name, fk.table.display()),
-                    reason: format!("{} is not tenant-enabled; enable it first, or drop the foreign key", fk.table.display()),
+                    reason: format!(
+                        "{} is not tenant-enabled; enable it first, or drop the foreign key",
+                        fk.table.display()
+                    ),
                 });
             }
         }

@@ -119,11 +119,19 @@ const DEFAULT_DEPARSED: &str = "multitenancy.current_tenant_id()";
 
 impl PolicySpec {
     fn expression_sql(&self) -> String {
-        if self.tenant_predicate { predicate_sql() } else { "true".to_string() }
+        if self.tenant_predicate {
+            predicate_sql()
+        } else {
+            "true".to_string()
+        }
     }
 
     fn expression_deparsed(&self) -> &'static str {
-        if self.tenant_predicate { PREDICATE_DEPARSED } else { "true" }
+        if self.tenant_predicate {
+            PREDICATE_DEPARSED
+        } else {
+            "true"
+        }
     }
 
     pub fn create_sql(&self, table: &str) -> String {
@@ -144,27 +152,45 @@ impl PolicySpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deviation {
     ColumnMissing,
-    ColumnType { found: String },
+    ColumnType {
+        found: String,
+    },
     ColumnNullable,
-    ColumnDefault { found: Option<String> },
+    ColumnDefault {
+        found: Option<String>,
+    },
     IndexMissing,
     RowSecurityDisabled,
     RowSecurityNotForced,
-    PolicyMissing { policy: &'static str },
-    PolicyDiffers { policy: &'static str },
-    TriggerMissing { trigger: &'static str },
+    PolicyMissing {
+        policy: &'static str,
+    },
+    PolicyDiffers {
+        policy: &'static str,
+    },
+    TriggerMissing {
+        trigger: &'static str,
+    },
     /// Disabled, or not the canonical definition.
-    TriggerDiffers { trigger: &'static str },
+    TriggerDiffers {
+        trigger: &'static str,
+    },
     /// A parent (inheritance or partitioned table) that is not tenant-enabled: a query on it
     /// returns this table's rows of every tenant.
-    ParentNotEnabled { parent: String },
+    ParentNotEnabled {
+        parent: String,
+    },
     /// A rule: its actions run with the owner's rights on every tenant's rows, invisibly to the
     /// application (`DO ALSO INSERT INTO sink`, `DO INSTEAD NOTHING`).
-    Rule { name: String },
+    Rule {
+        name: String,
+    },
     /// A policy of the owner's that passes row values to a function that is not LEAKPROOF.
     /// PostgreSQL orders the quals of all policies by cost, so such a function can run before
     /// the isolation predicate and receive other tenants' rows.
-    LeakyPolicy { name: String },
+    LeakyPolicy {
+        name: String,
+    },
 }
 
 impl Deviation {
@@ -468,7 +494,8 @@ mod tests {
     fn protected_table(name: &str) -> Relation {
         // No primary key: its UNIQUE (tenant_id, id) companion would be a second tenant index.
         // The DDL guard would refuse the tampering these tests do on purpose.
-        Spi::run(&format!("SET LOCAL multitenancy.ddl_guard = off; CREATE TABLE {name} (id bigint, note text)")).unwrap();
+        Spi::run(&format!("SET LOCAL multitenancy.ddl_guard = off; CREATE TABLE {name} (id bigint, note text)"))
+            .unwrap();
         Spi::run(&format!("SELECT multitenancy.tenant_enable('{name}')")).unwrap();
         let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{name}'::regclass::oid")).unwrap().unwrap();
         Relation::lookup(oid).unwrap()
@@ -520,10 +547,7 @@ mod tests {
                 "ALTER POLICY multitenancy_isolation ON {t} USING (true)",
                 Deviation::PolicyDiffers { policy: "multitenancy_isolation" },
             ),
-            (
-                "DROP POLICY multitenancy_access ON {t}",
-                Deviation::PolicyMissing { policy: "multitenancy_access" },
-            ),
+            ("DROP POLICY multitenancy_access ON {t}", Deviation::PolicyMissing { policy: "multitenancy_access" }),
         ];
         for (i, (tamper, expected)) in cases.into_iter().enumerate() {
             let table = format!("spec_tampered_{i}");

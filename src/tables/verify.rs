@@ -9,8 +9,8 @@
 use crate::catalog::{self, oid_column, Relation};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::tables::hardening::{self, Weakness};
 use crate::registry;
+use crate::tables::hardening::{self, Weakness};
 use crate::tables::spec;
 use pgrx::prelude::*;
 
@@ -309,10 +309,9 @@ fn owner_code(rel: &Relation) -> Result<Vec<Finding>> {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
-fn verify() -> TableIterator<
-    'static,
-    (name!(severity, String), name!(object, String), name!(problem, String), name!(fix, String)),
-> {
+fn verify(
+) -> TableIterator<'static, (name!(severity, String), name!(object, String), name!(problem, String), name!(fix, String))>
+{
     let rows = findings().or_raise();
     TableIterator::new(rows.into_iter().map(|f| (f.severity.to_string(), f.object, f.problem, f.fix)))
 }
@@ -350,8 +349,14 @@ mod tests {
         .unwrap();
         let found = findings().unwrap();
         let problems = problems();
-        assert!(problems.iter().any(|p| p.starts_with("error public.v_orders: row level security is not forced")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("public.v_loose: table in a guarded schema is neither")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with("error public.v_orders: row level security is not forced")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("public.v_loose: table in a guarded schema is neither")),
+            "{problems:?}"
+        );
         assert!(problems.iter().any(|p| p.contains("public.v_leak: view is not security_invoker")), "{problems:?}");
         assert!(found.iter().all(|f| !f.fix.is_empty()));
         assert_eq!(found.first().map(|f| f.severity), Some("error"), "errors first");

@@ -17,8 +17,8 @@
 use crate::context::{self, admin};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
-use crate::registry::tenants::Role;
 use crate::registry;
+use crate::registry::tenants::Role;
 use crate::registry::tenants::{self, Tenant};
 use pgrx::prelude::*;
 
@@ -56,7 +56,8 @@ pub fn authorize(tenant: &Tenant, need: Need) -> Result<Role> {
     if is_operator()? {
         return Ok(Role::Owner);
     }
-    let refuse = |reason: String| Err(MtError::NotAuthorized { action: need.action, tenant: tenant.slug.clone(), reason });
+    let refuse =
+        |reason: String| Err(MtError::NotAuthorized { action: need.action, tenant: tenant.slug.clone(), reason });
     if context::resolve()? != Some(tenant.id) {
         return refuse("it is not the tenant of the current context".into());
     }

@@ -49,19 +49,12 @@ mod tests {
 
     #[pg_test]
     fn create_derives_slug_and_refuses_duplicates() {
-        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Acme Corp')")
-            .unwrap()
-            .unwrap();
-        let slug = Spi::get_one_with_args::<String>(
-            "SELECT slug FROM multitenancy.tenants WHERE id = $1",
-            &[id.into()],
-        )
-        .unwrap();
+        let id = Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.tenant_create('Acme Corp')").unwrap().unwrap();
+        let slug =
+            Spi::get_one_with_args::<String>("SELECT slug FROM multitenancy.tenants WHERE id = $1", &[id.into()])
+                .unwrap();
         assert_eq!(slug.as_deref(), Some("acme-corp"));
-        assert!(matches!(
-            create(Some("Acme Corp"), None, Some("free")),
-            Err(MtError::DuplicateSlug { .. })
-        ));
+        assert!(matches!(create(Some("Acme Corp"), None, Some("free")), Err(MtError::DuplicateSlug { .. })));
         assert!(matches!(create(Some("   "), None, Some("free")), Err(MtError::InvalidName { .. })));
         assert!(matches!(create(Some("X"), Some("Bad Slug"), Some("free")), Err(MtError::InvalidSlug { .. })));
         assert!(matches!(create(Some("X"), Some("x"), Some("Gold Plan")), Err(MtError::InvalidPlan { .. })));

@@ -1,10 +1,10 @@
 //! Custom domains of tenants and host-based routing. `tenant_resolve` and the normalisation are
 //! SQL (`sql/bootstrap.sql`, `sql/model.sql`); the changes are authorised here.
-use crate::tenants::access::{self, Need};
 use crate::error::{MtError, NoRowIsNone, OrRaise, Result, SpiContext};
-use crate::registry::tenants::Role;
 use crate::registry;
 use crate::registry::tenants;
+use crate::registry::tenants::Role;
+use crate::tenants::access::{self, Need};
 use pgrx::prelude::*;
 
 fn normalize(domain: Option<&str>) -> Result<String> {
@@ -29,7 +29,11 @@ fn under_base_domain(host: &str) -> Option<String> {
 /// an operator's backend has checked that and called `domain_verify`. Tenant admins may call it.
 /// Hosts under `multitenancy.base_domain` are refused: they route by slug.
 #[pg_extern(volatile, parallel_unsafe)]
-fn domain_add(tenant: Option<&str>, domain: Option<&str>, is_primary: default!(Option<bool>, "false")) -> Option<String> {
+fn domain_add(
+    tenant: Option<&str>,
+    domain: Option<&str>,
+    is_primary: default!(Option<bool>, "false"),
+) -> Option<String> {
     let run = || {
         let is_primary = crate::error::required(is_primary, "is_primary")?;
         let domain = normalize(domain)?;
@@ -71,10 +75,12 @@ fn domain_verify(domain: Option<&str>, token: Option<&str>) {
             });
         }
         let domain = normalize(domain)?;
-        access::change("domain_verify", None, "SELECT multitenancy._domain_verify($1, $2)", &[
-            domain.as_str().into(),
-            crate::error::required(token, "token")?.into(),
-        ])
+        access::change(
+            "domain_verify",
+            None,
+            "SELECT multitenancy._domain_verify($1, $2)",
+            &[domain.as_str().into(), crate::error::required(token, "token")?.into()],
+        )
     };
     run().or_raise();
 }
@@ -100,10 +106,12 @@ fn domain_remove(domain: Option<&str>) {
         }
         let tenant = tenants::lookup(tenants::Key::Id(owner.ok_or_else(not_found)?))?.ok_or_else(not_found)?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "remove domains of" })?;
-        access::change("domain_remove", Some(tenant.id), "SELECT multitenancy._domain_remove($1, $2)", &[
-            domain.as_str().into(),
-            tenant.id.into(),
-        ])
+        access::change(
+            "domain_remove",
+            Some(tenant.id),
+            "SELECT multitenancy._domain_remove($1, $2)",
+            &[domain.as_str().into(), tenant.id.into()],
+        )
     };
     run().or_raise();
 }

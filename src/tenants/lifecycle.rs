@@ -3,10 +3,10 @@
 //! EXECUTE on them from PUBLIC and a DBA grants them. `setting_set` is for tenant admins too.
 //! Each call is one change with one audit row (see `access::change`); the data work is in
 //! `sql/model.sql`.
-use crate::tenants::access::{self, Need};
 use crate::error::{MtError, OrRaise, Result, SpiContext};
-use crate::registry::tenants::Role;
 use crate::registry::tenants;
+use crate::registry::tenants::Role;
+use crate::tenants::access::{self, Need};
 use pgrx::prelude::*;
 
 fn required_text<'a>(value: Option<&'a str>, what: &str, example: &str) -> Result<&'a str> {
@@ -19,7 +19,12 @@ fn required_text<'a>(value: Option<&'a str>, what: &str, example: &str) -> Resul
     }
 }
 
-fn lifecycle(action: &'static str, tenant: Option<&str>, call: &str, extra: Vec<pgrx::datum::DatumWithOid>) -> Result<Option<String>> {
+fn lifecycle(
+    action: &'static str,
+    tenant: Option<&str>,
+    call: &str,
+    extra: Vec<pgrx::datum::DatumWithOid>,
+) -> Result<Option<String>> {
     let tenant = access::tenant(tenant)?;
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![tenant.id.into()];
     args.extend(extra);
@@ -32,7 +37,12 @@ fn lifecycle(action: &'static str, tenant: Option<&str>, call: &str, extra: Vec<
 fn tenant_suspend(tenant: Option<&str>, reason: Option<&str>) {
     let run = || {
         let reason = required_text(reason, "a reason", "'unpaid invoice 2026-11'")?;
-        lifecycle("tenant_suspend", tenant, "SELECT multitenancy._tenant_status($1, 'suspended', $2)", vec![reason.into()])
+        lifecycle(
+            "tenant_suspend",
+            tenant,
+            "SELECT multitenancy._tenant_status($1, 'suspended', $2)",
+            vec![reason.into()],
+        )
     };
     run().or_raise();
 }
@@ -56,7 +66,8 @@ fn tenant_delete(tenant: Option<&str>) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn tenant_purge(tenant: Option<&str>, confirm_slug: Option<&str>) -> i64 {
     let run = || {
-        let rows = lifecycle("tenant_purge", tenant, "SELECT multitenancy._tenant_purge($1, $2)", vec![confirm_slug.into()])?;
+        let rows =
+            lifecycle("tenant_purge", tenant, "SELECT multitenancy._tenant_purge($1, $2)", vec![confirm_slug.into()])?;
         Ok::<_, MtError>(rows.and_then(|r| r.parse().ok()).unwrap_or(0))
     };
     run().or_raise()
@@ -76,16 +87,25 @@ fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) 
         let sql = if delete {
             format!("DELETE FROM {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::tables::spec::TENANT_COLUMN)
         } else {
-            format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE {} OPERATOR(pg_catalog.=) $1", rel.sql(), crate::tables::spec::TENANT_COLUMN)
+            format!(
+                "SELECT pg_catalog.count(*) FROM ONLY {} WHERE {} OPERATOR(pg_catalog.=) $1",
+                rel.sql(),
+                crate::tables::spec::TENANT_COLUMN
+            )
         };
         crate::registry::as_table_owner(rel.oid, || {
             crate::context::with_purge_context(tenant, || {
                 if delete {
                     Spi::connect_mut(|client| {
-                        client.update(&sql, None, &[tenant.into()]).map(|t| t.len() as i64).ctx("lifecycle::purge delete")
+                        client
+                            .update(&sql, None, &[tenant.into()])
+                            .map(|t| t.len() as i64)
+                            .ctx("lifecycle::purge delete")
                     })
                 } else {
-                    Spi::get_one_with_args::<i64>(&sql, &[tenant.into()]).ctx("lifecycle::purge count").map(|n| n.unwrap_or(0))
+                    Spi::get_one_with_args::<i64>(&sql, &[tenant.into()])
+                        .ctx("lifecycle::purge count")
+                        .map(|n| n.unwrap_or(0))
                 }
             })
         })
@@ -101,7 +121,12 @@ fn tenant_rename(tenant: Option<&str>, name: Option<&str>, slug: default!(Option
         if let Some(slug) = slug {
             tenants::validate_slug(slug)?;
         }
-        lifecycle("tenant_rename", tenant, "SELECT multitenancy._tenant_rename($1, $2, $3)", vec![name.into(), slug.into()])
+        lifecycle(
+            "tenant_rename",
+            tenant,
+            "SELECT multitenancy._tenant_rename($1, $2, $3)",
+            vec![name.into(), slug.into()],
+        )
     };
     run().or_raise();
 }
@@ -128,7 +153,12 @@ fn plan_set(
     let run = || {
         let name = crate::error::required(name, "name")?;
         tenants::validate_plan(name)?;
-        access::change("plan_set", None, "SELECT multitenancy._plan_set($1, $2, $3)", &[name.into(), limits.into(), features.into()])
+        access::change(
+            "plan_set",
+            None,
+            "SELECT multitenancy._plan_set($1, $2, $3)",
+            &[name.into(), limits.into(), features.into()],
+        )
     };
     run().or_raise();
 }
@@ -148,11 +178,12 @@ fn setting_set(tenant: Option<&str>, key: Option<&str>, value: Option<pgrx::Json
         }
         let tenant = access::tenant_to_manage(tenant, "change settings of")?;
         access::authorize(&tenant, Need { role: Role::Admin, action: "change settings of" })?;
-        access::change("setting_set", Some(tenant.id), "SELECT multitenancy._setting_set($1, $2, $3)", &[
-            tenant.id.into(),
-            key.into(),
-            value.into(),
-        ])
+        access::change(
+            "setting_set",
+            Some(tenant.id),
+            "SELECT multitenancy._setting_set($1, $2, $3)",
+            &[tenant.id.into(), key.into(), value.into()],
+        )
     };
     run().or_raise();
 }
@@ -166,8 +197,9 @@ fn validate_key(key: &str) -> Result<()> {
     } else {
         Err(MtError::InvalidArgument {
             message: format!("invalid setting key \"{}\"", crate::error::clip(key)),
-            hint: "A key is 1 to 100 characters of a-z, 0-9, '_', '.', ':' and '-', e.g. 'sso' or 'rows:public.orders'."
-                .into(),
+            hint:
+                "A key is 1 to 100 characters of a-z, 0-9, '_', '.', ':' and '-', e.g. 'sso' or 'rows:public.orders'."
+                    .into(),
         })
     }
 }

@@ -2,10 +2,10 @@
 //! the cheap checks applications use in queries and policies (`is_member`, `tenant_role`,
 //! `has_role`). The data changes themselves are SQL functions in `sql/model.sql`, run as the
 //! registry owner after the caller has been authorised here.
-use crate::tenants::access::{self, Need};
 use crate::context;
 use crate::error::{MtError, OrRaise, Result};
 use crate::registry::tenants::{self, parse_role, Role};
+use crate::tenants::access::{self, Need};
 use pgrx::prelude::*;
 
 /// Authorise a membership change and run it. `may_leave`: the change is a removal, which any
