@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: every tier, against real PostgreSQL servers, on Debian 12 as root.
 #
+#   0. lint: cargo fmt --check, clippy -D warnings for every supported major, the one-error-
+#      catalogue rule (scripts/lint.sh)
 #   1. pg_test (unit tests inside PostgreSQL) on PostgreSQL 15 and 17   — cargo pgrx test
 #   2. integration suites (pgrx-tests/) on PostgreSQL 15 and 17: a server started by the tests,
 #      driven by a Postgres client as real roles (non-superuser NOBYPASSRLS app role, owner, DBA)
@@ -35,6 +37,7 @@ run_tier() { # name, command...
     TIERS+=("$name|$status")
 }
 
+run_tier "lint" scripts/lint.sh
 for major in $PG_MAJORS; do
     run_tier "pg_test, PostgreSQL $major" cargo pgrx test "pg$major"
 done
@@ -48,8 +51,8 @@ printf '\n\033[1m%-34s %8s %8s %8s  %s\033[0m\n' "tier" "passed" "failed" "ignor
 failed_any=0
 for i in "${!TIERS[@]}"; do
     name=${TIERS[$i]%|*}; status=${TIERS[$i]##*|}
-    read -r passed failed ignored < <(grep -aE '^test result:' "$LOGS/$i.log" |
-        sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/' |
+    read -r passed failed ignored < <(grep -aE '^(test result:|lint: )' "$LOGS/$i.log" |
+        sed -E 's/.* ([0-9]+) passed[;,] ([0-9]+) failed(; ([0-9]+) ignored)?.*/\1 \2 \4/' |
         awk '{p+=$1; f+=$2; g+=$3} END {print p+0, f+0, g+0}')
     result=ok
     if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then result=FAILED; failed_any=1; fi

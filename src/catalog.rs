@@ -272,6 +272,28 @@ pub fn published_tables(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>
     Ok((name, tables))
 }
 
+/// The attributes of a tuple descriptor, in order (PostgreSQL 18 keeps them behind an accessor).
+///
+/// # Safety
+/// `tupdesc` is a valid tuple descriptor that outlives the iteration.
+pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> impl Iterator<Item = &'a pg_sys::FormData_pg_attribute> {
+    (0..(*tupdesc).natts).map(move |i| attribute(tupdesc, i))
+}
+
+/// # Safety
+/// As [`attributes`]; `i` is below `natts`.
+#[cfg(feature = "pg18")]
+unsafe fn attribute<'a>(tupdesc: pg_sys::TupleDesc, i: i32) -> &'a pg_sys::FormData_pg_attribute {
+    &*pg_sys::TupleDescAttr(tupdesc, i)
+}
+
+/// # Safety
+/// As [`attributes`]; `i` is below `natts`.
+#[cfg(not(feature = "pg18"))]
+unsafe fn attribute<'a>(tupdesc: pg_sys::TupleDesc, i: i32) -> &'a pg_sys::FormData_pg_attribute {
+    &(*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[i as usize]
+}
+
 /// The function-manager record of a version-1 C function (`pg_finfo_<name>`), for the
 /// extension's own C entry points (trigger functions and `row_bytes`).
 pub const FINFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };

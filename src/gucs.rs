@@ -91,123 +91,123 @@ fn define_checked_string(
 }
 
 pub fn init() {
-    // SAFETY: registering custom variables and reserving the prefix, in _PG_init.
+    define_checked_string(
+        TENANT_ID_NAME,
+        c"Tenant of the current transaction (a tenant uuid).",
+        c"Set it per transaction with SET LOCAL multitenancy.tenant_id or multitenancy.tenant_set(). \
+          Row-level security on tenant-enabled tables compares tenant_id with it; empty means no \
+          tenant, and queries on tenant-enabled tables then fail. It cannot be a server, database \
+          or role default, so RESET and DISCARD ALL always leave no tenant.",
+        &TENANT_ID,
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+        check_tenant_id,
+    );
+    define_checked_string(
+        c"multitenancy.user_id",
+        c"End user of the current transaction (a user uuid).",
+        c"Set it per transaction like multitenancy.tenant_id. When it is set, the tenant context is valid \
+          only for tenants the user is a member of, and multitenancy.tenant_role() / has_role() answer \
+          for this user. Like the tenant, it cannot be a server, database, role or connection default.",
+        &USER_ID,
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+        check_user_id,
+    );
+    pgrx::GucRegistry::define_bool_guc(
+        c"multitenancy.require_signed",
+        c"Only a tenant context verified by multitenancy.tenant_set_signed() counts (superuser only).",
+        c"Set it for the application's role: ALTER ROLE app SET multitenancy.require_signed = on. \
+          current_tenant_id() then ignores multitenancy.tenant_id and claims, and tenant_set() is refused. \
+          Needs multitenancy in shared_preload_libraries.",
+        &REQUIRE_SIGNED,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_string_guc(
+        c"multitenancy.claims_setting",
+        c"A setting with JSON claims (request.jwt.claims, hasura.user) that names the tenant and user.",
+        c"When set, the tenant comes from claim multitenancy.claims_tenant and the user from claim \
+          multitenancy.claims_user of that setting, and multitenancy.tenant_id is not used. \
+          PostgREST: ALTER ROLE authenticator SET multitenancy.claims_setting = 'request.jwt.claims'.",
+        &CLAIMS_SETTING,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_string_guc(
+        c"multitenancy.claims_tenant",
+        c"The claim that names the tenant (uuid or slug) in multitenancy.claims_setting.",
+        c"A claim name such as 'tenant_id' or 'x-hasura-tenant-id'; a dotted path such as \
+          'app_metadata.tenant_id' reads a nested object.",
+        &CLAIMS_TENANT,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_string_guc(
+        c"multitenancy.claims_user",
+        c"The claim that names the end user (a uuid) in multitenancy.claims_setting.",
+        c"A claim name such as 'sub' or 'x-hasura-user-id'; empty takes no user from the claims.",
+        &CLAIMS_USER,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    define_checked_string(
+        SIGNED_CONTEXT_NAME,
+        c"The tenant context multitenancy.tenant_set_signed() verified in this transaction.",
+        c"Internal: only tenant_set_signed() sets it, for the current transaction.",
+        &SIGNED_CONTEXT,
+        pg_sys::GucContext::PGC_SUSET,
+        pg_sys::GUC_NO_SHOW_ALL
+            | pg_sys::GUC_SUPERUSER_ONLY
+            | pg_sys::GUC_NOT_IN_SAMPLE
+            | pg_sys::GUC_DISALLOW_IN_FILE
+            | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+        check_signed_context,
+    );
+    pgrx::GucRegistry::define_string_guc(
+        c"multitenancy.base_domain",
+        c"Tenants are reachable at <slug>.<base_domain> (multitenancy.tenant_resolve).",
+        c"A host name such as 'example.com'. A DBA sets it per database: ALTER DATABASE db SET \
+          multitenancy.base_domain = 'example.com'. Empty: only verified custom domains resolve.",
+        &BASE_DOMAIN,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_string_guc(
+        c"multitenancy.guarded_schemas",
+        c"Schemas whose new tables must be tenant-enabled or exempt by the end of their transaction.",
+        c"A comma-separated list of schema names. A DBA sets it per database: ALTER DATABASE db SET \
+          multitenancy.guarded_schemas = 'public, app'. Empty guards no schema.",
+        &GUARDED_SCHEMAS,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_bool_guc(
+        c"multitenancy.ddl_guard",
+        c"Whether the extension's event triggers check DDL (superuser only).",
+        c"Off lets a superuser run maintenance or a restore (PGOPTIONS='-c multitenancy.ddl_guard=off' \
+          pg_restore ...) without the checks; every command that passes unchecked is logged.",
+        &DDL_GUARD,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_int_guc(
+        c"multitenancy.domain_claim_ttl",
+        c"How long an unverified domain claim blocks other tenants from adding the domain (superuser only).",
+        c"After this time, another tenant's domain_add takes the domain over (audited): nobody can hold a \
+          domain they cannot prove is theirs. Default 3 days.",
+        &DOMAIN_CLAIM_TTL,
+        1,
+        i32::MAX,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::UNIT_S,
+    );
+    // Misspelled settings such as multitenancy.tenantid are errors, not silent placeholders.
+    // SAFETY: reserving the prefix in _PG_init, after its settings are defined.
+    #[cfg(not(feature = "pg14"))]
     unsafe {
-        define_checked_string(
-            TENANT_ID_NAME,
-            c"Tenant of the current transaction (a tenant uuid).",
-            c"Set it per transaction with SET LOCAL multitenancy.tenant_id or multitenancy.tenant_set(). \
-              Row-level security on tenant-enabled tables compares tenant_id with it; empty means no \
-              tenant, and queries on tenant-enabled tables then fail. It cannot be a server, database \
-              or role default, so RESET and DISCARD ALL always leave no tenant.",
-            &TENANT_ID,
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
-            check_tenant_id,
-        );
-        define_checked_string(
-            c"multitenancy.user_id",
-            c"End user of the current transaction (a user uuid).",
-            c"Set it per transaction like multitenancy.tenant_id. When it is set, the tenant context is valid \
-              only for tenants the user is a member of, and multitenancy.tenant_role() / has_role() answer \
-              for this user. Like the tenant, it cannot be a server, database, role or connection default.",
-            &USER_ID,
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
-            check_user_id,
-        );
-        pgrx::GucRegistry::define_bool_guc(
-            c"multitenancy.require_signed",
-            c"Only a tenant context verified by multitenancy.tenant_set_signed() counts (superuser only).",
-            c"Set it for the application's role: ALTER ROLE app SET multitenancy.require_signed = on. \
-              current_tenant_id() then ignores multitenancy.tenant_id and claims, and tenant_set() is refused. \
-              Needs multitenancy in shared_preload_libraries.",
-            &REQUIRE_SIGNED,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        pgrx::GucRegistry::define_string_guc(
-            c"multitenancy.claims_setting",
-            c"A setting with JSON claims (request.jwt.claims, hasura.user) that names the tenant and user.",
-            c"When set, the tenant comes from claim multitenancy.claims_tenant and the user from claim \
-              multitenancy.claims_user of that setting, and multitenancy.tenant_id is not used. \
-              PostgREST: ALTER ROLE authenticator SET multitenancy.claims_setting = 'request.jwt.claims'.",
-            &CLAIMS_SETTING,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        pgrx::GucRegistry::define_string_guc(
-            c"multitenancy.claims_tenant",
-            c"The claim that names the tenant (uuid or slug) in multitenancy.claims_setting.",
-            c"A claim name such as 'tenant_id' or 'x-hasura-tenant-id'; a dotted path such as \
-              'app_metadata.tenant_id' reads a nested object.",
-            &CLAIMS_TENANT,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        pgrx::GucRegistry::define_string_guc(
-            c"multitenancy.claims_user",
-            c"The claim that names the end user (a uuid) in multitenancy.claims_setting.",
-            c"A claim name such as 'sub' or 'x-hasura-user-id'; empty takes no user from the claims.",
-            &CLAIMS_USER,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        define_checked_string(
-            SIGNED_CONTEXT_NAME,
-            c"The tenant context multitenancy.tenant_set_signed() verified in this transaction.",
-            c"Internal: only tenant_set_signed() sets it, for the current transaction.",
-            &SIGNED_CONTEXT,
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GUC_NO_SHOW_ALL
-                | pg_sys::GUC_SUPERUSER_ONLY
-                | pg_sys::GUC_NOT_IN_SAMPLE
-                | pg_sys::GUC_DISALLOW_IN_FILE
-                | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
-            check_signed_context,
-        );
-        pgrx::GucRegistry::define_string_guc(
-            c"multitenancy.base_domain",
-            c"Tenants are reachable at <slug>.<base_domain> (multitenancy.tenant_resolve).",
-            c"A host name such as 'example.com'. A DBA sets it per database: ALTER DATABASE db SET \
-              multitenancy.base_domain = 'example.com'. Empty: only verified custom domains resolve.",
-            &BASE_DOMAIN,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        pgrx::GucRegistry::define_string_guc(
-            c"multitenancy.guarded_schemas",
-            c"Schemas whose new tables must be tenant-enabled or exempt by the end of their transaction.",
-            c"A comma-separated list of schema names. A DBA sets it per database: ALTER DATABASE db SET \
-              multitenancy.guarded_schemas = 'public, app'. Empty guards no schema.",
-            &GUARDED_SCHEMAS,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        pgrx::GucRegistry::define_bool_guc(
-            c"multitenancy.ddl_guard",
-            c"Whether the extension's event triggers check DDL (superuser only).",
-            c"Off lets a superuser run maintenance or a restore (PGOPTIONS='-c multitenancy.ddl_guard=off' \
-              pg_restore ...) without the checks; every command that passes unchecked is logged.",
-            &DDL_GUARD,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::default(),
-        );
-        pgrx::GucRegistry::define_int_guc(
-            c"multitenancy.domain_claim_ttl",
-            c"How long an unverified domain claim blocks other tenants from adding the domain (superuser only).",
-            c"After this time, another tenant's domain_add takes the domain over (audited): nobody can hold a \
-              domain they cannot prove is theirs. Default 3 days.",
-            &DOMAIN_CLAIM_TTL,
-            1,
-            i32::MAX,
-            pgrx::GucContext::Suset,
-            pgrx::GucFlags::UNIT_S,
-        );
-        // Misspelled settings such as multitenancy.tenantid are errors, not silent placeholders.
-        #[cfg(not(feature = "pg14"))]
-        pg_sys::MarkGUCPrefixReserved(c"multitenancy".as_ptr());
-    }
+        pg_sys::MarkGUCPrefixReserved(c"multitenancy".as_ptr())
+    };
 }
 
 /// Where a value of `multitenancy.tenant_id` may come from: only the session itself (SET, SET

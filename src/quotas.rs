@@ -215,10 +215,8 @@ unsafe fn value_bytes(attr: &pg_sys::FormData_pg_attribute, value: pg_sys::Datum
 /// # Safety
 /// `values` and `nulls` hold `tupdesc.natts` entries deformed with `tupdesc`.
 unsafe fn deformed_bytes(tupdesc: pg_sys::TupleDesc, values: *const pg_sys::Datum, nulls: *const bool) -> i64 {
-    let natts = (*tupdesc).natts as usize;
-    let attrs = (*tupdesc).attrs.as_slice(natts);
     let mut total = 0;
-    for (i, attr) in attrs.iter().enumerate() {
+    for (i, attr) in crate::catalog::attributes(tupdesc).enumerate() {
         if attr.attisdropped || *nulls.add(i) {
             continue;
         }
@@ -233,8 +231,7 @@ unsafe fn deformed_bytes(tupdesc: pg_sys::TupleDesc, values: *const pg_sys::Datu
 /// # Safety
 /// `tupdesc` is a valid tuple descriptor.
 unsafe fn tenant_attno(tupdesc: pg_sys::TupleDesc) -> Option<usize> {
-    let natts = (*tupdesc).natts as usize;
-    (*tupdesc).attrs.as_slice(natts).iter().position(|attr| {
+    crate::catalog::attributes(tupdesc).position(|attr| {
         !attr.attisdropped
             && attr.atttypid == pg_sys::UUIDOID
             && std::ffi::CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes()
@@ -933,10 +930,11 @@ fn usage_record(key: Option<&str>, amount: default!(Option<i64>, 1)) -> i64 {
     run().or_raise()
 }
 
+/// Used, quota, and for a metered key the current period's start and end.
+type Usage = (Option<i64>, Option<i64>, Option<pgrx::datum::Date>, Option<pgrx::datum::Date>);
+
 /// The current tenant's usage of `key`, as `_usage` reports it.
-fn usage_of(
-    key: Option<&str>,
-) -> Result<(Option<i64>, Option<i64>, Option<pgrx::datum::Date>, Option<pgrx::datum::Date>)> {
+fn usage_of(key: Option<&str>) -> Result<Usage> {
     let key = validate_key(key)?;
     let tenant = crate::context::current()?;
     registry::as_owner(|| {
@@ -973,6 +971,7 @@ fn quota_check(
 /// The current tenant's usage of `key` with its limit and, for a metered key, the current
 /// period (a calendar month, UTC).
 #[pg_extern(stable, parallel_unsafe)]
+#[allow(clippy::type_complexity)] // pgrx spells a table's columns in the signature
 fn usage_get(
     key: Option<&str>,
 ) -> TableIterator<

@@ -53,7 +53,7 @@ fn random_uuid() -> Result<pgrx::Uuid> {
 
 /// Mint a token for `tenant` (and `user`), valid for `ttl_seconds`.
 fn mint(tenant: &str, user: Option<pgrx::Uuid>, ttl_seconds: f64) -> Result<String> {
-    if !(ttl_seconds >= 1.0) {
+    if ttl_seconds.is_nan() || ttl_seconds < 1.0 {
         return Err(MtError::InvalidArgument {
             message: if ttl_seconds.is_nan() {
                 "ttl must not be NULL".into()

@@ -23,9 +23,9 @@ pub fn parse_bytes(text: &[u8]) -> Option<pgrx::Uuid> {
         if digits == 32 {
             return None;
         }
-        bytes[digits / 2] |= if digits % 2 == 0 { nibble << 4 } else { nibble };
+        bytes[digits / 2] |= if digits.is_multiple_of(2) { nibble << 4 } else { nibble };
         digits += 1;
-        if digits % 4 == 0 && digits < 32 && iter.peek() == Some(&&b'-') {
+        if digits.is_multiple_of(4) && digits < 32 && iter.peek() == Some(&&b'-') {
             iter.next();
         }
     }

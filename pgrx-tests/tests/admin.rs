@@ -110,7 +110,7 @@ fn an_admin_role_without_admin_begin_is_isolated_like_the_app() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tenants, [o.a.clone()], "the registry shows only the context tenant");
+    assert_eq!(tenants, std::slice::from_ref(&o.a), "the registry shows only the context tenant");
     assert_eq!(count(&mut o.db.superuser(), "SELECT count(*) FROM multitenancy.tenants"), 2, "ground truth");
     refused(
         tx.execute("INSERT INTO orders (item, tenant_id) VALUES ('forged', $1::text::uuid)", &[&o.b]),

@@ -570,7 +570,7 @@ fn app_role_cannot_touch_the_registry_or_manage_tables() {
         let mut tx = begin_as(&mut app, "acme");
         let seen: Vec<String> =
             tx.query("SELECT id::text FROM multitenancy.tenants", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-        assert_eq!(seen, [o.a.clone()]);
+        assert_eq!(seen, std::slice::from_ref(&o.a));
     }
     expect_sqlstate(app.query("SELECT * FROM multitenancy.enabled_tables", &[]), &denied);
     expect_sqlstate(app.execute("INSERT INTO multitenancy.tenants (slug, name) VALUES ('evil', 'Evil')", &[]), &denied);

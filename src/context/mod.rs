@@ -408,10 +408,7 @@ fn current_tenant_id() -> pgrx::Uuid {
 /// one still raises).
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant_id_or_null() -> Option<pgrx::Uuid> {
-    match resolve().or_raise() {
-        Some(_) => Some(current().or_raise()),
-        None => None,
-    }
+    resolve().or_raise().map(|_| current().or_raise())
 }
 
 /// The end user of the current transaction. Raises 28000 when `multitenancy.user_id` is unset.

@@ -340,7 +340,7 @@ fn use_once(jti: &str, expires: i64, now: i64) -> Result<()> {
     let start = u64::from_le_bytes(digest[16..24].try_into().expect("8 bytes")) as usize % SLOTS;
     // SAFETY: the table lives in shared memory for the life of the server; it is read and
     // written only under LOCK, which is released before anything can raise an error.
-    let outcome = unsafe {
+    unsafe {
         pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let slots = &mut (*USED).slots;
         let mut free = None;
@@ -369,8 +369,7 @@ fn use_once(jti: &str, expires: i64, now: i64) -> Result<()> {
         };
         pg_sys::LWLockRelease(LOCK);
         outcome
-    };
-    outcome
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
