@@ -74,7 +74,7 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
 END
 $$;
 
--- The internal data functions of sql/model.sql run only as the registry owner. The counting
+-- The internal data functions of sql/tenants.sql and its siblings run only as the registry owner. The counting
 -- trigger functions stay executable: whoever runs tenant_enable creates triggers with them (and
 -- they refuse to run other than as triggers).
 DO $$
@@ -128,7 +128,7 @@ ALTER FUNCTION multitenancy.current_tenant_id_or_null() LEAKPROOF;
 ALTER FUNCTION multitenancy._admin_mode() LEAKPROOF;
 
 -- Every session caches the tenants it looks up (tenant_set runs in every transaction); a change
--- to the registry invalidates those caches in all sessions when it commits (src/tenants.rs).
+-- to the registry invalidates those caches in all sessions when it commits (src/registry/tenants.rs).
 -- Row-level: a statement-level trigger is skipped when an INSERT ... RETURNING run through SPI
 -- stops at its row limit (as tenant_create's does). ENABLE ALWAYS: session_replication_role =
 -- replica does not skip them.
@@ -178,7 +178,7 @@ CREATE EVENT TRIGGER multitenancy_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION multitenancy._forget_dropped_tables();
 ALTER EVENT TRIGGER multitenancy_forget_dropped_tables ENABLE ALWAYS;
 
--- The DDL guard (src/guard.rs; its functions _guard_ddl and _guard_drop run as the role doing
+-- The DDL guard (src/tables/guard.rs; its functions _guard_ddl and _guard_drop run as the role doing
 -- the DDL). ENABLE ALWAYS: session_replication_role = replica does not switch them off; only
 -- the superuser-only setting multitenancy.ddl_guard does, and every unchecked command is logged.
 CREATE EVENT TRIGGER multitenancy_guard_ddl ON ddl_command_end

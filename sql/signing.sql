@@ -1,4 +1,4 @@
--- Signing keys (src/signed.rs validates the arguments and audits; these run as the registry owner).
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
 
 CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

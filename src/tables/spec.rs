@@ -43,7 +43,7 @@ pub const POLICIES: [PolicySpec; 2] = [
 
 /// Audited cross-tenant access (`admin_begin`). An IMMUTABLE function the planner folds into a
 /// constant: outside admin mode the predicate plans exactly as `tenant_id = <context>` (one
-/// initPlan, an index condition); see `access.rs` for how plans of the two modes are kept apart.
+/// initPlan, an index condition); see `context/admin.rs` for how plans of the two modes are kept apart.
 pub const ADMIN_SQL: &str = "multitenancy._admin_mode()";
 
 /// A trigger the extension owns on every protected table: the usage counting of quotas.rs.

@@ -1,5 +1,5 @@
 //! Custom domains of tenants and host-based routing. `tenant_resolve` and the normalisation are
-//! SQL (`sql/bootstrap.sql`, `sql/model.sql`); the changes are authorised here.
+//! SQL (`sql/bootstrap.sql`, `sql/domains.sql`); the changes are authorised here.
 use crate::error::{MtError, NoRowIsNone, OrRaise, Result, SpiContext};
 use crate::registry;
 use crate::registry::tenants;

@@ -2,7 +2,7 @@
 //! per-tenant settings. The lifecycle and plan functions are for DBAs: CREATE EXTENSION revokes
 //! EXECUTE on them from PUBLIC and a DBA grants them. `setting_set` is for tenant admins too.
 //! Each call is one change with one audit row (see `access::change`); the data work is in
-//! `sql/model.sql`.
+//! `sql/lifecycle.sql`.
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::registry::tenants;
 use crate::registry::tenants::Role;

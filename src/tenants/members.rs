@@ -1,6 +1,6 @@
 //! Members of a tenant and their roles: `member_add`, `member_remove`, `member_set_role`, and
 //! the cheap checks applications use in queries and policies (`is_member`, `tenant_role`,
-//! `has_role`). The data changes themselves are SQL functions in `sql/model.sql`, run as the
+//! `has_role`). The data changes themselves are SQL functions in `sql/members.sql`, run as the
 //! registry owner after the caller has been authorised here.
 use crate::context;
 use crate::error::{MtError, OrRaise, Result};
