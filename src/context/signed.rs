@@ -441,7 +441,12 @@ fn set_signed(token: &str) -> Result<pgrx::Uuid> {
     if !gucs::preloaded() {
         return Err(MtError::SignedNeedsPreload);
     }
-    session_settings_untouched()?;
+    // A pooled connection shared by tenants is what require_signed protects: without it the
+    // session may choose its tenant anyway, and its own session state is its own business.
+    let shared = gucs::require_signed();
+    if shared {
+        session_settings_untouched()?;
+    }
     let token = token.trim();
     if token.len() > MAX_TOKEN_BYTES {
         return Err(bad(format!("it is longer than {MAX_TOKEN_BYTES} bytes")));
@@ -501,7 +506,9 @@ fn set_signed(token: &str) -> Result<pgrx::Uuid> {
     context::admit(&tenant, user)?;
     // Last, so that a token refused for another reason is not used up.
     use_once(jti, expires.ceil() as i64, now.floor() as i64)?;
-    forget_session_values()?;
+    if shared {
+        forget_session_values()?;
+    }
     context::set_signed(tenant.id, user);
     Ok(tenant.id)
 }
