@@ -16,3 +16,6 @@ done
 unset _major _version_var _dir_var
 # pg_config of a major: pg_config_of 17
 pg_config_of() { local var="PG$1_CONFIG"; printf '%s\n' "${!var}"; }
+# The Python virtualenv of the framework suites (Django, psycopg); pgrx-tests/tests/django.rs
+# reads MT_PYENV with the same default.
+FRAMEWORK_VENV=${MT_PYENV:-/opt/multitenancy-pyenv}

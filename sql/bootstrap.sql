@@ -47,7 +47,12 @@ CREATE TABLE multitenancy.enabled_tables (
     relid       regclass    NOT NULL,
     enabled_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     enabled_by  name        NOT NULL,
-    CONSTRAINT enabled_tables_pkey PRIMARY KEY (relid)
+    -- 'global': the primary key stays as the application made it (ids unique across tenants);
+    -- 'tenant': the primary key is (tenant_id, ...), so natural keys exist once per tenant
+    -- (multitenancy.tenant_key_scope()).
+    key_scope   text        NOT NULL DEFAULT 'global',
+    CONSTRAINT enabled_tables_pkey PRIMARY KEY (relid),
+    CONSTRAINT enabled_tables_key_scope CHECK (key_scope IN ('global', 'tenant'))
 );
 COMMENT ON TABLE multitenancy.enabled_tables IS
     'Tables protected by multitenancy.tenant_enable(). Maintained by the extension; rows are kept by pg_dump.';
@@ -66,6 +71,34 @@ COMMENT ON TABLE multitenancy.exempt_tables IS
     'Global tables (not tenant data), declared with multitenancy.tenant_exempt(). Rows are kept by pg_dump.';
 
 SELECT pg_catalog.pg_extension_config_dump('multitenancy.exempt_tables', '');
+
+-- Name patterns of tables that are global when they are created (framework bookkeeping such as
+-- django_migrations): the DDL guard exempts a new table in a guarded schema whose name matches
+-- (LIKE) one of them. Declared with multitenancy.exempt_pattern(); see sql/tables.sql.
+CREATE TABLE multitenancy.exempt_patterns (
+    pattern     text        NOT NULL,
+    reason      text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by  name        NOT NULL DEFAULT current_user,
+    CONSTRAINT exempt_patterns_pkey PRIMARY KEY (pattern),
+    CONSTRAINT exempt_patterns_reason CHECK (pg_catalog.length(pg_catalog.btrim(reason)) > 0),
+    CONSTRAINT exempt_patterns_pattern CHECK (pg_catalog.length(pattern) BETWEEN 1 AND 200)
+);
+COMMENT ON TABLE multitenancy.exempt_patterns IS
+    'Name patterns of tables declared global before they exist (multitenancy.exempt_pattern()). Rows are kept by pg_dump.';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.exempt_patterns', '');
+
+-- Tenant templates: rows every tenant gets a copy of (multitenancy.tenant_template()), as they
+-- were captured from a table (without tenant_id and generated ids).
+CREATE TABLE multitenancy.templates (
+    relid       regclass    NOT NULL,
+    n           integer     NOT NULL,
+    row_data    jsonb       NOT NULL,
+    CONSTRAINT templates_pkey PRIMARY KEY (relid, n)
+);
+COMMENT ON TABLE multitenancy.templates IS
+    'Rows every tenant gets a copy of when it is created (multitenancy.tenant_template()). Rows are kept by pg_dump.';
+SELECT pg_catalog.pg_extension_config_dump('multitenancy.templates', '');
 
 -- Members of a tenant: end users (multitenancy.user_id) and their role in it.
 CREATE TABLE multitenancy.members (

@@ -105,6 +105,11 @@ REVOKE EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) FROM PUBLI
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_disable(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_exempt(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_unexempt(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_key_scope(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_template(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.template_apply(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern_remove(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.quota_set(text, text, bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 -- The audit lists roles and tables: for DBAs and CI; so do the usage reports, across tenants.
@@ -166,6 +171,11 @@ BEGIN
        AND d.objsubid = 0
        AND d.objid = e.relid::pg_catalog.oid;
     DELETE FROM multitenancy.exempt_tables e
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid = 0
+       AND d.objid = e.relid::pg_catalog.oid;
+    DELETE FROM multitenancy.templates e
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
        AND d.objsubid = 0

@@ -272,6 +272,21 @@ pub fn published_tables(publication: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>
     Ok((name, tables))
 }
 
+/// The primary key of a table: its constraint name and its columns, in key order.
+pub fn primary_key(relid: pg_sys::Oid) -> MtResult<Option<(String, Vec<String>)>> {
+    let row = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT ARRAY[c.conname::text] || pg_catalog.array_agg(a.attname::text ORDER BY k.n) \
+           FROM pg_catalog.pg_constraint c \
+          CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(attnum, n) \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum \
+          WHERE c.conrelid = $1 AND c.contype = 'p' GROUP BY c.conname",
+        &[relid.into()],
+    )
+    .no_row_is_none()
+    .ctx("catalog::primary_key")?;
+    Ok(row.filter(|names| !names.is_empty()).map(|mut names| (names.remove(0), names)))
+}
+
 /// The attributes of a tuple descriptor, in order (PostgreSQL 18 keeps them behind an accessor).
 ///
 /// # Safety

@@ -13,7 +13,8 @@
 //! 5. the capabilities — [`tenants`] (create, members, lifecycle, domains), [`signing`] (keys and
 //!    tokens), [`tables`] (the protected shape, tenant_enable, hardening, the DDL guard,
 //!    verify()), [`quotas`];
-//! 6. wiring — [`xact`] (the transaction callbacks) and this file.
+//! 6. wiring — [`xact`] (the transaction callbacks), [`hooks`] (the utility and parse-analysis
+//!    hooks) and this file.
 //!
 //! Each module's SQL lives in `sql/<capability>.sql` beside it; README's "Development" section
 //! maps capability to Rust, SQL and tests.
@@ -23,6 +24,7 @@ mod catalog;
 mod context;
 mod error;
 mod gucs;
+mod hooks;
 mod quotas;
 mod registry;
 mod signing;
@@ -53,6 +55,7 @@ extension_sql_file!(
     requires = ["tenants", "quotas_counting", current_tenant_id, quotas::_usage_unwritten, quotas::_usage_lock]
 );
 extension_sql_file!("../sql/signing.sql", name = "signing", requires = ["bootstrap"]);
+extension_sql_file!("../sql/tables.sql", name = "tables", requires = ["bootstrap"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 // (sql/bootstrap.sql's registry tables come first; the C trigger functions are declared beside
 // their Rust: quotas.rs and registry/tenants.rs.)
@@ -63,7 +66,7 @@ pub extern "C-unwind" fn _PG_init() {
     context::signed::init();
     context::init();
     gucs::init();
-    context::signed::init_session_guard();
+    hooks::init();
     registry::tenants::init();
     quotas::init();
     xact::init();

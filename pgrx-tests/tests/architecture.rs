@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("context", &["context"]),
     ("access", &["tenants::access"]),
     ("capabilities", &["tenants", "tables", "quotas", "signing"]),
-    ("wiring", &["xact", "lib"]),
+    ("wiring", &["xact", "hooks", "lib"]),
 ];
 
 /// Every module of a source tree: `a.rs` and `a/mod.rs` are `a`, `a/b.rs` is `a::b`; `lib.rs`

@@ -1920,38 +1920,43 @@ mod operator_and_owner {
     }
 
     /// Second review, finding 1: the owner's unique index on an enabled table calls an IMMUTABLE
-    /// function that runs `DROP POLICY multitenancy_isolation` (errors swallowed). During the
-    /// CREATE INDEX's own build the guard refuses the DROP (and the function swallows that); but
-    /// the guard then rebuilds the index as (tenant_id, evil(id)) with the table left to the
+    /// function that runs `DROP POLICY multitenancy_isolation` (errors swallowed). When the
+    /// guard rebuilds such an index as (tenant_id, evil(id)) — here after any later DDL on the
+    /// table, the index having been made global with the guard off — the table is left to the
     /// extension, and before the fix nothing looked at the table afterwards: the DROP went
     /// through, only the permissive policy was left, and tenant A read every tenant's rows. Now
-    /// the table is checked again after the rebuild: the CREATE INDEX is refused (42501, naming
-    /// the missing policy) and changes nothing.
+    /// the table is checked again after the rebuild: the DDL is refused (42501, naming the
+    /// missing policy) and changes nothing. (A CREATE UNIQUE INDEX by the owner is built with
+    /// tenant_id from the start since issue 17, so it opens no rebuild window: its DROP is
+    /// refused by the guard at once, see the positive control.)
     ///
-    /// Without the fix the CREATE INDEX succeeds: the isolation policy is gone (pg_policy), the
+    /// Without the fix the COMMENT succeeds: the isolation policy is gone (pg_policy), the
     /// snapshot differs, `assert_isolated` sees B's rows in A's context, and `refused` fails.
     #[test]
     fn an_index_expression_cannot_drop_the_isolation_policy_during_the_guards_rebuild() {
         let o = Orders::new("attack_index_rebuild");
         let mut su = o.db.superuser();
-        let before = table_snapshot(&mut su, "orders");
         let mut owner = o.db.owner();
-        owner.batch_execute(&evil_functions("public.orders", true)).unwrap();
-        let created = owner.batch_execute("CREATE UNIQUE INDEX orders_evil ON orders (public.evil(id))");
+        owner.batch_execute(&evil_functions("public.orders", false)).unwrap();
+        o.db.unguarded("CREATE UNIQUE INDEX orders_evil ON orders (public.evil(id))");
+        owner.batch_execute(&evil_v("public.orders", true)).unwrap();
+        let before = table_snapshot(&mut su, "orders");
+        let created = owner.batch_execute("COMMENT ON TABLE orders IS 'orders of every tenant'");
 
         assert!(has_isolation_policy(&mut su, "orders"), "orders must keep its policy multitenancy_isolation");
-        assert_eq!(table_snapshot(&mut su, "orders"), before, "the refused CREATE INDEX changed nothing on orders");
+        assert_eq!(table_snapshot(&mut su, "orders"), before, "the refused DDL changed nothing on orders");
         assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", o.a.as_str()), ("globex", o.b.as_str())]);
-        let error = refused("CREATE UNIQUE INDEX orders_evil ON orders (evil(id))", created, PRIVILEGE);
+        let error = refused("COMMENT ON TABLE orders (the guard rebuilds orders_evil)", created, PRIVILEGE);
         assert!(
             error.message().contains("public.orders") && error.message().contains("multitenancy_isolation"),
             "the refusal names the table and the policy its index expression dropped: {:?}",
             error.message()
         );
 
-        // Positive control: the same index over a harmless function is accepted, and hardened to
-        // (tenant_id, evil(id)) — the refusal was the dropped policy, not the index.
+        // Positive control: the same index over a harmless function is accepted, and built per
+        // tenant as (tenant_id, evil(id)) — the refusal was the dropped policy, not the index.
         owner.batch_execute(&evil_v("public.orders", false)).unwrap();
+        o.db.unguarded("DROP INDEX orders_evil");
         owner
             .batch_execute("CREATE UNIQUE INDEX orders_evil ON orders (public.evil(id))")
             .expect("an expression index whose function drops nothing is accepted");

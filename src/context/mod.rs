@@ -38,7 +38,7 @@ fn read_uuid_setting(raw: *const std::ffi::c_char) -> std::result::Result<Option
 /// Where the context of the current transaction comes from.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Origin {
-    /// `tenant_purge` deleting one tenant's rows ([`with_purge_context`]): wins over everything.
+    /// `tenant_purge` deleting one tenant's rows ([`with_maintenance_context`]): wins over everything.
     Purge,
     /// `tenant_set_signed` in this transaction (wins in every mode).
     Signed,
@@ -236,11 +236,12 @@ thread_local! {
     static TRANSACTION: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Run `f` with `tenant` as the context, for `tenant_purge`'s DELETEs as a table's owner: the
-/// owner's forced row level security then shows exactly the purged tenant's rows, and the owner's
-/// triggers that the DELETE fires see that tenant and nothing else — no admin mode, no operator
-/// rights. Restored afterwards (also when an ERROR unwinds through `f`).
-pub fn with_purge_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) -> R {
+/// Run `f` with `tenant` as the context, for the extension's own maintenance of one tenant's rows
+/// as a table's owner (`tenant_purge`'s DELETEs, copying a tenant template): the owner's forced
+/// row level security then shows and accepts exactly that tenant's rows, and the owner's
+/// triggers see that tenant and nothing else — no admin mode, no operator rights. Restored
+/// afterwards (also when an ERROR unwinds through `f`).
+pub fn with_maintenance_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<pgrx::Uuid>);
     impl Drop for Restore {
         fn drop(&mut self) {

@@ -126,17 +126,6 @@ const SESSION_SETTINGS: [&str; 12] = [
     "bytea_output",
 ];
 
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-/// Called from `_PG_init`, whether preloaded or not.
-pub fn init_session_guard() {
-    // SAFETY: hook chaining as PostgreSQL documents it, once per backend.
-    unsafe {
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
-    }
-}
-
 fn session_setting_allowed(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SESSION_SETTINGS.contains(&name.as_str()) || name.starts_with("multitenancy.")
@@ -185,34 +174,23 @@ unsafe fn leaves_session_state(stmt: *mut pg_sys::Node) -> Option<String> {
     }
 }
 
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    if session_is_signed() {
-        if let Some(what) = leaves_session_state((*pstmt).utilityStmt) {
-            MtError::SignedSessionState {
-                what,
-                hint: "Behind a pooler the next transaction on this connection may be another tenant's. Use SET LOCAL, \
-                       cursors without HOLD and unnamed statements (or the driver's protocol-level prepared statements)."
-                    .into(),
-            }
-            .raise();
-        }
+/// Refuse a utility statement that would leave state in a signed session (called by
+/// `crate::hooks` for every utility statement).
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+pub unsafe fn check_utility(stmt: *mut pg_sys::Node) -> Result<()> {
+    if !session_is_signed() {
+        return Ok(());
     }
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => {
-            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
-        }
+    match leaves_session_state(stmt) {
+        None => Ok(()),
+        Some(what) => Err(MtError::SignedSessionState {
+            what,
+            hint: "Behind a pooler the next transaction on this connection may be another tenant's. Use SET LOCAL, \
+                   cursors without HOLD and unnamed statements (or the driver's protocol-level prepared statements)."
+                .into(),
+        }),
     }
 }
 

@@ -28,6 +28,20 @@ pub fn relid(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
     Ok(relid)
 }
 
+/// Whether the extension is installed (and not being installed or updated) in this database.
+/// The hooks run in every database of a server that preloads the library, and during the
+/// extension's own script.
+pub fn installed() -> bool {
+    // SAFETY: reads a backend global, then a syscache lookup by name.
+    unsafe {
+        if pg_sys::creating_extension {
+            return false;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"multitenancy".as_ptr(), true);
+        nsp != pg_sys::InvalidOid && pg_sys::get_relname_relid(c"enabled_tables".as_ptr(), nsp) != pg_sys::InvalidOid
+    }
+}
+
 /// The oid of `multitenancy.tenants`.
 pub fn tenants_relid() -> Result<pg_sys::Oid> {
     relid(c"tenants")
@@ -237,6 +251,43 @@ pub fn exemption(relid: pg_sys::Oid) -> Result<Option<String>> {
         )
         .no_row_is_none()
         .ctx("registry::exemption")
+    })
+}
+
+/// The exempt pattern (and its reason) a table name matches, if any.
+pub fn exempt_pattern_of(name: &str) -> Result<Option<(String, String)>> {
+    as_owner(|| {
+        Spi::get_one_with_args::<Vec<String>>(
+            "SELECT ARRAY[pattern, reason] FROM multitenancy.exempt_patterns WHERE $1 LIKE pattern \
+              ORDER BY pattern LIMIT 1",
+            &[name.into()],
+        )
+        .no_row_is_none()
+        .ctx("registry::exempt_pattern_of")
+        .map(|row| row.and_then(|r| Some((r.first()?.clone(), r.get(1)?.clone()))))
+    })
+}
+
+/// The key scope of an enabled table ('global' or 'tenant').
+pub fn key_scope(relid: pg_sys::Oid) -> Result<Option<String>> {
+    as_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT key_scope FROM multitenancy.enabled_tables WHERE relid = $1",
+            &[relid.into()],
+        )
+        .no_row_is_none()
+        .ctx("registry::key_scope")
+    })
+}
+
+/// Record an enabled table's key scope.
+pub fn set_key_scope(relid: pg_sys::Oid, scope: &str) -> Result<()> {
+    as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE multitenancy.enabled_tables SET key_scope = $2 WHERE relid = $1",
+            &[relid.into(), scope.into()],
+        )
+        .ctx("registry::set_key_scope")
     })
 }
 

@@ -18,7 +18,7 @@ fn run(sql: &str) -> Result<()> {
     Spi::run(sql).ctx("enable: DDL")
 }
 
-fn protectable(relid: pg_sys::Oid) -> Result<Relation> {
+pub fn protectable(relid: pg_sys::Oid) -> Result<Relation> {
     let rel = Relation::lookup(relid)?;
     if !rel.is_table() {
         return Err(MtError::WrongRelationKind { table: rel.display(), kind: rel.kind_phrase() });
@@ -310,6 +310,46 @@ pub fn unexempt(relid: pg_sys::Oid) -> Result<()> {
         notice(format!("table {} is not exempt; nothing changed", rel.display()));
     }
     Ok(())
+}
+
+/// Declare that new tables whose name matches `pattern` (LIKE, on the table name) in a guarded
+/// schema are global, with a reason: the DDL guard exempts them when they are created. For
+/// framework bookkeeping tables (`framework_patterns`). A DBA function (EXECUTE is revoked from
+/// PUBLIC); audited.
+#[pg_extern(volatile, parallel_unsafe)]
+fn exempt_pattern(pattern: Option<&str>, reason: Option<&str>) {
+    let run = || {
+        let pattern = crate::error::required(pattern, "pattern")?;
+        if pattern.trim().is_empty() || pattern.len() > 200 {
+            return Err(MtError::InvalidArgument {
+                message: format!("invalid exempt pattern \"{}\"", crate::error::clip(pattern)),
+                hint: "A LIKE pattern on table names of 1 to 200 characters, e.g. 'django\\_%'.".into(),
+            });
+        }
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty()).ok_or(MtError::MissingReason)?;
+        crate::tenants::access::change(
+            "exempt_pattern",
+            None,
+            "SELECT multitenancy._exempt_pattern_set($1, $2)",
+            &[pattern.into(), reason.into()],
+        )
+    };
+    run().or_raise();
+}
+
+/// Withdraw an exempt pattern (tables it exempted stay exempt). Audited.
+#[pg_extern(volatile, parallel_unsafe)]
+fn exempt_pattern_remove(pattern: Option<&str>) {
+    let run = || {
+        let pattern = crate::error::required(pattern, "pattern")?;
+        crate::tenants::access::change(
+            "exempt_pattern_remove",
+            None,
+            "SELECT multitenancy._exempt_pattern_remove($1)",
+            &[pattern.into()],
+        )
+    };
+    run().or_raise();
 }
 
 /// Declare `tbl` global (not tenant data: countries, plans): the DDL guard and verify() leave it

@@ -29,6 +29,9 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 
 thread_local! {
+    /// The tables of the indexes a DROP INDEX is about to drop (noted by `tables::migrations`
+    /// before it runs): afterwards an index names no table any more.
+    static DROPPING_INDEXES_OF: RefCell<Option<Vec<pg_sys::Oid>>> = const { RefCell::new(None) };
     /// Tables created in guarded schemas during this transaction, checked at COMMIT.
     static PENDING: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
@@ -47,6 +50,7 @@ pub fn before_commit() -> Result<()> {
 /// The transaction ended (`crate::xact`), whichever way.
 pub fn transaction_ended() {
     PENDING.with(|p| p.borrow_mut().clear());
+    DROPPING_INDEXES_OF.with(|d| d.borrow_mut().take());
     busy::transaction_ended();
 }
 
@@ -221,6 +225,21 @@ fn check_counting_trigger(trigger: &str, relid: pg_sys::Oid, enabled: &HashSet<p
     })
 }
 
+/// Note the tables whose indexes the DROP INDEX about to run drops, for `sql_drop`.
+pub fn note_index_drops(tables: Vec<pg_sys::Oid>) {
+    DROPPING_INDEXES_OF.with(|d| *d.borrow_mut() = Some(tables));
+}
+
+/// What `ddl_command_end` would have checked for a command the extension ran on the user's
+/// behalf with `relid` busy (`crate::tables::migrations`).
+pub fn check_after(tag: &str, relid: pg_sys::Oid) -> Result<()> {
+    if !gucs::ddl_guard() {
+        return Ok(());
+    }
+    let mut enabled = registry::enabled_set()?;
+    check_table(tag, relid, false, &mut enabled)
+}
+
 /// The enabled parent of a partition or inheritance child, if it has one.
 fn enabled_parent(relid: pg_sys::Oid, enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>> {
     let parents = oid_column("SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1", &[relid.into()])?;
@@ -243,10 +262,16 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
         if let Some(deviation) = spec::inspect(&rel)?.first() {
             return Err(hardening::refusal(tag, &rel, deviation));
         }
-        hardening::harden(&rel, enabled)?;
-        for child in enable::enable_children(&rel, None)? {
+        let hardened = hardening::harden(&rel, enabled)?;
+        let children = enable::enable_children(&rel, None)?;
+        for &child in &children {
             enabled.insert(child);
             announce_child(child, &rel)?;
+        }
+        // Only the extension's own DDL above (if it ran any) can have run the owner's code with
+        // the table left to it.
+        if hardened.is_empty() && children.is_empty() {
+            return Ok(());
         }
         return hardening::recheck(tag, &rel, enabled);
     }
@@ -263,6 +288,11 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
         return announce_child(relid, &parent);
     }
     if !created || !gucs::guarded_schemas().contains(&rel.schema) || registry::exemption(relid)?.is_some() {
+        return Ok(());
+    }
+    if let Some((pattern, reason)) = registry::exempt_pattern_of(&rel.name)? {
+        registry::record_exempt(relid, &format!("{reason} (exempt pattern {pattern})"))?;
+        notice(format!("table {} matches exempt pattern {pattern}: declared global", rel.display()));
         return Ok(());
     }
     if spec::column_state(relid)?.is_some_and(|c| c.is_uuid) {
@@ -354,11 +384,19 @@ fn sql_drop() -> Result<()> {
     }
     let enabled = registry::enabled_set()?;
     let mut tables = Vec::new();
+    let noted = DROPPING_INDEXES_OF.with(|d| d.borrow_mut().take());
     for (kind, _, table, schema) in dropped {
         let command = format!("DROP {}", kind.to_uppercase());
         match (kind.as_str(), table) {
             ("policy" | "trigger", Some(table)) => tables.push((command, table)),
-            // An index names no table once it is gone: check the enabled tables of its schema.
+            // An index names no table once it is gone: its table, as noted before the DROP INDEX
+            // ran; else (the library loaded by this very statement) the enabled tables of its
+            // schema.
+            ("index", _) if noted.is_some() => {
+                for &relid in noted.iter().flatten() {
+                    tables.push((command.clone(), relid));
+                }
+            }
             ("index", _) => {
                 for &relid in &enabled {
                     if let Ok(rel) = Relation::lookup(relid) {

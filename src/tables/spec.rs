@@ -191,6 +191,8 @@ pub enum Deviation {
     LeakyPolicy {
         name: String,
     },
+    /// The table's key scope is `tenant` and its primary key lacks tenant_id.
+    PrimaryKeyScope,
 }
 
 impl Deviation {
@@ -218,6 +220,9 @@ impl Deviation {
             Deviation::Rule { name } => format!(
                 "rule {name} runs with the owner's rights on every tenant's rows (rules are not allowed on tenant-enabled tables)"
             ),
+            Deviation::PrimaryKeyScope => {
+                "its key scope is tenant, but the primary key does not include tenant_id".into()
+            }
             Deviation::LeakyPolicy { name } => format!(
                 "policy {name} passes row values to a function that is not LEAKPROOF, which can run before the \
                  isolation policy and see other tenants' rows"
@@ -240,6 +245,10 @@ impl Deviation {
             Deviation::Rule { name } => format!(
                 "DROP RULE {} ON {table}; use a trigger, whose code verify() lists for review.",
                 pgrx::spi::quote_identifier(name)
+            ),
+            Deviation::PrimaryKeyScope => format!(
+                "Rebuild the primary key with tenant_id: SELECT multitenancy.tenant_key_scope('{table}', 'tenant'), or \
+                 make the scope global: SELECT multitenancy.tenant_key_scope('{table}', 'global')."
             ),
             Deviation::LeakyPolicy { name } => format!(
                 "DROP POLICY {} ON {table}, or call only LEAKPROOF functions and operators on the table's columns in it \
@@ -268,7 +277,8 @@ impl Deviation {
             Deviation::ColumnType { .. }
             | Deviation::ParentNotEnabled { .. }
             | Deviation::Rule { .. }
-            | Deviation::LeakyPolicy { .. } => return None,
+            | Deviation::LeakyPolicy { .. }
+            | Deviation::PrimaryKeyScope => return None,
             Deviation::ColumnNullable => {
                 vec![format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET NOT NULL")]
             }
@@ -460,6 +470,11 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
         Ok::<_, crate::error::MtError>(())
     })?;
 
+    if registry::key_scope(rel.oid)?.as_deref() == Some("tenant")
+        && crate::catalog::primary_key(rel.oid)?.is_some_and(|(_, columns)| !columns.iter().any(|c| c == TENANT_COLUMN))
+    {
+        found.push(Deviation::PrimaryKeyScope);
+    }
     for parent in crate::catalog::oid_column(
         "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1 ORDER BY inhseqno",
         &[rel.oid.into()],

@@ -209,6 +209,32 @@ fn findings_pinned() -> Result<Vec<Finding>> {
         })?;
     }
 
+    // Tables declared global before they exist.
+    registry::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT pattern, reason, created_by::text FROM multitenancy.exempt_patterns ORDER BY pattern",
+                    None,
+                    &[],
+                )
+                .ctx("verify: exempt patterns")?;
+            for row in rows {
+                let pattern = row.get::<String>(1).ctx("pattern")?.unwrap_or_default();
+                found.push(info(
+                    format!("exempt pattern {pattern}"),
+                    format!(
+                        "new tables named like it in guarded schemas are global: {} (declared by {})",
+                        row.get::<String>(2).ctx("reason")?.unwrap_or_default(),
+                        row.get::<String>(3).ctx("created_by")?.unwrap_or_default()
+                    ),
+                    format!("SELECT multitenancy.exempt_pattern_remove({});", literal(&pattern)),
+                ));
+            }
+            Ok::<_, MtError>(())
+        })
+    })?;
+
     // The guard itself.
     Spi::connect(|client| {
         let rows = client

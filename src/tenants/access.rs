@@ -105,6 +105,14 @@ pub fn change(
     })
 }
 
+/// Write an audit row for a change the caller made itself (not through [`change`]), as the
+/// registry owner.
+pub fn record(action: &str, tenant: Option<pgrx::Uuid>, details: serde_json::Value) -> Result<()> {
+    let acting_role = registry::calling_role();
+    let user = context::resolve_user().unwrap_or(None);
+    registry::as_owner(|| audit(action, tenant, Some(pgrx::JsonB(details)), &acting_role, user))
+}
+
 fn audit(
     action: &str,
     tenant: Option<pgrx::Uuid>,

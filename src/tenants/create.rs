@@ -28,7 +28,10 @@ pub fn create(name: Option<&str>, slug: Option<&str>, plan: Option<&str>) -> Res
         &[name.into(), slug.as_str().into(), plan.into(), owner.into()],
     )?;
     let id = id.ok_or(MtError::DuplicateSlug { slug })?;
-    crate::uuid::parse(&id).ok_or_else(|| MtError::internal("tenants::create", "no tenant id"))
+    let id = crate::uuid::parse(&id).ok_or_else(|| MtError::internal("tenants::create", "no tenant id"))?;
+    // Its copy of every table's template rows (crate::tables::templates).
+    crate::tables::templates::apply_all(id)?;
+    Ok(id)
 }
 
 /// Create a tenant. `slug` defaults to one derived from `name`; `plan` defaults to 'free'.

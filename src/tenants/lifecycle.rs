@@ -78,7 +78,7 @@ fn tenant_purge(tenant: Option<&str>, confirm_slug: Option<&str>) -> i64 {
 /// in a security-restricted operation, like PostgreSQL's own maintenance commands: the owner's
 /// triggers, rules and policies that the DELETE fires run with the owner's rights, never with
 /// the registry owner's (a superuser). The purged tenant is the context while it runs (see
-/// `context::with_purge_context`): the owner's forced row level security shows its rows, and
+/// `context::with_maintenance_context`): the owner's forced row level security shows its rows, and
 /// the owner's code sees that tenant only — no admin mode, no operator rights.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) -> i64 {
@@ -94,7 +94,7 @@ fn _purge_rows(tbl: crate::catalog::Regclass, tenant: pgrx::Uuid, delete: bool) 
             )
         };
         crate::registry::as_table_owner(rel.oid, || {
-            crate::context::with_purge_context(tenant, || {
+            crate::context::with_maintenance_context(tenant, || {
                 if delete {
                     Spi::connect_mut(|client| {
                         client

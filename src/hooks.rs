@@ -1,0 +1,57 @@
+//! The executor-side hooks, in one place: utility statements pass the signed-session guard
+//! (`context::signed::check_utility`) and are adjusted for frameworks' migrations
+//! (`tables::migrations::around_utility`); analysed queries get their `ON CONFLICT` target
+//! adjusted (`tables::migrations::on_conflict`). Installed in `_PG_init`, whether the library
+//! is preloaded or not (see `tables::migrations` for what that means for the first statement).
+use crate::context::signed;
+use crate::error::OrRaise;
+use crate::tables::migrations;
+use pgrx::prelude::*;
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+static mut PREV_POST_PARSE_ANALYZE: pg_sys::post_parse_analyze_hook_type = None;
+
+/// Called once from `_PG_init`.
+pub fn init() {
+    // SAFETY: hook chaining as PostgreSQL documents it, once per backend.
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+        PREV_POST_PARSE_ANALYZE = pg_sys::post_parse_analyze_hook;
+        pg_sys::post_parse_analyze_hook = Some(post_parse_analyze);
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    signed::check_utility((*pstmt).utilityStmt).or_raise();
+    migrations::around_utility(pstmt, read_only_tree, |pstmt, read_only_tree| match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => {
+            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+        }
+    })
+    .or_raise();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn post_parse_analyze(
+    pstate: *mut pg_sys::ParseState,
+    query: *mut pg_sys::Query,
+    jstate: *mut pg_sys::JumbleState,
+) {
+    if let Some(prev) = PREV_POST_PARSE_ANALYZE {
+        prev(pstate, query, jstate);
+    }
+    migrations::on_conflict(query).or_raise();
+}

@@ -1,0 +1,378 @@
+//! Frameworks' migrations, as they write them, on tenant-enabled tables.
+//!
+//! Django, Rails, Prisma and friends create tables, then add foreign keys and unique keys with
+//! plain DDL, and upsert with `ON CONFLICT (<their key>)`. On an enabled table each of these
+//! would meet the protected shape unprepared, so the statement is adjusted before it runs
+//! (`crate::hooks` calls in here):
+//! - `CREATE UNIQUE INDEX` and `ADD ... UNIQUE` get `tenant_id` as their first key column: the
+//!   key is built per tenant from the start (built globally first, two tenants sharing a value
+//!   would fail the build);
+//! - a foreign key between two enabled tables becomes `(tenant_id, fk) REFERENCES parent
+//!   (tenant_id, pk)`; PostgreSQL validates the existing rows with a query as the owner, which
+//!   FORCE ROW LEVEL SECURITY would filter by a tenant context a migration does not have, so the
+//!   tables' FORCE is lifted while the statement runs (they are busy: `crate::tables::busy`) and
+//!   the guard checks them when it is done;
+//! - `INSERT ... ON CONFLICT (email)` on an enabled table means the tenant's key: `tenant_id` is
+//!   added to the conflict target (the row being inserted belongs to the current tenant).
+//!
+//! Only statements on tables that are enabled change; nothing else is looked at twice. These
+//! rewrites need the library loaded before the statement: `shared_preload_libraries` (or
+//! `session_preload_libraries` for the migration role).
+use crate::catalog::Relation;
+use crate::error::{NoRowIsNone, Result, SpiContext};
+use crate::registry;
+use crate::tables::busy::{self, Busy};
+use crate::tables::guard;
+use pgrx::prelude::*;
+use std::ffi::{c_void, CStr};
+
+/// `spec::TENANT_COLUMN`, as parse trees and catalog lookups spell names.
+const TENANT: &CStr = c"tenant_id";
+
+/// The elements of a pointer list.
+///
+/// # Safety
+/// `list` is NULL or a valid pointer list.
+unsafe fn elements(list: *mut pg_sys::List) -> Vec<*mut c_void> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
+}
+
+/// The text of a String node (a name in a column list).
+///
+/// # Safety
+/// `node` is a String node.
+#[cfg(feature = "pg14")]
+unsafe fn string_value<'a>(node: *mut c_void) -> &'a CStr {
+    CStr::from_ptr((*(node as *mut pg_sys::Value)).val.str_)
+}
+
+/// # Safety
+/// `node` is a String node.
+#[cfg(not(feature = "pg14"))]
+unsafe fn string_value<'a>(node: *mut c_void) -> &'a CStr {
+    CStr::from_ptr((*(node as *mut pg_sys::String)).sval)
+}
+
+/// A String node naming a column.
+///
+/// # Safety
+/// In a memory context that outlives the statement.
+unsafe fn name_node(name: &CStr) -> *mut c_void {
+    pg_sys::makeString(pg_sys::pstrdup(name.as_ptr())) as *mut c_void
+}
+
+/// Whether a list of String nodes names the tenant column.
+///
+/// # Safety
+/// `list` is NULL or a list of String nodes.
+unsafe fn names_tenant(list: *mut pg_sys::List) -> bool {
+    elements(list).into_iter().any(|node| string_value(node) == TENANT)
+}
+
+/// The relation a RangeVar names, resolved as the statement will resolve it (`None`: none).
+///
+/// # Safety
+/// `rv` is NULL or a valid RangeVar.
+unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    if rv.is_null() {
+        return None;
+    }
+    let oid = pg_sys::RangeVarGetRelidExtended(
+        rv,
+        pg_sys::NoLock as i32,
+        pg_sys::RVROption::RVR_MISSING_OK,
+        None,
+        std::ptr::null_mut(),
+    );
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+fn enabled(relid: Option<pg_sys::Oid>) -> Result<Option<pg_sys::Oid>> {
+    match relid {
+        Some(relid) if registry::is_enabled(relid)? => Ok(Some(relid)),
+        _ => Ok(None),
+    }
+}
+
+/// The table a foreign key of `relid` named `name` references.
+fn referenced_by(relid: pg_sys::Oid, name: &CStr) -> Result<Option<pg_sys::Oid>> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT confrelid FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2 AND contype = 'f'",
+        &[relid.into(), name.to_string_lossy().as_ref().into()],
+    )
+    .no_row_is_none()
+    .ctx("migrations::referenced_by")
+}
+
+/// What adjusting a statement found: the enabled tables whose FORCE must be lifted while it
+/// runs (a foreign key's validation), and whether the parse tree must change.
+#[derive(Default)]
+struct Plan {
+    lift: Vec<pg_sys::Oid>,
+    rewrite: bool,
+}
+
+/// Adjust the statement (see the module documentation) and run it with `run(pstmt,
+/// read_only_tree)`. A statement that needs nothing is run as it is.
+///
+/// # Safety
+/// Called from the ProcessUtility hook with its arguments.
+pub unsafe fn around_utility(
+    mut pstmt: *mut pg_sys::PlannedStmt,
+    mut read_only_tree: bool,
+    run: impl FnOnce(*mut pg_sys::PlannedStmt, bool),
+) -> Result<()> {
+    // With the guard off (a superuser's maintenance, a restore) DDL runs exactly as written.
+    if !registry::installed() || !crate::gucs::ddl_guard() {
+        run(pstmt, read_only_tree);
+        return Ok(());
+    }
+    note_index_drops((*pstmt).utilityStmt);
+    let plan = plan((*pstmt).utilityStmt)?;
+    if plan.rewrite {
+        if read_only_tree {
+            pstmt = pg_sys::copyObjectImpl(pstmt as *const c_void) as *mut pg_sys::PlannedStmt;
+            read_only_tree = false;
+        }
+        apply((*pstmt).utilityStmt)?;
+    }
+    if plan.lift.is_empty() {
+        run(pstmt, read_only_tree);
+        return Ok(());
+    }
+    let tables: Vec<Relation> = plan.lift.iter().map(|&t| Relation::lookup(t)).collect::<Result<_>>()?;
+    let forced: Vec<&Relation> = {
+        let mut forced = Vec::new();
+        for table in &tables {
+            if is_forced(table.oid)? {
+                forced.push(table);
+            }
+        }
+        forced
+    };
+    {
+        let _busy = Busy::enter(&plan.lift);
+        for table in &forced {
+            Spi::run(&format!("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", table.sql()))
+                .ctx("migrations: NO FORCE")?;
+        }
+        run(pstmt, read_only_tree);
+        for table in &forced {
+            Spi::run(&format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", table.sql())).ctx("migrations: FORCE")?;
+        }
+    }
+    // The guard left these tables to us while the statement ran: check them now.
+    for table in &tables {
+        guard::check_after("ALTER TABLE", table.oid)?;
+    }
+    Ok(())
+}
+
+/// `DROP INDEX`: tell the guard which tables lose an index, while the indexes still exist, so
+/// that it inspects those tables only (not every enabled table of the schema).
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+unsafe fn note_index_drops(stmt: *mut pg_sys::Node) {
+    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_DropStmt {
+        return;
+    }
+    let drop = stmt as *mut pg_sys::DropStmt;
+    if (*drop).removeType != pg_sys::ObjectType::OBJECT_INDEX {
+        return;
+    }
+    let mut tables = Vec::new();
+    for names in elements((*drop).objects) {
+        let index = relid_of(pg_sys::makeRangeVarFromNameList(names as *mut pg_sys::List));
+        if let Some(index) = index {
+            let table = pg_sys::IndexGetRelation(index, true);
+            if table != pg_sys::InvalidOid {
+                tables.push(table);
+            }
+        }
+    }
+    guard::note_index_drops(tables);
+}
+
+fn is_forced(relid: pg_sys::Oid) -> Result<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
+        &[relid.into()],
+    )
+    .ctx("migrations::is_forced")
+    .map(|forced| forced.unwrap_or(false))
+}
+
+/// What a statement needs, without changing it.
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
+    let mut plan = Plan::default();
+    if stmt.is_null() {
+        return Ok(plan);
+    }
+    match (*stmt).type_ {
+        pg_sys::NodeTag::T_IndexStmt => {
+            let index = stmt as *mut pg_sys::IndexStmt;
+            if (*index).unique && !(*index).primary && !index_names_tenant(index) {
+                plan.rewrite = enabled(relid_of((*index).relation))?.is_some();
+            }
+        }
+        pg_sys::NodeTag::T_AlterTableStmt => {
+            let alter = stmt as *mut pg_sys::AlterTableStmt;
+            let table = relid_of((*alter).relation);
+            let table_enabled = enabled(table)?;
+            for cmd in elements((*alter).cmds) {
+                let cmd = cmd as *mut pg_sys::AlterTableCmd;
+                match (*cmd).subtype {
+                    pg_sys::AlterTableType::AT_AddConstraint if !(*cmd).def.is_null() => {
+                        let constraint = (*cmd).def as *mut pg_sys::Constraint;
+                        match (*constraint).contype {
+                            pg_sys::ConstrType::CONSTR_UNIQUE
+                                if table_enabled.is_some()
+                                    && (*constraint).indexname.is_null()
+                                    && !names_tenant((*constraint).keys) =>
+                            {
+                                plan.rewrite = true;
+                            }
+                            pg_sys::ConstrType::CONSTR_FOREIGN => {
+                                let parent = enabled(relid_of((*constraint).pktable))?;
+                                if table_enabled.is_some() && parent.is_some() && !names_tenant((*constraint).fk_attrs)
+                                {
+                                    plan.rewrite = true;
+                                }
+                                plan.lift.extend(table_enabled.into_iter().chain(parent));
+                            }
+                            _ => {}
+                        }
+                    }
+                    pg_sys::AlterTableType::AT_ValidateConstraint if !(*cmd).name.is_null() => {
+                        if let Some(table) = table {
+                            let parent = enabled(referenced_by(table, CStr::from_ptr((*cmd).name))?)?;
+                            if parent.is_some() || table_enabled.is_some() {
+                                plan.lift.extend(table_enabled.into_iter().chain(parent));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    plan.lift.sort_by_key(|oid| oid.to_u32());
+    plan.lift.dedup();
+    // Tables the extension's own DDL is changing (hardening's foreign-key rebuild, say) are
+    // its business: their FORCE is handled, and they are checked when that DDL is done.
+    plan.lift.retain(|oid| !busy::ours(*oid));
+    Ok(plan)
+}
+
+/// Whether an index's key names the tenant column.
+///
+/// # Safety
+/// `index` is a valid IndexStmt.
+unsafe fn index_names_tenant(index: *mut pg_sys::IndexStmt) -> bool {
+    elements((*index).indexParams).into_iter().any(|elem| {
+        let name = (*(elem as *mut pg_sys::IndexElem)).name;
+        !name.is_null() && CStr::from_ptr(name) == TENANT
+    })
+}
+
+/// Change the statement as [`plan`] said: `tenant_id` first in unique keys and in foreign keys
+/// between enabled tables.
+///
+/// # Safety
+/// `stmt` is a parsed utility statement that may be changed (not a read-only tree).
+unsafe fn apply(stmt: *mut pg_sys::Node) -> Result<()> {
+    match (*stmt).type_ {
+        pg_sys::NodeTag::T_IndexStmt => {
+            let index = stmt as *mut pg_sys::IndexStmt;
+            let elem = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexElem>()) as *mut pg_sys::IndexElem;
+            (*elem).type_ = pg_sys::NodeTag::T_IndexElem;
+            (*elem).name = pg_sys::pstrdup(TENANT.as_ptr());
+            (*index).indexParams = pg_sys::lcons(elem as *mut c_void, (*index).indexParams);
+        }
+        pg_sys::NodeTag::T_AlterTableStmt => {
+            let alter = stmt as *mut pg_sys::AlterTableStmt;
+            let table_enabled = enabled(relid_of((*alter).relation))?;
+            for cmd in elements((*alter).cmds) {
+                let cmd = cmd as *mut pg_sys::AlterTableCmd;
+                if (*cmd).subtype != pg_sys::AlterTableType::AT_AddConstraint || (*cmd).def.is_null() {
+                    continue;
+                }
+                let constraint = (*cmd).def as *mut pg_sys::Constraint;
+                match (*constraint).contype {
+                    pg_sys::ConstrType::CONSTR_UNIQUE
+                        if table_enabled.is_some()
+                            && (*constraint).indexname.is_null()
+                            && !names_tenant((*constraint).keys) =>
+                    {
+                        (*constraint).keys = pg_sys::lcons(name_node(TENANT), (*constraint).keys);
+                    }
+                    pg_sys::ConstrType::CONSTR_FOREIGN if !names_tenant((*constraint).fk_attrs) => {
+                        let Some(parent) = enabled(relid_of((*constraint).pktable))? else { continue };
+                        if table_enabled.is_none() {
+                            continue;
+                        }
+                        if (*constraint).pk_attrs.is_null() {
+                            // REFERENCES parent: its primary key, spelled out to put tenant_id first.
+                            for column in crate::catalog::primary_key(parent)?
+                                .map(|(_, columns)| columns)
+                                .unwrap_or_default()
+                                .iter()
+                                .rev()
+                            {
+                                let column = std::ffi::CString::new(column.as_str()).expect("no NUL in a name");
+                                (*constraint).pk_attrs = pg_sys::lcons(name_node(&column), (*constraint).pk_attrs);
+                            }
+                        }
+                        (*constraint).fk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).fk_attrs);
+                        (*constraint).pk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).pk_attrs);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `INSERT ... ON CONFLICT (<columns>)` on an enabled table: the conflict target gets
+/// `tenant_id` (see the module documentation). Called by the post-parse-analyze hook.
+///
+/// # Safety
+/// `query` is a query just analysed.
+pub unsafe fn on_conflict(query: *mut pg_sys::Query) -> Result<()> {
+    if query.is_null() || (*query).commandType != pg_sys::CmdType::CMD_INSERT || (*query).onConflict.is_null() {
+        return Ok(());
+    }
+    let conflict = (*query).onConflict;
+    if (*conflict).arbiterElems.is_null() || (*query).resultRelation <= 0 || !registry::installed() {
+        return Ok(());
+    }
+    let Some(&rte) = elements((*query).rtable).get((*query).resultRelation as usize - 1) else { return Ok(()) };
+    let relid = (*(rte as *mut pg_sys::RangeTblEntry)).relid;
+    let attnum = pg_sys::get_attnum(relid, TENANT.as_ptr());
+    if attnum <= 0 || pg_sys::get_atttype(relid, attnum) != pg_sys::UUIDOID || !registry::is_enabled(relid)? {
+        return Ok(());
+    }
+    let named = elements((*conflict).arbiterElems).into_iter().any(|elem| {
+        let expr = (*(elem as *mut pg_sys::InferenceElem)).expr;
+        !expr.is_null() && (*expr).type_ == pg_sys::NodeTag::T_Var && (*(expr as *mut pg_sys::Var)).varattno == attnum
+    });
+    if named {
+        return Ok(());
+    }
+    let var = pg_sys::makeVar((*query).resultRelation as _, attnum, pg_sys::UUIDOID, -1, pg_sys::InvalidOid, 0);
+    let elem = pg_sys::palloc0(std::mem::size_of::<pg_sys::InferenceElem>()) as *mut pg_sys::InferenceElem;
+    (*elem).xpr.type_ = pg_sys::NodeTag::T_InferenceElem;
+    (*elem).expr = var as *mut pg_sys::Node;
+    (*conflict).arbiterElems = pg_sys::lappend((*conflict).arbiterElems, elem as *mut c_void);
+    Ok(())
+}
