@@ -52,6 +52,6 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
         ('liquibase', 'databasechangeloglock', 'Liquibase migration lock'),
         ('alembic', 'alembic\_version', 'Alembic migration bookkeeping')
       ) AS p(framework, pattern, reason)
-     WHERE p.framework = pg_catalog.lower(framework)
+     WHERE p.framework = pg_catalog.lower($1)
      ORDER BY p.pattern
 $$;

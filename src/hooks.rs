@@ -35,8 +35,12 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     signed::check_utility((*pstmt).utilityStmt).or_raise();
+    // Another library's hook is C: an ERROR in it must unwind through our frames as a Rust
+    // panic (pg_guard_ffi_boundary), so that what we set up around it is taken down.
     migrations::around_utility(pstmt, read_only_tree, |pstmt, read_only_tree| match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+        }),
         None => {
             pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
         }
@@ -51,7 +55,7 @@ unsafe extern "C-unwind" fn post_parse_analyze(
     jstate: *mut pg_sys::JumbleState,
 ) {
     if let Some(prev) = PREV_POST_PARSE_ANALYZE {
-        prev(pstate, query, jstate);
+        pg_sys::ffi::pg_guard_ffi_boundary(|| prev(pstate, query, jstate));
     }
     migrations::on_conflict(query).or_raise();
 }

@@ -8,12 +8,13 @@
 //!   commit;
 //! - at the end (commit or abort): quotas, the registry cache, the context and admin mode forget
 //!   the transaction, and the guard its pending tables;
-//! - at the end of a subtransaction: quotas and admin mode.
+//! - at the end of a subtransaction: quotas, admin mode, and (rolled back) the tables the
+//!   extension's DDL had made busy.
 use crate::context::{self, admin};
 use crate::error::OrRaise;
 use crate::quotas;
 use crate::registry::tenants;
-use crate::tables::guard;
+use crate::tables::{busy, guard};
 use pgrx::prelude::*;
 
 /// Called once from `_PG_init`.
@@ -63,6 +64,7 @@ unsafe extern "C-unwind" fn subtransaction_event(
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
             quotas::subtransaction_aborted(level);
             admin::subtransaction_ended(level, false);
+            busy::subtransaction_aborted(level);
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
             quotas::subtransaction_committed(level);

@@ -48,6 +48,28 @@ fn leave() {
     }
 }
 
+/// Run `f` outside admin mode (restored afterwards): the extension's maintenance of one
+/// tenant's rows as a table's owner must not hand the owner's triggers admin mode.
+pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<AdminMode>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if self.0.is_some() {
+                ADMIN.with(|a| a.set(self.0));
+                // SAFETY: plans made outside admin mode must not run in it.
+                unsafe { pg_sys::ResetPlanCache() };
+            }
+        }
+    }
+    let previous = ADMIN.with(|a| a.take());
+    if previous.is_some() {
+        // SAFETY: plans made in admin mode must not run outside it.
+        unsafe { pg_sys::ResetPlanCache() };
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
 /// The top-level transaction ended (`crate::xact`).
 pub fn transaction_ended() {
     leave();

@@ -249,7 +249,7 @@ pub fn with_maintenance_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) ->
         }
     }
     let _restore = Restore(PURGING.with(|p| p.replace(Some(tenant))));
-    f()
+    admin::suspended(f)
 }
 
 /// Called at the end of every top-level transaction.

@@ -11,7 +11,8 @@ use std::cell::RefCell;
 
 thread_local! {
     /// The tables the extension is changing with its own DDL right now (innermost last).
-    static BUSY: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+    /// With the (sub)transaction nest level each was entered at.
+    static BUSY: RefCell<Vec<(pg_sys::Oid, i32)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// While alive, `tables` are busy (see the module documentation).
@@ -22,7 +23,9 @@ impl Busy {
         BUSY.with(|b| {
             let mut busy = b.borrow_mut();
             let depth = busy.len();
-            busy.extend_from_slice(tables);
+            // SAFETY: reads transaction state.
+            let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+            busy.extend(tables.iter().map(|&t| (t, level)));
             Busy(depth)
         })
     }
@@ -36,7 +39,13 @@ impl Drop for Busy {
 
 /// Whether the extension's own DDL is changing `relid` right now.
 pub fn ours(relid: pg_sys::Oid) -> bool {
-    BUSY.with(|b| b.borrow().contains(&relid))
+    BUSY.with(|b| b.borrow().iter().any(|(t, _)| *t == relid))
+}
+
+/// A subtransaction at `level` rolled back: what it made busy is not any more, whether or not
+/// the drop ran (an ERROR caught by an EXCEPTION block or ROLLBACK TO may skip it).
+pub fn subtransaction_aborted(level: i32) {
+    BUSY.with(|b| b.borrow_mut().retain(|(_, l)| *l < level));
 }
 
 /// The transaction ended: nothing is busy (an ERROR may have skipped a drop).

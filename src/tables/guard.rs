@@ -290,15 +290,15 @@ fn check_table(tag: &str, relid: pg_sys::Oid, created: bool, enabled: &mut HashS
     if !created || !gucs::guarded_schemas().contains(&rel.schema) || registry::exemption(relid)?.is_some() {
         return Ok(());
     }
-    if let Some((pattern, reason)) = registry::exempt_pattern_of(&rel.name)? {
-        registry::record_exempt(relid, &format!("{reason} (exempt pattern {pattern})"))?;
-        notice(format!("table {} matches exempt pattern {pattern}: declared global", rel.display()));
-        return Ok(());
-    }
+    // A table with a tenant column is tenant data whatever its name: the tenant_id rule wins over
+    // exempt patterns.
     if spec::column_state(relid)?.is_some_and(|c| c.is_uuid) {
         enable::enable(relid, None)?;
         enabled.insert(relid);
         notice(format!("table {} has a tenant_id uuid column: tenant-enabled automatically", rel.display()));
+    } else if let Some((pattern, reason)) = registry::exempt_pattern_of(&rel.name)? {
+        registry::record_exempt(relid, &format!("{reason} (exempt pattern {pattern})"))?;
+        notice(format!("table {} matches exempt pattern {pattern}: declared global", rel.display()));
     } else {
         PENDING.with(|p| p.borrow_mut().push(relid));
     }

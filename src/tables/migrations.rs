@@ -19,7 +19,7 @@
 //! rewrites need the library loaded before the statement: `shared_preload_libraries` (or
 //! `session_preload_libraries` for the migration role).
 use crate::catalog::Relation;
-use crate::error::{NoRowIsNone, Result, SpiContext};
+use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::registry;
 use crate::tables::busy::{self, Busy};
 use crate::tables::guard;
@@ -226,6 +226,12 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
             let alter = stmt as *mut pg_sys::AlterTableStmt;
             let table = relid_of((*alter).relation);
             let table_enabled = enabled(table)?;
+            // FORCE is lifted only for a statement that does nothing but add or validate foreign
+            // keys between enabled tables (and add plain columns carrying one): any other
+            // subcommand could run the owner's code (a default, a USING expression, a check)
+            // while every tenant's rows are in view.
+            let mut only_keys = true;
+            let mut needs_lift = false;
             for cmd in elements((*alter).cmds) {
                 let cmd = cmd as *mut pg_sys::AlterTableCmd;
                 match (*cmd).subtype {
@@ -238,27 +244,80 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                                     && !names_tenant((*constraint).keys) =>
                             {
                                 plan.rewrite = true;
+                                only_keys = false;
                             }
                             pg_sys::ConstrType::CONSTR_FOREIGN => {
                                 let parent = enabled(relid_of((*constraint).pktable))?;
-                                if table_enabled.is_some() && parent.is_some() && !names_tenant((*constraint).fk_attrs)
-                                {
-                                    plan.rewrite = true;
+                                if table_enabled.is_some() && parent.is_some() {
+                                    plan.rewrite |= !names_tenant((*constraint).fk_attrs);
+                                    needs_lift = true;
                                 }
-                                plan.lift.extend(table_enabled.into_iter().chain(parent));
                             }
-                            _ => {}
+                            _ => only_keys = false,
                         }
+                    }
+                    pg_sys::AlterTableType::AT_AddColumn if !(*cmd).def.is_null() => {
+                        // ADD COLUMN x ... REFERENCES parent (Django's AddField of a foreign key).
+                        let column = (*cmd).def as *mut pg_sys::ColumnDef;
+                        for constraint in inline_foreign_keys(column) {
+                            let parent = enabled(relid_of((*constraint).pktable))?;
+                            if table_enabled.is_some() && parent.is_some() {
+                                plan.rewrite = true;
+                                needs_lift = true;
+                            }
+                        }
+                        only_keys &= plain_column(column);
                     }
                     pg_sys::AlterTableType::AT_ValidateConstraint if !(*cmd).name.is_null() => {
-                        if let Some(table) = table {
-                            let parent = enabled(referenced_by(table, CStr::from_ptr((*cmd).name))?)?;
-                            if parent.is_some() || table_enabled.is_some() {
-                                plan.lift.extend(table_enabled.into_iter().chain(parent));
-                            }
+                        let parent = match table {
+                            Some(table) => enabled(referenced_by(table, CStr::from_ptr((*cmd).name))?)?,
+                            None => None,
+                        };
+                        if table_enabled.is_some() && parent.is_some() {
+                            needs_lift = true;
+                        } else {
+                            only_keys = false;
                         }
                     }
-                    _ => {}
+                    _ => only_keys = false,
+                }
+            }
+            if needs_lift {
+                if !only_keys {
+                    return Err(MtError::InvalidArgument {
+                        message:
+                            "a foreign key between tenant-enabled tables must be added or validated in an ALTER TABLE \
+                                  of its own"
+                                .into(),
+                        hint: "Split the statement: one ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY (or VALIDATE \
+                               CONSTRAINT), the other subcommands in another."
+                            .into(),
+                    });
+                }
+                // The key is checked over every tenant's rows: the child and every enabled parent.
+                plan.lift.extend(table_enabled);
+                for cmd in elements((*alter).cmds) {
+                    let cmd = cmd as *mut pg_sys::AlterTableCmd;
+                    let pktables: Vec<*mut pg_sys::RangeVar> = match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_AddConstraint => {
+                            vec![(*((*cmd).def as *mut pg_sys::Constraint)).pktable]
+                        }
+                        pg_sys::AlterTableType::AT_AddColumn => {
+                            inline_foreign_keys((*cmd).def as *mut pg_sys::ColumnDef)
+                                .iter()
+                                .map(|c| (*(*c)).pktable)
+                                .collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    for pktable in pktables {
+                        plan.lift.extend(enabled(relid_of(pktable))?);
+                    }
+                    if (*cmd).subtype == pg_sys::AlterTableType::AT_ValidateConstraint {
+                        if let Some(table) = table {
+                            plan.lift.extend(enabled(referenced_by(table, CStr::from_ptr((*cmd).name))?)?);
+                        }
+                    }
                 }
             }
         }
@@ -270,6 +329,30 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
     // its business: their FORCE is handled, and they are checked when that DDL is done.
     plan.lift.retain(|oid| !busy::ours(*oid));
     Ok(plan)
+}
+
+/// A column added with nothing that runs code: no default, no generated expression, no
+/// identity, and no constraint but NULL / NOT NULL and foreign keys.
+///
+/// # Safety
+/// `column` is a valid ColumnDef.
+unsafe fn plain_column(column: *mut pg_sys::ColumnDef) -> bool {
+    (*column).raw_default.is_null()
+        && (*column).cooked_default.is_null()
+        && (*column).identity == 0
+        && (*column).generated == 0
+        && elements((*column).constraints).into_iter().all(|c| {
+            matches!(
+                (*(c as *mut pg_sys::Constraint)).contype,
+                pg_sys::ConstrType::CONSTR_FOREIGN
+                    | pg_sys::ConstrType::CONSTR_NULL
+                    | pg_sys::ConstrType::CONSTR_NOTNULL
+                    | pg_sys::ConstrType::CONSTR_ATTR_DEFERRABLE
+                    | pg_sys::ConstrType::CONSTR_ATTR_NOT_DEFERRABLE
+                    | pg_sys::ConstrType::CONSTR_ATTR_DEFERRED
+                    | pg_sys::ConstrType::CONSTR_ATTR_IMMEDIATE
+            )
+        })
 }
 
 /// Whether an index's key names the tenant column.
@@ -302,6 +385,13 @@ unsafe fn apply(stmt: *mut pg_sys::Node) -> Result<()> {
             let table_enabled = enabled(relid_of((*alter).relation))?;
             for cmd in elements((*alter).cmds) {
                 let cmd = cmd as *mut pg_sys::AlterTableCmd;
+                if (*cmd).subtype == pg_sys::AlterTableType::AT_AddColumn
+                    && !(*cmd).def.is_null()
+                    && table_enabled.is_some()
+                {
+                    move_inline_foreign_keys(alter, (*cmd).def as *mut pg_sys::ColumnDef)?;
+                    continue;
+                }
                 if (*cmd).subtype != pg_sys::AlterTableType::AT_AddConstraint || (*cmd).def.is_null() {
                     continue;
                 }
@@ -319,20 +409,7 @@ unsafe fn apply(stmt: *mut pg_sys::Node) -> Result<()> {
                         if table_enabled.is_none() {
                             continue;
                         }
-                        if (*constraint).pk_attrs.is_null() {
-                            // REFERENCES parent: its primary key, spelled out to put tenant_id first.
-                            for column in crate::catalog::primary_key(parent)?
-                                .map(|(_, columns)| columns)
-                                .unwrap_or_default()
-                                .iter()
-                                .rev()
-                            {
-                                let column = std::ffi::CString::new(column.as_str()).expect("no NUL in a name");
-                                (*constraint).pk_attrs = pg_sys::lcons(name_node(&column), (*constraint).pk_attrs);
-                            }
-                        }
-                        (*constraint).fk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).fk_attrs);
-                        (*constraint).pk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).pk_attrs);
+                        make_composite(constraint, parent)?;
                     }
                     _ => {}
                 }
@@ -343,13 +420,108 @@ unsafe fn apply(stmt: *mut pg_sys::Node) -> Result<()> {
     Ok(())
 }
 
+/// `(x) REFERENCES parent [(y)]` as `(tenant_id, x) REFERENCES parent (tenant_id, y)`; a bare
+/// `REFERENCES parent` spells out the parent's primary key (without tenant_id, which it holds
+/// under a tenant key scope).
+///
+/// # Safety
+/// `constraint` is a foreign-key Constraint of a tree that may be changed.
+unsafe fn make_composite(constraint: *mut pg_sys::Constraint, parent: pg_sys::Oid) -> Result<()> {
+    if (*constraint).pk_attrs.is_null() {
+        let columns = crate::catalog::primary_key(parent)?.map(|(_, columns)| columns).unwrap_or_default();
+        for column in columns.iter().rev().filter(|c| c.as_bytes() != TENANT.to_bytes()) {
+            let column = std::ffi::CString::new(column.as_str()).expect("no NUL in a name");
+            (*constraint).pk_attrs = pg_sys::lcons(name_node(&column), (*constraint).pk_attrs);
+        }
+    }
+    (*constraint).fk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).fk_attrs);
+    (*constraint).pk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).pk_attrs);
+    Ok(())
+}
+
+/// The foreign-key constraints written on a column definition (`x bigint REFERENCES parent`).
+///
+/// # Safety
+/// `column` is a valid ColumnDef.
+unsafe fn inline_foreign_keys(column: *mut pg_sys::ColumnDef) -> Vec<*mut pg_sys::Constraint> {
+    elements((*column).constraints)
+        .into_iter()
+        .map(|c| c as *mut pg_sys::Constraint)
+        .filter(|c| (*(*c)).contype == pg_sys::ConstrType::CONSTR_FOREIGN)
+        .collect()
+}
+
+/// A column's own foreign keys to enabled tables become table constraints of the same ALTER
+/// (after the ADD COLUMN), composite: a column constraint names one column only.
+///
+/// # Safety
+/// `alter` and `column` belong to a tree that may be changed.
+unsafe fn move_inline_foreign_keys(alter: *mut pg_sys::AlterTableStmt, column: *mut pg_sys::ColumnDef) -> Result<()> {
+    let mut kept: *mut pg_sys::List = std::ptr::null_mut();
+    // The constraint moved last: DEFERRABLE / INITIALLY ... written after it are its own
+    // (PostgreSQL keeps them as separate nodes until it parses the column).
+    let mut moved: Option<*mut pg_sys::Constraint> = None;
+    for constraint in elements((*column).constraints) {
+        let constraint = constraint as *mut pg_sys::Constraint;
+        let attribute = match (*constraint).contype {
+            pg_sys::ConstrType::CONSTR_ATTR_DEFERRABLE => Some((Some(true), None)),
+            pg_sys::ConstrType::CONSTR_ATTR_NOT_DEFERRABLE => Some((Some(false), None)),
+            pg_sys::ConstrType::CONSTR_ATTR_DEFERRED => Some((None, Some(true))),
+            pg_sys::ConstrType::CONSTR_ATTR_IMMEDIATE => Some((None, Some(false))),
+            _ => None,
+        };
+        if let (Some((deferrable, deferred)), Some(target)) = (attribute, moved) {
+            if let Some(deferrable) = deferrable {
+                (*target).deferrable = deferrable;
+            }
+            if let Some(deferred) = deferred {
+                (*target).initdeferred = deferred;
+            }
+            continue;
+        }
+        if attribute.is_none() {
+            moved = None;
+        }
+        let parent = if (*constraint).contype == pg_sys::ConstrType::CONSTR_FOREIGN {
+            enabled(relid_of((*constraint).pktable))?
+        } else {
+            None
+        };
+        let Some(parent) = parent else {
+            kept = pg_sys::lappend(kept, constraint as *mut c_void);
+            continue;
+        };
+        (*constraint).fk_attrs = pg_sys::lcons(name_node(CStr::from_ptr((*column).colname)), std::ptr::null_mut());
+        make_composite(constraint, parent)?;
+        let cmd = pg_sys::palloc0(std::mem::size_of::<pg_sys::AlterTableCmd>()) as *mut pg_sys::AlterTableCmd;
+        (*cmd).type_ = pg_sys::NodeTag::T_AlterTableCmd;
+        (*cmd).subtype = pg_sys::AlterTableType::AT_AddConstraint;
+        (*cmd).def = constraint as *mut pg_sys::Node;
+        (*alter).cmds = pg_sys::lappend((*alter).cmds, cmd as *mut c_void);
+        moved = Some(constraint);
+    }
+    (*column).constraints = kept;
+    Ok(())
+}
+
 /// `INSERT ... ON CONFLICT (<columns>)` on an enabled table: the conflict target gets
 /// `tenant_id` (see the module documentation). Called by the post-parse-analyze hook.
 ///
 /// # Safety
 /// `query` is a query just analysed.
 pub unsafe fn on_conflict(query: *mut pg_sys::Query) -> Result<()> {
-    if query.is_null() || (*query).commandType != pg_sys::CmdType::CMD_INSERT || (*query).onConflict.is_null() {
+    if query.is_null() {
+        return Ok(());
+    }
+    // WITH x AS (INSERT ... ON CONFLICT ...) too.
+    for cte in elements((*query).cteList) {
+        let cte = cte as *mut pg_sys::CommonTableExpr;
+        let inner = (*cte).ctequery;
+        if !inner.is_null() && (*inner).type_ == pg_sys::NodeTag::T_Query {
+            on_conflict(inner as *mut pg_sys::Query)?;
+        }
+    }
+    if (*query).commandType != pg_sys::CmdType::CMD_INSERT || (*query).onConflict.is_null() {
         return Ok(());
     }
     let conflict = (*query).onConflict;
