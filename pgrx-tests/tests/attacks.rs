@@ -1125,6 +1125,89 @@ mod app_role {
             assert_eq!(resolve(host), Some(o.b.clone()), "{host} routes to globex again once it is active");
         }
     }
+
+    /// Third review, finding 6: an upsert inside a common table expression — `WITH x AS (INSERT
+    /// INTO customers ... ON CONFLICT (email) DO UPDATE ... RETURNING id) SELECT count(*) FROM x`
+    /// — on an enabled table whose unique key is `(tenant_id, email)`, as tenant A, while B has
+    /// the same email: the conflict target is adjusted as for a plain upsert, so it works, updates
+    /// A's row only and leaves B's row with the same email as it was.
+    ///
+    /// Without the fix the statement fails with 42P10 (no unique key on `email` alone).
+    #[test]
+    fn an_upsert_inside_a_common_table_expression_updates_the_tenants_own_row_only() {
+        let db = TestDb::new("attack_cte_upsert");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        db.owner()
+            .batch_execute(&format!(
+                "CREATE TABLE customers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                                         email text NOT NULL UNIQUE, name text NOT NULL);
+                 SELECT multitenancy.tenant_enable('customers');
+                 GRANT SELECT, INSERT, UPDATE ON customers TO {APP};"
+            ))
+            .unwrap();
+        let mut su = db.superuser();
+        let unique: Vec<String> = su
+            .query(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                  WHERE conrelid = 'customers'::regclass AND contype = 'u'
+                    AND pg_get_constraintdef(oid) LIKE '%email%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(unique, ["UNIQUE (tenant_id, email)"], "precondition: the unique key on email is per tenant");
+        let mut app = db.app();
+        let mut ids = Vec::new();
+        for (slug, name) in [("acme", "A1"), ("globex", "B1")] {
+            let mut tx = begin_as(&mut app, slug);
+            let id: i64 = tx
+                .query_one("INSERT INTO customers (email, name) VALUES ('shared@x', $1) RETURNING id", &[&name])
+                .unwrap()
+                .get(0);
+            tx.commit().unwrap();
+            ids.push(id);
+        }
+        let truth = |su: &mut Client| -> Vec<(i64, String, String)> {
+            su.query("SELECT id, tenant_id::text, name FROM customers WHERE email = 'shared@x' ORDER BY id", &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect()
+        };
+        assert_eq!(
+            truth(&mut su),
+            [(ids[0], a.clone(), "A1".to_string()), (ids[1], b.clone(), "B1".to_string())],
+            "ground truth: A and B each have a customer shared@x"
+        );
+
+        let upsert = "WITH x AS (INSERT INTO customers (email, name) VALUES ('shared@x', 'A2')
+                                 ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name RETURNING id)
+                      SELECT count(*) FROM x";
+        let mut tx = begin_as(&mut app, "acme");
+        let upserted = tx.query_one(upsert, &[]).map(|r| r.get::<_, i64>(0));
+        let upserted = match upserted {
+            Ok(n) => {
+                tx.commit().unwrap();
+                n
+            }
+            Err(error) => panic!("the upsert inside WITH as {APP} in acme's context must work: {error:?}"),
+        };
+
+        assert_eq!(
+            truth(&mut su),
+            [(ids[0], a.clone(), "A2".to_string()), (ids[1], b.clone(), "B1".to_string())],
+            "ground truth: A's customer updated in place, B's untouched, no new row"
+        );
+        assert_eq!(upserted, 1, "the upsert returned A's one row");
+        let mut tx = begin_as(&mut app, "acme");
+        let seen: Vec<(i64, String)> =
+            tx.query("SELECT id, name FROM customers", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+        tx.commit().unwrap();
+        assert_eq!(seen, [(ids[0], "A2".to_string())], "A sees its own customer only");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2461,6 +2544,429 @@ mod operator_and_owner {
             insert(&mut app, "acme", "signups", "ceo@globex.test"),
             &SqlState::EXCLUSION_VIOLATION,
         );
+    }
+
+    /// Row level security flags of `table` (ground truth): `(relrowsecurity, relforcerowsecurity)`.
+    fn rls_flags(su: &mut Client, table: &str) -> (bool, bool) {
+        let row = su
+            .query_one(
+                "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1::text::regclass",
+                &[&table],
+            )
+            .unwrap_or_else(|e| panic!("pg_class of {table}: {e}"));
+        (row.get(0), row.get(1))
+    }
+
+    /// `parent` and `child`, enabled, owned by [`OWNER`], readable and writable by [`APP`], with
+    /// one parent and one child of it per tenant (written by the application); the parent ids of
+    /// acme and globex.
+    fn parent_and_child(db: &TestDb) -> (i64, i64) {
+        db.owner()
+            .batch_execute(&format!(
+                "CREATE TABLE parent (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);
+                 SELECT multitenancy.tenant_enable('parent');
+                 CREATE TABLE child (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, parent_id bigint NOT NULL,
+                                     note text NOT NULL);
+                 SELECT multitenancy.tenant_enable('child');
+                 GRANT SELECT, INSERT ON parent, child TO {APP};"
+            ))
+            .unwrap();
+        let mut app = db.app();
+        let mut parent_of = |slug: &str| -> i64 {
+            let mut tx = begin_as(&mut app, slug);
+            let id: i64 = tx
+                .query_one("INSERT INTO parent (name) VALUES ($1) RETURNING id", &[&format!("{slug}-parent")])
+                .unwrap()
+                .get(0);
+            tx.execute("INSERT INTO child (parent_id, note) VALUES ($1, $2)", &[&id, &format!("{slug}-child")])
+                .unwrap();
+            tx.commit().unwrap();
+            id
+        };
+        (parent_of("acme"), parent_of("globex"))
+    }
+
+    /// Reading `table` as [`APP`] without a tenant context fails closed (28000).
+    #[track_caller]
+    fn assert_app_needs_context(db: &TestDb, table: &str) {
+        let error = refused(
+            &format!("SELECT from {table} as {APP} without a tenant context"),
+            db.app().query(&format!("SELECT count(*) FROM {table}"), &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        );
+        assert!(error.message().contains("no tenant context"), "{table}: {:?}", error.message());
+    }
+
+    /// Third review, finding 2 (high): with another library's ProcessUtility hook loaded before
+    /// ours (`shared_preload_libraries = pg_stat_statements,multitenancy`), an ERROR raised while
+    /// a foreign-key statement between enabled tables ran — inside pg_stat_statements' hook —
+    /// jumped past the extension's cleanup, and `parent` and `child` stayed "busy" (the
+    /// extension's own DDL) for the rest of the transaction: the guard then let the owner
+    /// `DISABLE ROW LEVEL SECURITY` on them after catching the error (an EXCEPTION block, or
+    /// ROLLBACK TO SAVEPOINT). A child row of globex pointing at acme's parent makes the key fail
+    /// validation (23503) while the statement runs. Now every DISABLE is refused (42501), both
+    /// tables keep row level security enabled and forced, and the application still needs a
+    /// context and sees its own tenant's rows only.
+    ///
+    /// The first DO block is the report's: its mixed statement is now refused up front (22023)
+    /// before anything is lifted. The second catches only `foreign_key_violation`, so it passes
+    /// its DISABLE only after a validation-only statement lifted FORCE and failed inside
+    /// pg_stat_statements' hook — the path of the finding, on the fixed build too; so does the
+    /// ADD FOREIGN KEY before ROLLBACK TO SAVEPOINT (asserted 23503). Without the fix all three
+    /// DISABLEs succeed (the first assertion).
+    #[test]
+    fn an_error_inside_another_librarys_hook_leaves_no_table_open_to_disable_row_level_security() {
+        let server = Server::private("-c shared_preload_libraries=pg_stat_statements,multitenancy");
+        let db = TestDb::on(server, "attack_busy_after_error", "");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        let mut su = db.superuser();
+        assert_eq!(
+            show(&mut su, "shared_preload_libraries"),
+            "pg_stat_statements,multitenancy",
+            "precondition: pg_stat_statements' ProcessUtility hook is called by ours"
+        );
+        let (parent_a, _) = parent_and_child(&db);
+        su.execute(
+            "INSERT INTO child (tenant_id, parent_id, note) VALUES ($1::text::uuid, $2, 'globex-child-of-acme')",
+            &[&b, &parent_a],
+        )
+        .unwrap();
+        let mut owner = db.owner();
+        owner
+            .batch_execute(
+                "ALTER TABLE child ADD CONSTRAINT child_parent_fk FOREIGN KEY (parent_id) REFERENCES parent (id) NOT VALID",
+            )
+            .unwrap();
+        for table in ["parent", "child"] {
+            assert_eq!(rls_flags(&mut su, table), (true, true), "precondition: {table} has row level security, forced");
+        }
+        // Put back what an attack changed (as a DBA would), so that each one is judged alone.
+        let restore = || {
+            db.unguarded(
+                "ALTER TABLE public.parent ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+                 ALTER TABLE public.child ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;",
+            )
+        };
+
+        let mut attempts = Vec::new();
+        for (table, block) in [
+            (
+                "public.child",
+                "DO $$ BEGIN
+                     BEGIN
+                         ALTER TABLE public.child VALIDATE CONSTRAINT child_parent_fk, ADD CONSTRAINT c CHECK (1/0 = 1);
+                     EXCEPTION WHEN others THEN NULL;
+                     END;
+                     ALTER TABLE public.child DISABLE ROW LEVEL SECURITY;
+                 END $$",
+            ),
+            (
+                "public.parent",
+                "DO $$ BEGIN
+                     BEGIN
+                         ALTER TABLE public.child VALIDATE CONSTRAINT child_parent_fk;
+                     EXCEPTION WHEN foreign_key_violation THEN NULL;
+                     END;
+                     ALTER TABLE public.parent DISABLE ROW LEVEL SECURITY;
+                 END $$",
+            ),
+        ] {
+            let result = owner.batch_execute(block);
+            attempts.push((block, table, result, (rls_flags(&mut su, "parent"), rls_flags(&mut su, "child"))));
+            restore();
+        }
+        // The same with ROLLBACK TO SAVEPOINT after a foreign key added over the cross-tenant row.
+        let mut tx = owner.transaction().unwrap();
+        tx.batch_execute("SAVEPOINT attack").unwrap();
+        let add = tx.batch_execute(
+            "ALTER TABLE public.child ADD CONSTRAINT child_parent_fk2 FOREIGN KEY (parent_id) REFERENCES public.parent (id)",
+        );
+        tx.batch_execute("ROLLBACK TO SAVEPOINT attack").unwrap();
+        let disable = tx.batch_execute("ALTER TABLE public.child DISABLE ROW LEVEL SECURITY");
+        if disable.is_ok() {
+            tx.commit().unwrap();
+        } else {
+            drop(tx);
+        }
+        attempts.push((
+            "SAVEPOINT; failing ADD FOREIGN KEY; ROLLBACK TO SAVEPOINT; DISABLE",
+            "public.child",
+            disable,
+            (rls_flags(&mut su, "parent"), rls_flags(&mut su, "child")),
+        ));
+        restore();
+
+        for (what, _, _, flags) in &attempts {
+            assert_eq!(
+                *flags,
+                ((true, true), (true, true)),
+                "after {what}: parent and child must keep row level security enabled and forced"
+            );
+        }
+        for table in ["parent", "child"] {
+            assert_eq!(rls_flags(&mut su, table), (true, true), "{table} has row level security, forced");
+            assert_app_needs_context(&db, table);
+        }
+        let b_rows = count(&mut su, &format!("SELECT count(*) FROM child WHERE tenant_id = '{b}'"));
+        assert_eq!(b_rows, 2, "ground truth: globex's rows in child exist");
+        let tenants = [("acme", a.as_str()), ("globex", b.as_str())];
+        assert_isolated(db.server(), &db.name, "child", &tenants);
+        assert_isolated(db.server(), &db.name, "parent", &tenants);
+        refused("ADD FOREIGN KEY over globex's child of acme's parent", add, &SqlState::FOREIGN_KEY_VIOLATION);
+        for (_, table, result, _) in attempts {
+            expect_refused(result, table);
+        }
+    }
+
+    /// Third review, finding 4: FORCE was lifted for a whole ALTER TABLE as soon as it added or
+    /// validated a foreign key between enabled tables (or validated any constraint of an enabled
+    /// table), so a volatile default, or a CHECK, in the same statement ran the owner's function
+    /// with every tenant's rows in view: `steal()` updated every tenant's parent rows and
+    /// `leak()`/`peek()` copied every tenant's child rows into a log table. Now a foreign key
+    /// mixed with other subcommands is refused (22023), and a statement without a foreign key is
+    /// not lifted: the owner's function meets FORCE without a context (28000). No parent row
+    /// changes, the log stays empty, no column or key is added, the CHECK stays unvalidated.
+    ///
+    /// Without the fix every statement succeeds: the first assertion (the parent rows are
+    /// renamed) fails.
+    #[test]
+    fn force_is_lifted_only_for_statements_that_only_add_or_validate_foreign_keys() {
+        let db = TestDb::new("attack_lift_mixed");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        parent_and_child(&db);
+        let mut owner = db.owner();
+        owner
+            .batch_execute(
+                "CREATE TABLE steal_log (tenant text, value text);
+                 SELECT multitenancy.tenant_exempt('steal_log', 'evidence of the attack');
+                 CREATE FUNCTION public.steal() RETURNS text LANGUAGE sql VOLATILE AS $f$
+                     UPDATE public.parent SET name = name || ' (stolen)';
+                     INSERT INTO public.steal_log SELECT tenant_id::text, note FROM public.child;
+                     SELECT 'junk'::text
+                 $f$;
+                 CREATE FUNCTION public.leak() RETURNS text LANGUAGE sql VOLATILE AS $f$
+                     INSERT INTO public.steal_log SELECT tenant_id::text, note FROM public.child;
+                     SELECT 'x'::text
+                 $f$;
+                 CREATE FUNCTION public.peek(bigint) RETURNS boolean LANGUAGE sql VOLATILE AS $f$
+                     INSERT INTO public.steal_log SELECT tenant_id::text, note FROM public.child;
+                     SELECT true
+                 $f$;
+                 ALTER TABLE child ADD CONSTRAINT child_note_check CHECK (note <> '') NOT VALID;
+                 ALTER TABLE child ADD CONSTRAINT child_peek_check CHECK (public.peek(id)) NOT VALID;",
+            )
+            .unwrap();
+        let mut su = db.superuser();
+        let parents = |su: &mut Client| -> Vec<(String, String)> {
+            su.query("SELECT tenant_id::text, name FROM parent ORDER BY name", &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        };
+        let before = parents(&mut su);
+        assert_eq!(
+            before,
+            [(a.clone(), "acme-parent".to_string()), (b.clone(), "globex-parent".to_string())],
+            "ground truth: each tenant has its parent row"
+        );
+
+        let attempts = [
+            (
+                "ALTER TABLE child ADD CONSTRAINT child_parent_fk2 FOREIGN KEY (parent_id) REFERENCES parent,
+                                  ADD COLUMN junk text DEFAULT public.steal()",
+                &[&SqlState::INVALID_PARAMETER_VALUE][..],
+            ),
+            (
+                "ALTER TABLE child VALIDATE CONSTRAINT child_note_check, ADD COLUMN x text DEFAULT public.leak()",
+                &[&SqlState::INVALID_PARAMETER_VALUE, &SqlState::INVALID_AUTHORIZATION_SPECIFICATION][..],
+            ),
+            (
+                "ALTER TABLE child VALIDATE CONSTRAINT child_peek_check",
+                &[&SqlState::INVALID_PARAMETER_VALUE, &SqlState::INVALID_AUTHORIZATION_SPECIFICATION][..],
+            ),
+        ];
+        let results: Vec<_> = attempts.iter().map(|(statement, _)| owner.batch_execute(statement)).collect();
+
+        assert_eq!(parents(&mut su), before, "the owner's steal() updated parent rows (every tenant's)");
+        let logged: Vec<(String, String)> = su
+            .query("SELECT coalesce(tenant, ''), coalesce(value, '') FROM steal_log ORDER BY 1, 2", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(logged, [], "the owner's functions copied child rows (every tenant's) into steal_log");
+        let added = count(
+            &mut su,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'child'::regclass AND attname IN ('junk', 'x')",
+        );
+        assert_eq!(added, 0, "no column was added to child");
+        let keys = count(&mut su, "SELECT count(*) FROM pg_constraint WHERE conname = 'child_parent_fk2'");
+        assert_eq!(keys, 0, "child_parent_fk2 was not added");
+        let validated = count(
+            &mut su,
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype = 'c' AND convalidated",
+        );
+        assert_eq!(validated, 0, "no CHECK of child was validated");
+        for table in ["parent", "child"] {
+            assert_eq!(rls_flags(&mut su, table), (true, true), "{table} has row level security, forced");
+        }
+        let tenants = [("acme", a.as_str()), ("globex", b.as_str())];
+        assert_isolated(db.server(), &db.name, "child", &tenants);
+        assert_isolated(db.server(), &db.name, "parent", &tenants);
+        for ((statement, codes), result) in attempts.iter().zip(results) {
+            refused_with_one_of(statement, result, codes);
+        }
+        // Positive control: the foreign key on its own is added, composite.
+        owner
+            .batch_execute(
+                "ALTER TABLE child ADD CONSTRAINT child_parent_fk2 FOREIGN KEY (parent_id) REFERENCES parent",
+            )
+            .unwrap();
+        let def: String = su
+            .query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'child_parent_fk2'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(def, "FOREIGN KEY (tenant_id, parent_id) REFERENCES parent(tenant_id, id)");
+        assert_eq!(parents(&mut su), before, "the foreign key alone ran no code of the owner");
+    }
+
+    /// Third review, finding 5: a DBA in write admin mode (`admin_begin('ticket', write => true)`)
+    /// creates a tenant — whose copy of a template table fires the owner's AFTER INSERT trigger —
+    /// and purges another — whose DELETE fires the owner's AFTER DELETE trigger. The triggers ran
+    /// in the DBA's admin mode: `_admin_mode()` was true and they read every tenant's secrets.
+    /// Now admin mode is suspended while the extension maintains one tenant's rows: the triggers
+    /// see `_admin_mode()` false and no other tenant's secrets. Both calls succeed.
+    ///
+    /// Without the fix the log holds `admin=true` and acme's and globex's secrets.
+    #[test]
+    fn an_owner_trigger_does_not_inherit_a_dbas_admin_mode_in_tenant_create_or_purge() {
+        let db = TestDb::new("attack_admin_maintenance");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        let mut su = db.superuser();
+        su.batch_execute(&format!("GRANT EXECUTE ON FUNCTION multitenancy.tenant_template(regclass) TO {OWNER}"))
+            .unwrap();
+        let mut owner = db.owner();
+        owner
+            .batch_execute(&format!(
+                "CREATE TABLE secrets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, secret text NOT NULL);
+                 SELECT multitenancy.tenant_enable('secrets');
+                 GRANT SELECT, INSERT ON secrets TO {APP};"
+            ))
+            .unwrap();
+        let mut tx = owner.transaction().unwrap();
+        tx.batch_execute(
+            "CREATE TABLE shipping_option (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);
+             INSERT INTO shipping_option (name) VALUES ('standard'), ('express');
+             SELECT multitenancy.tenant_template('shipping_option');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let mut app = db.app();
+        for slug in ["acme", "globex"] {
+            let mut tx = begin_as(&mut app, slug);
+            tx.execute("INSERT INTO secrets (secret) VALUES ($1)", &[&format!("{slug}-secret")]).unwrap();
+            tx.commit().unwrap();
+        }
+        owner
+            .batch_execute(
+                "CREATE TABLE spy_log (event text, admin text, seen text);
+                 SELECT multitenancy.tenant_exempt('spy_log', 'evidence of the attack');
+                 CREATE FUNCTION public.spy() RETURNS trigger LANGUAGE plpgsql AS $f$
+                 BEGIN
+                     INSERT INTO public.spy_log
+                     SELECT TG_OP, multitenancy._admin_mode()::text,
+                            (SELECT string_agg(secret, ',' ORDER BY secret) FROM public.secrets);
+                     RETURN NULL;
+                 END $f$;
+                 CREATE TRIGGER spy AFTER INSERT OR DELETE ON shipping_option
+                     FOR EACH STATEMENT EXECUTE FUNCTION public.spy();",
+            )
+            .unwrap();
+
+        let mut dba = db.superuser();
+        let mut tx = dba.transaction().unwrap();
+        tx.execute("SELECT multitenancy.admin_begin('ticket', write => true)", &[]).unwrap();
+        let created = tx.query_one("SELECT multitenancy.tenant_create('Initech', 'initech')::text", &[]);
+        let created = created.and_then(|row| tx.commit().map(|()| row.get::<_, String>(0)));
+        dba.execute("SELECT multitenancy.tenant_delete('globex')", &[]).unwrap();
+        let mut tx = dba.transaction().unwrap();
+        tx.execute("SELECT multitenancy.admin_begin('ticket', write => true)", &[]).unwrap();
+        let purged = tx.query_one("SELECT multitenancy.tenant_purge('globex', 'globex')", &[]);
+        let purged = purged.and_then(|row| tx.commit().map(|()| row.get::<_, i64>(0)));
+
+        let secret_of = |su: &mut Client, id: &str| -> i64 {
+            su.query_one("SELECT count(*) FROM secrets WHERE tenant_id = $1::text::uuid", &[&id]).unwrap().get(0)
+        };
+        assert_eq!(secret_of(&mut su, &a), 1, "ground truth: acme's secret exists");
+        let log: Vec<(String, String, String)> = su
+            .query("SELECT event, coalesce(admin, ''), coalesce(seen, '') FROM spy_log ORDER BY event", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let events: Vec<&str> = log.iter().map(|(event, _, _)| event.as_str()).collect();
+        assert_eq!(events, ["DELETE", "INSERT"], "precondition: the owner's trigger ran in the purge and the copy");
+        for (event, admin, seen) in &log {
+            assert_eq!(admin, "false", "the owner's AFTER {event} trigger ran in the DBA's admin mode");
+            assert!(
+                !seen.contains("acme") && !seen.contains("globex"),
+                "the owner's AFTER {event} trigger read other tenants' secrets: {seen:?}"
+            );
+        }
+        let initech = created.unwrap_or_else(|e| panic!("tenant_create in admin mode must succeed: {e:?}"));
+        let copied: i64 = su
+            .query_one("SELECT count(*) FROM shipping_option WHERE tenant_id = $1::text::uuid", &[&initech])
+            .unwrap()
+            .get(0);
+        assert_eq!(copied, 2, "initech got its copy of the template");
+        purged.unwrap_or_else(|e| panic!("tenant_purge in admin mode must succeed: {e:?}"));
+        assert_eq!(secret_of(&mut su, &b), 0, "the purge removed globex's secret");
+    }
+
+    /// Third review, finding 7: with the DBA's `exempt_pattern` from `framework_patterns('django')`
+    /// (`django\_%`), the owner's `CREATE TABLE django_invoices (..., tenant_id uuid)` was made
+    /// global by its name: every tenant read every invoice. A table with a tenant_id uuid column
+    /// is tenant data whatever its name: it is enabled, not exempt, forced, and tenant A cannot
+    /// read B's invoices.
+    ///
+    /// Without the fix the table is exempt (the first assertion).
+    #[test]
+    fn an_exempt_pattern_does_not_make_a_table_with_a_tenant_column_global() {
+        let db = TestDb::new("attack_pattern_tenant_column");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        let mut su = db.superuser();
+        su.batch_execute(
+            "SELECT multitenancy.exempt_pattern(pattern, reason) FROM multitenancy.framework_patterns('django')",
+        )
+        .unwrap();
+        let patterns = count(&mut su, "SELECT count(*) FROM multitenancy.exempt_patterns WHERE pattern = 'django\\_%'");
+        assert_eq!(patterns, 1, "precondition: the DBA declared django\\_%");
+        let mut owner = db.owner();
+        owner
+            .batch_execute(&format!(
+                "CREATE TABLE django_invoices (id serial PRIMARY KEY, amount int, tenant_id uuid);
+                 GRANT SELECT, INSERT ON django_invoices TO {APP};
+                 GRANT USAGE ON SEQUENCE django_invoices_id_seq TO {APP};"
+            ))
+            .unwrap();
+
+        assert!(is_enabled(&mut su, "django_invoices"), "django_invoices (with a tenant_id uuid column) is enabled");
+        assert!(!is_exempt(&mut su, "django_invoices"), "django_invoices is not exempt");
+        assert_eq!(rls_flags(&mut su, "django_invoices"), (true, true), "row level security enabled and forced");
+        assert!(has_isolation_policy(&mut su, "django_invoices"), "django_invoices has the isolation policy");
+        let mut app = db.app();
+        for (slug, amount) in [("acme", 100), ("globex", 200)] {
+            let mut tx = begin_as(&mut app, slug);
+            tx.execute("INSERT INTO django_invoices (amount) VALUES ($1)", &[&amount]).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_isolated(db.server(), &db.name, "django_invoices", &[("acme", a.as_str()), ("globex", b.as_str())]);
+        assert_app_needs_context(&db, "django_invoices");
     }
 }
 
