@@ -18,13 +18,16 @@
 #   --rounds N    interleaved rounds per workload (default 5)
 #   --seconds N   length of one pgbench run (default 6; the first second is warm-up)
 #   --clients N   pgbench clients for workloads 1-4 (default 2; workloads 6 and 7 use 16)
-#   --only LIST   comma-separated subset of: 1,2,3,3b,4,6,7,enable
+#   --only LIST   comma-separated subset of: 1,2,3,3b,4,6,7,enable,ddl
+#
+# ddl (benches/ddl.sh) is a migration's DDL on 150 tenant-enabled tables against the same DDL
+# without the extension, in two databases of their own; it does not need the dataset above.
 #
 # Not part of the test command; Debian 12, as root. Installs what is missing (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TENANTS=1000 ROWS=100 ROUNDS=5 SECS=6 CLIENTS=2 ONLY="1,2,3,3b,4,6,7,enable"
+TENANTS=1000 ROWS=100 ROUNDS=5 SECS=6 CLIENTS=2 ONLY="1,2,3,3b,4,6,7,enable,ddl"
 while [ $# -gt 0 ]; do
     case $1 in
         --tenants) TENANTS=$2; shift 2 ;;
@@ -38,6 +41,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+# Whether a workload on the dataset of benches/schema.sql is wanted (all but ddl).
+wants_dataset() { local w; for w in 1 2 3 3b 4 6 7 enable; do wants $w && return 0; done; return 1; }
 
 scripts/setup.sh
 . scripts/paths.sh
@@ -66,11 +71,13 @@ as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o "-p $PORT -k
 trap 'as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1 || true' EXIT
 "$BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE bench"
 
-say "loading $TENANTS tenants x $ROWS rows, plus a big tenant with 30 % of the rows"
-read -r TOTAL_ROWS BIG_ROWS < <(psql_su -At -F ' ' -v tenants="$TENANTS" -v rows="$ROWS" -f benches/schema.sql | tail -1)
-say "$TOTAL_ROWS rows per table, $BIG_ROWS of them the big tenant's; loading them into shared buffers"
-psql_su -c "CREATE EXTENSION pg_prewarm" -c "SELECT count(pg_prewarm(c.oid)) FROM pg_class c
-    WHERE c.relnamespace::regnamespace::text IN ('public', 'baseline', 'seed') AND c.relkind IN ('r', 'i')" >/dev/null
+if wants_dataset; then
+    say "loading $TENANTS tenants x $ROWS rows, plus a big tenant with 30 % of the rows"
+    read -r TOTAL_ROWS BIG_ROWS < <(psql_su -At -F ' ' -v tenants="$TENANTS" -v rows="$ROWS" -f benches/schema.sql | tail -1)
+    say "$TOTAL_ROWS rows per table, $BIG_ROWS of them the big tenant's; loading them into shared buffers"
+    psql_su -c "CREATE EXTENSION pg_prewarm" -c "SELECT count(pg_prewarm(c.oid)) FROM pg_class c
+        WHERE c.relnamespace::regnamespace::text IN ('public', 'baseline', 'seed') AND c.relkind IN ('r', 'i')" >/dev/null
+fi
 
 # The variants of every workload, rendered from one template per workload (workloads/*.sql):
 #   multitenancy  public.items, row-level security supplies the tenant
@@ -78,7 +85,8 @@ psql_su -c "CREATE EXTENSION pg_prewarm" -c "SELECT count(pg_prewarm(c.oid)) FRO
 #   seed          seed.items, the seed's plpgsql policy
 TENANT="('00000000-0000-4000-8000-' || :tu::text)::uuid"
 render() { # template, variant -> path of the rendered script
-    local out="$DIR/scripts/$2.$(basename "$1")" items=public.items events=public.events guc=multitenancy.tenant_id
+    local out items=public.items events=public.events guc=multitenancy.tenant_id
+    out="$DIR/scripts/$2.$(basename "$1")"
     local and_tenant="" where_tenant="" tenant_column="" tenant_value=""
     case $2 in
         seed) items=seed.items events=seed.events guc=app.current_tenant_id ;;
@@ -93,7 +101,8 @@ render() { # template, variant -> path of the rendered script
     echo "$out"
 }
 script() { # variant, templates... -> one script: the templates rendered and concatenated
-    local variant=$1 out="$DIR/scripts/$1.$(IFS=+; echo "${*:2}")" t; shift
+    local variant=$1 out t
+    out="$DIR/scripts/$1.$(IFS=+; echo "${*:2}")"; shift
     mkdir -p "$DIR/scripts"
     : >"$out"
     for t in "$@"; do cat "$(render "$t" "$variant")" >>"$out"; done
@@ -275,10 +284,20 @@ SQL
     row "| tenant_enable with backfill vs ADD COLUMN ... DEFAULT, SET NOT NULL, CREATE INDEX | $e | $m | $(ratio "$e" "$m") |"
 fi
 
+if wants ddl; then
+    # shellcheck source=benches/ddl.sh
+    . benches/ddl.sh
+    run_ddl
+fi
+
 row ""
-row "Dataset: $TENANTS tenants x $ROWS rows + a big tenant: $TOTAL_ROWS rows per table, $BIG_ROWS of them the big tenant's."
-row "Each ratio is the median over $ROUNDS rounds; a round is one ${SECS}s pgbench run whose transactions pick a variant at random"
-row "(the first second of each round is warm-up and not counted)."
-row "$CLIENTS clients (workloads 6 and 7: 16). PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), $(nproc) cores."
-row "tps = clients / median latency of the variant: machine-dependent, unlike the ratios."
+if wants_dataset; then
+    row "Dataset: $TENANTS tenants x $ROWS rows + a big tenant: $TOTAL_ROWS rows per table, $BIG_ROWS of them the big tenant's."
+    row "Each ratio is the median over $ROUNDS rounds; a round is one ${SECS}s pgbench run whose transactions pick a variant at random"
+    row "(the first second of each round is warm-up and not counted)."
+    row "$CLIENTS clients (workloads 6 and 7: 16). PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), $(nproc) cores."
+    row "tps = clients / median latency of the variant: machine-dependent, unlike the ratios."
+else
+    row "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), $(nproc) cores."
+fi
 say "results: $RESULTS"
