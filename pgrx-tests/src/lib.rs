@@ -412,6 +412,19 @@ pub fn expect_refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, ob
     error
 }
 
+/// `(name, definition)` of the constraints of `table` of `contype` ('u', 'p', 'f'), by name.
+pub fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, String)> {
+    su.query(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conrelid = $1::text::regclass AND contype = $2::text::\"char\" ORDER BY conname",
+        &[&table, &contype],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
 /// Whether a relation exists (ground truth, as superuser); `name` as `to_regclass` takes it.
 pub fn relation_exists(superuser: &mut Client, name: &str) -> bool {
     superuser.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).unwrap().get(0)

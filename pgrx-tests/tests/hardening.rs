@@ -7,19 +7,6 @@
 //! [`APP`] (NOSUPERUSER, NOBYPASSRLS) against the ground truth, with positive controls.
 use multitenancy_integration::*;
 
-/// `(name, definition)` of the constraints of `table` of `contype` ('u', 'p', 'f'), by name.
-fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, String)> {
-    su.query(
-        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
-          WHERE conrelid = $1::text::regclass AND contype = $2::text::\"char\" ORDER BY conname",
-        &[&table, &contype],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
-}
-
 /// The definition of one index, by name.
 fn index_def(su: &mut Client, index: &str) -> String {
     su.query_one("SELECT pg_get_indexdef($1::text::regclass)", &[&index])

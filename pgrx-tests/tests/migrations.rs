@@ -23,19 +23,6 @@ fn run(client: &mut impl postgres::GenericClient, sql: &str) {
     }
 }
 
-/// `(name, definition)` of the constraints of `table` of `contype` ('u', 'p', 'f'), by name.
-fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, String)> {
-    su.query(
-        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
-          WHERE conrelid = $1::text::regclass AND contype = $2::text::\"char\" ORDER BY conname",
-        &[&table, &contype],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
-}
-
 /// The definition of one constraint of `table`, by name.
 #[track_caller]
 fn constraint_def(su: &mut Client, table: &str, name: &str) -> String {
