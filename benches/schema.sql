@@ -18,6 +18,9 @@ SET client_min_messages = warning;
 CREATE EXTENSION multitenancy;
 CREATE ROLE bench_owner LOGIN;
 CREATE ROLE bench_app LOGIN NOSUPERUSER NOBYPASSRLS;
+-- The read workloads set the tenant once per pgbench client (workloads/session.sql), as a
+-- long-lived worker would: a DBA's per-role opt-in keeps a session-level context.
+ALTER ROLE bench_app SET multitenancy.session_context = on;
 GRANT CREATE ON SCHEMA public TO bench_owner;
 GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) TO bench_owner;
 

@@ -11,6 +11,11 @@ use pgrx::prelude::*;
 pub enum MtError {
     /// `multitenancy.tenant_id` is unset or empty.
     NoContext,
+    /// The context's setting (`multitenancy.tenant_id`, or the claims setting) was set for the
+    /// session in an earlier transaction.
+    StaleSessionContext { setting: String },
+    /// A transaction that has a tenant context tried to switch to another tenant.
+    OneTenantPerTransaction { current: String, requested: String },
     /// `multitenancy.tenant_id` holds something that is not a uuid.
     MalformedContext { value: String },
     /// A transaction-local setter was called outside a transaction block.
@@ -157,6 +162,8 @@ impl MtError {
         use PgSqlErrorCode::*;
         match self {
             MtError::NoContext
+            | MtError::StaleSessionContext { .. }
+            | MtError::OneTenantPerTransaction { .. }
             | MtError::MalformedContext { .. }
             | MtError::TenantNotActive { .. }
             | MtError::NoUserContext
@@ -224,6 +231,16 @@ impl MtError {
     pub fn message(&self) -> String {
         match self {
             MtError::NoContext => "no tenant context: multitenancy.tenant_id is not set in this transaction".into(),
+            MtError::StaleSessionContext { setting } => format!(
+                "no tenant context: {} was set for the session in an earlier transaction, and a tenant context \
+                 lasts one transaction",
+                clip(setting)
+            ),
+            MtError::OneTenantPerTransaction { current, requested } => format!(
+                "this transaction already acts for tenant \"{}\"; it cannot switch to \"{}\"",
+                clip(current),
+                clip(requested)
+            ),
             MtError::MalformedContext { value } => {
                 format!("invalid tenant context: multitenancy.tenant_id = \"{}\" is not a uuid", clip(value))
             }
@@ -441,6 +458,14 @@ impl MtError {
     pub fn hint(&self) -> String {
         match self {
             MtError::NoContext => HINT_SET_CONTEXT.into(),
+            MtError::StaleSessionContext { .. } => format!(
+                "{HINT_SET_CONTEXT} A DBA can let a role keep a session-level context (psql, reports, workers): \
+                 ALTER ROLE <role> SET multitenancy.session_context = on."
+            ),
+            MtError::OneTenantPerTransaction { .. } => "A transaction acts for one tenant, so that work begun for one \
+                 tenant (an abandoned transaction on a pooled connection, say) can never commit for another. \
+                 COMMIT or ROLLBACK, then set the other tenant in a new transaction."
+                .into(),
             MtError::MalformedContext { .. } => format!(
                 "multitenancy.tenant_id takes a tenant uuid; to select a tenant by slug use \
                  multitenancy.tenant_set(). {HINT_SET_CONTEXT}"

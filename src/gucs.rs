@@ -12,6 +12,11 @@ pub const TENANT_ID_NAME: &CStr = c"multitenancy.tenant_id";
 /// `multitenancy.user_id`: the end user of the current transaction, as a uuid.
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `multitenancy.session_context`: a `multitenancy.tenant_id` / `user_id` set for the session
+/// (SET without LOCAL, `set_config(..., false)`) keeps counting in later transactions. Off: the
+/// context lasts the transaction it was set in, whatever the form (pooled connections).
+pub static SESSION_CONTEXT: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// `multitenancy.require_signed`: only a context verified by `tenant_set_signed` counts.
 pub static REQUIRE_SIGNED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -121,6 +126,17 @@ pub fn init() {
           current_tenant_id() then ignores multitenancy.tenant_id and claims, and tenant_set() is refused. \
           Needs multitenancy in shared_preload_libraries.",
         &REQUIRE_SIGNED,
+        pgrx::GucContext::Suset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_bool_guc(
+        c"multitenancy.session_context",
+        c"Whether a tenant or user set for the session outlives its transaction (superuser only).",
+        c"Off (the default): multitenancy.tenant_id and user_id count only in the transaction that set \
+          them, also when set without LOCAL, so a pooled connection never carries a context into the next \
+          request. A DBA allows it per role for psql sessions, reports and workers: ALTER ROLE reporter SET \
+          multitenancy.session_context = on.",
+        &SESSION_CONTEXT,
         pgrx::GucContext::Suset,
         pgrx::GucFlags::default(),
     );
@@ -296,6 +312,105 @@ pub fn set_signed_context(value: &CStr) {
 pub fn signed_context_raw() -> *const c_char {
     // SAFETY: as in tenant_id_raw.
     unsafe { *SIGNED_CONTEXT.as_ptr() }
+}
+
+/// Whether a session-level tenant context outlives its transaction for this role.
+pub fn session_context() -> bool {
+    SESSION_CONTEXT.get()
+}
+
+/// Every GUC of this backend.
+///
+/// # Safety
+/// Reads the GUC table; the pointers are valid until the next GUC is defined.
+#[cfg(any(feature = "pg14", feature = "pg15"))]
+pub unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
+    (pg_sys::get_guc_variables(), pg_sys::GetNumConfigOptions().max(0) as usize)
+}
+
+/// Every GUC of this backend (a palloc'd array since PostgreSQL 16).
+///
+/// # Safety
+/// Reads the GUC table; the pointers are valid until the next GUC is defined.
+#[cfg(not(any(feature = "pg14", feature = "pg15")))]
+pub unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
+    let mut count = 0;
+    let vars = pg_sys::get_guc_variables(&mut count);
+    (vars, count.max(0) as usize)
+}
+
+thread_local! {
+    /// The GUC records of multitenancy.tenant_id and user_id, found once.
+    static CONTEXT_VARIABLES: std::cell::Cell<Option<[usize; 2]>> = const { std::cell::Cell::new(None) };
+}
+
+/// The GUC record of a setting of ours (stable for the life of the backend).
+///
+/// # Safety
+/// Called after the settings are defined.
+unsafe fn variable(name: &CStr) -> *mut pg_sys::config_generic {
+    let (vars, count) = guc_variables();
+    (0..count)
+        .map(|i| *vars.add(i))
+        .find(|&var| !var.is_null() && !(*var).name.is_null() && CStr::from_ptr((*var).name) == name)
+        .unwrap_or(std::ptr::null_mut())
+}
+
+/// Whether the setting `name` (any, placeholders included, e.g. the claims setting) was changed
+/// in the current transaction: its GUC record has a stack entry. Looked up by name every time,
+/// since defining a placeholder's setting replaces its record.
+pub fn set_in_this_transaction(name: &CStr) -> bool {
+    // SAFETY: reads the GUC table; the array is only read here (and freed where palloc'd).
+    unsafe {
+        let (vars, count) = guc_variables();
+        let found = (0..count).map(|i| *vars.add(i)).find(|&var| {
+            !var.is_null()
+                && !(*var).name.is_null()
+                && CStr::from_ptr((*var).name).to_bytes().eq_ignore_ascii_case(name.to_bytes())
+        });
+        let set = found.is_some_and(|var| !(*var).stack.is_null());
+        free_guc_variables(vars);
+        set
+    }
+}
+
+/// Free what [`guc_variables`] returned, where PostgreSQL allocated it (16 and later).
+///
+/// # Safety
+/// `vars` comes from [`guc_variables`] and is not used afterwards.
+#[cfg(any(feature = "pg14", feature = "pg15"))]
+unsafe fn free_guc_variables(_vars: *mut *mut pg_sys::config_generic) {}
+
+/// Free what [`guc_variables`] returned, where PostgreSQL allocated it (16 and later).
+///
+/// # Safety
+/// `vars` comes from [`guc_variables`] and is not used afterwards.
+#[cfg(not(any(feature = "pg14", feature = "pg15")))]
+unsafe fn free_guc_variables(vars: *mut *mut pg_sys::config_generic) {
+    if !vars.is_null() {
+        pg_sys::pfree(vars.cast());
+    }
+}
+
+/// Whether `multitenancy.tenant_id` (`user: false`) or `user_id` (`user: true`) was set in the
+/// current transaction (SET, SET LOCAL, set_config, tenant_set): its GUC record has a stack
+/// entry exactly while a transaction has changed it.
+pub fn context_set_in_this_transaction(user: bool) -> bool {
+    // SAFETY: reads GUC records of ours, found once after they were defined.
+    unsafe {
+        let pointers = CONTEXT_VARIABLES.with(|c| match c.get() {
+            Some(p) => p,
+            None => {
+                let p = [variable(TENANT_ID_NAME) as usize, variable(c"multitenancy.user_id") as usize];
+                if p.iter().all(|&v| v != 0) {
+                    c.set(Some(p));
+                }
+                p
+            }
+        });
+        let var = pointers[usize::from(user)] as *mut pg_sys::config_generic;
+        !var.is_null() && !(*var).stack.is_null()
+    }
 }
 
 /// Whether `multitenancy.require_signed` is on.

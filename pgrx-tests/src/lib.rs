@@ -412,6 +412,14 @@ pub fn expect_refused<T: std::fmt::Debug>(result: Result<T, postgres::Error>, ob
     error
 }
 
+/// Let [`APP`] keep a session-level tenant context across transactions in `db` (the DBA's
+/// per-role opt-in, `multitenancy.session_context`); connections opened afterwards have it.
+pub fn allow_session_context(db: &TestDb) {
+    db.superuser()
+        .batch_execute(&format!("ALTER ROLE {APP} IN DATABASE {} SET multitenancy.session_context = on", db.name))
+        .unwrap();
+}
+
 /// `(name, definition)` of the constraints of `table` of `contype` ('u', 'p', 'f'), by name.
 pub fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, String)> {
     su.query(

@@ -368,3 +368,34 @@ fn cached_plans_do_not_cross_into_or_out_of_admin_mode() {
         tx.rollback().unwrap();
     }
 }
+
+/// Admin mode does not reset which tenant the transaction acts for: a support role that acted
+/// for acme, then took admin mode for globex in a savepoint and rolled it back, cannot then act
+/// for globex in the same transaction (28000), so acme's pending row never commits beside a
+/// globex row written outside admin mode. Fails if admin mode's tenant_set overwrites the
+/// transaction's tenant (review finding F4, issue 18).
+#[test]
+fn admin_mode_in_a_rolled_back_savepoint_does_not_switch_the_transaction_tenant() {
+    let o = support_orders("admin_one_tenant");
+    let mut support = support(&o);
+    let before = total(&o);
+    support
+        .batch_execute(
+            "BEGIN; SELECT multitenancy.tenant_set('acme'); INSERT INTO orders (item) VALUES ('adm-mixed-a');
+             SAVEPOINT s; SELECT multitenancy.admin_begin('ticket 42'); SELECT multitenancy.tenant_set('globex');
+             ROLLBACK TO s;",
+        )
+        .unwrap();
+    let error = expect_sqlstate(
+        support.batch_execute("SELECT multitenancy.tenant_set('globex')"),
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    );
+    assert!(error.message().contains("cannot switch"), "{}", error.message());
+    support.batch_execute("COMMIT").unwrap();
+    assert_eq!(total(&o), before, "neither tenant's row was committed");
+    // Positive control: acme alone, in its own transaction, commits.
+    support
+        .batch_execute("BEGIN; SELECT multitenancy.tenant_set('acme'); INSERT INTO orders (item) VALUES ('a'); COMMIT")
+        .unwrap();
+    assert_eq!(total(&o), before + 1);
+}

@@ -312,8 +312,12 @@ fn no_tenant_context_fails_closed_with_an_error() {
         ("RESET ALL", &o.b, o.rows_b),
     ] {
         let mut app = o.db.app();
-        app.batch_execute(&format!("SET multitenancy.tenant_id = '{tenant}'")).unwrap();
-        assert_sees_exactly_own_rows(&mut app, tenant, rows);
+        {
+            let mut tx = app.transaction().unwrap();
+            tx.batch_execute(&format!("SET multitenancy.tenant_id = '{tenant}'")).unwrap();
+            assert_sees_exactly_own_rows(&mut tx, tenant, rows);
+            tx.commit().unwrap();
+        }
         app.batch_execute(clear).unwrap();
         assert_no_context(&mut app, &format!("after {clear}"));
         assert_eq!(setting(&mut app), "", "after {clear}");
@@ -322,12 +326,15 @@ fn no_tenant_context_fails_closed_with_an_error() {
     // (f) Malformed: a slug is not a uuid (SET takes ids; slugs go through tenant_set).
     {
         let mut app = o.db.app();
-        app.batch_execute("SET multitenancy.tenant_id = 'acme'").unwrap();
-        let error = expect_sqlstate(
-            app.query("SELECT count(*) FROM orders", &[]),
-            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-        );
-        assert!(error.message().contains("invalid tenant context"), "{}", error.message());
+        {
+            let mut tx = app.transaction().unwrap();
+            tx.batch_execute("SET multitenancy.tenant_id = 'acme'").unwrap();
+            let error = expect_sqlstate(
+                tx.query("SELECT count(*) FROM orders", &[]),
+                &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            );
+            assert!(error.message().contains("invalid tenant context"), "{}", error.message());
+        }
         // The same inside a transaction with SET LOCAL.
         let mut tx = app.transaction().unwrap();
         tx.batch_execute("SET LOCAL multitenancy.tenant_id = 'not-a-uuid'").unwrap();
@@ -617,8 +624,21 @@ fn set_config_switches_the_tenant_in_plain_mode() {
     assert_both_tenants_have_rows(&o);
     let mut app = o.db.app();
 
-    let mut tx = begin_as(&mut app, "acme");
-    assert_sees_exactly_own_rows(&mut tx, &o.a, o.rows_a);
+    // One tenant per transaction: a transaction that acts for A cannot switch to B (28000),
+    // whichever way the setting is changed; A's rows stay A's.
+    {
+        let mut tx = begin_as(&mut app, "acme");
+        assert_sees_exactly_own_rows(&mut tx, &o.a, o.rows_a);
+        tx.query_one("SELECT set_config('multitenancy.tenant_id', $1, true)", &[&o.b]).unwrap();
+        let error = expect_sqlstate(
+            tx.query("SELECT count(*) FROM orders", &[]),
+            &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        );
+        assert!(error.message().contains("cannot switch"), "{}", error.message());
+    }
+
+    // A new transaction may name B with set_config alone.
+    let mut tx = app.transaction().unwrap();
     let set: String = tx.query_one("SELECT set_config('multitenancy.tenant_id', $1, true)", &[&o.b]).unwrap().get(0);
     assert_eq!(set, o.b);
     let current: String = tx.query_one("SELECT multitenancy.current_tenant_id()::text", &[]).unwrap().get(0);
@@ -750,9 +770,13 @@ fn no_role_database_or_connection_default_can_set_a_tenant() {
         Ok(mut with_option) => assert_no_context(&mut with_option, "a connection startup option"),
     }
 
-    // Positive control: SET in the session still works, and RESET clears it.
-    app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
-    assert_eq!(count(&mut app, "SELECT count(*) FROM orders"), o.rows_a);
+    // Positive control: SET in a transaction still works, and RESET clears it.
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
+        assert_eq!(count(&mut tx, "SELECT count(*) FROM orders"), o.rows_a);
+        tx.commit().unwrap();
+    }
     app.batch_execute("RESET multitenancy.tenant_id").unwrap();
     assert_no_context(&mut app, "after RESET");
     assert_both_tenants_have_rows(&o);
@@ -780,8 +804,10 @@ fn without_preloading_a_stored_or_startup_default_sets_no_tenant() {
     let url = format!("{} options='-c multitenancy.tenant_id={}'", o.db.server().url(db, APP), o.a);
     let mut with_option = Client::connect(&url, NoTls).unwrap();
     assert_no_context(&mut with_option, "a connection startup option");
-    // Positive control on this server: a session SET works.
-    with_option.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
-    assert_eq!(count(&mut with_option, "SELECT count(*) FROM orders"), o.rows_a);
+    // Positive control on this server: a SET in the transaction works.
+    let mut tx = with_option.transaction().unwrap();
+    tx.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
+    assert_eq!(count(&mut tx, "SELECT count(*) FROM orders"), o.rows_a);
+    tx.commit().unwrap();
     assert_both_tenants_have_rows(&o);
 }

@@ -334,6 +334,7 @@ fn a_suspended_tenant_is_refused_and_activate_restores_it() {
 #[test]
 fn a_session_level_context_stops_working_in_the_next_transaction_after_suspension() {
     let o = Orders::new("lifecycle_session_set");
+    allow_session_context(&o.db);
     let mut su = o.db.superuser();
     let mut app = o.db.app();
     app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.b)).unwrap();

@@ -325,7 +325,8 @@ fn signed_context_never_crosses_clients_sharing_one_server_connection() {
 // ---------------------------------------------------------------------------------------------
 
 /// What session poolers run between clients (`DISCARD ALL`, `RESET ALL`) leaves no plain-mode
-/// context: a session-level `SET multitenancy.tenant_id` (which works: positive control) is gone
+/// context: a session-level `SET multitenancy.tenant_id` (which works for a role allowed to keep one:
+/// positive control) is gone
 /// afterwards, in autocommit and in the next transaction, while the tenant's rows exist; and
 /// `RESET ALL` inside a transaction also clears a `SET LOCAL` or `tenant_set` context at once.
 /// Fails if the tenant (or user) setting survives either command, e.g. because it is kept
@@ -334,6 +335,8 @@ fn signed_context_never_crosses_clients_sharing_one_server_connection() {
 fn discard_all_and_reset_all_leave_no_plain_context() {
     let o = Orders::new("pooler_discard_reset");
     assert_both_tenants_have_rows(&o);
+    // The session-level context has to work first (positive control): a role the DBA allowed.
+    allow_session_context(&o.db);
     let mut su = o.db.superuser();
     let user: String = su.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
     su.execute(&format!("SELECT multitenancy.member_add('acme', '{user}', 'member')"), &[]).unwrap();
@@ -467,4 +470,267 @@ fn reset_all_and_rollback_to_savepoint_end_a_signed_context() {
         no_context(&mut tx, "a plain setting after DISCARD ALL in signed-only mode", NO_SIGNED);
     }
     assert_both_tenants_have_rows(&o);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transaction-scoped context by default (issue 18)
+// ---------------------------------------------------------------------------------------------
+
+/// A tenant or user set for the session — `SET` without LOCAL, `set_config(..., false)` — counts
+/// in the transaction that set it and in no later one: the next request on the same connection
+/// that forgets the tenant gets 28000 (the message says why), while the previous tenant's rows
+/// exist. Fails if a session-level context outlives its transaction.
+#[test]
+fn a_session_level_context_lasts_only_its_transaction() {
+    let o = Orders::new("pooler_session_scope");
+    assert_both_tenants_have_rows(&o);
+    let [a, b] = tenants(&o);
+    let mut su = o.db.superuser();
+    let user: String = su.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
+    su.execute(&format!("SELECT multitenancy.member_add('acme', '{user}', 'member')"), &[]).unwrap();
+    let mut app = o.db.app();
+    for set in [
+        format!("SET multitenancy.tenant_id = '{}'", a.id),
+        format!("SELECT set_config('multitenancy.tenant_id', '{}', false)", a.id),
+    ] {
+        // In its own transaction it works (positive control) ...
+        app.batch_execute("BEGIN").unwrap();
+        app.batch_execute(&set).unwrap();
+        assert_sees_exactly(&mut app, &format!("{set}, same transaction"), &a, &b);
+        app.batch_execute("COMMIT").unwrap();
+        // ... and the next one, which sets nothing, has no tenant: autocommit and explicit.
+        expect_no_context(&mut app, &format!("after {set}, autocommit"), "earlier transaction");
+        app.batch_execute("BEGIN").unwrap();
+        expect_no_context(&mut app, &format!("after {set}, next transaction"), "earlier transaction");
+        app.batch_execute("ROLLBACK").unwrap();
+        // A statement of its own (the pool.query("SET ...") pattern) sets nothing for the next.
+        app.batch_execute(&set).unwrap();
+        expect_no_context(&mut app, &format!("{set} as a statement of its own"), "no tenant context");
+    }
+    // The same for the user: a session-level user_id is gone in the next transaction.
+    app.batch_execute(&format!("SET multitenancy.user_id = '{user}'")).unwrap();
+    let mut tx = begin_as(&mut app, "acme");
+    let seen: Option<String> = tx.query_one("SELECT multitenancy.current_user_id_or_null()::text", &[]).unwrap().get(0);
+    assert_eq!(seen, None, "a session-level user from an earlier transaction does not count");
+    tx.rollback().unwrap();
+    assert_both_tenants_have_rows(&o);
+}
+
+/// One tenant per transaction: an abandoned transaction of tenant A (the app threw after
+/// `tenant_set('acme')` and an INSERT, and released the connection without ROLLBACK) cannot be
+/// taken over by the next request for B: its `BEGIN` is only a warning, `tenant_set('globex')` is
+/// refused (28000, the transaction is aborted) and its COMMIT rolls A's pending row back. The
+/// same tenant again is a no-op. Fails if `tenant_set` may switch tenants within a transaction.
+#[test]
+fn an_abandoned_transaction_never_commits_under_another_tenant() {
+    let o = Orders::new("pooler_abandoned");
+    assert_both_tenants_have_rows(&o);
+    let mut app = o.db.app();
+    app.batch_execute("BEGIN; SELECT multitenancy.tenant_set('acme'); INSERT INTO orders (item) VALUES ('abandoned')")
+        .unwrap();
+    // The same tenant again changes nothing (the ORM set it twice).
+    app.batch_execute("SELECT multitenancy.tenant_set('acme')").unwrap();
+    // The next request: BEGIN (25001 warning only), then its tenant.
+    app.batch_execute("BEGIN").unwrap();
+    let error = expect_sqlstate(app.batch_execute("SELECT multitenancy.tenant_set('globex')"), NO_CONTEXT);
+    assert!(error.message().contains("cannot switch"), "{}", error.message());
+    assert!(error.hint().unwrap_or_default().contains("new transaction"), "{:?}", error.hint());
+    app.batch_execute("COMMIT").unwrap(); // of an aborted transaction: a ROLLBACK
+    let abandoned = count(&mut o.db.superuser(), "SELECT count(*) FROM orders WHERE item = 'abandoned'");
+    assert_eq!(abandoned, 0, "A's pending row must not be committed by B's request");
+    assert_both_tenants_have_rows(&o);
+    // Positive control: the connection works for B in a new transaction.
+    let mut tx = begin_as(&mut app, "globex");
+    assert_eq!(count(&mut tx, "SELECT count(*) FROM orders"), o.rows_b);
+}
+
+/// The opt-in: a role the DBA allowed (`ALTER ROLE ... SET multitenancy.session_context = on`)
+/// keeps a session-level context across transactions (also after RESET ALL, which returns to the
+/// role's setting); the application role cannot allow it for itself — not with SET or
+/// set_config (42501), not with ALTER ROLE (42501), not with a startup option (refused when the
+/// connection starts), and not with RESET ALL. Fails if any of those grants the opt-in.
+#[test]
+fn only_a_superuser_lets_a_role_keep_a_session_level_context() {
+    let o = Orders::new("pooler_session_opt_in");
+    assert_both_tenants_have_rows(&o);
+    let [a, b] = tenants(&o);
+    let db = o.db.name.clone();
+    let denied = &SqlState::INSUFFICIENT_PRIVILEGE;
+
+    // Without the opt-in the app role cannot give it to itself.
+    let mut app = o.db.app();
+    for statement in [
+        "SET multitenancy.session_context = on".to_string(),
+        "SELECT set_config('multitenancy.session_context', 'on', false)".to_string(),
+        "ALTER ROLE CURRENT_USER SET multitenancy.session_context = on".to_string(),
+        format!("ALTER ROLE CURRENT_USER IN DATABASE {db} SET multitenancy.session_context = on"),
+    ] {
+        expect_sqlstate(app.batch_execute(&statement), denied);
+    }
+    app.batch_execute("RESET ALL").unwrap();
+    let stored = count(
+        &mut o.db.superuser(),
+        &format!(
+            "SELECT count(*) FROM pg_db_role_setting
+              WHERE setrole = '{APP}'::regrole
+                AND setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                AND array_to_string(setconfig, ',') LIKE '%session_context%'"
+        ),
+    );
+    assert_eq!(stored, 0, "no opt-in was stored for the app role (cluster-wide or in this database)");
+    let url = format!("{} options='-c multitenancy.session_context=on'", o.db.server().url(&db, APP));
+    let mut clients = vec![app];
+    match Client::connect(&url, NoTls) {
+        Err(error) => assert_eq!(db_error(&error).code(), denied, "a startup option: {error}"),
+        Ok(with_option) => clients.push(with_option),
+    }
+    for client in &mut clients {
+        client.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", a.id)).unwrap();
+        expect_no_context(client, "the app role without the opt-in", "earlier transaction");
+    }
+
+    // With the opt-in (a superuser's ALTER ROLE), the session-level context lasts.
+    allow_session_context(&o.db);
+    let mut allowed = o.db.app();
+    allowed.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", a.id)).unwrap();
+    assert_sees_exactly(&mut allowed, "opted in, a later transaction", &a, &b);
+    allowed.batch_execute("BEGIN").unwrap();
+    assert_sees_exactly(&mut allowed, "opted in, an explicit transaction", &a, &b);
+    allowed.batch_execute("COMMIT").unwrap();
+    // RESET ALL clears the tenant but not the role's opt-in.
+    allowed.batch_execute("RESET ALL").unwrap();
+    expect_no_context(&mut allowed, "opted in, after RESET ALL", "no tenant context");
+    allowed.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", b.id)).unwrap();
+    assert_sees_exactly(&mut allowed, "opted in, after RESET ALL and a new SET", &b, &a);
+    assert_both_tenants_have_rows(&o);
+}
+
+/// The context functions answer in parallel queries too: forced into a parallel plan (workers
+/// only), `current_tenant_id()` and `current_tenant_id_or_null()` give the tenant `tenant_set`
+/// chose in this transaction, not "set in an earlier transaction" or NULL. Fails if they may run
+/// in a parallel worker, whose copy of the settings was made in a transaction of its own
+/// (review finding F1, issue 18).
+#[test]
+fn the_context_functions_answer_in_parallel_queries() {
+    let o = Orders::new("pooler_parallel");
+    assert_both_tenants_have_rows(&o);
+    let mut app = o.db.app();
+    let version: i32 = app.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0);
+    let force = if version >= 160000 { "debug_parallel_query" } else { "force_parallel_mode" };
+    let mut tx = begin_as(&mut app, "acme");
+    tx.batch_execute(&format!("SET LOCAL {force} = on; SET LOCAL parallel_leader_participation = off")).unwrap();
+    let (id, or_null): (String, Option<String>) = tx
+        .query_one("SELECT multitenancy.current_tenant_id()::text, multitenancy.current_tenant_id_or_null()::text", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or_else(|e| panic!("in a parallel query: {e}"));
+    assert_eq!((id.as_str(), or_null.as_deref()), (o.a.as_str(), Some(o.a.as_str())));
+    let seen = count(&mut tx, "SELECT count(*) FROM orders WHERE tenant_id = multitenancy.current_tenant_id()");
+    assert_eq!(seen, o.rows_a, "a parallel scan calling current_tenant_id() in its filter");
+}
+
+/// Claims last their transaction too: claims set for the session (`set_config(..., false)`,
+/// the way a framework that forgets `is_local` writes them) count in that transaction and in no
+/// later one, so the next request on the connection gets 28000 naming the claims setting, while
+/// the tenant's rows exist. Fails if session-level claims outlive their transaction (review
+/// finding F2, issue 18).
+#[test]
+fn session_level_claims_last_only_their_transaction() {
+    let o = Orders::new("pooler_claims_scope");
+    assert_both_tenants_have_rows(&o);
+    let [a, b] = tenants(&o);
+    o.db.superuser()
+        .batch_execute(&format!(
+            "ALTER ROLE {APP} IN DATABASE {} SET multitenancy.claims_setting = 'request.jwt.claims'",
+            o.db.name
+        ))
+        .unwrap();
+    let mut app = o.db.app();
+    let set = format!("SELECT set_config('request.jwt.claims', '{{\"tenant_id\": \"{}\"}}', false)", a.id);
+    app.batch_execute("BEGIN").unwrap();
+    app.batch_execute(&set).unwrap();
+    assert_sees_exactly(&mut app, "session-level claims, same transaction", &a, &b);
+    app.batch_execute("COMMIT").unwrap();
+    let error = expect_sqlstate(simple_value(&mut app, "SELECT count(*) FROM orders"), NO_CONTEXT);
+    assert!(
+        error.message().contains("request.jwt.claims was set for the session in an earlier transaction"),
+        "{}",
+        error.message()
+    );
+    // Claims set per transaction (what PostgREST does) keep working.
+    app.batch_execute("BEGIN").unwrap();
+    app.batch_execute(&set.replace("false)", "true)")).unwrap();
+    assert_sees_exactly(&mut app, "transaction-local claims", &a, &b);
+    app.batch_execute("COMMIT").unwrap();
+    assert_both_tenants_have_rows(&o);
+}
+
+/// The one-tenant rule holds for the management functions too: a transaction that wrote a row
+/// for acme cannot go on to manage globex (28000), nor can one that managed globex then act for
+/// acme, so neither tenant's change commits beside the other's. The user is an owner of globex,
+/// so the management call itself would be allowed in a transaction of its own (positive
+/// control). Fails if management functions read the context without the rule (review finding
+/// F3, issue 18).
+#[test]
+fn management_functions_keep_to_the_transaction_tenant() {
+    let o = Orders::new("pooler_manage_one_tenant");
+    assert_both_tenants_have_rows(&o);
+    let mut su = o.db.superuser();
+    let user: String = su.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
+    su.execute(&format!("SELECT multitenancy.member_add('globex', '{user}', 'owner')"), &[]).unwrap();
+    let settings = |su: &mut Client| {
+        count(su, "SELECT count(*) FROM multitenancy.setting_list('globex') WHERE key = 'mixed' AND source = 'tenant'")
+    };
+    let rows_before = o.true_count(&o.a);
+    let mut app = o.db.app();
+    let as_globex_owner =
+        format!("SET LOCAL multitenancy.tenant_id = '{}'; SET LOCAL multitenancy.user_id = '{user}'", o.b);
+    // Acme first, then globex's management.
+    app.batch_execute("BEGIN; SELECT multitenancy.tenant_set('acme'); INSERT INTO orders (item) VALUES ('mixed')")
+        .unwrap();
+    app.batch_execute(&as_globex_owner).unwrap();
+    let error = expect_sqlstate(
+        app.batch_execute("SELECT multitenancy.setting_set('globex', 'mixed', '\"for globex\"')"),
+        NO_CONTEXT,
+    );
+    assert!(error.message().contains("cannot switch"), "{}", error.message());
+    app.batch_execute("COMMIT").unwrap();
+    // Globex's management first, then acme's rows.
+    app.batch_execute("BEGIN").unwrap();
+    app.batch_execute(&as_globex_owner).unwrap();
+    app.batch_execute("SELECT multitenancy.setting_set('globex', 'mixed', '\"for globex\"')").unwrap();
+    app.batch_execute("RESET multitenancy.user_id").unwrap();
+    let error = expect_sqlstate(app.batch_execute("SELECT multitenancy.tenant_set('acme')"), NO_CONTEXT);
+    assert!(error.message().contains("cannot switch"), "{}", error.message());
+    app.batch_execute("COMMIT").unwrap();
+    assert_eq!(o.true_count(&o.a), rows_before, "acme's row was not committed");
+    assert_eq!(settings(&mut su), 0, "globex's setting was not committed");
+    // Positive control: the management call in a transaction of its own commits.
+    app.batch_execute("BEGIN").unwrap();
+    app.batch_execute(&as_globex_owner).unwrap();
+    app.batch_execute("SELECT multitenancy.setting_set('globex', 'mixed', '\"for globex\"'); COMMIT").unwrap();
+    assert_eq!(settings(&mut su), 1, "positive control: the setting commits on its own");
+}
+
+/// A refused context does not become the transaction's tenant: after a savepoint in which an
+/// unknown tenant id (or a suspended tenant) was refused, `ROLLBACK TO` and `tenant_set` of a
+/// valid tenant work. Fails if the tenant is remembered before it passes its checks (review
+/// finding F5, issue 18).
+#[test]
+fn a_refused_context_does_not_fix_the_transaction_tenant() {
+    let o = Orders::new("pooler_refused_then_valid");
+    assert_both_tenants_have_rows(&o);
+    let [a, b] = tenants(&o);
+    o.db.superuser().execute("SELECT multitenancy.tenant_suspend('globex', 'review')", &[]).unwrap();
+    let mut app = o.db.app();
+    for refused in [
+        "SET LOCAL multitenancy.tenant_id = '00000000-0000-4000-8000-000000000001'; SELECT count(*) FROM orders",
+        "SELECT multitenancy.tenant_set('globex')",
+    ] {
+        app.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+        expect_sqlstate(app.batch_execute(refused), NO_CONTEXT);
+        app.batch_execute("ROLLBACK TO s; SELECT multitenancy.tenant_set('acme')")
+            .unwrap_or_else(|e| panic!("tenant_set after {refused:?} was refused: {e}"));
+        assert_sees_exactly(&mut app, &format!("after {refused:?}"), &a, &b);
+        app.batch_execute("COMMIT").unwrap();
+    }
 }

@@ -55,6 +55,10 @@ struct Raw {
     origin: Origin,
     tenant: Option<pgrx::Uuid>,
     user: Option<pgrx::Uuid>,
+    /// The context's setting holds a value set for the session in an earlier transaction, which
+    /// does not count (see [`gucs::session_context`]): `multitenancy.tenant_id` or the claims
+    /// setting.
+    stale: bool,
 }
 
 thread_local! {
@@ -73,7 +77,7 @@ pub fn init() {
 
 fn raw() -> Result<Raw> {
     if let Some(tenant) = PURGING.with(Cell::get) {
-        return Ok(Raw { origin: Origin::Purge, tenant: Some(tenant), user: None });
+        return Ok(Raw { origin: Origin::Purge, tenant: Some(tenant), user: None, stale: false });
     }
     let signed = gucs::signed_context_raw();
     // SAFETY: a non-NULL value is NUL-terminated and only tenant_set_signed writes it.
@@ -86,19 +90,24 @@ fn raw() -> Result<Raw> {
         let malformed = || MtError::internal("context::raw", "malformed signed context");
         let tenant = crate::uuid::parse_bytes(tenant).ok_or_else(malformed)?;
         let user = user.map(|user| crate::uuid::parse_bytes(user).ok_or_else(malformed)).transpose()?;
-        return Ok(Raw { origin: Origin::Signed, tenant: Some(tenant), user });
+        return Ok(Raw { origin: Origin::Signed, tenant: Some(tenant), user, stale: false });
     }
     if gucs::require_signed() || REQUIRE_SIGNED_UNTRUSTED.with(Cell::get) {
-        return Ok(Raw { origin: Origin::SignedRequired, tenant: None, user: None });
+        return Ok(Raw { origin: Origin::SignedRequired, tenant: None, user: None, stale: false });
     }
     if let Some((setting, tenant_claim, user_claim)) = gucs::claims() {
         return claims(&setting, &tenant_claim, &user_claim);
     }
-    Ok(Raw {
-        origin: Origin::Settings,
-        tenant: read_uuid_setting(gucs::tenant_id_raw()).map_err(|value| MtError::MalformedContext { value })?,
-        user: read_uuid_setting(gucs::user_id_raw()).map_err(|value| MtError::MalformedUserContext { value })?,
-    })
+    // A context lasts the transaction that set it: a value set for the session (SET without
+    // LOCAL, set_config(..., false)) in an earlier transaction does not count, unless a DBA
+    // allowed session-level context for this role. Behind a pool, the next request on the
+    // connection would otherwise act for the previous request's tenant.
+    let session = gucs::session_context();
+    let current = |user: bool| session || gucs::context_set_in_this_transaction(user);
+    let tenant = read_uuid_setting(gucs::tenant_id_raw()).map_err(|value| MtError::MalformedContext { value })?;
+    let user = read_uuid_setting(gucs::user_id_raw()).map_err(|value| MtError::MalformedUserContext { value })?;
+    let stale = tenant.is_some() && !current(false);
+    Ok(Raw { origin: Origin::Settings, tenant: tenant.filter(|_| !stale), user: user.filter(|_| current(true)), stale })
 }
 
 /// The error for "no tenant", in the words of the context's source.
@@ -118,6 +127,19 @@ fn missing(origin: Origin) -> MtError {
             None => MtError::NoContext,
         },
         Origin::Purge | Origin::Signed | Origin::Settings => MtError::NoContext,
+    }
+}
+
+/// The error for "no tenant" of a context: a stale session-level value says so.
+fn missing_in(raw: &Raw) -> MtError {
+    if raw.stale {
+        let setting = match (raw.origin, gucs::claims()) {
+            (Origin::Claims, Some((setting, _, _))) => setting.to_string_lossy().into_owned(),
+            _ => "multitenancy.tenant_id".to_string(),
+        };
+        MtError::StaleSessionContext { setting }
+    } else {
+        missing(raw.origin)
     }
 }
 
@@ -163,7 +185,12 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
     let value = gucs::value_of(setting);
     // SAFETY: value_of returns NULL or a NUL-terminated string.
     if unsafe { gucs::is_unset(value) } {
-        return Ok(Raw { origin: Origin::Claims, tenant: None, user: None });
+        return Ok(Raw { origin: Origin::Claims, tenant: None, user: None, stale: false });
+    }
+    // Claims last the transaction that set them, like multitenancy.tenant_id (see raw()); a
+    // connection option or a session-level set_config of the claims is not a context.
+    if !gucs::session_context() && !gucs::set_in_this_transaction(setting) {
+        return Ok(Raw { origin: Origin::Claims, tenant: None, user: None, stale: true });
     }
     // SAFETY: checked non-NULL above; copied before any SQL runs.
     let value = unsafe { CStr::from_ptr(value) }.to_bytes();
@@ -201,13 +228,22 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
             })
         })
         .transpose()?;
-    Ok(Raw { origin: Origin::Claims, tenant, user })
+    Ok(Raw { origin: Origin::Claims, tenant, user, stale: false })
 }
 
 /// The tenant of the current transaction, unchecked: `Ok(None)` when no context is set, an
 /// error when its source holds something unusable.
+///
+/// A transaction acts for one tenant: a context naming another tenant than the one the
+/// transaction already acted for is an error here too (management functions read the context
+/// through this), and the first one is remembered.
 pub fn resolve() -> Result<Option<pgrx::Uuid>> {
-    raw().map(|raw| raw.tenant)
+    let raw = raw()?;
+    if let (Some(tenant), false) = (raw.tenant, raw.origin == Origin::Purge || admin::admin_mode().is_some()) {
+        refuse_switch(tenant)?;
+        remember(tenant);
+    }
+    Ok(raw.tenant)
 }
 
 /// The end user of the current transaction, if one is set.
@@ -229,6 +265,10 @@ struct Checked {
 }
 
 thread_local! {
+    /// The tenant this transaction has acted for: a transaction acts for one tenant, so that
+    /// work begun for one (an abandoned transaction on a pooled connection) can never commit for
+    /// another.
+    static TRANSACTION_TENANT: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
     /// The tenant `tenant_purge` is deleting rows of, while it deletes them.
     static PURGING: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
     static CHECKED: Cell<Option<Checked>> = const { Cell::new(None) };
@@ -255,6 +295,7 @@ pub fn with_maintenance_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) ->
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
     PURGING.with(|p| p.set(None));
+    TRANSACTION_TENANT.with(|t| t.set(None));
     TRANSACTION.with(|t| t.set(t.get() + 1));
 }
 
@@ -268,7 +309,7 @@ pub fn transaction_ended() {
 /// transaction of every session.
 fn checked() -> Result<Checked> {
     let raw = raw()?;
-    let tenant = raw.tenant.ok_or_else(|| missing(raw.origin))?;
+    let tenant = raw.tenant.ok_or_else(|| missing_in(&raw))?;
     if raw.origin == Origin::Purge {
         // The tenant is deleted (that is why it is purged): its context is not checked, and not
         // cached for anything after the purge.
@@ -276,16 +317,27 @@ fn checked() -> Result<Checked> {
     }
     let user = raw.user;
     let admin = admin::admin_mode().is_some();
+    if !admin {
+        refuse_switch(tenant)?;
+    }
+    // The tenant is remembered as the transaction's only once it passed its checks, so that a
+    // refused context (unknown, suspended) does not block a correct one after ROLLBACK TO.
+    let passed = |done: Checked| {
+        if !done.admin {
+            remember(done.tenant);
+        }
+        Ok(done)
+    };
     let transaction = TRANSACTION.with(Cell::get);
     let same = |done: &Checked| done.tenant == tenant && done.user == user && done.admin == admin;
     if let Some(done) = CHECKED.with(Cell::get).filter(same) {
         if done.transaction == transaction {
-            return Ok(done);
+            return passed(done);
         }
         if done.generation == tenants::current_generation() {
             let done = Checked { transaction, ..done };
             CHECKED.with(|c| c.set(Some(done)));
-            return Ok(done);
+            return passed(done);
         }
     }
     let generation = tenants::current_generation();
@@ -308,7 +360,7 @@ fn checked() -> Result<Checked> {
     let generation = if tenants::lookups_are_current() { generation } else { u64::MAX };
     let done = Checked { tenant, user, admin, role, generation, transaction };
     CHECKED.with(|c| c.set(Some(done)));
-    Ok(done)
+    passed(done)
 }
 
 /// The tenant of the current transaction; no context is an error (fail closed), and so is a
@@ -354,6 +406,25 @@ pub fn admit(tenant: &tenants::Tenant, user: Option<pgrx::Uuid>) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a tenant other than the one this transaction already acted for.
+fn refuse_switch(tenant: pgrx::Uuid) -> Result<()> {
+    match TRANSACTION_TENANT.with(Cell::get) {
+        Some(current) if current != tenant => {
+            Err(MtError::OneTenantPerTransaction { current: current.to_string(), requested: tenant.to_string() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Remember the first tenant this transaction acted for (outside admin mode).
+fn remember(tenant: pgrx::Uuid) {
+    TRANSACTION_TENANT.with(|t| {
+        if t.get().is_none() {
+            t.set(Some(tenant));
+        }
+    });
+}
+
 /// Why this session may not choose its tenant with `tenant_set` (`None`: it may). Checked before
 /// the tenant is looked up, so that a role that may not choose gets the same answer for every
 /// tenant, existing or not.
@@ -382,8 +453,19 @@ pub fn set_tenant(find: impl FnOnce() -> Result<tenants::Tenant>) -> Result<pgrx
         return Err(MtError::ContextFixed { by });
     }
     let tenant = find()?;
+    if raw.tenant == Some(tenant.id) {
+        // The tenant it already has: nothing to do.
+        return Ok(tenant.id);
+    }
+    let admin = admin::admin_mode().is_some();
+    if !admin {
+        refuse_switch(tenant.id)?;
+    }
     admit(&tenant, raw.user)?;
     set_local(tenant.id);
+    if !admin {
+        remember(tenant.id);
+    }
     Ok(tenant.id)
 }
 
@@ -400,26 +482,26 @@ pub fn set_signed(tenant: pgrx::Uuid, user: Option<pgrx::Uuid>) {
 ///
 /// STABLE, not IMMUTABLE: a cached plan must read the context again when the tenant changes.
 /// Policies call it as `(SELECT multitenancy.current_tenant_id())`, so it runs once per query.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn current_tenant_id() -> pgrx::Uuid {
     current().or_raise()
 }
 
 /// The current tenant, or NULL when there is no tenant context (a malformed, unknown or inactive
 /// one still raises).
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn current_tenant_id_or_null() -> Option<pgrx::Uuid> {
     resolve().or_raise().map(|_| current().or_raise())
 }
 
 /// The end user of the current transaction. Raises 28000 when `multitenancy.user_id` is unset.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn current_user_id() -> pgrx::Uuid {
     resolve_user().and_then(|user| user.ok_or(MtError::NoUserContext)).or_raise()
 }
 
 /// The end user of the current transaction, or NULL when none is set.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn current_user_id_or_null() -> Option<pgrx::Uuid> {
     resolve_user().or_raise()
 }

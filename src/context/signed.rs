@@ -202,7 +202,7 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) -> Result<()> {
 fn session_settings_untouched() -> Result<()> {
     // SAFETY: reads the GUC table (no GUC call in between); names are NUL-terminated.
     let offending = unsafe {
-        let (vars, count) = guc_variables();
+        let (vars, count) = gucs::guc_variables();
         (0..count).map(|i| *vars.add(i)).find_map(|var| {
             if var.is_null() || (*var).source != pg_sys::GucSource::PGC_S_SESSION || (*var).name.is_null() {
                 return None;
@@ -237,26 +237,6 @@ fn forget_session_values() -> Result<()> {
     let seed = (u64::from_le_bytes(bytes) as f64 / u64::MAX as f64) * 2.0 - 1.0;
     Spi::run("DISCARD SEQUENCES").ctx("signed: DISCARD SEQUENCES")?;
     Spi::run_with_args("SELECT pg_catalog.setseed($1)", &[seed.into()]).ctx("signed: setseed")
-}
-
-/// Every GUC of this backend.
-///
-/// # Safety
-/// Reads the GUC table; the pointers are valid until the next GUC is defined.
-#[cfg(any(feature = "pg14", feature = "pg15"))]
-unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
-    (pg_sys::get_guc_variables(), pg_sys::GetNumConfigOptions().max(0) as usize)
-}
-
-/// Every GUC of this backend (a palloc'd array since PostgreSQL 16).
-///
-/// # Safety
-/// Reads the GUC table; the pointers are valid until the next GUC is defined.
-#[cfg(not(any(feature = "pg14", feature = "pg15")))]
-unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
-    let mut count = 0;
-    let vars = pg_sys::get_guc_variables(&mut count);
-    (vars, count.max(0) as usize)
 }
 
 unsafe fn request_shared_memory() {

@@ -209,7 +209,7 @@ pub fn may_read(tenant: &Tenant) -> Result<bool> {
 }
 
 /// For `member_list` and friends (SQL): 42501 unless [`may_read`].
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn _readable_tenant(tenant: Option<&str>) -> pgrx::Uuid {
     let run = || {
         let key = crate::error::required(tenant, "tenant")?;

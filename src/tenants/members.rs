@@ -90,7 +90,7 @@ fn member_set_role(tenant: Option<&str>, user_id: Option<pgrx::Uuid>, role: Opti
 /// Whether `user_id` is a member of `tenant` (by default: the current user and tenant).
 /// Applications may ask about their current tenant or their current user; operators and admin
 /// mode about anyone.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn is_member(
     tenant: default!(Option<pgrx::Uuid>, "multitenancy.current_tenant_id()"),
     user_id: default!(Option<pgrx::Uuid>, "multitenancy.current_user_id()"),
@@ -113,14 +113,14 @@ fn is_member(
 
 /// The current user's role in the current tenant; NULL when no user is set or the user is not a
 /// member. Raises when there is no tenant context.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn tenant_role() -> Option<&'static str> {
     context::current_role().or_raise().map(Role::as_str)
 }
 
 /// Whether the current user's role in the current tenant is at least `min_role`
 /// (owner > admin > member > guest). For policies: `USING (multitenancy.has_role('admin'))`.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn has_role(min_role: Option<&str>) -> bool {
     let run = || -> Result<bool> {
         let min = parse_role(min_role, "min_role")?;

@@ -2,11 +2,13 @@
 
 The migration role is filtered by row level security like the application (the tables' row
 level security is forced), so the rows are written per tenant: `tenant_set` inside the
-migration's transaction, then plain ORM writes; `tenant_id` comes from the column default. Both
+tenant's own transaction, then plain ORM writes; `tenant_id` comes from the column default. A
+transaction acts for one tenant, so the migration is not atomic as a whole (`atomic = False`) and
+runs one `transaction.atomic()` per tenant. Both
 tenants get the same customer e-mail and the same product sku ('sku-1') and title: keys that
 0003 makes unique must be unique per tenant, not across tenants.
 """
-from django.db import migrations
+from django.db import migrations, transaction
 
 TENANTS = ["acme", "globex"]
 
@@ -16,8 +18,8 @@ def seed(apps, schema_editor):
     Product = apps.get_model("shop", "Product")
     Order = apps.get_model("shop", "Order")
     db = schema_editor.connection.alias
-    with schema_editor.connection.cursor() as cursor:
-        for slug in TENANTS:
+    for slug in TENANTS:
+        with transaction.atomic(using=db), schema_editor.connection.cursor() as cursor:
             cursor.execute("SELECT multitenancy.tenant_set(%s)", [slug])
             ann = Customer.objects.using(db).create(email="ann@example.com", name="Ann")
             bob = Customer.objects.using(db).create(email=f"bob@{slug}.example", name=f"Bob of {slug}")
@@ -30,6 +32,7 @@ def seed(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    atomic = False
     dependencies = [("shop", "0001_initial")]
 
     operations = [migrations.RunPython(seed, migrations.RunPython.noop)]
