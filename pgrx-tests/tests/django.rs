@@ -4,7 +4,8 @@
 //! The project is `pgrx-tests/django/` (settings `mtsite`, app `shop`, hand-written migrations):
 //! - 0001 creates the tables with `CreateModel` (Django adds their foreign keys at the end of
 //!   the migration, after the `RunSQL` that tenant-enables every table, m2m table included);
-//! - 0002 writes rows for two tenants (`tenant_set` per tenant in the migration's transaction),
+//! - 0002 writes rows for two tenants (`tenant_set` in one transaction per tenant: a transaction
+//!   acts for one tenant, so the migration is `atomic = False`),
 //!   sharing a customer e-mail and a product sku;
 //! - 0003 adds foreign keys (`AddField`) between tables that hold rows of both tenants and makes
 //!   `Product.sku` unique (`AlterField`) while both tenants have 'sku-1';
