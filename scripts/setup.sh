@@ -16,6 +16,7 @@ set -euo pipefail
 PGRX_VERSION=0.18.0
 DJANGO_VERSION=5.2.19
 PSYCOPG_VERSION=3.3.9
+PSYCOPG_POOL_VERSION=3.3.3
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo pgbouncer python3-venv)
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
@@ -72,11 +73,12 @@ ensure_pgrx_init() {
 ensure_framework_venv() { # pgrx-tests/tests/django.rs runs manage.py migrate and the ORM from here
     local python=$FRAMEWORK_VENV/bin/python
     if [ "$("$python" -m pip freeze 2>/dev/null | grep -cxF -e "Django==$DJANGO_VERSION" \
-            -e "psycopg==$PSYCOPG_VERSION" -e "psycopg-binary==$PSYCOPG_VERSION")" != 3 ]; then
-        say "creating $FRAMEWORK_VENV (Django $DJANGO_VERSION, psycopg $PSYCOPG_VERSION)"
+            -e "psycopg==$PSYCOPG_VERSION" -e "psycopg-binary==$PSYCOPG_VERSION" \
+            -e "psycopg-pool==$PSYCOPG_POOL_VERSION")" != 4 ]; then
+        say "creating $FRAMEWORK_VENV (Django $DJANGO_VERSION, psycopg $PSYCOPG_VERSION, psycopg-pool $PSYCOPG_POOL_VERSION)"
         as_root python3 -m venv "$FRAMEWORK_VENV"
         as_root "$python" -m pip install --quiet --disable-pip-version-check \
-            "Django==$DJANGO_VERSION" "psycopg[binary]==$PSYCOPG_VERSION"
+            "Django==$DJANGO_VERSION" "psycopg[binary]==$PSYCOPG_VERSION" "psycopg-pool==$PSYCOPG_POOL_VERSION"
     fi
 }
 

@@ -13,10 +13,9 @@
 //! - `manage.py test --keepdb notes` in `clients/python/tests/djsite`: the TestCase helpers in a
 //!   real Django test run.
 //!
-//! `MT_CLIENT_PYTHONPATH` (optional) is put on PYTHONPATH after the package: a directory with
-//! `psycopg_pool` (`pip install --target DIR psycopg-pool`) makes psycopg_check.py test the
-//! helper with a connection pool too; without it that part is skipped (the virtualenv of
-//! `scripts/setup.sh` has no pool).
+//! The virtualenv of `scripts/setup.sh` has `psycopg_pool`, so psycopg_check.py also tests the
+//! helper with a connection pool (required). `MT_CLIENT_PYTHONPATH` (optional) is put on
+//! PYTHONPATH after the package.
 use multitenancy_integration::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -216,6 +215,7 @@ fn psycopg_tenant_context_manager() {
         }
     }
     let mut ran = strings(&json["ran"]);
+    assert_eq!(json["pool"].as_str(), Some("tested"), "the pool part ran (psycopg-pool is in the virtualenv)");
     ran.retain(|c| c != "pool");
     ran.sort();
     expected_checks.sort();
