@@ -734,3 +734,25 @@ fn a_refused_context_does_not_fix_the_transaction_tenant() {
         app.batch_execute("COMMIT").unwrap();
     }
 }
+
+/// `tenant_set` of the tenant the transaction already has still checks a user named since: a
+/// user who is not a member of it is refused (28000) by that call, not only by the next query.
+/// Fails if the "same tenant again" shortcut skips the membership check (review finding on the
+/// client helpers, issue 18).
+#[test]
+fn tenant_set_of_the_same_tenant_checks_a_new_user() {
+    let o = Orders::new("pooler_same_tenant_user");
+    assert_both_tenants_have_rows(&o);
+    let mut su = o.db.superuser();
+    let member: String = su.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
+    let stranger: String = su.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0);
+    su.execute(&format!("SELECT multitenancy.member_add('acme', '{member}', 'member')"), &[]).unwrap();
+    su.execute(&format!("SELECT multitenancy.member_add('globex', '{stranger}', 'member')"), &[]).unwrap();
+    let mut app = o.db.app();
+    let mut tx = begin_as(&mut app, "acme");
+    tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&member]).unwrap();
+    tx.execute("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
+    tx.execute("SELECT set_config('multitenancy.user_id', $1, true)", &[&stranger]).unwrap();
+    let error = expect_sqlstate(tx.execute("SELECT multitenancy.tenant_set('acme')", &[]), NO_CONTEXT);
+    assert!(error.message().contains("not a member"), "{}", error.message());
+}

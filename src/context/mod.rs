@@ -454,7 +454,9 @@ pub fn set_tenant(find: impl FnOnce() -> Result<tenants::Tenant>) -> Result<pgrx
     }
     let tenant = find()?;
     if raw.tenant == Some(tenant.id) {
-        // The tenant it already has: nothing to do.
+        // The tenant it already has: nothing to set, but a user named since must still be a
+        // member (tenant_set is where a client library learns that).
+        admit(&tenant, raw.user)?;
         return Ok(tenant.id);
     }
     let admin = admin::admin_mode().is_some();
