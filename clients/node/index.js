@@ -17,6 +17,12 @@ const USER_SET = "SELECT set_config('multitenancy.user_id', $1, true)";
 /**
  * Run `fn(client)` in one transaction whose tenant context is `tenant` (slug or uuid).
  *
+ * `client` is not the pooled client but a wrapper bound to this call: its `query()` (same forms as
+ * node-postgres') runs on the pooled client only until `fn` settles and is refused (an Error)
+ * afterwards, and its `release()` always throws — withTenant releases the pooled client itself.
+ * A client that the pool hands out inside a transaction (other code released it without COMMIT or
+ * ROLLBACK) is destroyed and another one taken.
+ *
  * BEGIN; [set_config('multitenancy.user_id', user, true);] SELECT multitenancy.tenant_set(tenant);
  * await fn(client); COMMIT. Resolves to what `fn` resolved to.
  *
@@ -28,7 +34,7 @@ const USER_SET = "SELECT set_config('multitenancy.user_id', $1, true)";
  *
  * @param {import('pg').Pool} pool
  * @param {string} tenant  slug or uuid of the tenant
- * @param {(client: import('pg').PoolClient) => Promise<any>} fn
+ * @param {(client: TenantClient) => Promise<any>} fn
  * @param {{user?: string}} [options]  user: end user id (uuid) for `multitenancy.user_id`;
  *   tenant_set then refuses (28000) a tenant the user is not a member of
  */
@@ -47,7 +53,7 @@ async function withTenant(pool, tenant, fn, options) {
     throw new TypeError('withTenant: options.user must be a non-empty string (uuid) when given');
   }
 
-  const client = await pool.connect();
+  const client = await checkoutIdle(pool);
   // A checked-out client has no 'error' listener of the pool's: if the server ends the connection
   // between two queries (pg_terminate_backend, restart, network), node-postgres emits 'error', and
   // an 'error' event nobody listens to crashes the process. Keep it; the next query fails anyway.
@@ -57,13 +63,26 @@ async function withTenant(pool, tenant, fn, options) {
   };
   client.on('error', onError);
   let destroyWith; // set when the connection must not go back to the pool
+  const scope = { open: false };
   try {
     await client.query('BEGIN');
     if (user !== undefined && user !== null) {
       await client.query(USER_SET, [user]);
     }
     await client.query(TENANT_SET, [tenant]);
-    const result = await fn(client);
+    scope.open = true;
+    let result;
+    try {
+      result = await fn(scopedClient(client, scope, tenant));
+    } finally {
+      // From here on the client is withTenant's again (and soon the pool's): a query that fn's code
+      // starts later (timer, event handler, un-awaited chain) is refused, never run on it.
+      scope.open = false;
+    }
+    if (transactionStatus(client) === 'E') {
+      // The transaction failed inside fn (an error was caught): the catch below rolls it back.
+      throw new TransactionRolledBackError(tenant);
+    }
     const commit = await client.query('COMMIT');
     if (commit && commit.command === 'ROLLBACK') {
       throw new TransactionRolledBackError(tenant);
@@ -87,6 +106,80 @@ async function withTenant(pool, tenant, fn, options) {
       client.release();
     }
   }
+}
+
+/** How many dirty clients checkoutIdle destroys before it gives up. */
+const MAX_DIRTY_CHECKOUTS = 10;
+
+/**
+ * The transaction status node-postgres recorded from the server's last ReadyForQuery: 'I' idle,
+ * 'T' in a transaction block, 'E' in a failed one; undefined when the client cannot tell.
+ */
+function transactionStatus(client) {
+  if (typeof client.getTransactionStatus === 'function') {
+    const status = client.getTransactionStatus();
+    return status == null ? undefined : status;
+  }
+  return undefined;
+}
+
+/**
+ * pool.connect(), but never a client inside a transaction: other code may have released a client
+ * in the middle of its own transaction, and a BEGIN there is only a warning (25001) — our COMMIT
+ * would commit that abandoned work too. Such a client is released with an error (the pool destroys
+ * it, which rolls its transaction back) and another one is taken.
+ */
+async function checkoutIdle(pool) {
+  for (let attempt = 0; ; attempt++) {
+    const client = await pool.connect();
+    const status = transactionStatus(client);
+    if (status === undefined || status === 'I') return client;
+    const err = new Error(
+      `withTenant: the pool handed out a client inside a transaction (status ${JSON.stringify(status)}): ` +
+        'some code released a client without COMMIT or ROLLBACK; the connection was destroyed'
+    );
+    client.release(err);
+    if (attempt + 1 >= MAX_DIRTY_CHECKOUTS) throw err;
+  }
+}
+
+/**
+ * What fn gets instead of the pooled client: query() (every form of node-postgres' client.query)
+ * while withTenant's transaction is open, refused afterwards; release() always refused.
+ */
+function scopedClient(client, scope, tenant) {
+  const finished = () =>
+    new Error(
+      `withTenant: the transaction for tenant ${JSON.stringify(tenant)} has finished; this client may ` +
+        'already serve another request. Await every query inside fn.'
+    );
+  return Object.freeze({
+    query(...args) {
+      if (!scope.open) {
+        const err = finished();
+        const callback = args.length > 0 ? args[args.length - 1] : undefined;
+        if (typeof callback === 'function') {
+          process.nextTick(callback, err);
+          return undefined;
+        }
+        if (args[0] && typeof args[0].callback === 'function') {
+          process.nextTick(args[0].callback, err);
+          return undefined;
+        }
+        return Promise.reject(err);
+      }
+      return client.query(...args);
+    },
+    release() {
+      throw new Error('withTenant: do not release the client inside fn; withTenant releases it when fn is done');
+    },
+    escapeIdentifier(str) {
+      return client.escapeIdentifier(str);
+    },
+    escapeLiteral(str) {
+      return client.escapeLiteral(str);
+    },
+  });
 }
 
 /**

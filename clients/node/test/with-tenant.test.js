@@ -328,3 +328,90 @@ test('concurrency: pool of 5, 400 interleaved withTenant calls of 2 tenants neve
   assert.deepEqual(rows[0], { a: 20, b: 20, total: 40 });
   await c.query("DELETE FROM orders WHERE item LIKE '%-concurrent-%'");
 });
+
+test('a late query of fn (after withTenant resolved) is refused, never runs in the next request', async () => {
+  // One connection: the next withTenant (globex) surely holds the connection acme's fn used.
+  const pool = appPool(1);
+  let leaked;
+  const pidA = await withTenant(pool, A.slug, async (c) => {
+    leaked = c;
+    return (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  });
+  const refused = (err) => {
+    assert.ok(!(err && err.rows), 'no rows');
+    assert.match(err.message, /has finished/);
+    return true;
+  };
+  const seenB = await withTenant(pool, B.slug, async (c) => {
+    const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    assert.equal(pid, pidA, 'the same connection now serves globex');
+    // acme's code, late (timer, event handler): a text query, a query config object, a callback.
+    await assert.rejects(leaked.query('SELECT item, tenant_id FROM orders ORDER BY item'), refused);
+    await assert.rejects(leaked.query({ text: 'SELECT item FROM orders WHERE tenant_id <> $1', values: [A.id()] }), refused);
+    await new Promise((resolve) => {
+      leaked.query('SELECT item FROM orders', (err, res) => {
+        refused(err);
+        assert.equal(res, undefined);
+        resolve();
+      });
+    });
+    return (await c.query('SELECT item FROM orders ORDER BY item')).rows.map((r) => r.item);
+  });
+  assert.deepEqual(seenB, await trueItems(B.id()), "globex's own transaction was not disturbed");
+  await assert.rejects(leaked.query('SELECT 1'), refused);
+  assert.throws(() => leaked.release(), /do not release/);
+});
+
+test('client.release() inside fn throws; withTenant rolls back and releases exactly once', async () => {
+  const pool = appPool(1);
+  const releases = [];
+  const counted = countingPool(pool, releases);
+  await assert.rejects(
+    withTenant(counted, A.slug, async (c) => {
+      await c.query("INSERT INTO orders (item) VALUES ('released-inside-fn')");
+      c.release();
+      await c.query("INSERT INTO orders (item) VALUES ('after-release-inside-fn')");
+    }),
+    (err) => {
+      assert.match(err.message, /do not release the client inside fn/, `got: ${err.message}`);
+      return true;
+    }
+  );
+  assert.deepEqual(releases, [undefined], 'released once (by withTenant), to be reused');
+  const c = await superuser();
+  const left = await c.query("SELECT count(*)::int AS n FROM orders WHERE item LIKE '%release%-inside-fn'");
+  assert.equal(left.rows[0].n, 0, 'ground truth: rolled back');
+  assert.equal(pool.idleCount, 1);
+  assert.equal((await tenantQuery(counted, B.slug, 'SELECT count(*)::int AS n FROM orders')).rows[0].n, (await trueItems(B.id())).length);
+});
+
+test('a client released inside an open transaction is not used: its pending INSERT is never committed', async () => {
+  const pool = appPool(1);
+  const releases = [];
+  const counted = countingPool(pool, releases);
+  // Other code: BEGIN by hand, an INSERT for acme, and release() without COMMIT or ROLLBACK.
+  const dirty = await pool.connect();
+  await dirty.query('BEGIN');
+  await dirty.query('SELECT multitenancy.tenant_set($1)', [A.slug]);
+  await dirty.query("INSERT INTO orders (item) VALUES ('abandoned-insert')");
+  const dirtyPid = (await dirty.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  dirty.release();
+  assert.equal(pool.idleCount, 1, 'the dirty client is back in the pool');
+
+  const seen = await withTenant(counted, A.slug, async (c) => {
+    const { rows } = await c.query(
+      "SELECT pg_backend_pid() AS pid, count(*) FILTER (WHERE item = 'abandoned-insert')::int AS n FROM orders"
+    );
+    return rows[0];
+  });
+  const c = await superuser();
+  const left = await c.query("SELECT count(*)::int AS n FROM orders WHERE item = 'abandoned-insert'");
+  assert.equal(left.rows[0].n, 0, 'ground truth: the abandoned INSERT was not committed');
+  assert.notEqual(seen.pid, dirtyPid, 'fn ran on another (clean) connection');
+  assert.equal(seen.n, 0, "fn did not see the abandoned transaction's row");
+  assert.equal(releases.length, 2, 'the dirty client and the clean one');
+  assert.ok(releases[0] instanceof Error, 'the dirty client was released with an error (destroyed)');
+  assert.match(releases[0].message, /inside a transaction/);
+  assert.equal(releases[1], undefined);
+  assert.equal(pool.totalCount, 1);
+});
