@@ -205,7 +205,7 @@ fn psycopg_tenant_context_manager() {
     let json = last_json(&output, "psycopg_check.py");
     let mut expected_checks = Vec::new();
     for mode in ["autocommit", "transactional"] {
-        for check in ["isolation+forgotten", "exception", "nesting", "user"] {
+        for check in ["isolation+forgotten", "exception", "caught error", "thread", "nesting", "user"] {
             expected_checks.push(format!("{check}/{mode}"));
         }
         if mode == "autocommit" {
@@ -227,6 +227,8 @@ fn psycopg_tenant_context_manager() {
     // Ground truth: the rolled-back block left nothing; the nested outer blocks committed in
     // acme; the committed blocks in globex; the tenants' earlier rows are untouched.
     assert_eq!(notes.bodies_like("psycopg rolled back%"), vec![], "the block that raised wrote nothing");
+    assert_eq!(strings(&json["caught"]).len(), 2, "the caught-error blocks ran");
+    assert_eq!(notes.bodies_like("psycopg caught error%"), vec![], "the blocks that caught an error wrote nothing");
     let nested: Vec<(String, String)> =
         strings(&json["nested_outer"]).into_iter().map(|body| ("acme".to_string(), body)).collect();
     assert_eq!(nested.len(), 2);
@@ -263,6 +265,10 @@ fn django_middleware_through_the_wsgi_handler() {
         ("unknown host", 403),
         ("globex add", 200),
         ("acme boom", 500),
+        ("acme 404", 404),
+        ("acme caught save", 500),
+        ("acme caught cursor", 500),
+        ("stranger", 500),
         ("acme after boom", 200),
         ("switch", 409),
         ("globex again", 200),
@@ -279,7 +285,8 @@ fn django_middleware_through_the_wsgi_handler() {
     assert!(pids.len() >= 10, "the views report their backend: {pids:?}");
     assert!(pids.iter().all(|p| *p == pids[0]), "one persistent connection served the requests: {pids:?}");
 
-    // Ground truth: the committed request's note is globex's, the failed request's is gone.
+    // Ground truth: the committed request's note is globex's; the failed requests' notes (a
+    // view that raised, one that raised Http404, ones that caught a database error) are gone.
     let added = json["added"].as_i64().unwrap();
     let mut globex_expected = globex_before.clone();
     globex_expected.push(added);
@@ -297,7 +304,7 @@ fn django_test_helpers_in_a_real_test_run() {
         .run(&client_dir().join("tests/djsite"), &["manage.py", "test", "--keepdb", "--noinput", "-v", "2", "notes"]);
     assert_ran(&output, &format!("manage.py test as {APP}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("Ran 9 tests"), "the nine tests of notes/tests.py ran:\n{stderr}");
+    assert!(stderr.contains("Ran 12 tests"), "the twelve tests of notes/tests.py ran:\n{stderr}");
     assert!(stderr.lines().any(|l| l.trim() == "OK"), "and passed:\n{stderr}");
     // TestCase rolled its writes back; TransactionTestCase cleaned up after itself.
     let after = (notes.true_ids(&notes.id("acme")), notes.true_ids(&notes.id("globex")));

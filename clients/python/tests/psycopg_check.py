@@ -8,12 +8,13 @@ and the ids the Rust test looks up as the superuser).
 import json
 import os
 import sys
+import threading
 import uuid
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from multitenancy_client import TenantScopeError, current_tenant, tenant
+from multitenancy_client import TenantScopeError, TransactionRolledBackError, current_tenant, tenant
 
 TRUTH = json.loads(os.environ["MT_TRUTH"])
 DSN = os.environ["MT_DSN"]
@@ -104,6 +105,41 @@ def main():
                     "the row written before the exception is gone",
                 )
             ran.append("exception/" + mode)
+
+            # A database error caught inside the block: the transaction has failed, COMMIT would
+            # answer ROLLBACK without psycopg raising. tenant() rolls back and says so.
+            caught = "psycopg caught error (%s)" % mode
+            try:
+                with tenant(conn, "acme"):
+                    row = conn.execute("INSERT INTO notes (body) VALUES (%s) RETURNING id", [caught]).fetchone()
+                    try:
+                        conn.execute("INSERT INTO notes (id, body) VALUES (%s, 'duplicate')", [row[0]])
+                    except psycopg.errors.UniqueViolation:
+                        pass
+                sys.exit("FAILED: a block whose transaction failed ended as if it committed")
+            except TransactionRolledBackError as error:
+                check(error.sqlstate == "40000", "TransactionRolledBackError.sqlstate", error.sqlstate)
+            check(conn.info.transaction_status == TransactionStatus.IDLE, "idle after the failed block")
+            forgotten(conn)
+            out.setdefault("caught", []).append(caught)
+            ran.append("caught error/" + mode)
+
+            # A connection inside a tenant() block of this thread: another thread is refused.
+            with tenant(conn, "acme"):
+                seen = []
+
+                def other_thread():
+                    try:
+                        with tenant(conn, "acme"):
+                            seen.append("entered")
+                    except TenantScopeError:
+                        seen.append("refused")
+
+                worker = threading.Thread(target=other_thread)
+                worker.start()
+                worker.join()
+                check(seen == ["refused"], "tenant() from another thread is refused", seen)
+            ran.append("thread/" + mode)
 
             # Nesting: the same tenant is a savepoint; another tenant is refused by the server,
             # and the outer block goes on acting for its tenant and commits.

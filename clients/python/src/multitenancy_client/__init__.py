@@ -9,7 +9,7 @@
 The server keeps every tenant context transaction-local and refuses a second tenant in a
 transaction; these helpers only make the right pattern the easy one.
 """
-from .core import TenantScopeError, current_tenant, set_tenant, tenant
+from .core import TenantScopeError, TransactionRolledBackError, current_tenant, set_tenant, tenant
 
-__all__ = ["tenant", "set_tenant", "current_tenant", "TenantScopeError"]
+__all__ = ["tenant", "set_tenant", "current_tenant", "TenantScopeError", "TransactionRolledBackError"]
 __version__ = "0.1.0"

@@ -1,14 +1,23 @@
 """The psycopg 3 helper: one transaction, one tenant."""
+import threading
 import weakref
 from contextlib import contextmanager
 
-# Connections inside a `tenant()` block, with the depth of nesting.
+# Connections inside a `tenant()` block: (owning thread id, depth of nesting).
 _open_blocks = weakref.WeakKeyDictionary()
 
 
 class TenantScopeError(RuntimeError):
     """`tenant()` was asked to run in a transaction it did not open: it could not commit (or
     end the tenant context) at the end of its block."""
+
+
+class TransactionRolledBackError(RuntimeError):
+    """A block ended normally but its transaction had failed on the server (an error was caught
+    inside it): it was rolled back instead of committed. `sqlstate` is "40000"
+    (transaction_rollback), like the server's class for a transaction it rolled back."""
+
+    sqlstate = "40000"
 
 
 def set_tenant(cursor, tenant, user=None):
@@ -51,27 +60,35 @@ def tenant(conn, tenant, user=None):
     rest of that transaction. The usual cause is a connection with autocommit off that ran a
     query before (psycopg then opens a transaction implicitly): commit or roll back first, or
     connect with `autocommit=True`.
+
+    A connection inside a `tenant()` block of another thread is refused with TenantScopeError
+    (psycopg connections are not to be shared by threads in a transaction).
     """
-    depth = _open_blocks.get(conn, 0)
-    if depth == 0 and conn.info.transaction_status != _idle():
+    from psycopg.pq import TransactionStatus
+
+    me = threading.get_ident()
+    owner, depth = _open_blocks.get(conn, (me, 0))
+    if owner != me:
+        raise TenantScopeError("the connection is inside a tenant() block of another thread")
+    if depth == 0 and conn.info.transaction_status != TransactionStatus.IDLE:
         raise TenantScopeError(
             "the connection is already in a transaction that tenant() did not open "
             "(autocommit off and an earlier query?): commit or roll back first"
         )
-    _open_blocks[conn] = depth + 1
+    _open_blocks[conn] = (me, depth + 1)
     try:
-        with conn.transaction():
+        with conn.transaction() as tx:
             with conn.cursor() as cursor:
                 tenant_id = set_tenant(cursor, tenant, user)
             yield tenant_id
+            if depth == 0 and conn.info.transaction_status == TransactionStatus.INERROR:
+                # COMMIT would answer ROLLBACK without psycopg raising: say so.
+                raise TransactionRolledBackError(
+                    "the tenant() block's transaction failed on the server (an error was caught "
+                    "inside the block) and was rolled back: nothing of the block committed"
+                )
     finally:
         if depth:
-            _open_blocks[conn] = depth
+            _open_blocks[conn] = (me, depth)
         else:
             _open_blocks.pop(conn, None)
-
-
-def _idle():
-    from psycopg.pq import TransactionStatus
-
-    return TransactionStatus.IDLE

@@ -16,6 +16,7 @@ INSTALLED_APPS = ["notes"]
 ROOT_URLCONF = "notes.urls"
 MIDDLEWARE = ["multitenancy_client.django.middleware.TenantMiddleware"]
 MULTITENANCY_TENANT_RESOLVER = "notes.resolvers.host_or_header"
+MULTITENANCY_USER_RESOLVER = "notes.resolvers.user_header"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",

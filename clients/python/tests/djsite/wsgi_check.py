@@ -9,6 +9,7 @@ import io
 import json
 import os
 import sys
+import uuid
 from wsgiref.util import setup_testing_defaults
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
@@ -20,7 +21,7 @@ TRUTH = json.loads(os.environ["MT_TRUTH"])
 BASE = os.environ["MT_BASE_DOMAIN"]
 
 
-def call(method, path, tenant=None, host="localhost", body=b"", query=""):
+def call(method, path, tenant=None, host="localhost", body=b"", query="", user=None):
     environ = {}
     setup_testing_defaults(environ)
     environ.update(
@@ -34,6 +35,8 @@ def call(method, path, tenant=None, host="localhost", body=b"", query=""):
     )
     if tenant is not None:
         environ["HTTP_X_TENANT"] = tenant
+    if user is not None:
+        environ["HTTP_X_TEST_USER"] = user
     status = []
     result = application(environ, lambda s, headers, exc_info=None: status.append(s))
     try:
@@ -88,6 +91,22 @@ code, added = step("globex add", call("POST", "/notes/add/", tenant="globex", bo
 check(code == 200 and added["tenant_id"] == TRUTH["globex"]["id"], "globex add", added)
 code, boom = step("acme boom", call("POST", "/notes/boom/", tenant="acme", body=b"wsgi: acme boom"))
 check(code == 500, "a failing view answers 500", boom)
+# Http404 after a write: Django answers 404 before the middleware sees the response; the
+# middleware's process_exception rolls the write back.
+code, missing = step("acme 404", call("POST", "/notes/missing/", tenant="acme", body=b"wsgi: acme 404"))
+check(code == 404, "Http404 answers 404", missing)
+# A caught database error: the transaction failed on the server; COMMIT would silently roll
+# back. The middleware rolls back and answers 500; on_commit hooks do not run.
+from notes import views  # noqa: E402
+
+for how in ["save", "cursor"]:
+    body = ("wsgi: acme caught %s" % how).encode()
+    code, caught = step("acme caught " + how, call("POST", "/notes/caught/", tenant="acme", body=body, query="how=" + how))
+    check(code == 500, "a caught error (%s) answers 500, not 200" % how, caught)
+check(views.HOOKS == [], "no on_commit hook ran for a rolled-back request", views.HOOKS)
+# The user resolver: a user who is not a member of acme is refused by tenant_set (a 500).
+code, stranger = step("stranger", call("GET", "/notes/", tenant="acme", user=str(uuid.uuid4())))
+check(code == 500, "a user who is not a member is refused", stranger)
 expect_own("acme", step("acme after boom", call("GET", "/notes/", tenant="acme")))
 code, switched = step("switch", call("GET", "/notes/switch/", tenant="acme", query="to=globex"))
 check(code == 409 and switched["sqlstate"] == "28000", "switching tenants in a request is refused", switched)
@@ -97,6 +116,21 @@ expect_no_context(step("none again", call("GET", "/notes/")), "no tenant after a
 code, unknown = step("unknown tenant", call("GET", "/notes/", tenant="no-such-tenant"))
 check(code == 500, "an unknown tenant is an error, not rows", unknown)
 expect_own("acme", step("acme last", call("GET", "/notes/", tenant="acme")))
+
+# No default resolver: the middleware refuses to start without MULTITENANCY_TENANT_RESOLVER.
+from django.conf import settings  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.test.utils import override_settings  # noqa: E402
+
+from multitenancy_client.django.middleware import TenantMiddleware  # noqa: E402
+
+with override_settings():
+    del settings.MULTITENANCY_TENANT_RESOLVER
+    try:
+        TenantMiddleware(lambda request: None)
+        sys.exit("FAILED: TenantMiddleware started without MULTITENANCY_TENANT_RESOLVER")
+    except ImproperlyConfigured:
+        pass
 
 json.dump({"added": added["id"], "steps": log}, sys.stdout)
 sys.stdout.write("\n")

@@ -14,12 +14,19 @@ from contextlib import contextmanager
 
 @contextmanager
 def tenant_atomic(tenant, user=None, using=None):
-    """`transaction.atomic(using)` acting for `tenant`; yields the tenant's id (text)."""
+    """`transaction.atomic(using)` acting for `tenant`; yields the tenant's id (text).
+
+    Refused with TenantScopeError inside an enclosing atomic block: it would be a savepoint, and
+    the tenant would stay set for the rest of the outer transaction."""
     from django.db import connections, transaction, DEFAULT_DB_ALIAS
 
-    from ..core import set_tenant
+    from ..core import TenantScopeError, set_tenant
 
     alias = using or DEFAULT_DB_ALIAS
+    if connections[alias].in_atomic_block:
+        raise TenantScopeError(
+            "tenant_atomic() inside an enclosing atomic block: the tenant would outlive the block"
+        )
     with transaction.atomic(using=alias):
         with connections[alias].cursor() as cursor:
             tenant_id = set_tenant(cursor, tenant, user)

@@ -11,8 +11,11 @@ in a savepoint of it. The server lets a transaction act for ONE tenant, so:
   tests). Tests of another tenant go in another class.
 - `TenantTransactionTestCase` (a TransactionTestCase): no transaction around the tests; each
   `with self.tenant_scope("acme"):` block is its own transaction for its own tenant, so one test
-  may use several tenants one after the other. Between tests nothing is left: the helper drops
-  a connection a test left inside a transaction and checks that no tenant context remains. Data is
+  may use several tenants one after the other; `tenant_scope()` refuses to start inside an
+  enclosing atomic block. After each test the helper drops a connection a test left inside a
+  transaction, and asks in a fresh autocommit query for a tenant context, which can only find a
+  session-level one (a role granted session_context): transaction-local contexts ended with
+  their transactions. Data is
   committed: clean up what you write (Django's flush truncates only managed models' tables, and
   an enabled table needs a tenant context or admin mode to be emptied row by row).
 """
@@ -21,7 +24,7 @@ from contextlib import contextmanager
 from django.db import connections, transaction
 from django.test import TestCase, TransactionTestCase
 
-from ..core import current_tenant, set_tenant
+from ..core import TenantScopeError, current_tenant, set_tenant
 
 
 class TenantTestCase(TestCase):
@@ -45,7 +48,12 @@ class TenantTransactionTestCase(TransactionTestCase):
     @contextmanager
     def tenant_scope(self, tenant, user=None, using="default"):
         """One transaction acting for `tenant`: committed at the end of the block, rolled back
-        on an exception. Yields the tenant's id (text)."""
+        on an exception. Yields the tenant's id (text). Refused with TenantScopeError inside an
+        enclosing atomic block (it would be a savepoint; the tenant would outlive the block)."""
+        if connections[using].in_atomic_block:
+            raise TenantScopeError(
+                "tenant_scope() inside an enclosing atomic block: the tenant would outlive the block"
+            )
         with transaction.atomic(using=using):
             with connections[using].cursor() as cursor:
                 tenant_id = set_tenant(cursor, tenant, user)
@@ -53,21 +61,25 @@ class TenantTransactionTestCase(TransactionTestCase):
 
     def _post_teardown(self):
         leftovers = []
-        for alias in self._databases_names(include_mirrors=False):
-            connection = connections[alias]
-            if connection.connection is None:
-                continue
-            if connection.in_atomic_block or not connection.get_autocommit():
-                # Only possible by calling transaction internals by hand: drop the connection,
-                # and with it the transaction (the server rolls it back).
-                leftovers.append("%s: an open transaction" % alias)
-                connection.close()
-                continue
-            with connection.cursor() as cursor:
-                remaining = current_tenant(cursor)
-            if remaining is not None:  # only possible with a session context granted by a superuser
-                leftovers.append("%s: tenant %s" % (alias, remaining))
-                connection.close()
-        super()._post_teardown()
+        try:
+            for alias in self._databases_names(include_mirrors=False):
+                connection = connections[alias]
+                if connection.connection is None:
+                    continue
+                if connection.in_atomic_block or not connection.get_autocommit():
+                    # Only possible by calling transaction internals by hand: drop the
+                    # connection, and with it the transaction (the server rolls it back).
+                    leftovers.append("%s: an open transaction" % alias)
+                    connection.close()
+                    continue
+                # A fresh autocommit query sees only a session context (a role granted
+                # session_context); transaction-local contexts ended with their transaction.
+                with connection.cursor() as cursor:
+                    remaining = current_tenant(cursor)
+                if remaining is not None:
+                    leftovers.append("%s: tenant %s" % (alias, remaining))
+                    connection.close()
+        finally:
+            super()._post_teardown()
         if leftovers:
             raise AssertionError("a test left a transaction or tenant context open: %s" % ", ".join(leftovers))

@@ -4,10 +4,13 @@ MT_TRUTH (JSON, read by the superuser before the run): {"acme": {"id", "notes"},
 """
 import json
 import os
+import unittest
+from unittest import mock
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
-from multitenancy_client import current_tenant, set_tenant
+from multitenancy_client import TenantScopeError, current_tenant, set_tenant
+from multitenancy_client.django import tenant_atomic
 from multitenancy_client.django.testing import TenantTestCase, TenantTransactionTestCase
 
 from .models import Note
@@ -121,3 +124,42 @@ class ScopeTests(Isolation, TenantTransactionTestCase):
         with self.tenant_scope("globex"):
             self.assertTrue(Note.objects.filter(id=note.id).exists())
             Note.objects.filter(id=note.id).delete()
+
+    def test_scope_refused_inside_an_atomic_block(self):
+        # Inside an outer atomic it would be a savepoint: the tenant would outlive the block.
+        with transaction.atomic():
+            with self.assertRaises(TenantScopeError):
+                with self.tenant_scope("acme"):
+                    pass
+            with connection.cursor() as cursor:
+                self.assertIsNone(current_tenant(cursor))
+
+    def test_tenant_atomic_refused_inside_an_atomic_block(self):
+        with transaction.atomic():
+            with self.assertRaises(TenantScopeError):
+                with tenant_atomic("acme"):
+                    pass
+            with connection.cursor() as cursor:
+                self.assertIsNone(current_tenant(cursor))
+        with tenant_atomic("acme") as acme:
+            self.assertEqual(acme, TRUTH["acme"]["id"])
+            self.assert_sees_only("acme")
+
+    def test_teardown_check_failing_still_tears_down(self):
+        # _post_teardown's own check may fail (here: its query raises); Django's teardown
+        # (super()._post_teardown(), which calls _fixture_teardown) must run all the same.
+        torn_down = []
+
+        class Inner(TenantTransactionTestCase):
+            def _fixture_teardown(self):
+                torn_down.append(True)
+
+            def test_query(self):
+                with self.tenant_scope("acme"):
+                    seen()
+
+        result = unittest.TestResult()
+        with mock.patch("multitenancy_client.django.testing.current_tenant", side_effect=RuntimeError("check")):
+            Inner("test_query")(result)  # __call__: with _pre_setup and _post_teardown
+        self.assertEqual(len(result.errors), 1, result.errors)
+        self.assertEqual(torn_down, [True], "Django's teardown ran")

@@ -7,4 +7,6 @@ urlpatterns = [
     path("notes/add/", views.add),
     path("notes/boom/", views.boom),
     path("notes/switch/", views.switch),
+    path("notes/missing/", views.missing),
+    path("notes/caught/", views.caught),
 ]

@@ -1,5 +1,5 @@
-from django.db import DatabaseError, connection, transaction
-from django.http import JsonResponse
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.http import Http404, JsonResponse
 
 from multitenancy_client import current_tenant, set_tenant
 
@@ -53,3 +53,29 @@ def switch(request):
             still = current_tenant(cursor)
         return JsonResponse({**failure(error), "still": still}, status=409)
     return JsonResponse({"switched": True})
+
+
+def missing(request):
+    """Writes, then answers 404 by raising Http404: the write must not commit."""
+    Note.objects.create(body=request.body.decode())
+    raise Http404("no such thing")
+
+
+# on_commit hooks that ran (wsgi_check.py runs in this process and reads it).
+HOOKS = []
+
+
+def caught(request):
+    """Writes, then catches a database error without a savepoint: the transaction has failed on
+    the server, so nothing may commit (and on_commit hooks must not run)."""
+    note = Note.objects.create(body=request.body.decode())
+    transaction.on_commit(lambda: HOOKS.append(note.body))
+    try:
+        if request.GET.get("how") == "cursor":
+            with connection.cursor() as cursor:
+                cursor.execute("INSERT INTO notes (id, body) VALUES (%s, 'duplicate')", [note.id])
+        else:
+            Note(id=note.id, body="duplicate").save(force_insert=True)
+    except IntegrityError:
+        pass
+    return JsonResponse({"id": note.id})
