@@ -420,6 +420,31 @@ pub fn allow_session_context(db: &TestDb) {
         .unwrap();
 }
 
+/// A program the tests ran exited successfully; otherwise panic with its output.
+#[track_caller]
+pub fn assert_ran(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The Python of the virtualenv `scripts/setup.sh` makes for the framework and client tests
+/// (Django, psycopg 3, psycopg-pool): `MT_PYENV`, default `/opt/multitenancy-pyenv`.
+pub fn framework_python() -> PathBuf {
+    let venv = std::env::var_os("MT_PYENV").map(PathBuf::from).unwrap_or_else(|| "/opt/multitenancy-pyenv".into());
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "no Python virtualenv with Django and psycopg at {}: run scripts/setup.sh (or point MT_PYENV at one)",
+        venv.display()
+    );
+    python
+}
+
 /// `(name, definition)` of the constraints of `table` of `contype` ('u', 'p', 'f'), by name.
 pub fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, String)> {
     su.query(

@@ -63,17 +63,6 @@ fn npm_install() {
     assert_ran(&output, "npm ci in clients/node");
 }
 
-#[track_caller]
-fn assert_ran(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Run `cmd` to completion, killing it after `timeout`.
 fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (Output, bool) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start node");

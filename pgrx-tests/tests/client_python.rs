@@ -26,17 +26,6 @@ use std::time::Instant;
 /// Hosts `<slug>.BASE_DOMAIN` route to tenants (`multitenancy.tenant_resolve`).
 const BASE_DOMAIN: &str = "tenants.test";
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("MT_PYENV").map(PathBuf::from).unwrap_or_else(|| "/opt/multitenancy-pyenv".into());
-    let python = venv.join("bin/python");
-    assert!(
-        python.is_file(),
-        "no Python virtualenv with Django and psycopg at {}: run scripts/setup.sh (or point MT_PYENV at one)",
-        venv.display()
-    );
-    python
-}
-
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
 }
@@ -44,7 +33,7 @@ fn client_dir() -> PathBuf {
 /// A python command without the caller's libpq, Python and Django variables, writing no bytecode
 /// into the repository.
 fn python_command() -> Command {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(framework_python());
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy();
         if name.starts_with("PG") || name.starts_with("PYTHON") || name.starts_with("DJANGO") {
@@ -53,17 +42,6 @@ fn python_command() -> Command {
     }
     cmd.env("PYTHONDONTWRITEBYTECODE", "1").env("PYTHONUNBUFFERED", "1");
     cmd
-}
-
-#[track_caller]
-fn assert_ran(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// `pip install --no-deps --target` of clients/python, once per test binary, into the shared
@@ -175,7 +153,7 @@ impl Notes {
             .env("MT_DB_USER", APP)
             .env("MT_BASE_DOMAIN", BASE_DOMAIN)
             .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", python().display()))
+            .unwrap_or_else(|e| panic!("run {}: {e}", framework_python().display()))
     }
 }
 

@@ -54,17 +54,6 @@ const SHOP_MIGRATIONS: [&str; 4] = ["0001_initial", "0002_seed", "0003_keys", "0
 /// The reason 0004 gives `admin_begin` (pgrx-tests/django/shop/migrations/0004_every_tenant.py).
 const ADMIN_REASON: &str = "django migration shop.0004: upper-case product titles, fill billing customers";
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("MT_PYENV").map(PathBuf::from).unwrap_or_else(|| "/opt/multitenancy-pyenv".into());
-    let python = venv.join("bin/python");
-    assert!(
-        python.is_file(),
-        "no Python virtualenv with Django at {}: run scripts/setup.sh (or point MT_PYENV at one)",
-        venv.display()
-    );
-    python
-}
-
 fn project() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("django")
 }
@@ -72,7 +61,7 @@ fn project() -> PathBuf {
 /// Run the virtualenv's python with `args` in the Django project, connected to `db` as `user`
 /// (the settings read MT_DB_*). libpq's PG* variables of the caller are not passed on.
 fn run_python(db: &TestDb, user: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(framework_python());
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy();
         if name.starts_with("PG") || name.starts_with("PYTHON") || name.starts_with("DJANGO") {
@@ -87,7 +76,7 @@ fn run_python(db: &TestDb, user: &str, args: &[&str]) -> Output {
         .env("MT_DB_USER", user)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
-    cmd.output().unwrap_or_else(|e| panic!("run {}: {e}", python().display()))
+    cmd.output().unwrap_or_else(|e| panic!("run {}: {e}", framework_python().display()))
 }
 
 /// A client error with the server's SQLSTATE, message and hint, for panic messages.
@@ -96,17 +85,6 @@ fn pg_error(error: &postgres::Error) -> String {
         Some(db) => format!("{} {} (hint: {:?})", db.code().code(), db.message(), db.hint()),
         None => error.to_string(),
     }
-}
-
-#[track_caller]
-fn assert_ran(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Ground truth (superuser): ids of a tenant's rows in `table`, ordered.
