@@ -21,10 +21,11 @@ in a savepoint of it. The server lets a transaction act for ONE tenant, so:
 """
 from contextlib import contextmanager
 
-from django.db import connections, transaction
+from django.db import connections
 from django.test import TestCase, TransactionTestCase
 
-from ..core import TenantScopeError, current_tenant, set_tenant
+from ..core import current_tenant, set_tenant
+from . import tenant_atomic
 
 
 class TenantTestCase(TestCase):
@@ -50,13 +51,7 @@ class TenantTransactionTestCase(TransactionTestCase):
         """One transaction acting for `tenant`: committed at the end of the block, rolled back
         on an exception. Yields the tenant's id (text). Refused with TenantScopeError inside an
         enclosing atomic block (it would be a savepoint; the tenant would outlive the block)."""
-        if connections[using].in_atomic_block:
-            raise TenantScopeError(
-                "tenant_scope() inside an enclosing atomic block: the tenant would outlive the block"
-            )
-        with transaction.atomic(using=using):
-            with connections[using].cursor() as cursor:
-                tenant_id = set_tenant(cursor, tenant, user)
+        with tenant_atomic(tenant, user=user, using=using) as tenant_id:
             yield tenant_id
 
     def _post_teardown(self):
