@@ -324,7 +324,7 @@ pub fn session_context() -> bool {
 /// # Safety
 /// Reads the GUC table; the pointers are valid until the next GUC is defined.
 #[cfg(any(feature = "pg14", feature = "pg15"))]
-pub unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
+unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
     (pg_sys::get_guc_variables(), pg_sys::GetNumConfigOptions().max(0) as usize)
 }
 
@@ -333,7 +333,7 @@ pub unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
 /// # Safety
 /// Reads the GUC table; the pointers are valid until the next GUC is defined.
 #[cfg(not(any(feature = "pg14", feature = "pg15")))]
-pub unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
+unsafe fn guc_variables() -> (*mut *mut pg_sys::config_generic, usize) {
     let mut count = 0;
     let vars = pg_sys::get_guc_variables(&mut count);
     (vars, count.max(0) as usize)
@@ -344,15 +344,26 @@ thread_local! {
     static CONTEXT_VARIABLES: std::cell::Cell<Option<[usize; 2]>> = const { std::cell::Cell::new(None) };
 }
 
-/// The GUC record of a setting of ours (stable for the life of the backend).
+/// The first `Some` that `f` returns for a GUC record of this backend (placeholders included),
+/// scanning the whole table; the array PostgreSQL 16 and later allocate for the scan is freed.
 ///
 /// # Safety
-/// Called after the settings are defined.
-unsafe fn variable(name: &CStr) -> *mut pg_sys::config_generic {
+/// `f` gets valid, non-NULL records with a name; it must not define or remove settings.
+pub unsafe fn find_map_variable<R>(mut f: impl FnMut(*mut pg_sys::config_generic) -> Option<R>) -> Option<R> {
     let (vars, count) = guc_variables();
-    (0..count)
-        .map(|i| *vars.add(i))
-        .find(|&var| !var.is_null() && !(*var).name.is_null() && CStr::from_ptr((*var).name) == name)
+    let found =
+        (0..count).map(|i| *vars.add(i)).filter(|&var| !var.is_null() && !(*var).name.is_null()).find_map(&mut f);
+    free_guc_variables(vars);
+    found
+}
+
+/// The GUC record named `name` (compared as PostgreSQL compares setting names: ASCII case
+/// folded), or NULL.
+///
+/// # Safety
+/// The record is valid until the setting is defined (a placeholder's record is replaced then).
+unsafe fn variable(name: &CStr) -> *mut pg_sys::config_generic {
+    find_map_variable(|var| CStr::from_ptr((*var).name).to_bytes().eq_ignore_ascii_case(name.to_bytes()).then_some(var))
         .unwrap_or(std::ptr::null_mut())
 }
 
@@ -360,17 +371,10 @@ unsafe fn variable(name: &CStr) -> *mut pg_sys::config_generic {
 /// in the current transaction: its GUC record has a stack entry. Looked up by name every time,
 /// since defining a placeholder's setting replaces its record.
 pub fn set_in_this_transaction(name: &CStr) -> bool {
-    // SAFETY: reads the GUC table; the array is only read here (and freed where palloc'd).
+    // SAFETY: the record is read at once, before any setting can be defined.
     unsafe {
-        let (vars, count) = guc_variables();
-        let found = (0..count).map(|i| *vars.add(i)).find(|&var| {
-            !var.is_null()
-                && !(*var).name.is_null()
-                && CStr::from_ptr((*var).name).to_bytes().eq_ignore_ascii_case(name.to_bytes())
-        });
-        let set = found.is_some_and(|var| !(*var).stack.is_null());
-        free_guc_variables(vars);
-        set
+        let var = variable(name);
+        !var.is_null() && !(*var).stack.is_null()
     }
 }
 

@@ -202,9 +202,8 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) -> Result<()> {
 fn session_settings_untouched() -> Result<()> {
     // SAFETY: reads the GUC table (no GUC call in between); names are NUL-terminated.
     let offending = unsafe {
-        let (vars, count) = gucs::guc_variables();
-        (0..count).map(|i| *vars.add(i)).find_map(|var| {
-            if var.is_null() || (*var).source != pg_sys::GucSource::PGC_S_SESSION || (*var).name.is_null() {
+        gucs::find_map_variable(|var| {
+            if (*var).source != pg_sys::GucSource::PGC_S_SESSION {
                 return None;
             }
             let name = std::ffi::CStr::from_ptr((*var).name).to_string_lossy().into_owned();
