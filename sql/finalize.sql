@@ -156,40 +156,8 @@ BEGIN
 END
 $$;
 
--- A dropped table leaves the registry with it (so pg_dump never sees a dangling regclass).
-CREATE FUNCTION multitenancy._forget_dropped_tables() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- Its rows leave the usage counters (a dropped partition included).
-    PERFORM multitenancy._usage_forget(d.objid)
-       FROM pg_catalog.pg_event_trigger_dropped_objects() d
-      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
-        AND EXISTS (SELECT 1 FROM multitenancy.table_usage u WHERE u.relid::pg_catalog.oid = d.objid);
-    DELETE FROM multitenancy.enabled_tables e
-     USING pg_catalog.pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-       AND d.objsubid = 0
-       AND d.objid = e.relid::pg_catalog.oid;
-    DELETE FROM multitenancy.exempt_tables e
-     USING pg_catalog.pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-       AND d.objsubid = 0
-       AND d.objid = e.relid::pg_catalog.oid;
-    DELETE FROM multitenancy.templates e
-     USING pg_catalog.pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-       AND d.objsubid = 0
-       AND d.objid = e.relid::pg_catalog.oid;
-END
-$$;
-REVOKE EXECUTE ON FUNCTION multitenancy._forget_dropped_tables() FROM PUBLIC;
-
-CREATE EVENT TRIGGER multitenancy_forget_dropped_tables ON sql_drop
-    EXECUTE FUNCTION multitenancy._forget_dropped_tables();
-ALTER EVENT TRIGGER multitenancy_forget_dropped_tables ENABLE ALWAYS;
-
 -- The DDL guard (src/tables/guard.rs; its functions _guard_ddl and _guard_drop run as the role doing
--- the DDL). ENABLE ALWAYS: session_replication_role = replica does not switch them off; only
+-- the DDL; _guard_drop also takes dropped tables out of the registry, as its owner). ENABLE ALWAYS: session_replication_role = replica does not switch them off; only
 -- the superuser-only setting multitenancy.ddl_guard does, and every unchecked command is logged.
 CREATE EVENT TRIGGER multitenancy_guard_ddl ON ddl_command_end
     EXECUTE FUNCTION multitenancy._guard_ddl();

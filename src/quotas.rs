@@ -809,12 +809,6 @@ pub fn recount(table: pg_sys::Oid) -> Result<()> {
     })
 }
 
-/// `_usage_forget(table)`: for the DROP event trigger.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _usage_forget(table: pg_sys::Oid) {
-    forget(table).or_raise()
-}
-
 /// `_usage_settle(tenant)`: for usage_recompute, which sets every counter from the tables
 /// (tenant NULL), and tenant_purge, which removes a tenant's counters.
 #[pg_extern(volatile, parallel_unsafe)]

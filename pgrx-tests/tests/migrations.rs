@@ -1000,3 +1000,136 @@ fn drop_index_inspects_only_the_table_of_the_index() {
         assert_isolated(db.server(), &db.name, table, &[("acme", &a), ("globex", &b)]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. What makes a migration's DDL cheap must not open anything
+// ---------------------------------------------------------------------------------------------
+
+/// Reading `table` without a tenant context fails with 28000: FORCE applies to the owner.
+#[track_caller]
+fn closed_to_owner(client: &mut impl postgres::GenericClient, table: &str, situation: &str) {
+    let error = expect_sqlstate(
+        client.query(&format!("SELECT count(*) FROM {table}"), &[]),
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    );
+    assert!(error.message().contains("no tenant context"), "{situation}: unexpected message {:?}", error.message());
+}
+
+/// The statements the extension vets before they run (an index created or dropped, a per-tenant
+/// foreign key added) skip the guard's checks afterwards. What the owner's code runs *inside*
+/// such a statement is a statement of its own and is checked; the foreign key's validation lifts
+/// FORCE for that statement only, also when it fails in a savepoint; a DROP INDEX by a role that
+/// does not own the table takes no lock before PostgreSQL refuses it; a dropped table leaves
+/// every registry table.
+#[test]
+fn vetted_ddl_checks_what_runs_inside_it_and_lifts_force_for_itself_only() {
+    let db = TestDb::new("migrations_vetted");
+    let a = db.tenant("Acme", "acme");
+    let b = db.tenant("Globex", "globex");
+    let mut su = db.superuser();
+    let mut owner = db.owner();
+    run(
+        &mut owner,
+        &format!(
+            "CREATE TABLE parents (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);
+             SELECT multitenancy.tenant_enable('parents');
+             CREATE TABLE children (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, parent_id bigint,
+                                    note text NOT NULL);
+             CREATE INDEX children_note_idx ON children (note);
+             SELECT multitenancy.tenant_enable('children');
+             CREATE TABLE victim (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, secret text NOT NULL);
+             SELECT multitenancy.tenant_enable('victim');
+             GRANT SELECT, INSERT ON parents, children, victim TO {APP};"
+        ),
+    );
+    let mut app = db.app();
+    for slug in ["acme", "globex"] {
+        let mut tx = begin_as(&mut app, slug);
+        let id: i64 = tx.query_one("INSERT INTO parents (name) VALUES ($1) RETURNING id", &[&slug]).unwrap().get(0);
+        tx.execute("INSERT INTO children (parent_id, note) VALUES ($1, $2)", &[&id, &slug]).unwrap();
+        tx.execute("INSERT INTO victim (secret) VALUES ($1)", &[&format!("{slug}'s secret")]).unwrap();
+        tx.commit().unwrap();
+    }
+
+    // The owner's function in an index expression weakens another enabled table while the
+    // (vetted) CREATE INDEX builds: that ALTER TABLE is its own statement, and is refused.
+    run(
+        &mut owner,
+        "CREATE FUNCTION sneaky_ddl(bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+         BEGIN
+             EXECUTE 'ALTER TABLE victim NO FORCE ROW LEVEL SECURITY';
+             RETURN $1;
+         END $$;
+         CREATE FUNCTION sneaky(bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT sneaky_ddl($1)';",
+    );
+    expect_refused(owner.batch_execute("CREATE INDEX children_sneaky_idx ON children (sneaky(id))"), "public.victim");
+    assert!(all_forced(&mut su, &["victim"]), "ground truth: victim is still forced");
+    assert!(!relation_exists(&mut su, "children_sneaky_idx"), "ground truth: the index was not built");
+    let b_secrets = count(&mut su, &format!("SELECT count(*) FROM victim WHERE tenant_id = '{b}'"));
+    assert_eq!(b_secrets, 1, "ground truth: B's secret exists");
+    closed_to_owner(&mut owner, "victim", "after the refused index");
+
+    // The foreign key is validated over both tenants' rows (FORCE lifted for that statement) ...
+    let mut tx = owner.transaction().unwrap();
+    run(
+        &mut tx,
+        "ALTER TABLE children ADD CONSTRAINT children_parent_fk FOREIGN KEY (parent_id) REFERENCES parents (id)",
+    );
+    // ... and in the next statement of the same transaction the owner is filtered again.
+    closed_to_owner(&mut tx, "parents", "right after adding the foreign key");
+    tx.rollback().unwrap();
+    // A foreign key that fails its validation, caught in a savepoint: FORCE is back afterwards.
+    su.execute("INSERT INTO children (tenant_id, parent_id, note) VALUES ($1::text::uuid, -1, 'orphan')", &[&a])
+        .unwrap();
+    let mut tx = owner.transaction().unwrap();
+    run(
+        &mut tx,
+        "DO $$ BEGIN
+             ALTER TABLE children ADD CONSTRAINT children_parent_fk FOREIGN KEY (parent_id) REFERENCES parents (id);
+         EXCEPTION WHEN foreign_key_violation THEN
+             PERFORM pg_catalog.set_config('mt_test.caught', 'yes', true);
+         END $$",
+    );
+    let caught: Option<String> =
+        tx.query_one("SELECT pg_catalog.current_setting('mt_test.caught', true)", &[]).unwrap().get(0);
+    assert_eq!(caught.as_deref(), Some("yes"), "the orphan fails the validation");
+    closed_to_owner(&mut tx, "parents", "after a failed foreign key in a savepoint");
+    tx.rollback().unwrap();
+    su.execute("DELETE FROM children WHERE note = 'orphan'", &[]).unwrap();
+
+    // DROP INDEX by a role that does not own the table: PostgreSQL's 42501, at once, not a wait
+    // for the lock the owner's open transaction holds.
+    let mut holder = db.owner();
+    let mut hold = holder.transaction().unwrap();
+    hold.batch_execute("LOCK TABLE children IN ACCESS SHARE MODE").unwrap();
+    app.batch_execute("SET lock_timeout = '3s'").unwrap();
+    expect_sqlstate(app.batch_execute("DROP INDEX children_note_idx"), &SqlState::INSUFFICIENT_PRIVILEGE);
+    hold.rollback().unwrap();
+    assert!(relation_exists(&mut su, "children_note_idx"), "ground truth: the index is still there");
+
+    // A vetted DROP INDEX (no tenant_id in it) and the isolation after all of it.
+    run(&mut owner, "DROP INDEX children_note_idx");
+    assert!(!relation_exists(&mut su, "children_note_idx"));
+    for table in ["parents", "children", "victim"] {
+        assert_isolated(db.server(), &db.name, table, &[("acme", &a), ("globex", &b)]);
+    }
+    assert!(all_forced(&mut su, &["parents", "children", "victim"]));
+    assert_eq!(db.verify(), vec![], "verify() after the vetted statements");
+
+    // A dropped table leaves every registry table, its template rows included.
+    grant_to_owner(&db, "multitenancy.tenant_template(regclass)");
+    let mut tx = owner.transaction().unwrap();
+    run(
+        &mut tx,
+        "CREATE TABLE seeded (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);
+         INSERT INTO seeded (name) VALUES ('one'), ('two');
+         SELECT multitenancy.tenant_template('seeded');",
+    );
+    tx.commit().unwrap();
+    assert_eq!(count(&mut su, "SELECT count(*) FROM multitenancy.templates"), 2, "ground truth: the template");
+    run(&mut owner, "DROP TABLE seeded, victim");
+    for registry in ["enabled_tables WHERE relid::oid NOT IN ('parents'::regclass, 'children'::regclass)", "templates"]
+    {
+        assert_eq!(count(&mut su, &format!("SELECT count(*) FROM multitenancy.{registry}")), 0, "{registry}");
+    }
+}

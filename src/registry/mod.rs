@@ -237,6 +237,21 @@ pub fn forget_enabled(relid: pg_sys::Oid) -> Result<()> {
     })
 }
 
+/// Dropped tables leave the registry: enabled, exempt, templates.
+pub fn forget_dropped(relids: &[pg_sys::Oid]) -> Result<()> {
+    let relids: Vec<pg_sys::Oid> = relids.to_vec();
+    as_owner(|| {
+        for table in ["enabled_tables", "exempt_tables", "templates"] {
+            Spi::run_with_args(
+                &format!("DELETE FROM multitenancy.{table} WHERE relid::pg_catalog.oid = ANY ($1)"),
+                &[relids.clone().into()],
+            )
+            .ctx("registry::forget_dropped")?;
+        }
+        Ok(())
+    })
+}
+
 /// Every tenant-enabled table (that still exists).
 pub fn enabled_set() -> Result<HashSet<pg_sys::Oid>> {
     as_owner(|| Ok(oid_column("SELECT relid::oid FROM multitenancy.enabled_tables", &[])?.into_iter().collect()))

@@ -34,6 +34,40 @@ thread_local! {
     static DROPPING_INDEXES_OF: RefCell<Option<Vec<pg_sys::Oid>>> = const { RefCell::new(None) };
     /// Tables created in guarded schemas during this transaction, checked at COMMIT.
     static PENDING: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+    /// The utility statements running through the extension's ProcessUtility hook, innermost
+    /// last: whether the statement was vetted before it ran ([`statement`]).
+    static STATEMENTS: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run one utility statement (`run`), recorded as the innermost one for the event triggers it
+/// fires. `vetted`: `crate::tables::migrations` showed, before the statement ran and with the
+/// locks the statement itself takes, that it cannot change any tenant-enabled table's protected
+/// shape (a plain or per-tenant index created, an index without `tenant_id` dropped, a
+/// per-tenant foreign key added), so its event triggers have nothing to check and return at
+/// once. Every utility statement through the hook is recorded, vetted or not: a statement the
+/// user's code runs inside a vetted one (an index expression's function doing DDL) is its own
+/// innermost statement, not vetted, and fires its own event triggers.
+pub fn statement<R>(vetted: bool, run: impl FnOnce() -> R) -> R {
+    struct Pop(usize);
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            // Also when an ERROR unwinds through the hook.
+            STATEMENTS.with(|s| s.borrow_mut().truncate(self.0));
+        }
+    }
+    let depth = STATEMENTS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.push(vetted);
+        s.len() - 1
+    });
+    let _pop = Pop(depth);
+    run()
+}
+
+/// Whether the statement whose event trigger is running was vetted (see [`statement`]). A
+/// statement that did not pass the hook (the library was loaded by it) is not.
+fn vetted() -> bool {
+    STATEMENTS.with(|s| s.borrow().last() == Some(&true))
 }
 
 /// Before commit (`crate::xact`): the tables created in guarded schemas during the transaction
@@ -154,6 +188,9 @@ fn creates_table(tag: &str) -> bool {
 
 /// `ddl_command_end`.
 fn ddl_command_end() -> Result<()> {
+    if vetted() {
+        return Ok(());
+    }
     if !gucs::ddl_guard() {
         for command in commands()? {
             log(format!(
@@ -228,16 +265,6 @@ fn check_counting_trigger(trigger: &str, relid: pg_sys::Oid, enabled: &HashSet<p
 /// Note the tables whose indexes the DROP INDEX about to run drops, for `sql_drop`.
 pub fn note_index_drops(tables: Vec<pg_sys::Oid>) {
     DROPPING_INDEXES_OF.with(|d| *d.borrow_mut() = Some(tables));
-}
-
-/// What `ddl_command_end` would have checked for a command the extension ran on the user's
-/// behalf with `relid` busy (`crate::tables::migrations`).
-pub fn check_after(tag: &str, relid: pg_sys::Oid) -> Result<()> {
-    if !gucs::ddl_guard() {
-        return Ok(());
-    }
-    let mut enabled = registry::enabled_set()?;
-    check_table(tag, relid, false, &mut enabled)
 }
 
 /// The enabled parent of a partition or inheritance child, if it has one.
@@ -343,8 +370,27 @@ fn revoke_unsafe_grants(enabled: &HashSet<pg_sys::Oid>) -> Result<()> {
     Ok(())
 }
 
-/// `sql_drop`: the extension's policies and triggers and the tenant index of enabled tables stay.
+/// One object `pg_event_trigger_dropped_objects()` reported.
+struct Dropped {
+    kind: String,
+    identity: String,
+    /// A policy's or trigger's table.
+    table: Option<pg_sys::Oid>,
+    schema: Option<String>,
+    /// A relation (not an index): its oid, for the registry.
+    relation: Option<pg_sys::Oid>,
+    /// Named by the command itself (not dropped with another object).
+    original: bool,
+}
+
+/// `sql_drop`: a dropped table leaves the registry (so pg_dump never sees a dangling
+/// regclass, and the usage totals lose its rows); the extension's policies and triggers and the
+/// tenant index of enabled tables stay.
 fn sql_drop() -> Result<()> {
+    if vetted() {
+        // Indexes without tenant_id (see `statement`): no table, nothing of the protected shape.
+        return Ok(());
+    }
     let dropped = Spi::connect(|client| {
         let rows = client
             .select(
@@ -352,31 +398,51 @@ fn sql_drop() -> Result<()> {
                         CASE WHEN d.object_type IN ('policy', 'trigger') THEN pg_catalog.to_regclass( \
                              pg_catalog.quote_ident(d.address_names[1]) || '.' || \
                              pg_catalog.quote_ident(d.address_names[2]))::pg_catalog.oid END, \
-                        d.schema_name \
+                        d.schema_name, \
+                        CASE WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
+                              AND d.object_type <> 'index' THEN d.objid END, \
+                        d.original \
                    FROM pg_catalog.pg_event_trigger_dropped_objects() d \
-                  WHERE d.original AND d.object_type IN ('policy', 'trigger', 'index')",
+                  WHERE (d.original AND d.object_type IN ('policy', 'trigger', 'index')) \
+                     OR (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
+                         AND d.object_type <> 'index')",
                 None,
                 &[],
             )
             .ctx("guard::dropped")?;
         let mut out = Vec::new();
         for row in rows {
-            out.push((
-                row.get::<String>(1).ctx("object_type")?.unwrap_or_default(),
-                row.get::<String>(2).ctx("identity")?.unwrap_or_default(),
-                row.get::<pg_sys::Oid>(3).ctx("table")?,
-                row.get::<String>(4).ctx("schema")?,
-            ));
+            out.push(Dropped {
+                kind: row.get::<String>(1).ctx("object_type")?.unwrap_or_default(),
+                identity: row.get::<String>(2).ctx("identity")?.unwrap_or_default(),
+                table: row.get::<pg_sys::Oid>(3).ctx("table")?,
+                schema: row.get::<String>(4).ctx("schema")?,
+                relation: row.get::<pg_sys::Oid>(5).ctx("relation")?,
+                original: row.get::<bool>(6).ctx("original")?.unwrap_or(false),
+            });
         }
         Ok::<_, MtError>(out)
     })?;
+    let relations: Vec<pg_sys::Oid> = dropped.iter().filter_map(|d| d.relation).collect();
+    if !relations.is_empty() {
+        for &relid in &relations {
+            crate::quotas::forget(relid)?;
+        }
+        registry::forget_dropped(&relations)?;
+    }
+    let dropped: Vec<Dropped> = dropped
+        .into_iter()
+        .filter(|d| d.original && matches!(d.kind.as_str(), "policy" | "trigger" | "index"))
+        .collect();
     if dropped.is_empty() {
         return Ok(());
     }
     if !gucs::ddl_guard() {
-        for (kind, identity, _, _) in &dropped {
+        for d in &dropped {
             log(format!(
-                "multitenancy.ddl_guard is off: DROP {kind} {identity} by {} not checked",
+                "multitenancy.ddl_guard is off: DROP {} {} by {} not checked",
+                d.kind,
+                d.identity,
                 registry::session_role()
             ));
         }
@@ -385,7 +451,7 @@ fn sql_drop() -> Result<()> {
     let enabled = registry::enabled_set()?;
     let mut tables = Vec::new();
     let noted = DROPPING_INDEXES_OF.with(|d| d.borrow_mut().take());
-    for (kind, _, table, schema) in dropped {
+    for Dropped { kind, table, schema, .. } in dropped {
         let command = format!("DROP {}", kind.to_uppercase());
         match (kind.as_str(), table) {
             ("policy" | "trigger", Some(table)) => tables.push((command, table)),

@@ -10,18 +10,17 @@
 //! - a foreign key between two enabled tables becomes `(tenant_id, fk) REFERENCES parent
 //!   (tenant_id, pk)`; PostgreSQL validates the existing rows with a query as the owner, which
 //!   FORCE ROW LEVEL SECURITY would filter by a tenant context a migration does not have, so the
-//!   tables' FORCE is lifted while the statement runs (they are busy: `crate::tables::busy`) and
-//!   the guard checks them when it is done;
+//!   statement runs with FORCE not applying to the owner (`SECURITY_NOFORCE_RLS`, as PostgreSQL's
+//!   own foreign-key checks run);
 //! - `INSERT ... ON CONFLICT (email)` on an enabled table means the tenant's key: `tenant_id` is
 //!   added to the conflict target (the row being inserted belongs to the current tenant).
 //!
 //! Only statements on tables that are enabled change; nothing else is looked at twice. These
 //! rewrites need the library loaded before the statement: `shared_preload_libraries` (or
 //! `session_preload_libraries` for the migration role).
-use crate::catalog::Relation;
 use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::registry;
-use crate::tables::busy::{self, Busy};
+use crate::tables::busy;
 use crate::tables::guard;
 use pgrx::prelude::*;
 use std::ffi::{c_void, CStr};
@@ -108,11 +107,13 @@ fn referenced_by(relid: pg_sys::Oid, name: &CStr) -> Result<Option<pg_sys::Oid>>
 }
 
 /// What adjusting a statement found: the enabled tables whose FORCE must be lifted while it
-/// runs (a foreign key's validation), and whether the parse tree must change.
+/// runs (a foreign key's validation), whether the parse tree must change, and whether the
+/// statement is vetted (`guard::statement`: it cannot change an enabled table's protected shape).
 #[derive(Default)]
 struct Plan {
     lift: Vec<pg_sys::Oid>,
     rewrite: bool,
+    vetted: bool,
 }
 
 /// Adjust the statement (see the module documentation) and run it with `run(pstmt,
@@ -127,10 +128,9 @@ pub unsafe fn around_utility(
 ) -> Result<()> {
     // With the guard off (a superuser's maintenance, a restore) DDL runs exactly as written.
     if !registry::installed() || !crate::gucs::ddl_guard() {
-        run(pstmt, read_only_tree);
+        guard::statement(false, || run(pstmt, read_only_tree));
         return Ok(());
     }
-    note_index_drops((*pstmt).utilityStmt);
     let plan = plan((*pstmt).utilityStmt)?;
     if plan.rewrite {
         if read_only_tree {
@@ -140,35 +140,79 @@ pub unsafe fn around_utility(
         apply((*pstmt).utilityStmt)?;
     }
     if plan.lift.is_empty() {
-        run(pstmt, read_only_tree);
+        guard::statement(plan.vetted, || run(pstmt, read_only_tree));
         return Ok(());
     }
-    let tables: Vec<Relation> = plan.lift.iter().map(|&t| Relation::lookup(t)).collect::<Result<_>>()?;
-    let forced: Vec<&Relation> = {
-        let mut forced = Vec::new();
-        for table in &tables {
-            if is_forced(table.oid)? {
-                forced.push(table);
-            }
-        }
-        forced
-    };
-    {
-        let _busy = Busy::enter(&plan.lift);
-        for table in &forced {
-            Spi::run(&format!("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", table.sql()))
-                .ctx("migrations: NO FORCE")?;
-        }
-        run(pstmt, read_only_tree);
-        for table in &forced {
-            Spi::run(&format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", table.sql())).ctx("migrations: FORCE")?;
-        }
-    }
-    // The guard left these tables to us while the statement ran: check them now.
-    for table in &tables {
-        guard::check_after("ALTER TABLE", table.oid)?;
-    }
+    // A foreign key between enabled tables is validated by PostgreSQL with a query as the
+    // tables' owner (RI_Initial_Check), which FORCE ROW LEVEL SECURITY would filter by a tenant
+    // context a migration does not have. PostgreSQL's own row-by-row foreign-key checks run with
+    // SECURITY_NOFORCE_RLS (FORCE does not apply to the owner) for that reason; the statement
+    // runs with it too. Nothing in the catalog changes, so the guard sees the tables as they
+    // are. `plan` admits only statements that add or validate foreign keys (and plain columns):
+    // no default, USING expression or check of the owner's runs in this window.
+    let _noforce = NoForceRls::enter();
+    guard::statement(plan.vetted, || run(pstmt, read_only_tree));
     Ok(())
+}
+
+/// While alive, row level security is not forced on the tables' owner (see `around_utility`).
+/// On an ERROR the (sub)transaction abort restores the security context instead.
+struct NoForceRls {
+    user: pg_sys::Oid,
+    sec_context: i32,
+}
+
+impl NoForceRls {
+    fn enter() -> NoForceRls {
+        let mut user = pg_sys::InvalidOid;
+        let mut sec_context = 0;
+        // SAFETY: save the security context, then add one flag to it.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+            pg_sys::SetUserIdAndSecContext(user, sec_context | pg_sys::SECURITY_NOFORCE_RLS as i32);
+        }
+        NoForceRls { user, sec_context }
+    }
+}
+
+impl Drop for NoForceRls {
+    fn drop(&mut self) {
+        // SAFETY: restores exactly what `enter` saved.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
+    }
+}
+
+/// `DROP INDEX` of indexes without `tenant_id` (or of tables that are not enabled), RESTRICT,
+/// not CONCURRENTLY: nothing of the protected shape can go (the tenant index and every
+/// per-tenant key hold `tenant_id`; a constraint's index cannot be dropped this way). The
+/// indexes are resolved and locked here as the DROP will lock them (the table first, then the
+/// index, both ACCESS EXCLUSIVE, and only for their owner), and resolved again under the locks:
+/// the DROP then drops exactly what was looked at. Anything else is left to the guard's
+/// `sql_drop` check (not vetted).
+///
+/// # Safety
+/// `drop` is a parsed DropStmt.
+unsafe fn vet_index_drop(drop: *mut pg_sys::DropStmt) -> Result<bool> {
+    if (*drop).behavior != pg_sys::DropBehavior::DROP_RESTRICT || (*drop).concurrent {
+        return Ok(false);
+    }
+    for names in elements((*drop).objects) {
+        let rv = pg_sys::makeRangeVarFromNameList(names as *mut pg_sys::List);
+        let Some(index) = relid_of(rv) else { return Ok(false) };
+        let table = pg_sys::IndexGetRelation(index, true);
+        if table == pg_sys::InvalidOid || !owned(table) {
+            return Ok(false);
+        }
+        pg_sys::LockRelationOid(table, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
+        pg_sys::LockRelationOid(index, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
+        if relid_of(rv) != Some(index) || pg_sys::IndexGetRelation(index, true) != table {
+            return Ok(false);
+        }
+        if registry::is_enabled(table)? && index_holds_tenant(table, index) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `DROP INDEX`: tell the guard which tables lose an index, while the indexes still exist, so
@@ -197,13 +241,36 @@ unsafe fn note_index_drops(stmt: *mut pg_sys::Node) {
     guard::note_index_drops(tables);
 }
 
-fn is_forced(relid: pg_sys::Oid) -> Result<bool> {
-    Spi::get_one_with_args::<bool>(
-        "SELECT relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
-        &[relid.into()],
-    )
-    .ctx("migrations::is_forced")
-    .map(|forced| forced.unwrap_or(false))
+/// Whether the current user owns (or is a member of the owner of) a relation.
+fn owned(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        return pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId());
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        return pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId());
+    }
+}
+
+/// Whether an index's columns (key or included) hold the table's tenant column.
+///
+/// # Safety
+/// `index` is an index of `table`, locked.
+unsafe fn index_holds_tenant(table: pg_sys::Oid, index: pg_sys::Oid) -> bool {
+    let tenant = pg_sys::get_attnum(table, TENANT.as_ptr());
+    if tenant <= 0 {
+        // An enabled table without its tenant column: not for a shortcut.
+        return true;
+    }
+    let rel = pg_sys::RelationIdGetRelation(index);
+    if rel.is_null() {
+        return true;
+    }
+    let form = (*rel).rd_index;
+    let holds =
+        form.is_null() || (0..(*form).indnatts as usize).any(|i| *(*form).indkey.values.as_ptr().add(i) == tenant);
+    pg_sys::RelationClose(rel);
+    holds
 }
 
 /// What a statement needs, without changing it.
@@ -217,9 +284,22 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
     }
     match (*stmt).type_ {
         pg_sys::NodeTag::T_IndexStmt => {
+            // A plain index, or a unique one holding tenant_id (as written or rewritten), on an
+            // enabled table changes nothing of its protected shape.
             let index = stmt as *mut pg_sys::IndexStmt;
+            let table_enabled = enabled(relid_of((*index).relation))?.is_some();
             if (*index).unique && !(*index).primary && !index_names_tenant(index) {
-                plan.rewrite = enabled(relid_of((*index).relation))?.is_some();
+                plan.rewrite = table_enabled;
+            }
+            plan.vetted = table_enabled && !(*index).primary;
+        }
+        pg_sys::NodeTag::T_DropStmt => {
+            let drop = stmt as *mut pg_sys::DropStmt;
+            if (*drop).removeType == pg_sys::ObjectType::OBJECT_INDEX {
+                plan.vetted = vet_index_drop(drop)?;
+                if !plan.vetted {
+                    note_index_drops(stmt);
+                }
             }
         }
         pg_sys::NodeTag::T_AlterTableStmt => {
@@ -232,6 +312,9 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
             // while every tenant's rows are in view.
             let mut only_keys = true;
             let mut needs_lift = false;
+            // Every subcommand adds a foreign key between enabled tables that is made composite
+            // here (or a plain column carrying one): the shape the guard would accept.
+            let mut composite_only = true;
             for cmd in elements((*alter).cmds) {
                 let cmd = cmd as *mut pg_sys::AlterTableCmd;
                 match (*cmd).subtype {
@@ -249,8 +332,12 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                             pg_sys::ConstrType::CONSTR_FOREIGN => {
                                 let parent = enabled(relid_of((*constraint).pktable))?;
                                 if table_enabled.is_some() && parent.is_some() {
-                                    plan.rewrite |= !names_tenant((*constraint).fk_attrs);
+                                    let rewritten = !names_tenant((*constraint).fk_attrs);
+                                    plan.rewrite |= rewritten;
+                                    composite_only &= rewritten;
                                     needs_lift = true;
+                                } else {
+                                    composite_only = false;
                                 }
                             }
                             _ => only_keys = false,
@@ -264,6 +351,8 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                             if table_enabled.is_some() && parent.is_some() {
                                 plan.rewrite = true;
                                 needs_lift = true;
+                            } else {
+                                composite_only = false;
                             }
                         }
                         only_keys &= plain_column(column);
@@ -273,6 +362,7 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                             Some(table) => enabled(referenced_by(table, CStr::from_ptr((*cmd).name))?)?,
                             None => None,
                         };
+                        composite_only = false;
                         if table_enabled.is_some() && parent.is_some() {
                             needs_lift = true;
                         } else {
@@ -319,6 +409,7 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                         }
                     }
                 }
+                plan.vetted = composite_only && !plan.lift.iter().any(|oid| busy::ours(*oid));
             }
         }
         _ => {}

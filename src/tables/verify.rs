@@ -239,8 +239,7 @@ fn findings_pinned() -> Result<Vec<Finding>> {
     Spi::connect(|client| {
         let rows = client
             .select(
-                "SELECT e.name, t.evtenabled::text FROM (VALUES ('multitenancy_guard_ddl'), ('multitenancy_guard_drop'), \
-                        ('multitenancy_forget_dropped_tables')) e(name) \
+                "SELECT e.name, t.evtenabled::text FROM (VALUES ('multitenancy_guard_ddl'), ('multitenancy_guard_drop')) e(name) \
                    LEFT JOIN pg_catalog.pg_event_trigger t ON t.evtname = e.name ORDER BY 1",
                 None,
                 &[],
