@@ -297,9 +297,15 @@ impl MtError {
             MtError::GuardWeakens { command, table, what, .. } => {
                 format!("refused: {command} would leave tenant-enabled table \"{table}\" unprotected: {what}")
             }
+            #[cfg(not(feature = "pg14"))]
             MtError::LeakyView { view, table } => {
                 format!("refused: view \"{view}\" reads tenant-enabled table \"{table}\" but is not security_invoker")
             }
+            #[cfg(feature = "pg14")]
+            MtError::LeakyView { view, table } => format!(
+                "refused: view \"{view}\" reads tenant-enabled table \"{table}\" as its owner, a superuser or BYPASSRLS \
+                 role"
+            ),
             MtError::MaterializedView { view, table } => format!(
                 "refused: materialized view \"{view}\" would store rows of tenant-enabled table \"{table}\" \
                  outside row level security"
@@ -511,9 +517,16 @@ impl MtError {
                  SELECT multitenancy.tenant_disable('{table}'); for maintenance a superuser can SET \
                  multitenancy.ddl_guard = off."
             ),
+            #[cfg(not(feature = "pg14"))]
             MtError::LeakyView { view, .. } => format!(
                 "Create it WITH (security_invoker = true), so that row level security applies to the \
                  querying role: CREATE OR REPLACE VIEW {view} WITH (security_invoker = true) AS ..."
+            ),
+            #[cfg(feature = "pg14")]
+            MtError::LeakyView { view, .. } => format!(
+                "PostgreSQL 14 has no security_invoker views: a view reads as its owner, which row level \
+                 security (forced on enabled tables) filters unless it is a superuser or has BYPASSRLS. Let \
+                 the table owner own it: ALTER VIEW {view} OWNER TO <the table's owner>."
             ),
             MtError::MaterializedView { .. } => "Use a view WITH (security_invoker = true), or a tenant-enabled \
                  table filled by the application."

@@ -601,8 +601,18 @@ mod tests {
         assert!(ddl_guard());
     }
 
+    #[cfg(not(feature = "pg14"))]
     #[pg_test(error = "invalid configuration parameter name \"multitenancy.tenantid\"")]
     fn misspelled_settings_are_errors() {
         Spi::run("SET multitenancy.tenantid = 'x'").unwrap();
+    }
+
+    /// PostgreSQL 14 cannot reserve the prefix (15's MarkGUCPrefixReserved): a misspelled setting
+    /// is a placeholder, which sets no tenant (fail closed).
+    #[cfg(feature = "pg14")]
+    #[pg_test]
+    fn misspelled_settings_set_no_tenant() {
+        Spi::run("SET LOCAL multitenancy.tenantid = '00000000-0000-4000-8000-000000000001'").unwrap();
+        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT multitenancy.current_tenant_id_or_null()").unwrap(), None);
     }
 }

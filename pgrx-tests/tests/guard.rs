@@ -502,6 +502,9 @@ fn views_over_enabled_tables_must_be_security_invoker() {
     let mut su = o.db.superuser();
     let mut owner = o.db.owner();
     create_exempt_countries(&mut owner);
+    if server_version(&mut su) < 150000 {
+        return views_before_security_invoker(&o, &mut su, &mut owner);
+    }
 
     let error = refuse(&mut owner, "CREATE VIEW orders_report AS SELECT * FROM orders", "public.orders_report");
     assert!(
@@ -564,6 +567,47 @@ fn views_over_enabled_tables_must_be_security_invoker() {
         .expect("views over tables that are not enabled are fine");
 }
 
+/// PostgreSQL 14 has no `security_invoker`: a view reads as its owner, which FORCE filters by the
+/// querying session's tenant unless the owner is a superuser or has BYPASSRLS. So the guard
+/// refuses views over enabled tables owned by such roles (created by them, or given to them
+/// later) and accepts the table owner's.
+fn views_before_security_invoker(o: &Orders, su: &mut Client, owner: &mut Client) {
+    refuse(su, "CREATE VIEW su_report AS SELECT * FROM orders", "public.su_report");
+    assert!(!relation_exists(su, "su_report"), "refused: the superuser's view must not exist");
+    owner
+        .batch_execute(&format!(
+            "CREATE VIEW orders_report AS SELECT * FROM orders;
+             CREATE VIEW orders_report_2 AS SELECT * FROM orders_report;
+             GRANT SELECT ON orders_report, orders_report_2 TO {APP};"
+        ))
+        .expect("a view over an enabled table owned by the (filtered) table owner is allowed");
+    // The views read as their owner, whom FORCE filters by the querying session's tenant: the
+    // app sees exactly its tenant's rows (ground truth from the table, as the superuser).
+    let isolated = |su: &mut Client, view: &str| {
+        let mut app = o.db.app();
+        for (slug, id) in [("acme", &o.a), ("globex", &o.b)] {
+            let truth = count(su, &format!("SELECT count(*) FROM orders WHERE tenant_id = '{id}'"));
+            assert!(truth > 0, "ground truth: {slug} has rows");
+            let mut tx = begin_as(&mut app, slug);
+            let seen: i64 = tx.query_one(&format!("SELECT count(*) FROM {view}"), &[]).unwrap().get(0);
+            let others: i64 =
+                tx.query_one(&format!("SELECT count(*) FROM {view} WHERE tenant_id <> '{id}'"), &[]).unwrap().get(0);
+            assert_eq!((seen, others), (truth, 0), "{view} as the app with {slug}'s context");
+        }
+    };
+    for view in ["orders_report", "orders_report_2"] {
+        isolated(su, view);
+    }
+    su.batch_execute("CREATE ROLE mt_bypass_view NOLOGIN BYPASSRLS").unwrap();
+    refuse(su, "ALTER VIEW orders_report OWNER TO mt_bypass_view", "public.orders_report");
+    let owner_name: String = su
+        .query_one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'orders_report'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(owner_name, OWNER, "refused: the view keeps its filtered owner");
+    isolated(su, "orders_report");
+}
+
 /// A materialized view over an enabled table stores its rows outside row level security: it is
 /// refused, whether filled (by a superuser, who reads every tenant's rows) or created empty.
 #[test]
@@ -576,11 +620,12 @@ fn materialized_views_over_enabled_tables_are_refused() {
             .batch_execute("CREATE MATERIALIZED VIEW orders_mv AS SELECT id, tenant_id FROM orders WITH NO DATA"),
         "public.orders_mv",
     );
+    let invoker = if server_version(&mut su) < 150000 { "" } else { " WITH (security_invoker = true)" };
     expect_refused(
-        o.db.owner().batch_execute(
-            "CREATE VIEW orders_inv WITH (security_invoker = true) AS SELECT * FROM orders;
+        o.db.owner().batch_execute(&format!(
+            "CREATE VIEW orders_inv{invoker} AS SELECT * FROM orders;
              CREATE MATERIALIZED VIEW orders_inv_mv AS SELECT * FROM orders_inv WITH NO DATA;",
-        ),
+        )),
         "public.orders_inv_mv",
     );
     for relation in ["orders_mv", "orders_inv", "orders_inv_mv"] {
@@ -612,36 +657,50 @@ fn publications_of_enabled_tables_are_refused_unless_the_guard_is_off() {
             .collect()
     };
 
+    // FOR TABLES IN SCHEMA is PostgreSQL 15's.
+    let schemas = server_version(&mut su) >= 150000;
     for statement in [
         "CREATE PUBLICATION pub_orders FOR TABLE orders",
         "CREATE PUBLICATION pub_all FOR ALL TABLES",
         "CREATE PUBLICATION pub_public FOR TABLES IN SCHEMA public",
     ] {
-        refuse(&mut su, statement, "orders");
+        if schemas || !statement.contains("IN SCHEMA") {
+            refuse(&mut su, statement, "orders");
+        }
     }
     assert!(publications(&mut su).is_empty(), "refused: no publication may exist: {:?}", publications(&mut su));
 
     // Positive controls: publications without enabled tables.
     su.batch_execute("CREATE PUBLICATION pub_ref FOR TABLE countries").expect("publishing an exempt table is allowed");
-    su.batch_execute("CREATE PUBLICATION pub_refdata FOR TABLES IN SCHEMA refdata")
-        .expect("a schema without enabled tables");
+    if schemas {
+        su.batch_execute("CREATE PUBLICATION pub_refdata FOR TABLES IN SCHEMA refdata")
+            .expect("a schema without enabled tables");
+    }
     let before = publications(&mut su);
     for statement in [
         "ALTER PUBLICATION pub_ref ADD TABLE orders",
         "ALTER PUBLICATION pub_ref SET TABLE orders",
         "ALTER PUBLICATION pub_ref ADD TABLES IN SCHEMA public",
     ] {
+        if !schemas && statement.contains("IN SCHEMA") {
+            continue;
+        }
         refuse(&mut su, statement, "orders");
         assert_eq!(publications(&mut su), before, "{statement}: refused, so the publication is unchanged");
     }
 
     su.batch_execute("SET multitenancy.ddl_guard = off").unwrap();
-    su.batch_execute(
+    su.batch_execute(if schemas {
         "CREATE PUBLICATION pub_orders FOR TABLE orders;
          CREATE PUBLICATION pub_all FOR ALL TABLES;
          CREATE PUBLICATION pub_public FOR TABLES IN SCHEMA public;
-         ALTER PUBLICATION pub_ref ADD TABLE orders;",
-    )
+         ALTER PUBLICATION pub_ref ADD TABLE orders;"
+    } else {
+        "CREATE PUBLICATION pub_orders FOR TABLE orders;
+         CREATE PUBLICATION pub_all FOR ALL TABLES;
+         CREATE PUBLICATION pub_public FOR TABLE orders;
+         ALTER PUBLICATION pub_ref ADD TABLE orders;"
+    })
     .expect("with multitenancy.ddl_guard off a superuser may publish enabled tables");
     let after = publications(&mut su);
     for expected in ["pub_orders:orders", "pub_all:orders", "pub_public:orders", "pub_ref:orders"] {

@@ -51,13 +51,25 @@ pub struct ForeignKey {
 }
 
 impl ForeignKey {
+    #[cfg_attr(feature = "pg14", allow(unused_variables))]
     fn action(code: char, set_columns: Option<&[String]>) -> std::result::Result<String, String> {
         Ok(match code {
             'a' => "NO ACTION".into(),
             'r' => "RESTRICT".into(),
             'c' => "CASCADE".into(),
-            // With tenant_id in the key, SET NULL / SET DEFAULT must leave tenant_id alone.
+            // With tenant_id in the key, SET NULL / SET DEFAULT must leave tenant_id alone, which
+            // takes PostgreSQL 15's column list.
+            #[cfg(feature = "pg14")]
+            'n' | 'd' => {
+                return Err(
+                    "ON DELETE SET NULL / SET DEFAULT of a key with tenant_id would clear or change tenant_id; \
+                            PostgreSQL 14 cannot limit it to the other columns (15 can): use another action"
+                        .into(),
+                )
+            }
+            #[cfg(not(feature = "pg14"))]
             'n' => format!("SET NULL ({})", set_columns.ok_or("ON UPDATE SET NULL would clear tenant_id")?.join(", ")),
+            #[cfg(not(feature = "pg14"))]
             'd' => format!(
                 "SET DEFAULT ({})",
                 set_columns.ok_or("ON UPDATE SET DEFAULT would change tenant_id")?.join(", ")
@@ -683,15 +695,43 @@ mod tests {
         })
     }
 
+    /// The child's action, and how it comes out of the composite rebuild.
+    #[cfg(not(feature = "pg14"))]
+    const ON_DELETE: &str = "SET NULL";
+    #[cfg(not(feature = "pg14"))]
+    const ON_DELETE_KEPT: &str = "SET NULL (parent_id)";
+    #[cfg(feature = "pg14")]
+    const ON_DELETE: &str = "CASCADE";
+    #[cfg(feature = "pg14")]
+    const ON_DELETE_KEPT: &str = "CASCADE";
+
+    /// PostgreSQL 14 cannot keep tenant_id out of ON DELETE SET NULL: refused, with the reason.
+    #[cfg(feature = "pg14")]
+    #[pg_test]
+    fn on_delete_set_null_cannot_be_made_per_tenant_on_14() {
+        Spi::run(
+            "SET LOCAL multitenancy.ddl_guard = off;
+             CREATE TABLE h14_parent (id int PRIMARY KEY);
+             CREATE TABLE h14_child (id int PRIMARY KEY, parent_id int REFERENCES h14_parent (id) ON DELETE SET NULL);",
+        )
+        .unwrap();
+        crate::tables::enable::enable(oid("h14_child"), None).unwrap();
+        match crate::tables::enable::enable(oid("h14_parent"), None) {
+            Err(MtError::CannotHarden { reason, .. }) => assert!(reason.contains("PostgreSQL 14"), "{reason}"),
+            other => panic!("expected CannotHarden, got {other:?}"),
+        }
+    }
+
     #[pg_test]
     fn enable_hardens_keys_foreign_keys_and_grants() {
         Spi::run(
-            "SET LOCAL multitenancy.ddl_guard = off;
+            &"SET LOCAL multitenancy.ddl_guard = off;
              CREATE ROLE hardening_app;
              CREATE TABLE h_parent (id int PRIMARY KEY, email text UNIQUE, code text);
              CREATE UNIQUE INDEX h_parent_code ON h_parent (lower(code)) WHERE code IS NOT NULL;
-             CREATE TABLE h_child (id int PRIMARY KEY, parent_id int REFERENCES h_parent (id) ON DELETE SET NULL);
-             GRANT ALL ON h_parent TO hardening_app;",
+             CREATE TABLE h_child (id int PRIMARY KEY, parent_id int REFERENCES h_parent (id) ON DELETE {ON_DELETE});
+             GRANT ALL ON h_parent TO hardening_app;"
+                .replace("{ON_DELETE}", ON_DELETE),
         )
         .unwrap();
         crate::tables::enable::enable(oid("h_child"), None).unwrap();
@@ -710,8 +750,7 @@ mod tests {
         let child = constraints("h_child");
         assert!(
             child.contains(
-                &"h_child_parent_id_fkey FOREIGN KEY (tenant_id, parent_id) REFERENCES h_parent(tenant_id, id) ON DELETE SET NULL (parent_id)"
-                    .to_string()
+                &format!("h_child_parent_id_fkey FOREIGN KEY (tenant_id, parent_id) REFERENCES h_parent(tenant_id, id) ON DELETE {ON_DELETE_KEPT}")
             ),
             "{child:?}"
         );
