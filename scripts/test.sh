@@ -3,19 +3,22 @@
 #
 #   0. lint: cargo fmt --check, clippy -D warnings for every supported major, the one-error-
 #      catalogue rule (scripts/lint.sh)
-#   1. pg_test (unit tests inside PostgreSQL) on PostgreSQL 15 and 17   — cargo pgrx test
-#   2. integration suites (pgrx-tests/) on PostgreSQL 15 and 17: a server started by the tests,
-#      driven by a Postgres client as real roles (non-superuser NOBYPASSRLS app role, owner, DBA)
+#   1. pg_test (unit tests inside PostgreSQL) on every supported major (14-18) — cargo pgrx test
+#   2. integration suites (pgrx-tests/) on every supported major: a server started by the tests,
+#      driven by a Postgres client as real roles (non-superuser NOBYPASSRLS app role, owner, DBA);
+#      the upgrade suite updates every released version (sql/versions/) to this one there
+#   3. schema snapshot: the generated SQL is the committed SQL of this version, and every
+#      released version has an upgrade path to it (scripts/schema.sh)
 #
 # Installs whatever is missing first (scripts/setup.sh). Ends with each tier's totals.
-# MT_TEST_PG="15" (or "17", or "15 17", the default) picks the PostgreSQL majors.
+# MT_TEST_PG="15" (or "15 17", ...; default: all of 14 15 16 17 18) picks the PostgreSQL majors.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 
-PG_MAJORS=${MT_TEST_PG:-15 17}
 . scripts/paths.sh
-declare -A PG_CONFIG=([15]=$PG15_CONFIG [17]=$PG17_CONFIG)
+PG_MAJORS=${MT_TEST_PG:-$PG_MAJORS_SUPPORTED}
+declare -A PG_CONFIG=([14]=$PG14_CONFIG [15]=$PG15_CONFIG [16]=$PG16_CONFIG [17]=$PG17_CONFIG [18]=$PG18_CONFIG)
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
 
@@ -46,6 +49,7 @@ for major in $PG_MAJORS; do
         cargo pgrx install --pg-config '${PG_CONFIG[$major]}' >/dev/null &&
         MT_PG_CONFIG='${PG_CONFIG[$major]}' cargo test -p multitenancy-integration --no-fail-fast"
 done
+run_tier "schema snapshot" scripts/schema.sh
 
 printf '\n\033[1m%-34s %8s %8s %8s  %s\033[0m\n' "tier" "passed" "failed" "ignored" "result"
 failed_any=0

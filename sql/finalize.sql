@@ -83,7 +83,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
-                AND p.proname NOT IN ('_admin_mode', '_readable_tenant', '_role_rank',
+                AND p.proname NOT IN ('_admin_mode', '_installed', '_readable_tenant', '_role_rank',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
                                       '_usage_counters', '_usage_totals')
     LOOP
@@ -131,6 +131,7 @@ REVOKE EXECUTE ON FUNCTION multitenancy.tenant_token(text, uuid, interval) FROM 
 ALTER FUNCTION multitenancy.current_tenant_id() LEAKPROOF;
 ALTER FUNCTION multitenancy.current_tenant_id_or_null() LEAKPROOF;
 ALTER FUNCTION multitenancy._admin_mode() LEAKPROOF;
+ALTER FUNCTION multitenancy._installed() LEAKPROOF;
 
 -- Every session caches the tenants it looks up (tenant_set runs in every transaction); a change
 -- to the registry invalidates those caches in all sessions when it commits (src/registry/tenants.rs).

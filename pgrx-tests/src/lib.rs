@@ -52,6 +52,50 @@ extern "C" fn stop_servers_at_exit() {
     }
 }
 
+/// Copy a released version's install script (`sql/versions/multitenancy--<version>.sql`, kept in
+/// the repository) into the extension directory of the PostgreSQL under test, where `cargo pgrx
+/// install` put the current version and the upgrade scripts.
+pub fn install_released_script(version: &str) {
+    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
+    let sharedir = String::from_utf8(sharedir.stdout).unwrap();
+    let name = format!("multitenancy--{version}.sql");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/versions").join(&name);
+    let to = Path::new(sharedir.trim()).join("extension").join(&name);
+    std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+}
+
+/// Write an upgrade script `multitenancy--<from>--<to>.sql` with `sql` into the extension
+/// directory of the PostgreSQL under test (the upgrade test's mutation check).
+pub fn install_upgrade_script(from: &str, to: &str, sql: &str) {
+    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
+    let sharedir = String::from_utf8(sharedir.stdout).unwrap();
+    let to = Path::new(sharedir.trim()).join("extension").join(format!("multitenancy--{from}--{to}.sql"));
+    std::fs::write(&to, sql).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
+}
+
+/// The released versions (`sql/versions/released`).
+pub fn released_versions() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/versions/released");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+/// The version of the extension being built (Cargo.toml).
+pub fn current_version() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let manifest = std::fs::read_to_string(&path).unwrap();
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \"").and_then(|v| v.strip_suffix('"')))
+        .expect("version in Cargo.toml")
+        .to_string()
+}
+
 fn pg_config() -> String {
     std::env::var("MT_PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into())
 }
@@ -266,6 +310,13 @@ impl TestDb {
 
     /// Like [`TestDb::with_setup`], on `server`.
     pub fn on(server: &'static Server, tag: &str, setup: &str) -> TestDb {
+        Self::with_version(server, tag, setup, None)
+    }
+
+    /// Like [`TestDb::on`], with `CREATE EXTENSION multitenancy VERSION '<version>'` (a released
+    /// version's install script must be in the server's extension directory:
+    /// [`install_released_script`]).
+    pub fn with_version(server: &'static Server, tag: &str, setup: &str, version: Option<&str>) -> TestDb {
         let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let clean: String =
             tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -273,13 +324,18 @@ impl TestDb {
         server.connect("postgres", SUPERUSER).batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         let db = TestDb { name, server };
         let mut su = db.superuser();
-        su.batch_execute(&format!("GRANT CREATE, USAGE ON SCHEMA public TO {OWNER}")).unwrap();
+        // PostgreSQL 15's default (and what a DBA does on 14): only the owner creates in public.
+        su.batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE, USAGE ON SCHEMA public TO {OWNER}"
+        ))
+        .unwrap();
         if !setup.is_empty() {
             su.batch_execute(setup).unwrap_or_else(|e| panic!("setup before CREATE EXTENSION: {e}"));
             su.batch_execute("RESET ROLE").unwrap();
         }
+        let version = version.map(|v| format!(" VERSION '{v}'")).unwrap_or_default();
         su.batch_execute(&format!(
-            "CREATE EXTENSION multitenancy;
+            "CREATE EXTENSION multitenancy{version};
                  GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
                                            multitenancy.tenant_disable(regclass),
                                            multitenancy.tenant_exempt(regclass, text),
@@ -459,6 +515,22 @@ pub fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, 
 }
 
 /// Whether a relation exists (ground truth, as superuser); `name` as `to_regclass` takes it.
+/// `server_version_num` of the server `client` is connected to (140000 and up).
+pub fn server_version(client: &mut impl postgres::GenericClient) -> i32 {
+    client.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0)
+}
+
+/// `WITH (security_invoker = true)` for a `CREATE VIEW`, or nothing on PostgreSQL 14, which has
+/// no security_invoker views (there a view over an enabled table is safe when its owner is
+/// filtered by row level security: the table owner, say).
+pub fn invoker(client: &mut impl postgres::GenericClient) -> &'static str {
+    if server_version(client) < 150000 {
+        ""
+    } else {
+        " WITH (security_invoker = true)"
+    }
+}
+
 pub fn relation_exists(superuser: &mut Client, name: &str) -> bool {
     superuser.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).unwrap().get(0)
 }

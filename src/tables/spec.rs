@@ -24,7 +24,8 @@ pub const DEFAULT_SQL: &str = "multitenancy.current_tenant_id()";
 pub struct PolicySpec {
     pub name: &'static str,
     pub permissive: bool,
-    /// `true`: the policy's USING and WITH CHECK are the tenant predicate; `false`: `true`.
+    /// `true`: the policy's USING and WITH CHECK are the tenant predicate; `false`:
+    /// [`PERMIT_SQL`].
     pub tenant_predicate: bool,
 }
 
@@ -40,6 +41,33 @@ pub const POLICIES: [PolicySpec; 2] = [
     PolicySpec { name: "multitenancy_access", permissive: true, tenant_predicate: false },
     PolicySpec { name: "multitenancy_isolation", permissive: false, tenant_predicate: true },
 ];
+
+/// The permissive policy's expression: true while the extension is installed. `USING (true)`
+/// would outlive the extension: `DROP EXTENSION multitenancy CASCADE` drops what depends on its
+/// functions (the isolation policy, the column default, the counting triggers) and would leave
+/// a permissive `true` behind, every row readable by anyone with SELECT. Depending on the
+/// extension's [`_installed`], this policy goes with the isolation policy, and the table stays
+/// forced with no policy at all: closed to everyone but superusers and BYPASSRLS roles.
+/// IMMUTABLE: the planner folds it to `true`, so queries plan as with a literal.
+pub const PERMIT_SQL: &str = "multitenancy._installed()";
+
+/// The permissive expression the installed SQL supports: [`PERMIT_SQL`], or `true` while the
+/// database still has version 0.1.0's SQL (its library replaced, `ALTER EXTENSION multitenancy
+/// UPDATE` not run yet; the update rewrites these policies).
+fn permit_sql() -> &'static str {
+    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('multitenancy._installed()') IS NOT NULL");
+    if matches!(installed, Ok(Some(false))) {
+        "true"
+    } else {
+        PERMIT_SQL
+    }
+}
+
+/// `true`, for [`PERMIT_SQL`]. EXECUTE stays granted to PUBLIC: every role's queries call it.
+#[pg_extern(immutable, parallel_safe)]
+fn _installed() -> bool {
+    true
+}
 
 /// Audited cross-tenant access (`admin_begin`). An IMMUTABLE function the planner folds into a
 /// constant: outside admin mode the predicate plans exactly as `tenant_id = <context>` (one
@@ -122,15 +150,16 @@ impl PolicySpec {
         if self.tenant_predicate {
             predicate_sql()
         } else {
-            "true".to_string()
+            permit_sql().to_string()
         }
     }
 
-    fn expression_deparsed(&self) -> &'static str {
+    /// How PostgreSQL prints the expression back; `permit` is [`permit_sql`].
+    fn expression_deparsed(&self, permit: &'static str) -> &'static str {
         if self.tenant_predicate {
             PREDICATE_DEPARSED
         } else {
-            "true"
+            permit
         }
     }
 
@@ -364,6 +393,7 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
         }
     }
 
+    let permit = permit_sql();
     Spi::connect(|client| {
         let attnum = column.as_ref().map(|c| c.attnum).unwrap_or(0);
         let flags = client
@@ -412,9 +442,9 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
                 && row.get::<bool>(2).ctx("polcmd")? == Some(true)
                 && row.get::<bool>(3).ctx("polroles")? == Some(true)
                 && row.get::<String>(4).ctx("polqual")?.map(|s| normalize(&s)).as_deref()
-                    == Some(spec.expression_deparsed())
+                    == Some(spec.expression_deparsed(permit))
                 && row.get::<String>(5).ctx("polwithcheck")?.map(|s| normalize(&s)).as_deref()
-                    == Some(spec.expression_deparsed());
+                    == Some(spec.expression_deparsed(permit));
             if !canonical {
                 found.push(Deviation::PolicyDiffers { policy: spec.name });
             }
