@@ -112,6 +112,8 @@ pub enum MtError {
     AdminReadOnly { table: String },
     /// Session state that would outlive a transaction in a session that requires signed contexts.
     SignedSessionState { what: String, hint: String },
+    /// DDL the guard cannot check (no event trigger fires for it).
+    GuardCannotCheck { what: String, hint: String },
     /// A domain another tenant has registered.
     DomainTaken { domain: String },
     /// `domain_verify` with a token that is not the domain's.
@@ -206,7 +208,9 @@ impl MtError {
             MtError::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             MtError::NoSuchRelation { .. } => ERRCODE_UNDEFINED_TABLE,
             MtError::OperatorsOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            MtError::TriggerMisused { .. } | MtError::SignedSessionState { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            MtError::TriggerMisused { .. } | MtError::SignedSessionState { .. } | MtError::GuardCannotCheck { .. } => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             MtError::AdminReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             MtError::DomainTaken { .. } | MtError::AlreadyMember { .. } => ERRCODE_UNIQUE_VIOLATION,
             MtError::WrongVerificationToken { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
@@ -368,6 +372,9 @@ impl MtError {
             MtError::SignedSessionState { what, .. } => format!(
                 "refused: {what} would outlive this transaction in a session that requires signed tenant contexts"
             ),
+            MtError::GuardCannotCheck { what, .. } => {
+                format!("refused: {what} fires no event trigger, so the DDL guard cannot check it")
+            }
             MtError::DomainTaken { domain } => format!("domain \"{}\" is already registered to another tenant", clip(domain)),
             MtError::WrongVerificationToken { domain } => {
                 format!("verification token does not match for domain \"{}\"", clip(domain))
@@ -632,7 +639,7 @@ impl MtError {
                  transaction_read_only says. Writes need SELECT multitenancy.admin_begin('<reason>', write => true) \
                  in a new transaction."
                 .into(),
-            MtError::SignedSessionState { hint, .. } => hint.clone(),
+            MtError::SignedSessionState { hint, .. } | MtError::GuardCannotCheck { hint, .. } => hint.clone(),
             MtError::DomainTaken { .. } => "A domain routes to one tenant; the other tenant must remove it first \
                  (multitenancy.domain_remove), or, while it is unverified, wait until its claim expires \
                  (multitenancy.domain_claim_ttl)."

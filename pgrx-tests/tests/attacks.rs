@@ -1596,6 +1596,217 @@ mod support_staff {
 mod operator_and_owner {
     use super::*;
 
+    /// Review of the vetted DDL (issue 17), finding 1: `DROP INDEX idxname` is vetted (the index
+    /// it resolves to holds no tenant_id), then PostgreSQL resolves the name again; a same-named
+    /// index in a schema earlier in the search_path — here the enabled table's tenant index,
+    /// renamed there by a ddl_command_start trigger standing in for a second session racing the
+    /// statement — would be dropped unchecked. The name is rewritten schema-qualified under the
+    /// locks, so the DROP drops what was vetted and the tenant index stays.
+    #[test]
+    fn a_vetted_drop_index_cannot_be_redirected_to_a_tenant_index() {
+        let db = TestDb::new("attack_drop_index_race");
+        let a = db.tenant("Acme", "acme");
+        let b = db.tenant("Globex", "globex");
+        let mut su = db.superuser();
+        su.batch_execute(&format!("CREATE SCHEMA s1 AUTHORIZATION {OWNER}")).unwrap();
+        let mut owner = db.owner();
+        owner
+            .batch_execute(&format!(
+                "CREATE TABLE s1.t (note text);
+                 SELECT multitenancy.tenant_enable('s1.t');
+                 CREATE TABLE decoy (note text);
+                 SELECT multitenancy.tenant_exempt('decoy', 'a table of no tenant');
+                 CREATE INDEX idxname ON decoy (note);
+                 GRANT USAGE ON SCHEMA s1 TO {APP}; GRANT SELECT, INSERT ON s1.t TO {APP};"
+            ))
+            .unwrap();
+        let mut app = db.app();
+        for slug in ["acme", "globex"] {
+            let mut tx = begin_as(&mut app, slug);
+            tx.execute("INSERT INTO s1.t (note) VALUES ($1)", &[&slug]).unwrap();
+            tx.commit().unwrap();
+        }
+        let tenant_index = |su: &mut Client| -> Vec<String> {
+            su.query(
+                "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                  WHERE i.indrelid = 's1.t'::regclass AND i.indkey[0] = (SELECT attnum FROM pg_attribute
+                        WHERE attrelid = 's1.t'::regclass AND attname = 'tenant_id')",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
+        assert!(!tenant_index(&mut su).is_empty(), "ground truth: s1.t has its tenant index");
+        su.batch_execute(
+            "CREATE FUNCTION race() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF tg_tag = 'DROP INDEX' AND current_setting('mt_test.race', true) = 'on' THEN
+                     EXECUTE (SELECT format('ALTER INDEX s1.%I RENAME TO idxname', c.relname)
+                                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                               WHERE i.indrelid = 's1.t'::regclass);
+                 END IF;
+             END $$;
+             CREATE EVENT TRIGGER race ON ddl_command_start EXECUTE FUNCTION race();",
+        )
+        .unwrap();
+        owner
+            .batch_execute("SET search_path = s1, public; SET mt_test.race = on; DROP INDEX idxname")
+            .unwrap_or_else(|e| panic!("dropping the decoy's index: {e}"));
+        owner.batch_execute("RESET search_path; RESET mt_test.race").unwrap();
+        su.batch_execute("DROP EVENT TRIGGER race").unwrap();
+        assert!(
+            !tenant_index(&mut su).is_empty(),
+            "the enabled table's tenant index must not be dropped in place of the decoy's"
+        );
+        let decoy_indexes = count(&mut su, "SELECT count(*) FROM pg_index WHERE indrelid = 'decoy'::regclass");
+        assert_eq!(decoy_indexes, 0, "the index that was vetted is the one dropped");
+        assert_eq!(db.verify(), vec![], "verify() after the DROP INDEX");
+        assert_isolated(db.server(), &db.name, "s1.t", &[("acme", a.as_str()), ("globex", b.as_str())]);
+    }
+
+    /// Review finding 2: a foreign key's validation runs with FORCE lifted for the owner
+    /// (SECURITY_NOFORCE_RLS); a column added with it whose domain has a default or a check would
+    /// run the owner's code in that window, over every table the owner has. Refused before it runs:
+    /// the spy table records nothing.
+    #[test]
+    fn a_foreign_key_column_cannot_run_code_while_force_is_lifted() {
+        let o = Orders::new("attack_noforce_domain");
+        let mut su = o.db.superuser();
+        let mut owner = o.db.owner();
+        owner
+            .batch_execute(
+                "CREATE TABLE spy (tenants bigint);
+                 SELECT multitenancy.tenant_exempt('spy', 'what the code of the owner saw');
+                 CREATE TABLE parents (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);
+                 SELECT multitenancy.tenant_enable('parents');
+                 CREATE TABLE children (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);
+                 SELECT multitenancy.tenant_enable('children');
+                 CREATE FUNCTION peek() RETURNS bigint LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO spy SELECT count(DISTINCT tenant_id) FROM orders;
+                     RETURN NULL;
+                 END $$;
+                 CREATE FUNCTION peek_check(bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+                 BEGIN
+                     PERFORM peek();
+                     RETURN true;
+                 END $$;
+                 CREATE DOMAIN pid_default AS bigint DEFAULT peek();
+                 CREATE DOMAIN pid_check AS bigint CHECK (peek_check(VALUE));",
+            )
+            .unwrap();
+        // Rows of both tenants, so that PostgreSQL evaluates the new column for existing rows.
+        su.batch_execute(&format!("INSERT INTO children (tenant_id) VALUES ('{}'), ('{}')", o.a, o.b)).unwrap();
+        for domain in ["pid_default", "pid_check"] {
+            let statement = format!("ALTER TABLE children ADD COLUMN parent_{domain} {domain} REFERENCES parents");
+            refused(&statement, owner.batch_execute(&statement), &SqlState::INVALID_PARAMETER_VALUE);
+        }
+        let seen = count(&mut su, "SELECT count(*) FROM spy");
+        assert_eq!(seen, 0, "the owner's code did not run in the window");
+        // Positive control: the column first, then the key.
+        owner
+            .batch_execute(
+                "ALTER TABLE children ADD COLUMN parent_id bigint;
+                 ALTER TABLE children ADD FOREIGN KEY (parent_id) REFERENCES parents;",
+            )
+            .expect("a plain column and then its foreign key");
+        assert_eq!(o.db.verify(), vec![]);
+    }
+
+    /// Review finding 3: with tenant_id in a foreign key, `ON DELETE SET DEFAULT` would set the
+    /// child's tenant_id to the deleting tenant (the RI action runs as the owner over every
+    /// tenant's rows): another tenant's child rows would move into the deleter's tenant. The
+    /// extension's composite keys leave tenant_id out of SET NULL / SET DEFAULT (PostgreSQL 15's
+    /// column list) or refuse them; one written by hand is refused by the guard and reported by
+    /// verify().
+    #[test]
+    fn a_foreign_key_action_cannot_move_rows_between_tenants() {
+        let db = TestDb::new("attack_fk_set_default");
+        let mut su = db.superuser();
+        let mut owner = db.owner();
+        owner
+            .batch_execute(
+                "CREATE TABLE p (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);
+                 SELECT multitenancy.tenant_enable('p');
+                 CREATE TABLE c (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, p_id bigint);
+                 SELECT multitenancy.tenant_enable('c');",
+            )
+            .unwrap();
+        let v15 = server_version(&mut su) >= 150000;
+        refused(
+            "ON UPDATE SET NULL",
+            owner.batch_execute(
+                "ALTER TABLE c ADD CONSTRAINT c_p_fk FOREIGN KEY (p_id) REFERENCES p ON UPDATE SET NULL",
+            ),
+            &SqlState::INVALID_PARAMETER_VALUE,
+        );
+        if v15 {
+            let statement =
+                "ALTER TABLE c ADD CONSTRAINT c_p_fk FOREIGN KEY (p_id) REFERENCES p ON DELETE SET NULL (tenant_id, p_id)";
+            refused(statement, owner.batch_execute(statement), &SqlState::INVALID_PARAMETER_VALUE);
+        }
+        let written = "ALTER TABLE c ADD CONSTRAINT c_p_fk FOREIGN KEY (tenant_id, p_id) REFERENCES p (tenant_id, id) \
+                       ON DELETE SET DEFAULT";
+        expect_refused(owner.batch_execute(written), "public.c");
+        assert!(
+            constraints(&mut su, "c", "f").is_empty(),
+            "no foreign key was added: {:?}",
+            constraints(&mut su, "c", "f")
+        );
+
+        // As a migration writes them: limited to the key's own column (15 and later), else refused.
+        for action in ["SET NULL", "SET DEFAULT"] {
+            let statement =
+                format!("ALTER TABLE c ADD CONSTRAINT c_p_fk FOREIGN KEY (p_id) REFERENCES p ON DELETE {action}");
+            if v15 {
+                owner.batch_execute(&statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
+                assert_eq!(
+                    constraints(&mut su, "c", "f"),
+                    [(
+                        "c_p_fk".to_string(),
+                        format!("FOREIGN KEY (tenant_id, p_id) REFERENCES p(tenant_id, id) ON DELETE {action} (p_id)")
+                    )]
+                );
+                owner.batch_execute("ALTER TABLE c DROP CONSTRAINT c_p_fk").unwrap();
+            } else {
+                refused(&statement, owner.batch_execute(&statement), &SqlState::INVALID_PARAMETER_VALUE);
+            }
+        }
+        db.unguarded(written);
+        let problems = db.verify();
+        assert!(
+            problems.iter().any(|p| p.object == "public.c" && p.problem.contains("c_p_fk sets tenant_id")),
+            "verify() reports the hand-written action: {problems:#?}"
+        );
+    }
+
+    /// Review, also found: PostgreSQL fires no event trigger for a statement inside EXPLAIN, so
+    /// `EXPLAIN ANALYZE CREATE MATERIALIZED VIEW ... AS SELECT * FROM orders` (with a tenant's
+    /// context) stored that tenant's rows outside row level security, and `EXPLAIN ANALYZE
+    /// CREATE TABLE ... AS` left a table in a guarded schema neither enabled nor exempt. Refused.
+    #[test]
+    fn explain_analyze_cannot_create_what_the_guard_does_not_see() {
+        let o = Orders::new("attack_explain_ctas");
+        let mut su = o.db.superuser();
+        let mut owner = o.db.owner();
+        for (statement, relation) in [
+            ("EXPLAIN ANALYZE CREATE MATERIALIZED VIEW leak_mv AS SELECT * FROM orders", "leak_mv"),
+            ("EXPLAIN (ANALYZE, COSTS OFF) CREATE TABLE leak_t AS SELECT * FROM orders", "leak_t"),
+            ("EXPLAIN ANALYZE SELECT * INTO leak_into FROM orders", "leak_into"),
+        ] {
+            let mut tx = begin_as(&mut owner, "globex");
+            let result = tx.batch_execute(statement);
+            refused(statement, result, PRIVILEGE);
+            drop(tx);
+            assert!(!relation_exists(&mut su, relation), "{relation} must not exist");
+        }
+        // EXPLAIN without ANALYZE creates nothing and is fine.
+        owner.batch_execute("EXPLAIN CREATE TABLE plan_only AS SELECT 1 AS x").expect("EXPLAIN without ANALYZE");
+        assert!(!relation_exists(&mut su, "plan_only"));
+    }
+
     /// Finding 8: the owner plants a BEFORE DELETE trigger on its enabled table that records who
     /// runs it and, if that is a superuser, creates a superuser role. An operator (not a
     /// superuser) purges a deleted tenant with rows there: the trigger must not run as a

@@ -262,9 +262,10 @@ fn check_counting_trigger(trigger: &str, relid: pg_sys::Oid, enabled: &HashSet<p
     })
 }
 
-/// Note the tables whose indexes the DROP INDEX about to run drops, for `sql_drop`.
-pub fn note_index_drops(tables: Vec<pg_sys::Oid>) {
-    DROPPING_INDEXES_OF.with(|d| *d.borrow_mut() = Some(tables));
+/// Note the tables whose indexes the DROP INDEX about to run drops, for `sql_drop` (`None`:
+/// not known, inspect the enabled tables of the index's schema).
+pub fn note_index_drops(tables: Option<Vec<pg_sys::Oid>>) {
+    DROPPING_INDEXES_OF.with(|d| *d.borrow_mut() = tables);
 }
 
 /// The enabled parent of a partition or inheritance child, if it has one.
@@ -389,6 +390,7 @@ struct Dropped {
 fn sql_drop() -> Result<()> {
     if vetted() {
         // Indexes without tenant_id (see `statement`): no table, nothing of the protected shape.
+        DROPPING_INDEXES_OF.with(|d| d.borrow_mut().take());
         return Ok(());
     }
     let dropped = Spi::connect(|client| {

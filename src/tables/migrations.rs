@@ -114,6 +114,8 @@ struct Plan {
     lift: Vec<pg_sys::Oid>,
     rewrite: bool,
     vetted: bool,
+    /// `DROP INDEX`: the indexes' schema-qualified names, resolved under their locks.
+    drop_names: Option<Vec<(std::ffi::CString, std::ffi::CString)>>,
 }
 
 /// Adjust the statement (see the module documentation) and run it with `run(pstmt,
@@ -131,13 +133,14 @@ pub unsafe fn around_utility(
         guard::statement(false, || run(pstmt, read_only_tree));
         return Ok(());
     }
+    refuse_unchecked((*pstmt).utilityStmt)?;
     let plan = plan((*pstmt).utilityStmt)?;
     if plan.rewrite {
         if read_only_tree {
             pstmt = pg_sys::copyObjectImpl(pstmt as *const c_void) as *mut pg_sys::PlannedStmt;
             read_only_tree = false;
         }
-        apply((*pstmt).utilityStmt)?;
+        apply((*pstmt).utilityStmt, &plan)?;
     }
     if plan.lift.is_empty() {
         guard::statement(plan.vetted, || run(pstmt, read_only_tree));
@@ -153,6 +156,41 @@ pub unsafe fn around_utility(
     let _noforce = NoForceRls::enter();
     guard::statement(plan.vetted, || run(pstmt, read_only_tree));
     Ok(())
+}
+
+/// `EXPLAIN ANALYZE CREATE TABLE ... AS` / `CREATE MATERIALIZED VIEW` / `SELECT INTO` creates
+/// the relation, but PostgreSQL fires no event trigger for a statement inside EXPLAIN: a table
+/// nobody enabled, or a copy of a tenant's rows outside row level security, would pass the
+/// guard. Refused while the guard is on (EXPLAIN without ANALYZE creates nothing).
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+unsafe fn refuse_unchecked(stmt: *mut pg_sys::Node) -> Result<()> {
+    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_ExplainStmt {
+        return Ok(());
+    }
+    let explain = stmt as *mut pg_sys::ExplainStmt;
+    let query = (*explain).query;
+    if query.is_null() || (*query).type_ != pg_sys::NodeTag::T_Query {
+        return Ok(());
+    }
+    let utility = (*(query as *mut pg_sys::Query)).utilityStmt;
+    if utility.is_null() || (*utility).type_ != pg_sys::NodeTag::T_CreateTableAsStmt {
+        return Ok(());
+    }
+    let analyze = elements((*explain).options).into_iter().any(|option| {
+        let option = option as *mut pg_sys::DefElem;
+        CStr::from_ptr((*option).defname) == c"analyze" && pg_sys::defGetBoolean(option)
+    });
+    if !analyze {
+        return Ok(());
+    }
+    Err(MtError::GuardCannotCheck {
+        what: "EXPLAIN ANALYZE of CREATE TABLE AS / CREATE MATERIALIZED VIEW / SELECT INTO".into(),
+        hint: "Run the statement without EXPLAIN ANALYZE (EXPLAIN without ANALYZE creates nothing), so that the \
+               guard checks what it creates."
+            .into(),
+    })
 }
 
 /// While alive, row level security is not forced on the tables' owner (see `around_utility`).
@@ -177,68 +215,66 @@ impl NoForceRls {
 
 impl Drop for NoForceRls {
     fn drop(&mut self) {
-        // SAFETY: restores exactly what `enter` saved.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
+        // SAFETY: restores exactly what `enter` saved; then every cached plan is made to plan
+        // again. PostgreSQL's plan cache keys row level security on the role and
+        // `row_security`, not on SECURITY_NOFORCE_RLS: a plan the owner's code cached in this
+        // window (none should run, see `plan`) would skip FORCE when reused.
+        unsafe {
+            pg_sys::SetUserIdAndSecContext(self.user, self.sec_context);
+            pg_sys::ResetPlanCache();
+        }
     }
 }
 
-/// `DROP INDEX` of indexes without `tenant_id` (or of tables that are not enabled), RESTRICT,
-/// not CONCURRENTLY: nothing of the protected shape can go (the tenant index and every
-/// per-tenant key hold `tenant_id`; a constraint's index cannot be dropped this way). The
-/// indexes are resolved and locked here as the DROP will lock them (the table first, then the
-/// index, both ACCESS EXCLUSIVE, and only for their owner), and resolved again under the locks:
-/// the DROP then drops exactly what was looked at. Anything else is left to the guard's
-/// `sql_drop` check (not vetted).
+/// `DROP INDEX`, before it runs: each named index is resolved, checked to be its owner's, and
+/// locked as the DROP will lock it (the table first, then the index; ACCESS EXCLUSIVE, or SHARE
+/// UPDATE EXCLUSIVE for CONCURRENTLY), resolved again under the locks, and its name is then
+/// rewritten schema-qualified ([`apply`]): the DROP drops exactly the indexes looked at here (a
+/// same-named index in a schema earlier in the search_path, or a rename racing the statement,
+/// cannot substitute another one). The guard is told their tables, so that it inspects those
+/// only. The statement is vetted (`guard::statement`) when it is RESTRICT and no index holds
+/// `tenant_id` of an enabled table: nothing of the protected shape can go (the tenant index and
+/// every per-tenant key hold `tenant_id`; a constraint's index cannot be dropped this way).
+/// When a name cannot be resolved so (missing, not the caller's), nothing is noted: the guard
+/// then inspects every enabled table of the index's schema after the DROP.
 ///
 /// # Safety
-/// `drop` is a parsed DropStmt.
-unsafe fn vet_index_drop(drop: *mut pg_sys::DropStmt) -> Result<bool> {
-    if (*drop).behavior != pg_sys::DropBehavior::DROP_RESTRICT || (*drop).concurrent {
-        return Ok(false);
-    }
-    for names in elements((*drop).objects) {
-        let rv = pg_sys::makeRangeVarFromNameList(names as *mut pg_sys::List);
-        let Some(index) = relid_of(rv) else { return Ok(false) };
+/// `drop` is a parsed DropStmt of indexes.
+unsafe fn resolve_index_drop(drop: *mut pg_sys::DropStmt, plan: &mut Plan) -> Result<()> {
+    let lockmode = if (*drop).concurrent { pg_sys::ShareUpdateExclusiveLock } else { pg_sys::AccessExclusiveLock }
+        as pg_sys::LOCKMODE;
+    guard::note_index_drops(None);
+    let mut harmless = (*drop).behavior == pg_sys::DropBehavior::DROP_RESTRICT;
+    let mut names = Vec::new();
+    let mut tables = Vec::new();
+    for name in elements((*drop).objects) {
+        let rv = pg_sys::makeRangeVarFromNameList(name as *mut pg_sys::List);
+        let Some(index) = relid_of(rv) else { return Ok(()) };
         let table = pg_sys::IndexGetRelation(index, true);
         if table == pg_sys::InvalidOid || !owned(table) {
-            return Ok(false);
+            return Ok(());
         }
-        pg_sys::LockRelationOid(table, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
-        pg_sys::LockRelationOid(index, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
+        pg_sys::LockRelationOid(table, lockmode);
+        pg_sys::LockRelationOid(index, lockmode);
         if relid_of(rv) != Some(index) || pg_sys::IndexGetRelation(index, true) != table {
-            return Ok(false);
+            return Ok(());
         }
+        let schema = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(index));
+        let relname = pg_sys::get_rel_name(index);
+        if schema.is_null() || relname.is_null() {
+            return Ok(());
+        }
+        names.push((CStr::from_ptr(schema).to_owned(), CStr::from_ptr(relname).to_owned()));
+        tables.push(table);
         if registry::is_enabled(table)? && index_holds_tenant(table, index) {
-            return Ok(false);
+            harmless = false;
         }
     }
-    Ok(true)
-}
-
-/// `DROP INDEX`: tell the guard which tables lose an index, while the indexes still exist, so
-/// that it inspects those tables only (not every enabled table of the schema).
-///
-/// # Safety
-/// `stmt` is a parsed utility statement.
-unsafe fn note_index_drops(stmt: *mut pg_sys::Node) {
-    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_DropStmt {
-        return;
-    }
-    let drop = stmt as *mut pg_sys::DropStmt;
-    if (*drop).removeType != pg_sys::ObjectType::OBJECT_INDEX {
-        return;
-    }
-    let mut tables = Vec::new();
-    for names in elements((*drop).objects) {
-        let index = relid_of(pg_sys::makeRangeVarFromNameList(names as *mut pg_sys::List));
-        if let Some(index) = index {
-            let table = pg_sys::IndexGetRelation(index, true);
-            if table != pg_sys::InvalidOid {
-                tables.push(table);
-            }
-        }
-    }
-    guard::note_index_drops(tables);
+    guard::note_index_drops(Some(tables));
+    plan.drop_names = Some(names);
+    plan.rewrite = true;
+    plan.vetted = harmless;
+    Ok(())
 }
 
 /// Whether the current user owns (or is a member of the owner of) a relation.
@@ -296,10 +332,7 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
         pg_sys::NodeTag::T_DropStmt => {
             let drop = stmt as *mut pg_sys::DropStmt;
             if (*drop).removeType == pg_sys::ObjectType::OBJECT_INDEX {
-                plan.vetted = vet_index_drop(drop)?;
-                if !plan.vetted {
-                    note_index_drops(stmt);
-                }
+                resolve_index_drop(drop, &mut plan)?;
             }
         }
         pg_sys::NodeTag::T_AlterTableStmt => {
@@ -315,6 +348,8 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
             // Every subcommand adds a foreign key between enabled tables that is made composite
             // here (or a plain column carrying one): the shape the guard would accept.
             let mut composite_only = true;
+            // Every added column runs no code (see `plain_column`).
+            let mut plain_columns = true;
             for cmd in elements((*alter).cmds) {
                 let cmd = cmd as *mut pg_sys::AlterTableCmd;
                 match (*cmd).subtype {
@@ -355,7 +390,9 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                                 composite_only = false;
                             }
                         }
-                        only_keys &= plain_column(column);
+                        let plain = plain_column(column);
+                        only_keys &= plain;
+                        plain_columns &= plain;
                     }
                     pg_sys::AlterTableType::AT_ValidateConstraint if !(*cmd).name.is_null() => {
                         let parent = match table {
@@ -373,6 +410,16 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                 }
             }
             if needs_lift {
+                if !plain_columns {
+                    return Err(MtError::InvalidArgument {
+                        message: "a column added with a foreign key to a tenant-enabled table cannot run code: no \
+                                  default, identity or generated expression, and no domain with a default or checks"
+                            .into(),
+                        hint: "Add the column in one ALTER TABLE and the foreign key in another (ALTER TABLE ... ADD \
+                               FOREIGN KEY (<column>) REFERENCES ...)."
+                            .into(),
+                    });
+                }
                 if !only_keys {
                     return Err(MtError::InvalidArgument {
                         message:
@@ -422,12 +469,23 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
     Ok(plan)
 }
 
-/// A column added with nothing that runs code: no default, no generated expression, no
-/// identity, and no constraint but NULL / NOT NULL and foreign keys.
+/// A column added with nothing that runs code: no default (of its own or of its type), no
+/// generated expression, no identity, a type that is not a domain with checks, and no
+/// constraint but NULL / NOT NULL and foreign keys.
 ///
 /// # Safety
 /// `column` is a valid ColumnDef.
 unsafe fn plain_column(column: *mut pg_sys::ColumnDef) -> bool {
+    // The column's type: a domain's (or base type's) default is evaluated for the existing rows,
+    // and a domain's checks run on it.
+    let typid = if (*column).typeName.is_null() {
+        pg_sys::InvalidOid
+    } else {
+        pg_sys::LookupTypeNameOid(std::ptr::null_mut(), (*column).typeName, true)
+    };
+    if typid == pg_sys::InvalidOid || !pg_sys::get_typdefault(typid).is_null() || pg_sys::DomainHasConstraints(typid) {
+        return false;
+    }
     (*column).raw_default.is_null()
         && (*column).cooked_default.is_null()
         && (*column).identity == 0
@@ -462,8 +520,18 @@ unsafe fn index_names_tenant(index: *mut pg_sys::IndexStmt) -> bool {
 ///
 /// # Safety
 /// `stmt` is a parsed utility statement that may be changed (not a read-only tree).
-unsafe fn apply(stmt: *mut pg_sys::Node) -> Result<()> {
+unsafe fn apply(stmt: *mut pg_sys::Node, plan: &Plan) -> Result<()> {
     match (*stmt).type_ {
+        pg_sys::NodeTag::T_DropStmt => {
+            let drop = stmt as *mut pg_sys::DropStmt;
+            let mut objects: *mut pg_sys::List = std::ptr::null_mut();
+            for (schema, name) in plan.drop_names.iter().flatten() {
+                let qualified =
+                    pg_sys::lappend(pg_sys::lappend(std::ptr::null_mut(), name_node(schema)), name_node(name));
+                objects = pg_sys::lappend(objects, qualified as *mut c_void);
+            }
+            (*drop).objects = objects;
+        }
         pg_sys::NodeTag::T_IndexStmt => {
             let index = stmt as *mut pg_sys::IndexStmt;
             let elem = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexElem>()) as *mut pg_sys::IndexElem;
@@ -518,6 +586,30 @@ unsafe fn apply(stmt: *mut pg_sys::Node) -> Result<()> {
 /// # Safety
 /// `constraint` is a foreign-key Constraint of a tree that may be changed.
 unsafe fn make_composite(constraint: *mut pg_sys::Constraint, parent: pg_sys::Oid) -> Result<()> {
+    // SET NULL / SET DEFAULT would reach tenant_id once it is in the key: the RI trigger runs as
+    // the owner over every tenant's rows, and SET DEFAULT would give another tenant's child rows
+    // to the tenant deleting the parent. ON DELETE is limited to the key's own columns
+    // (PostgreSQL 15's column list); ON UPDATE has no column list.
+    let sets = |action: std::ffi::c_char| action as u8 == b'n' || action as u8 == b'd';
+    if sets((*constraint).fk_upd_action) {
+        return Err(tenant_changing_action("ON UPDATE"));
+    }
+    if sets((*constraint).fk_del_action) {
+        #[cfg(feature = "pg14")]
+        return Err(tenant_changing_action("ON DELETE"));
+        #[cfg(not(feature = "pg14"))]
+        {
+            if names_tenant((*constraint).fk_del_set_cols) {
+                return Err(tenant_changing_action("ON DELETE"));
+            }
+            if (*constraint).fk_del_set_cols.is_null() {
+                for column in elements((*constraint).fk_attrs) {
+                    let name = name_node(string_value(column));
+                    (*constraint).fk_del_set_cols = pg_sys::lappend((*constraint).fk_del_set_cols, name);
+                }
+            }
+        }
+    }
     if (*constraint).pk_attrs.is_null() {
         let columns = crate::catalog::primary_key(parent)?.map(|(_, columns)| columns).unwrap_or_default();
         for column in columns.iter().rev().filter(|c| c.as_bytes() != TENANT.to_bytes()) {
@@ -528,6 +620,23 @@ unsafe fn make_composite(constraint: *mut pg_sys::Constraint, parent: pg_sys::Oi
     (*constraint).fk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).fk_attrs);
     (*constraint).pk_attrs = pg_sys::lcons(name_node(TENANT), (*constraint).pk_attrs);
     Ok(())
+}
+
+/// A foreign key between enabled tables whose action would set tenant_id.
+fn tenant_changing_action(clause: &str) -> MtError {
+    MtError::InvalidArgument {
+        message: format!(
+            "a foreign key between tenant-enabled tables cannot use {clause} SET NULL or SET DEFAULT on tenant_id: \
+             the action runs over every tenant's rows and would move child rows between tenants"
+        ),
+        hint: if cfg!(feature = "pg14") || clause == "ON UPDATE" {
+            format!("Use {clause} NO ACTION, RESTRICT or CASCADE.")
+        } else {
+            "Leave tenant_id out of the action: ON DELETE SET NULL (<the key's own columns>), or use NO ACTION, \
+             RESTRICT or CASCADE."
+                .into()
+        },
+    }
 }
 
 /// The foreign-key constraints written on a column definition (`x bigint REFERENCES parent`).

@@ -222,6 +222,13 @@ pub enum Deviation {
     },
     /// The table's key scope is `tenant` and its primary key lacks tenant_id.
     PrimaryKeyScope,
+    /// A foreign key with tenant_id whose ON DELETE / ON UPDATE SET NULL or SET DEFAULT covers
+    /// tenant_id: deleting (or re-keying) a parent row, which the RI trigger does as the owner
+    /// across tenants, would set the child's tenant_id to the current tenant (SET DEFAULT) —
+    /// moving another tenant's rows into the deleting tenant.
+    TenantChangingAction {
+        name: String,
+    },
 }
 
 impl Deviation {
@@ -256,6 +263,10 @@ impl Deviation {
                 "policy {name} passes row values to a function that is not LEAKPROOF, which can run before the \
                  isolation policy and see other tenants' rows"
             ),
+            Deviation::TenantChangingAction { name } => format!(
+                "foreign key {name} sets tenant_id in its ON DELETE / ON UPDATE action (SET NULL or SET DEFAULT): \
+                 deleting a parent row would move the child rows of another tenant"
+            ),
         }
     }
 
@@ -284,6 +295,12 @@ impl Deviation {
                  (a superuser may mark a function LEAKPROOF once it cannot reveal its arguments, not even in an error).",
                 pgrx::spi::quote_identifier(name)
             ),
+            Deviation::TenantChangingAction { name } => format!(
+                "Drop foreign key {} of {table} and add it again with SET NULL / SET DEFAULT limited to its own columns \
+                 (ON DELETE SET NULL (<columns>), PostgreSQL 15 and later; the extension writes it that way when it \
+                 builds the key), or with NO ACTION, RESTRICT or CASCADE.",
+                pgrx::spi::quote_identifier(name)
+            ),
             _ => return None,
         })
     }
@@ -307,6 +324,7 @@ impl Deviation {
             | Deviation::ParentNotEnabled { .. }
             | Deviation::Rule { .. }
             | Deviation::LeakyPolicy { .. }
+            | Deviation::TenantChangingAction { .. }
             | Deviation::PrimaryKeyScope => return None,
             Deviation::ColumnNullable => {
                 vec![format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET NOT NULL")]
@@ -480,6 +498,29 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
             .ctx("spec::inspect rules")?;
         for row in rules {
             found.push(Deviation::Rule { name: row.get::<String>(1).ctx("rulename")?.unwrap_or_default() });
+        }
+
+        #[cfg(feature = "pg14")]
+        const DELETE_SETS_TENANT: &str = "c.confdeltype IN ('n', 'd')";
+        #[cfg(not(feature = "pg14"))]
+        const DELETE_SETS_TENANT: &str = "c.confdeltype IN ('n', 'd') \
+             AND (c.confdelsetcols IS NULL OR pg_catalog.cardinality(c.confdelsetcols) = 0 \
+                  OR $2 = ANY (c.confdelsetcols))";
+        let actions = client
+            .select(
+                &format!(
+                    "SELECT c.conname::text FROM pg_catalog.pg_constraint c \
+                      WHERE c.conrelid = $1 AND c.contype = 'f' AND $2 = ANY (c.conkey) \
+                        AND ({DELETE_SETS_TENANT} OR c.confupdtype IN ('n', 'd')) ORDER BY 1"
+                ),
+                None,
+                &[rel.oid.into(), attnum.into()],
+            )
+            .ctx("spec::inspect foreign-key actions")?;
+        for row in actions {
+            found.push(Deviation::TenantChangingAction {
+                name: row.get::<String>(1).ctx("conname")?.unwrap_or_default(),
+            });
         }
 
         let policies = client
