@@ -360,3 +360,18 @@ mod tests {
         }
     }
 }
+
+/// The text of a String node (a name in a parse tree's name list); `None` for any other node.
+///
+/// # Safety
+/// `node` is a valid node.
+pub unsafe fn string_node(node: *mut pg_sys::Node) -> Option<String> {
+    if (*node).type_ != pg_sys::NodeTag::T_String {
+        return None;
+    }
+    #[cfg(feature = "pg14")]
+    let text = (*(node as *mut pg_sys::Value)).val.str_;
+    #[cfg(not(feature = "pg14"))]
+    let text = (*(node as *mut pg_sys::String)).sval;
+    (!text.is_null()).then(|| std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+}

@@ -114,6 +114,9 @@ pub enum MtError {
     SignedSessionState { what: String, hint: String },
     /// DDL the guard cannot check (no event trigger fires for it).
     GuardCannotCheck { what: String, hint: String },
+    /// `DROP EXTENSION multitenancy` while enabled tables have permissive policies of their own,
+    /// which would remain without the isolation policy (`table (policy)` each).
+    DropWouldOpen { command: String, tables: Vec<String> },
     /// A domain another tenant has registered.
     DomainTaken { domain: String },
     /// `domain_verify` with a token that is not the domain's.
@@ -211,6 +214,7 @@ impl MtError {
             MtError::TriggerMisused { .. } | MtError::SignedSessionState { .. } | MtError::GuardCannotCheck { .. } => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
+            MtError::DropWouldOpen { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             MtError::AdminReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             MtError::DomainTaken { .. } | MtError::AlreadyMember { .. } => ERRCODE_UNIQUE_VIOLATION,
             MtError::WrongVerificationToken { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
@@ -375,6 +379,10 @@ impl MtError {
             MtError::GuardCannotCheck { what, .. } => {
                 format!("refused: {what} fires no event trigger, so the DDL guard cannot check it")
             }
+            MtError::DropWouldOpen { command, tables } => format!(
+                "refused: {command} would leave tenant-enabled tables readable by every role with SELECT: {}",
+                tables.join(", ")
+            ),
             MtError::DomainTaken { domain } => format!("domain \"{}\" is already registered to another tenant", clip(domain)),
             MtError::WrongVerificationToken { domain } => {
                 format!("verification token does not match for domain \"{}\"", clip(domain))
@@ -640,6 +648,11 @@ impl MtError {
                  in a new transaction."
                 .into(),
             MtError::SignedSessionState { hint, .. } | MtError::GuardCannotCheck { hint, .. } => hint.clone(),
+            MtError::DropWouldOpen { .. } => "These tables have permissive policies of their own, which would remain \
+                 without the extension's isolation policy. Take the tables out of the extension's care first \
+                 (SELECT multitenancy.tenant_disable('<table>')), or drop those policies; the extension's own \
+                 policies go with it and leave the tables closed."
+                .into(),
             MtError::DomainTaken { .. } => "A domain routes to one tenant; the other tenant must remove it first \
                  (multitenancy.domain_remove), or, while it is unverified, wait until its claim expires \
                  (multitenancy.domain_claim_ttl)."

@@ -1742,6 +1742,9 @@ mod operator_and_owner {
             ),
             &SqlState::INVALID_PARAMETER_VALUE,
         );
+        // MATCH FULL refuses the half-NULL key SET NULL (p_id) leaves: every parent delete would fail.
+        let full = "ALTER TABLE c ADD CONSTRAINT c_p_fk FOREIGN KEY (p_id) REFERENCES p MATCH FULL ON DELETE SET NULL";
+        refused(full, owner.batch_execute(full), &SqlState::INVALID_PARAMETER_VALUE);
         if v15 {
             let statement =
                 "ALTER TABLE c ADD CONSTRAINT c_p_fk FOREIGN KEY (p_id) REFERENCES p ON DELETE SET NULL (tenant_id, p_id)";

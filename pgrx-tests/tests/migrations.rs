@@ -1057,12 +1057,16 @@ fn vetted_ddl_checks_what_runs_inside_it_and_lifts_force_for_itself_only() {
         &mut owner,
         "CREATE FUNCTION sneaky_ddl(bigint) RETURNS bigint LANGUAGE plpgsql AS $$
          BEGIN
-             EXECUTE 'ALTER TABLE victim NO FORCE ROW LEVEL SECURITY';
+             EXECUTE 'ALTER TABLE public.victim NO FORCE ROW LEVEL SECURITY';
              RETURN $1;
          END $$;
-         CREATE FUNCTION sneaky(bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT sneaky_ddl($1)';",
+         CREATE FUNCTION sneaky(bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT public.sneaky_ddl($1)';",
     );
-    expect_refused(owner.batch_execute("CREATE INDEX children_sneaky_idx ON children (sneaky(id))"), "public.victim");
+    // (Schema-qualified: PostgreSQL 17 runs index expressions with search_path = pg_catalog, pg_temp.)
+    expect_refused(
+        owner.batch_execute("CREATE INDEX children_sneaky_idx ON children (public.sneaky(id))"),
+        "public.victim",
+    );
     assert!(all_forced(&mut su, &["victim"]), "ground truth: victim is still forced");
     assert!(!relation_exists(&mut su, "children_sneaky_idx"), "ground truth: the index was not built");
     let b_secrets = count(&mut su, &format!("SELECT count(*) FROM victim WHERE tenant_id = '{b}'"));

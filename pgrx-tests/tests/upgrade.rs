@@ -287,3 +287,32 @@ fn drop_extension_leaves_enabled_tables_closed() {
         assert_eq!(count(&mut updated.app(), "SELECT count(*) FROM orders"), 0, "{version} updated, then dropped");
     }
 }
+
+/// A permissive policy of the owner's (which the guard allows next to the isolation policy, even
+/// `USING (true)`) would remain alone after `DROP EXTENSION ... CASCADE` and open the table: the
+/// drop (and `DROP SCHEMA multitenancy CASCADE`) is refused, 2BP01, while one exists; a
+/// restrictive policy of the owner's does not open anything and does not block it.
+#[test]
+fn drop_extension_is_refused_while_an_owner_policy_would_open_a_table() {
+    let o = Orders::new("drop_owner_policy");
+    let mut su = o.db.superuser();
+    let mut owner = o.db.owner();
+    owner
+        .batch_execute(
+            "CREATE POLICY app_visible ON orders AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK (true);
+             CREATE POLICY small_amounts ON orders AS RESTRICTIVE FOR ALL TO PUBLIC USING (amount < 1000);",
+        )
+        .expect("the application's own policies are allowed");
+    for statement in ["DROP EXTENSION multitenancy CASCADE", "DROP SCHEMA multitenancy CASCADE"] {
+        let error = expect_sqlstate(su.batch_execute(statement), &SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+        assert!(error.message().contains("public.orders (policy app_visible)"), "{statement}: {}", error.message());
+        assert!(error.hint().is_some_and(|h| h.contains("tenant_disable")), "{statement}: a hint");
+    }
+    assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", &o.a), ("globex", &o.b)]);
+
+    owner.batch_execute("DROP POLICY app_visible ON orders").unwrap();
+    su.batch_execute("DROP EXTENSION multitenancy CASCADE").expect("no policy of the owner's would open a table");
+    assert_eq!((o.true_count(&o.a), o.true_count(&o.b)), (o.rows_a, o.rows_b), "ground truth: the rows exist");
+    assert_eq!(count(&mut o.db.app(), "SELECT count(*) FROM orders"), 0, "closed to the app");
+    assert_eq!(count(&mut o.db.owner(), "SELECT count(*) FROM orders"), 0, "closed to the owner");
+}

@@ -490,6 +490,101 @@ fn sql_drop() -> Result<()> {
     Ok(())
 }
 
+/// `ddl_command_start` of `DROP EXTENSION` / `DROP SCHEMA`: dropping the extension (or its schema)
+/// drops the extension's policies of every enabled table — both depend on its functions, and the
+/// table stays forced with no policy, closed. A permissive policy of the owner's, which the guard
+/// allows next to the isolation policy, would remain alone and open the table: refused while one
+/// exists (with the guard off, allowed and logged).
+///
+/// # Safety
+/// `stmt` is the parse tree of the statement about to run.
+unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
+    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_DropStmt {
+        return Ok(());
+    }
+    let drop = stmt as *mut pg_sys::DropStmt;
+    let command = match (*drop).removeType {
+        pg_sys::ObjectType::OBJECT_EXTENSION => "DROP EXTENSION multitenancy",
+        pg_sys::ObjectType::OBJECT_SCHEMA => "DROP SCHEMA multitenancy",
+        _ => return Ok(()),
+    };
+    let list = (*drop).objects;
+    let names = if list.is_null() { 0 } else { (*list).length as usize };
+    let ours = (0..names).any(|i| {
+        let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node;
+        !node.is_null() && crate::catalog::string_node(node).is_some_and(|name| name == "multitenancy")
+    });
+    if !ours || !registry::installed() {
+        return Ok(());
+    }
+    let open = registry::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT pg_catalog.format('%s (policy %I)', e.relid, p.polname) \
+                       FROM multitenancy.enabled_tables e \
+                       JOIN pg_catalog.pg_policy p ON p.polrelid = e.relid::pg_catalog.oid \
+                      WHERE p.polpermissive AND p.polname <> ALL ($1) ORDER BY 1",
+                    None,
+                    &[spec::POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into()],
+                )
+                .ctx("guard::drop_would_open")?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.get::<String>(1).ctx("table")?.unwrap_or_default());
+            }
+            Ok::<_, MtError>(out)
+        })
+    })?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    if !gucs::ddl_guard() {
+        log(format!(
+            "multitenancy.ddl_guard is off: {command} by {} not checked; left open: {}",
+            registry::session_role(),
+            open.join(", ")
+        ));
+        return Ok(());
+    }
+    Err(MtError::DropWouldOpen { command: command.into(), tables: open })
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
+"#,
+    name = "guard_start",
+    requires = ["bootstrap"]
+);
+
+/// `multitenancy._guard_start()`: the `multitenancy_guard_start` event trigger (ddl_command_start
+/// of DROP EXTENSION and DROP SCHEMA). A C entry point: it reads the statement's parse tree.
+#[no_mangle]
+pub extern "C" fn pg_finfo_mt_guard_start() -> &'static pg_sys::Pg_finfo_record {
+    &crate::catalog::FINFO_V1
+}
+
+/// # Safety
+/// Called by PostgreSQL as an event trigger (anything else is refused).
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn mt_guard_start(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let context = (*fcinfo).context;
+    if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
+        MtError::TriggerMisused {
+            function: "_guard_start",
+            table: String::new(),
+            reason: "it runs only as the extension's ddl_command_start event trigger".into(),
+        }
+        .raise();
+    }
+    drop_would_open((*(context as *mut pg_sys::EventTriggerData)).parsetree).or_raise();
+    pg_sys::Datum::from(0)
+}
+
 // The event trigger functions themselves (RETURNS event_trigger, which pgrx cannot spell, hence
 // the SQL). They run as the role doing the DDL, so what they build is owned and checked as usual.
 

@@ -594,6 +594,15 @@ unsafe fn make_composite(constraint: *mut pg_sys::Constraint, parent: pg_sys::Oi
     if sets((*constraint).fk_upd_action) {
         return Err(tenant_changing_action("ON UPDATE"));
     }
+    if sets((*constraint).fk_del_action) && (*constraint).fk_matchtype as u8 == b'f' {
+        // MATCH FULL refuses a key half NULL: every delete of a referenced row would fail.
+        return Err(MtError::InvalidArgument {
+            message: "a foreign key between tenant-enabled tables cannot be MATCH FULL with ON DELETE SET NULL or \
+                      SET DEFAULT: tenant_id stays, so the key would be half NULL"
+                .into(),
+            hint: "Use MATCH SIMPLE (the default), or ON DELETE NO ACTION, RESTRICT or CASCADE.".into(),
+        });
+    }
     if sets((*constraint).fk_del_action) {
         #[cfg(feature = "pg14")]
         return Err(tenant_changing_action("ON DELETE"));

@@ -249,7 +249,8 @@ fn findings_pinned() -> Result<Vec<Finding>> {
     Spi::connect(|client| {
         let rows = client
             .select(
-                "SELECT e.name, t.evtenabled::text FROM (VALUES ('multitenancy_guard_ddl'), ('multitenancy_guard_drop')) e(name) \
+                "SELECT e.name, t.evtenabled::text FROM (VALUES ('multitenancy_guard_ddl'), ('multitenancy_guard_drop'), \
+                        ('multitenancy_guard_start')) e(name) \
                    LEFT JOIN pg_catalog.pg_event_trigger t ON t.evtname = e.name ORDER BY 1",
                 None,
                 &[],
