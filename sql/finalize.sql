@@ -171,6 +171,6 @@ ALTER EVENT TRIGGER multitenancy_guard_drop ENABLE ALWAYS;
 -- Dropping the extension must not leave an enabled table open (src/tables/guard.rs,
 -- drop_would_open): refused while an enabled table has a permissive policy of its own.
 CREATE EVENT TRIGGER multitenancy_guard_start ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA')
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION multitenancy._guard_start();
 ALTER EVENT TRIGGER multitenancy_guard_start ENABLE ALWAYS;

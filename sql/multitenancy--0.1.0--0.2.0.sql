@@ -25,13 +25,13 @@ BEGIN
 END
 $$;
 
--- DROP EXTENSION / DROP SCHEMA multitenancy is refused while an enabled table has a permissive
+-- DROP EXTENSION / DROP SCHEMA multitenancy / DROP OWNED BY its owner is refused while an enabled table has a permissive
 -- policy of its own, which would remain without the isolation policy (src/tables/guard.rs).
 CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
 VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
 REVOKE EXECUTE ON FUNCTION multitenancy._guard_start() FROM PUBLIC;
 CREATE EVENT TRIGGER multitenancy_guard_start ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA')
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION multitenancy._guard_start();
 ALTER EVENT TRIGGER multitenancy_guard_start ENABLE ALWAYS;

@@ -73,6 +73,15 @@ pub fn install_upgrade_script(from: &str, to: &str, sql: &str) {
     std::fs::write(&to, sql).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
 }
 
+/// Write an extension's control file and its version 1.0 install script into the extension
+/// directory of the PostgreSQL under test.
+pub fn install_extension_files(name: &str, control: &str, script: &str) {
+    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
+    let dir = Path::new(String::from_utf8(sharedir.stdout).unwrap().trim()).join("extension");
+    std::fs::write(dir.join(format!("{name}.control")), control).unwrap();
+    std::fs::write(dir.join(format!("{name}--1.0.sql")), script).unwrap();
+}
+
 /// The released versions (`sql/versions/released`).
 pub fn released_versions() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/versions/released");

@@ -310,9 +310,102 @@ fn drop_extension_is_refused_while_an_owner_policy_would_open_a_table() {
     }
     assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", &o.a), ("globex", &o.b)]);
 
+    // A policy whose expression depends on the extension goes with it: no reason to refuse.
     owner.batch_execute("DROP POLICY app_visible ON orders").unwrap();
+    owner
+        .batch_execute(
+            "CREATE POLICY with_context ON orders AS PERMISSIVE FOR SELECT USING (multitenancy.current_tenant_id() IS NOT NULL)",
+        )
+        .unwrap();
+    // The extension's permissive policy, once its function is no longer the extension's (a
+    // superuser's catalog surgery), would stay: refused too.
+    su.batch_execute("ALTER EXTENSION multitenancy DROP FUNCTION multitenancy._installed()").unwrap();
+    let error = expect_sqlstate(
+        su.batch_execute("DROP EXTENSION multitenancy CASCADE"),
+        &SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+    );
+    assert!(error.message().contains("(policy multitenancy_access)"), "{}", error.message());
+    su.batch_execute("ALTER EXTENSION multitenancy ADD FUNCTION multitenancy._installed()").unwrap();
     su.batch_execute("DROP EXTENSION multitenancy CASCADE").expect("no policy of the owner's would open a table");
     assert_eq!((o.true_count(&o.a), o.true_count(&o.b)), (o.rows_a, o.rows_b), "ground truth: the rows exist");
     assert_eq!(count(&mut o.db.app(), "SELECT count(*) FROM orders"), 0, "closed to the app");
     assert_eq!(count(&mut o.db.owner(), "SELECT count(*) FROM orders"), 0, "closed to the owner");
+}
+
+/// The check cannot be raced or gone around: a policy created by a transaction that commits while
+/// the DROP waits is seen (the tables are locked, the policies read afterwards); `DROP OWNED BY`
+/// the role that created the extension and another extension's script dropping it are checked
+/// too.
+#[test]
+fn drop_extension_cannot_be_raced_or_taken_around_the_check() {
+    let server = Server::shared();
+    let open_policy = "CREATE POLICY app_visible ON orders AS PERMISSIVE FOR SELECT USING (true)";
+
+    // A migration's uncommitted policy while the DBA drops the extension.
+    let o = Orders::on(server, "drop_race", 1, 1);
+    let mut owner = o.db.owner();
+    let mut migration = owner.transaction().unwrap();
+    migration.batch_execute(open_policy).unwrap();
+    let url_db = o.db.name.clone();
+    let dba = std::thread::spawn(move || {
+        let mut su = Server::shared().connect(&url_db, SUPERUSER);
+        su.batch_execute("DROP EXTENSION multitenancy CASCADE")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    migration.commit().unwrap();
+    let result = dba.join().unwrap();
+    expect_sqlstate(result, &SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+    assert_isolated(o.db.server(), &o.db.name, "orders", &[("acme", &o.a), ("globex", &o.b)]);
+
+    // DROP OWNED BY the superuser that created the extension.
+    let db = TestDb::on(server, "drop_owned", "");
+    let mut su = db.superuser();
+    su.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE mt_ext_creator SUPERUSER NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DROP EXTENSION multitenancy;
+         SET ROLE mt_ext_creator; CREATE EXTENSION multitenancy; RESET ROLE;
+         GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid) TO {OWNER};"
+    ))
+    .unwrap();
+    let (a, b) = (db.tenant("Acme", "acme"), db.tenant("Globex", "globex"));
+    create_orders(&db);
+    let mut app = db.app();
+    for slug in ["acme", "globex"] {
+        let mut tx = begin_as(&mut app, slug);
+        tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&slug]).unwrap();
+        tx.commit().unwrap();
+    }
+    db.owner().batch_execute(open_policy).unwrap();
+    let error = expect_sqlstate(
+        su.batch_execute("DROP OWNED BY mt_ext_creator CASCADE"),
+        &SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+    );
+    assert!(error.message().contains("DROP OWNED"), "{}", error.message());
+    assert_isolated(db.server(), &db.name, "orders", &[("acme", &a), ("globex", &b)]);
+
+    // Another extension whose script drops this one.
+    install_extension_files(
+        "mt_test_dropper",
+        "comment = 'drops multitenancy'\ndefault_version = '1.0'\nrelocatable = true\nsuperuser = true\n",
+        "DROP EXTENSION multitenancy CASCADE;\n",
+    );
+    expect_sqlstate(su.batch_execute("CREATE EXTENSION mt_test_dropper"), &SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+    assert_isolated(db.server(), &db.name, "orders", &[("acme", &a), ("globex", &b)]);
+
+    // On 0.2.0 the permissive policy is never rebuilt as USING (true), even when _installed() was
+    // taken away (a superuser's catalog surgery, which drops the policies that call it).
+    su.batch_execute(
+        "ALTER EXTENSION multitenancy DROP FUNCTION multitenancy._installed();
+         DROP FUNCTION multitenancy._installed() CASCADE;",
+    )
+    .unwrap();
+    expect_sqlstate(
+        db.owner().batch_execute("SELECT multitenancy.tenant_enable('orders')"),
+        &SqlState::UNDEFINED_FUNCTION,
+    );
+    let permissive_true = count(
+        &mut su,
+        "SELECT count(*) FROM pg_policy WHERE polrelid = 'orders'::regclass AND polname = 'multitenancy_access'",
+    );
+    assert_eq!(permissive_true, 0, "no permissive policy was built without _installed()");
 }

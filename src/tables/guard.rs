@@ -490,43 +490,88 @@ fn sql_drop() -> Result<()> {
     Ok(())
 }
 
-/// `ddl_command_start` of `DROP EXTENSION` / `DROP SCHEMA`: dropping the extension (or its schema)
-/// drops the extension's policies of every enabled table — both depend on its functions, and the
-/// table stays forced with no policy, closed. A permissive policy of the owner's, which the guard
-/// allows next to the isolation policy, would remain alone and open the table: refused while one
-/// exists (with the guard off, allowed and logged).
+/// `ddl_command_start` of `DROP EXTENSION`, `DROP SCHEMA` and `DROP OWNED`: dropping the
+/// extension (by name, with its schema, or with the role that created it) drops the extension's
+/// policies of every enabled table — both depend on its functions, and the table stays forced
+/// with no policy, closed. A permissive policy that does not depend on the extension (the
+/// owner's `USING (true)`, which the guard allows next to the isolation policy) would remain alone
+/// and open the table: refused while one exists (with the guard off, allowed and logged).
+///
+/// The enabled tables are locked first (SHARE ROW EXCLUSIVE, which CREATE POLICY's lock
+/// conflicts with) and the policies read with a new snapshot: a policy created by a transaction
+/// that commits while the DROP waits for it is seen.
 ///
 /// # Safety
 /// `stmt` is the parse tree of the statement about to run.
 unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
-    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_DropStmt {
+    if stmt.is_null() {
         return Ok(());
     }
-    let drop = stmt as *mut pg_sys::DropStmt;
-    let command = match (*drop).removeType {
-        pg_sys::ObjectType::OBJECT_EXTENSION => "DROP EXTENSION multitenancy",
-        pg_sys::ObjectType::OBJECT_SCHEMA => "DROP SCHEMA multitenancy",
+    let extension = pg_sys::get_extension_oid(c"multitenancy".as_ptr(), true);
+    if extension == pg_sys::InvalidOid {
+        return Ok(());
+    }
+    let names = |list: *mut pg_sys::List| -> Vec<*mut pg_sys::Node> {
+        let n = if list.is_null() { 0 } else { (*list).length as usize };
+        (0..n).map(|i| (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node).collect()
+    };
+    let command = match (*stmt).type_ {
+        pg_sys::NodeTag::T_DropStmt => {
+            let drop = stmt as *mut pg_sys::DropStmt;
+            let kind = match (*drop).removeType {
+                pg_sys::ObjectType::OBJECT_EXTENSION => "EXTENSION",
+                pg_sys::ObjectType::OBJECT_SCHEMA => "SCHEMA",
+                _ => return Ok(()),
+            };
+            let ours = names((*drop).objects).into_iter().any(|node| {
+                !node.is_null() && crate::catalog::string_node(node).is_some_and(|name| name == "multitenancy")
+            });
+            if !ours {
+                return Ok(());
+            }
+            format!("DROP {kind} multitenancy")
+        }
+        pg_sys::NodeTag::T_DropOwnedStmt => {
+            let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+                "SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1",
+                &[extension.into()],
+            )
+            .ctx("guard::drop_would_open owner")?;
+            let roles = names((*(stmt as *mut pg_sys::DropOwnedStmt)).roles);
+            let drops_ours = roles
+                .into_iter()
+                .any(|role| Some(pg_sys::get_rolespec_oid(role as *const pg_sys::RoleSpec, true)) == owner);
+            if !drops_ours {
+                return Ok(());
+            }
+            "DROP OWNED BY the extension's owner".to_string()
+        }
         _ => return Ok(()),
     };
-    let list = (*drop).objects;
-    let names = if list.is_null() { 0 } else { (*list).length as usize };
-    let ours = (0..names).any(|i| {
-        let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node;
-        !node.is_null() && crate::catalog::string_node(node).is_some_and(|name| name == "multitenancy")
-    });
-    if !ours || !registry::installed() {
-        return Ok(());
+    let mut tables: Vec<pg_sys::Oid> = registry::enabled_set()?.into_iter().collect();
+    tables.sort_by_key(|oid| oid.to_u32());
+    for &table in &tables {
+        pg_sys::LockRelationOid(table, pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE);
     }
     let open = registry::as_owner(|| {
-        Spi::connect(|client| {
+        Spi::connect_mut(|client| {
+            // `update` runs with a new snapshot (read committed): it sees what committed while
+            // the locks above waited.
             let rows = client
-                .select(
-                    "SELECT pg_catalog.format('%s (policy %I)', e.relid, p.polname) \
+                .update(
+                    "SELECT pg_catalog.format('%s (policy %I)', p.polrelid::pg_catalog.regclass, p.polname) \
                        FROM multitenancy.enabled_tables e \
                        JOIN pg_catalog.pg_policy p ON p.polrelid = e.relid::pg_catalog.oid \
-                      WHERE p.polpermissive AND p.polname <> ALL ($1) ORDER BY 1",
+                      WHERE p.polpermissive \
+                        AND NOT EXISTS ( \
+                            SELECT 1 FROM pg_catalog.pg_depend d \
+                              JOIN pg_catalog.pg_depend m ON m.classid = d.refclassid AND m.objid = d.refobjid \
+                             WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
+                               AND m.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                               AND m.refobjid = $1 AND m.deptype = 'e') \
+                      ORDER BY 1",
                     None,
-                    &[spec::POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into()],
+                    &[extension.into()],
                 )
                 .ctx("guard::drop_would_open")?;
             let mut out = Vec::new();
@@ -547,7 +592,7 @@ unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
         ));
         return Ok(());
     }
-    Err(MtError::DropWouldOpen { command: command.into(), tables: open })
+    Err(MtError::DropWouldOpen { command, tables: open })
 }
 
 extension_sql!(
@@ -561,7 +606,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
 );
 
 /// `multitenancy._guard_start()`: the `multitenancy_guard_start` event trigger (ddl_command_start
-/// of DROP EXTENSION and DROP SCHEMA). A C entry point: it reads the statement's parse tree.
+/// of DROP EXTENSION, DROP SCHEMA and DROP OWNED). A C entry point: it reads the statement's parse tree.
 #[no_mangle]
 pub extern "C" fn pg_finfo_mt_guard_start() -> &'static pg_sys::Pg_finfo_record {
     &crate::catalog::FINFO_V1

@@ -53,10 +53,13 @@ pub const PERMIT_SQL: &str = "multitenancy._installed()";
 
 /// The permissive expression the installed SQL supports: [`PERMIT_SQL`], or `true` while the
 /// database still has version 0.1.0's SQL (its library replaced, `ALTER EXTENSION multitenancy
-/// UPDATE` not run yet; the update rewrites these policies).
+/// UPDATE` not run yet; the update rewrites these policies). Decided by the installed version,
+/// not by whether `_installed()` exists: on 0.2.0 a missing `_installed()` (a superuser's
+/// catalog surgery) makes building the policy fail rather than fall back to `true`.
 fn permit_sql() -> &'static str {
-    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('multitenancy._installed()') IS NOT NULL");
-    if matches!(installed, Ok(Some(false))) {
+    let old =
+        Spi::get_one::<bool>("SELECT extversion = '0.1.0' FROM pg_catalog.pg_extension WHERE extname = 'multitenancy'");
+    if matches!(old, Ok(Some(true))) {
         "true"
     } else {
         PERMIT_SQL
