@@ -361,17 +361,29 @@ mod tests {
     }
 }
 
-/// The text of a String node (a name in a parse tree's name list); `None` for any other node.
+/// The elements of a pointer list (a parse tree's).
 ///
 /// # Safety
-/// `node` is a valid node.
-pub unsafe fn string_node(node: *mut pg_sys::Node) -> Option<String> {
-    if (*node).type_ != pg_sys::NodeTag::T_String {
-        return None;
+/// `list` is NULL or a valid pointer list.
+pub unsafe fn elements(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+    if list.is_null() {
+        return Vec::new();
     }
-    #[cfg(feature = "pg14")]
-    let text = (*(node as *mut pg_sys::Value)).val.str_;
-    #[cfg(not(feature = "pg14"))]
-    let text = (*(node as *mut pg_sys::String)).sval;
-    (!text.is_null()).then(|| std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
+}
+
+/// The text of a String node (a name in a parse tree's name list).
+///
+/// # Safety
+/// `node` is a String node.
+#[cfg(feature = "pg14")]
+pub unsafe fn string_value<'a>(node: *mut std::ffi::c_void) -> &'a std::ffi::CStr {
+    std::ffi::CStr::from_ptr((*(node as *mut pg_sys::Value)).val.str_)
+}
+
+/// # Safety
+/// `node` is a String node.
+#[cfg(not(feature = "pg14"))]
+pub unsafe fn string_value<'a>(node: *mut std::ffi::c_void) -> &'a std::ffi::CStr {
+    std::ffi::CStr::from_ptr((*(node as *mut pg_sys::String)).sval)
 }

@@ -52,32 +52,33 @@ extern "C" fn stop_servers_at_exit() {
     }
 }
 
+/// The extension directory (`<sharedir>/extension`) of the PostgreSQL under test.
+fn extension_dir() -> PathBuf {
+    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
+    Path::new(String::from_utf8(sharedir.stdout).expect("pg_config prints UTF-8").trim()).join("extension")
+}
+
 /// Copy a released version's install script (`sql/versions/multitenancy--<version>.sql`, kept in
 /// the repository) into the extension directory of the PostgreSQL under test, where `cargo pgrx
 /// install` put the current version and the upgrade scripts.
 pub fn install_released_script(version: &str) {
-    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
-    let sharedir = String::from_utf8(sharedir.stdout).unwrap();
     let name = format!("multitenancy--{version}.sql");
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/versions").join(&name);
-    let to = Path::new(sharedir.trim()).join("extension").join(&name);
+    let to = extension_dir().join(&name);
     std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }
 
 /// Write an upgrade script `multitenancy--<from>--<to>.sql` with `sql` into the extension
 /// directory of the PostgreSQL under test (the upgrade test's mutation check).
 pub fn install_upgrade_script(from: &str, to: &str, sql: &str) {
-    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
-    let sharedir = String::from_utf8(sharedir.stdout).unwrap();
-    let to = Path::new(sharedir.trim()).join("extension").join(format!("multitenancy--{from}--{to}.sql"));
+    let to = extension_dir().join(format!("multitenancy--{from}--{to}.sql"));
     std::fs::write(&to, sql).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
 }
 
 /// Write an extension's control file and its version 1.0 install script into the extension
 /// directory of the PostgreSQL under test.
 pub fn install_extension_files(name: &str, control: &str, script: &str) {
-    let sharedir = Command::new(pg_config()).arg("--sharedir").output().expect("run pg_config");
-    let dir = Path::new(String::from_utf8(sharedir.stdout).unwrap().trim()).join("extension");
+    let dir = extension_dir();
     std::fs::write(dir.join(format!("{name}.control")), control).unwrap();
     std::fs::write(dir.join(format!("{name}--1.0.sql")), script).unwrap();
 }
@@ -524,6 +525,23 @@ pub fn constraints(su: &mut Client, table: &str, contype: &str) -> Vec<(String, 
 }
 
 /// Whether a relation exists (ground truth, as superuser); `name` as `to_regclass` takes it.
+/// Ground truth: where the usage counters disagree with the tenant-enabled tables
+/// (`multitenancy.usage_drift()`, one line per row, as `client` — the superuser). Empty when
+/// every counter is exact.
+pub fn usage_drift(client: &mut impl postgres::GenericClient) -> Vec<String> {
+    client
+        .query(
+            "SELECT format('tenant %s table %s: rows %s counted / %s actual, bytes %s counted / %s actual', tenant_id,
+                           coalesce(table_name::text, '(totals)'), rows_counted, rows_actual, bytes_counted, bytes_actual)
+               FROM multitenancy.usage_drift()",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("SELECT * FROM multitenancy.usage_drift(): {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// `server_version_num` of the server `client` is connected to (140000 and up).
 pub fn server_version(client: &mut impl postgres::GenericClient) -> i32 {
     client.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0)

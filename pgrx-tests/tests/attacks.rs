@@ -77,20 +77,9 @@ fn told(error: &DbError) -> String {
     format!("{}\n{}\n{}", error.message(), detail.trim_end(), error.hint().unwrap_or_default())
 }
 
-/// Ground truth: where the usage counters disagree with the tenant-enabled tables
-/// (`usage_drift()`, as the superuser). Empty when every counter is exact.
+/// Ground truth: the usage counters' drift ([`usage_drift`]) as the superuser.
 fn drift(db: &TestDb) -> Vec<String> {
-    db.superuser()
-        .query(
-            "SELECT format('tenant %s table %s: rows %s counted / %s actual, bytes %s / %s', tenant_id,
-                           coalesce(table_name::text, '(totals)'), rows_counted, rows_actual, bytes_counted, bytes_actual)
-               FROM multitenancy.usage_drift()",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    usage_drift(&mut db.superuser())
 }
 
 /// Ground truth: a tenant's counted rows in total (its `table_usage` totals row).

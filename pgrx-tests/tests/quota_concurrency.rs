@@ -76,20 +76,6 @@ fn actual(su: &mut Client, tenant_id: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
-/// `multitenancy.usage_drift()` as the superuser, one line per row.
-fn drift(su: &mut Client) -> Vec<String> {
-    su.query(
-        "SELECT format('tenant %s table %s: rows %s counted / %s actual, bytes %s counted / %s actual',
-                       tenant_id, table_name, rows_counted, rows_actual, bytes_counted, bytes_actual)
-           FROM multitenancy.usage_drift()",
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("SELECT * FROM multitenancy.usage_drift(): {e}"))
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 /// `quota_check('rows')` as [`APP`] with `slug`'s context: `(used, quota, remaining)`.
 fn quota_check_rows(app: &mut Client, slug: &str) -> (i64, Option<i64>, Option<i64>) {
     let mut tx = begin_as(app, slug);
@@ -189,7 +175,7 @@ fn race_for_the_last_unit(tag: &str, from: LimitFrom, first_commits: bool) {
     // Exactly the limit, and the counters agree with the table.
     assert_eq!(true_count(&mut su, &orders.a), LIMIT);
     assert_eq!(counted(&mut su, &orders.a), actual(&mut su, &orders.a));
-    assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
+    assert_eq!(usage_drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
     assert_eq!(quota_check_rows(&mut db.app(), "acme"), (LIMIT, Some(LIMIT), Some(0)));
     // The other tenant was not touched.
     assert_eq!(true_count(&mut su, &orders.b), orders.rows_b);
@@ -262,7 +248,7 @@ fn repeatable_read_writers_of_two_tables_race_for_the_last_unit() {
     assert_eq!(rows_with_item(&mut su, "last unit, first session"), 1);
     assert_eq!(count(&mut su, "SELECT count(*) FROM notes"), 0, "the refused insert left no row");
     assert_eq!(true_count(&mut su, &orders.a), LIMIT);
-    assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
+    assert_eq!(usage_drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +328,7 @@ fn sixteen_connections_near_the_limit() {
     assert_eq!(workers_rows, LIMIT - PRESENT);
     assert_eq!(counted(&mut su, &orders.a).0, LIMIT, "the counted rows");
     assert_eq!(counted(&mut su, &orders.a), actual(&mut su, &orders.a));
-    assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
+    assert_eq!(usage_drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
     assert_eq!(true_count(&mut su, &orders.b), orders.rows_b, "the other tenant was not touched");
 }
 
@@ -474,5 +460,5 @@ fn tenants_do_not_block_each_other() {
         assert_eq!(counted(&mut su, id), actual(&mut su, id), "{slug}: the counters must equal the table");
     }
     assert_eq!(count(&mut su, "SELECT count(*) FROM orders WHERE item = 'probe'"), 0, "the probes were rolled back");
-    assert_eq!(drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
+    assert_eq!(usage_drift(&mut su), Vec::<String>::new(), "usage_drift() must be empty");
 }

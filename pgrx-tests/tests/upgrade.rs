@@ -129,16 +129,6 @@ fn rows_of(db: &TestDb, tenant: &str) -> i64 {
     count(&mut db.superuser(), &format!("SELECT count(*) FROM orders WHERE tenant_id = '{tenant}'"))
 }
 
-/// The drift of the usage counters (`usage_drift()`), empty when they match the tables.
-fn drift(db: &TestDb) -> Vec<String> {
-    db.superuser()
-        .query("SELECT d::text FROM multitenancy.usage_drift() d", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[test]
 fn every_released_version_updates_to_what_a_fresh_install_is() {
     let current = current_version();
@@ -180,7 +170,7 @@ fn every_released_version_updates_to_what_a_fresh_install_is() {
         assert_eq!((rows_of(&db, &a), rows_of(&db, &b)), before, "every row is still there");
         assert_isolated(db.server(), &db.name, "orders", &[("acme", &a), ("globex", &b)]);
         expect_refused(db.owner().batch_execute("ALTER TABLE orders NO FORCE ROW LEVEL SECURITY"), "public.orders");
-        assert_eq!(drift(&db), Vec::<String>::new(), "the usage counters are exact");
+        assert_eq!(usage_drift(&mut db.superuser()), Vec::<String>::new(), "the usage counters are exact");
         db.superuser().batch_execute("SELECT multitenancy.quota_set('acme', 'rows', 3)").unwrap();
         let mut app = db.app();
         let mut tx = begin_as(&mut app, "acme");

@@ -141,29 +141,39 @@ pub fn as_owner_qualified<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// On a normal return the caller's role is restored here; on an ERROR the (sub)transaction
 /// abort restores it, as it does for SECURITY DEFINER functions.
 pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R> {
-    struct Restore {
-        user: pg_sys::Oid,
-        sec_context: i32,
-    }
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: restores exactly what `as_role` saved.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
-        }
-    }
-
-    let mut user = pg_sys::InvalidOid;
-    let mut sec_context = 0;
-    // SAFETY: save, then switch the current user for the duration of `f`.
-    let _restore = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            sec_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        Restore { user, sec_context }
-    };
+    let _restore = SecurityContext::enter(
+        Some(role),
+        pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION,
+    );
     f()
+}
+
+/// While alive, the current user is `user` (`None`: unchanged) and the security context has
+/// `flags` added; dropping it restores both as they were. On an ERROR the (sub)transaction abort
+/// restores them, as it does for SECURITY DEFINER functions.
+pub struct SecurityContext {
+    user: pg_sys::Oid,
+    sec_context: i32,
+}
+
+impl SecurityContext {
+    pub fn enter(user: Option<pg_sys::Oid>, flags: u32) -> SecurityContext {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut sec_context = 0;
+        // SAFETY: save, then switch until the guard drops.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut sec_context);
+            pg_sys::SetUserIdAndSecContext(user.unwrap_or(saved_user), sec_context | flags as i32);
+        }
+        SecurityContext { user: saved_user, sec_context }
+    }
+}
+
+impl Drop for SecurityContext {
+    fn drop(&mut self) {
+        // SAFETY: restores exactly what `enter` saved.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
+    }
 }
 
 /// Run `f` as the owner of a table, the way PostgreSQL's maintenance commands do: in a

@@ -15,7 +15,8 @@
 //! not check itself. With `multitenancy.ddl_guard = off` (superusers only) nothing is checked and
 //! every command is logged instead.
 use crate::catalog::{
-    children, is_partition, leaky_view, matview_leak, oid_column, published_tables, MatviewLeak, Relation,
+    children, elements, is_partition, leaky_view, matview_leak, oid_column, published_tables, string_value,
+    MatviewLeak, Relation,
 };
 use crate::error::{log, notice, MtError, OrRaise, Result, SpiContext};
 use crate::gucs;
@@ -426,16 +427,21 @@ fn sql_drop() -> Result<()> {
         Ok::<_, MtError>(out)
     })?;
     let relations: Vec<pg_sys::Oid> = dropped.iter().filter_map(|d| d.relation).collect();
-    if !relations.is_empty() {
-        for &relid in &relations {
-            crate::quotas::forget(relid)?;
-        }
-        registry::forget_dropped(&relations)?;
-    }
     let dropped: Vec<Dropped> = dropped
         .into_iter()
         .filter(|d| d.original && matches!(d.kind.as_str(), "policy" | "trigger" | "index"))
         .collect();
+    if relations.is_empty() && dropped.is_empty() {
+        return Ok(());
+    }
+    // Read before the dropped tables leave it: only enabled tables have usage counters.
+    let enabled = registry::enabled_set()?;
+    if !relations.is_empty() {
+        for &relid in relations.iter().filter(|relid| enabled.contains(relid)) {
+            crate::quotas::forget(relid)?;
+        }
+        registry::forget_dropped(&relations)?;
+    }
     if dropped.is_empty() {
         return Ok(());
     }
@@ -450,7 +456,6 @@ fn sql_drop() -> Result<()> {
         }
         return Ok(());
     }
-    let enabled = registry::enabled_set()?;
     let mut tables = Vec::new();
     let noted = DROPPING_INDEXES_OF.with(|d| d.borrow_mut().take());
     for Dropped { kind, table, schema, .. } in dropped {
@@ -511,10 +516,6 @@ unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
     if extension == pg_sys::InvalidOid {
         return Ok(());
     }
-    let names = |list: *mut pg_sys::List| -> Vec<*mut pg_sys::Node> {
-        let n = if list.is_null() { 0 } else { (*list).length as usize };
-        (0..n).map(|i| (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node).collect()
-    };
     let command = match (*stmt).type_ {
         pg_sys::NodeTag::T_DropStmt => {
             let drop = stmt as *mut pg_sys::DropStmt;
@@ -523,9 +524,8 @@ unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
                 pg_sys::ObjectType::OBJECT_SCHEMA => "SCHEMA",
                 _ => return Ok(()),
             };
-            let ours = names((*drop).objects).into_iter().any(|node| {
-                !node.is_null() && crate::catalog::string_node(node).is_some_and(|name| name == "multitenancy")
-            });
+            // DROP EXTENSION and DROP SCHEMA name their objects with String nodes.
+            let ours = elements((*drop).objects).into_iter().any(|node| string_value(node) == c"multitenancy");
             if !ours {
                 return Ok(());
             }
@@ -537,7 +537,7 @@ unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
                 &[extension.into()],
             )
             .ctx("guard::drop_would_open owner")?;
-            let roles = names((*(stmt as *mut pg_sys::DropOwnedStmt)).roles);
+            let roles = elements((*(stmt as *mut pg_sys::DropOwnedStmt)).roles);
             let drops_ours = roles
                 .into_iter()
                 .any(|role| Some(pg_sys::get_rolespec_oid(role as *const pg_sys::RoleSpec, true)) == owner);

@@ -18,6 +18,7 @@
 //! Only statements on tables that are enabled change; nothing else is looked at twice. These
 //! rewrites need the library loaded before the statement: `shared_preload_libraries` (or
 //! `session_preload_libraries` for the migration role).
+use crate::catalog::{elements, string_value};
 use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::registry;
 use crate::tables::busy;
@@ -27,33 +28,6 @@ use std::ffi::{c_void, CStr};
 
 /// `spec::TENANT_COLUMN`, as parse trees and catalog lookups spell names.
 const TENANT: &CStr = c"tenant_id";
-
-/// The elements of a pointer list.
-///
-/// # Safety
-/// `list` is NULL or a valid pointer list.
-unsafe fn elements(list: *mut pg_sys::List) -> Vec<*mut c_void> {
-    if list.is_null() {
-        return Vec::new();
-    }
-    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
-}
-
-/// The text of a String node (a name in a column list).
-///
-/// # Safety
-/// `node` is a String node.
-#[cfg(feature = "pg14")]
-unsafe fn string_value<'a>(node: *mut c_void) -> &'a CStr {
-    CStr::from_ptr((*(node as *mut pg_sys::Value)).val.str_)
-}
-
-/// # Safety
-/// `node` is a String node.
-#[cfg(not(feature = "pg14"))]
-unsafe fn string_value<'a>(node: *mut c_void) -> &'a CStr {
-    CStr::from_ptr((*(node as *mut pg_sys::String)).sval)
-}
 
 /// A String node naming a column.
 ///
@@ -196,33 +170,23 @@ unsafe fn refuse_unchecked(stmt: *mut pg_sys::Node) -> Result<()> {
 /// While alive, row level security is not forced on the tables' owner (see `around_utility`).
 /// On an ERROR the (sub)transaction abort restores the security context instead.
 struct NoForceRls {
-    user: pg_sys::Oid,
-    sec_context: i32,
+    _context: registry::SecurityContext,
 }
 
 impl NoForceRls {
     fn enter() -> NoForceRls {
-        let mut user = pg_sys::InvalidOid;
-        let mut sec_context = 0;
-        // SAFETY: save the security context, then add one flag to it.
-        unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
-            pg_sys::SetUserIdAndSecContext(user, sec_context | pg_sys::SECURITY_NOFORCE_RLS as i32);
-        }
-        NoForceRls { user, sec_context }
+        NoForceRls { _context: registry::SecurityContext::enter(None, pg_sys::SECURITY_NOFORCE_RLS) }
     }
 }
 
 impl Drop for NoForceRls {
     fn drop(&mut self) {
-        // SAFETY: restores exactly what `enter` saved; then every cached plan is made to plan
-        // again. PostgreSQL's plan cache keys row level security on the role and
+        // Every cached plan plans again (the context itself is restored by the field's drop,
+        // right after). PostgreSQL's plan cache keys row level security on the role and
         // `row_security`, not on SECURITY_NOFORCE_RLS: a plan the owner's code cached in this
         // window (none should run, see `plan`) would skip FORCE when reused.
-        unsafe {
-            pg_sys::SetUserIdAndSecContext(self.user, self.sec_context);
-            pg_sys::ResetPlanCache();
-        }
+        // SAFETY: marks the backend's cached plans invalid.
+        unsafe { pg_sys::ResetPlanCache() };
     }
 }
 
@@ -357,9 +321,7 @@ unsafe fn plan(stmt: *mut pg_sys::Node) -> Result<Plan> {
                         let constraint = (*cmd).def as *mut pg_sys::Constraint;
                         match (*constraint).contype {
                             pg_sys::ConstrType::CONSTR_UNIQUE
-                                if table_enabled.is_some()
-                                    && (*constraint).indexname.is_null()
-                                    && !names_tenant((*constraint).keys) =>
+                                if table_enabled.is_some() && unique_needs_tenant(constraint) =>
                             {
                                 plan.rewrite = true;
                                 only_keys = false;
@@ -504,6 +466,15 @@ unsafe fn plain_column(column: *mut pg_sys::ColumnDef) -> bool {
         })
 }
 
+/// `ADD ... UNIQUE (<columns>)` without tenant_id (and not `USING INDEX`, whose index was built,
+/// and rewritten, by its own CREATE INDEX): [`plan`] and [`apply`] add tenant_id to it.
+///
+/// # Safety
+/// `constraint` is a valid UNIQUE Constraint.
+unsafe fn unique_needs_tenant(constraint: *mut pg_sys::Constraint) -> bool {
+    (*constraint).indexname.is_null() && !names_tenant((*constraint).keys)
+}
+
 /// Whether an index's key names the tenant column.
 ///
 /// # Safety
@@ -556,11 +527,7 @@ unsafe fn apply(stmt: *mut pg_sys::Node, plan: &Plan) -> Result<()> {
                 }
                 let constraint = (*cmd).def as *mut pg_sys::Constraint;
                 match (*constraint).contype {
-                    pg_sys::ConstrType::CONSTR_UNIQUE
-                        if table_enabled.is_some()
-                            && (*constraint).indexname.is_null()
-                            && !names_tenant((*constraint).keys) =>
-                    {
+                    pg_sys::ConstrType::CONSTR_UNIQUE if table_enabled.is_some() && unique_needs_tenant(constraint) => {
                         (*constraint).keys = pg_sys::lcons(name_node(TENANT), (*constraint).keys);
                     }
                     pg_sys::ConstrType::CONSTR_FOREIGN if !names_tenant((*constraint).fk_attrs) => {
