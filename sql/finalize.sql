@@ -112,6 +112,12 @@ REVOKE EXECUTE ON FUNCTION multitenancy.template_apply(regclass, text) FROM PUBL
 REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern_remove(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.quota_set(text, text, bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
+-- Moving tenants (mt-move): for the operator role a DBA grants them to.
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;
 -- The audit lists roles and tables: for DBAs and CI; so do the usage reports, across tenants.
 REVOKE EXECUTE ON FUNCTION multitenancy.verify() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.usage_drift() FROM PUBLIC;

@@ -27,12 +27,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_slug text := multitenancy._lock_tenant(p_tenant);
     v_status text;
-    v_tables jsonb := '{}';
-    v_pending regclass[];
-    v_failed regclass[];
-    v_table regclass;
-    v_rows bigint;
-    v_total bigint := 0;
+    v_deleted jsonb;
 BEGIN
     SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
     IF v_status <> 'deleted' THEN
@@ -41,35 +36,8 @@ BEGIN
     IF p_confirm_slug IS DISTINCT FROM v_slug THEN
         PERFORM multitenancy._raise('purge_unconfirmed', '{}');
     END IF;
-    -- Count first (rows that foreign keys cascade to are counted in their own table), then
-    -- delete children before parents: a table whose delete hits a foreign key waits for the
-    -- next round.
-    FOR v_table IN WITH RECURSIVE t(relid) AS (
-                        SELECT relid::oid FROM multitenancy.enabled_tables
-                        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-                    SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
-                     WHERE c.relkind = 'r' ORDER BY 1 LOOP
-        -- As the table's owner (see _purge_rows): no code of the owner's runs as the registry owner.
-        v_rows := multitenancy._purge_rows(v_table, p_tenant, false);
-        v_tables := v_tables || jsonb_build_object(v_table::text, v_rows);
-        v_total := v_total + v_rows;
-    END LOOP;
-    SELECT array_agg(relid ORDER BY relid::oid) INTO v_pending FROM multitenancy.enabled_tables;
-    v_pending := coalesce(v_pending, '{}');
-    WHILE cardinality(v_pending) > 0 LOOP
-        v_failed := '{}';
-        FOREACH v_table IN ARRAY v_pending LOOP
-            BEGIN
-                PERFORM multitenancy._purge_rows(v_table, p_tenant, true);
-            EXCEPTION WHEN foreign_key_violation THEN
-                v_failed := v_failed || v_table;
-            END;
-        END LOOP;
-        IF cardinality(v_failed) = cardinality(v_pending) THEN
-            PERFORM multitenancy._raise('purge_referenced', ARRAY[v_slug, v_failed::text]);
-        END IF;
-        v_pending := v_failed;
-    END LOOP;
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
     DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
     -- Counted rows of this transaction not yet written are gone with the counters.
@@ -78,7 +46,8 @@ BEGIN
     DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
     DELETE FROM multitenancy.tenants WHERE id = p_tenant;
-    RETURN jsonb_build_object('result', v_total, 'slug', v_slug, 'rows', v_total, 'tables', v_tables);
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
 END
 $$;
 

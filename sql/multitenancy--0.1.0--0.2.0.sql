@@ -35,3 +35,391 @@ CREATE EVENT TRIGGER multitenancy_guard_start ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION multitenancy._guard_start();
 ALTER EVENT TRIGGER multitenancy_guard_start ENABLE ALWAYS;
+
+-- Moving tenants (sql/moving.sql, src/tenants/moving.rs): export and import of one tenant for
+-- mt-move. _tenant_purge now deletes rows through _tenant_rows_delete, which a restore shares.
+
+-- The enabled tables a tenant's rows live in, parents before children (foreign keys between
+-- enabled tables), with what an export and an import need to know about each: the columns the
+-- archive carries (all but tenant_id and generated columns), the single-column integer primary
+-- key that an import may remap (global key scope, filled from a sequence), the foreign keys that
+-- point at such keys, and every sequence-filled column. Partitions and inheritance children are
+-- read and written through their parent and are not listed. Catalog reads only.
+CREATE FUNCTION multitenancy.move_tables()
+RETURNS TABLE (load_order integer, table_name regclass, columns jsonb, remap_column text,
+               remap_sequence regclass, refs jsonb, sequences jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_tables oid[];
+    v_done oid[] := '{}';
+    v_ready oid[];
+    v_pos integer := 0;
+    v_t oid;
+BEGIN
+    SELECT coalesce(array_agg(e.relid::oid ORDER BY e.relid::text), '{}') INTO v_tables
+      FROM multitenancy.enabled_tables e
+      JOIN pg_class c ON c.oid = e.relid
+     WHERE NOT c.relispartition
+       AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN multitenancy.enabled_tables p ON p.relid::oid = i.inhparent
+                        WHERE i.inhrelid = e.relid::oid);
+    -- Parents first: a table is ready when every enabled table it references is placed. A cycle
+    -- of foreign keys places the rest in name order (their keys must then be deferrable).
+    WHILE cardinality(v_done) < cardinality(v_tables) LOOP
+        SELECT coalesce(array_agg(t ORDER BY t::regclass::text), '{}') INTO v_ready
+          FROM unnest(v_tables) t
+         WHERE t <> ALL (v_done)
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                            WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+                              AND k.confrelid = ANY (v_tables) AND k.confrelid <> ALL (v_done));
+        IF cardinality(v_ready) = 0 THEN
+            SELECT array_agg(t ORDER BY t::regclass::text) INTO v_ready FROM unnest(v_tables) t WHERE t <> ALL (v_done);
+        END IF;
+        FOREACH v_t IN ARRAY v_ready LOOP
+            v_pos := v_pos + 1;
+            v_done := v_done || v_t;
+            load_order := v_pos;
+            table_name := v_t::regclass;
+            SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '')
+                                      ORDER BY a.attnum), '[]')
+              INTO columns
+              FROM pg_attribute a
+             WHERE a.attrelid = v_t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attname <> 'tenant_id';
+            SELECT coalesce(jsonb_agg(jsonb_build_object('column', a.attname, 'sequence', d.objid::regclass::text)
+                                      ORDER BY a.attnum), '[]')
+              INTO sequences
+              FROM pg_depend d
+              JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+              JOIN pg_attribute a ON a.attrelid = v_t AND a.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND d.refobjid = v_t AND d.deptype IN ('a', 'i');
+            remap_column := NULL;
+            remap_sequence := NULL;
+            SELECT a.attname, (SELECT d.objid::regclass FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                                WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                                  AND d.refobjid = v_t AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i'))
+              INTO remap_column, remap_sequence
+              FROM pg_constraint k
+              JOIN pg_attribute a ON a.attrelid = v_t AND a.attnum = k.conkey[1]
+             WHERE k.conrelid = v_t AND k.contype = 'p' AND cardinality(k.conkey) = 1
+               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype);
+            IF remap_sequence IS NULL THEN
+                remap_column := NULL;
+            END IF;
+            -- Foreign keys to enabled tables, as (column, referenced table, referenced column)
+            -- pairs without tenant_id.
+            SELECT coalesce(jsonb_agg(jsonb_build_object('column', ca.attname, 'table', k.confrelid::regclass::text,
+                                                         'ref_column', ra.attname)
+                                      ORDER BY k.conname, p.i), '[]')
+              INTO refs
+              FROM pg_constraint k
+             CROSS JOIN LATERAL generate_subscripts(k.conkey, 1) p(i)
+              JOIN pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = k.conkey[p.i]
+              JOIN pg_attribute ra ON ra.attrelid = k.confrelid AND ra.attnum = k.confkey[p.i]
+             WHERE k.conrelid = v_t AND k.contype = 'f' AND k.confrelid = ANY (v_tables)
+               AND ca.attname <> 'tenant_id';
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- What does not fit when an archive's tables are imported here: one row per problem. Severity
+-- 'error' (the import is refused): a table of the archive that is not an enabled table here, a
+-- column of the archive the table lacks (its values would be lost), a column whose type
+-- differs, a column the archive lacks that is NOT NULL without a default. 'info': a table
+-- without rows in the archive that is enabled here, a column the archive lacks that gets its
+-- default or NULL.
+CREATE FUNCTION multitenancy.import_check(archive jsonb)
+RETURNS TABLE (severity text, table_name text, problem text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH here AS (
+        SELECT m.table_name::text AS name, m.columns FROM multitenancy.move_tables() m),
+    there AS (
+        SELECT t->>'name' AS name, t->'columns' AS columns
+          FROM jsonb_array_elements(coalesce(archive->'tables', '[]')) t),
+    problems AS (
+        SELECT 'error' AS severity, x.name AS table_name,
+               'the archive has rows of table ' || x.name || ', which is not a tenant-enabled table here' AS problem,
+               1 AS k, '' AS c
+          FROM there x WHERE NOT EXISTS (SELECT 1 FROM here h WHERE h.name = x.name)
+        UNION ALL
+        SELECT 'info', h.name, 'table ' || h.name || ' is not in the archive: the tenant has no rows in it', 2, ''
+          FROM here h WHERE NOT EXISTS (SELECT 1 FROM there x WHERE x.name = h.name)
+        UNION ALL
+        SELECT CASE WHEN hc IS NULL THEN 'error'
+                    WHEN hc->>'type' <> xc->>'type' THEN 'error' END,
+               x.name,
+               CASE WHEN hc IS NULL THEN 'column ' || (xc->>'name') || ' of the archive is not in table ' || x.name || ' (its values would be lost)'
+                    ELSE 'column ' || (xc->>'name') || ' of table ' || x.name || ' is ' || (hc->>'type') || ' here and '
+                         || (xc->>'type') || ' in the archive' END,
+               3, xc->>'name'
+          FROM there x JOIN here h ON h.name = x.name
+         CROSS JOIN LATERAL jsonb_array_elements(x.columns) xc
+          LEFT JOIN LATERAL (SELECT c FROM jsonb_array_elements(h.columns) c WHERE c->>'name' = xc->>'name') hh(hc) ON true
+         WHERE hc IS NULL OR hc->>'type' <> xc->>'type'
+        UNION ALL
+        SELECT CASE WHEN (hc->>'not_null')::boolean AND NOT (hc->>'has_default')::boolean THEN 'error' ELSE 'info' END,
+               h.name,
+               'column ' || (hc->>'name') || ' of table ' || h.name || ' is not in the archive: '
+               || CASE WHEN (hc->>'not_null')::boolean AND NOT (hc->>'has_default')::boolean
+                       THEN 'it is NOT NULL without a default'
+                       WHEN (hc->>'has_default')::boolean THEN 'imported rows get its default'
+                       ELSE 'imported rows get NULL' END,
+               4, hc->>'name'
+          FROM there x JOIN here h ON h.name = x.name
+         CROSS JOIN LATERAL jsonb_array_elements(h.columns) hc
+         WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(x.columns) xc WHERE xc->>'name' = hc->>'name'))
+    SELECT p.severity, p.table_name, p.problem FROM problems p ORDER BY p.severity, p.table_name, p.k, p.c
+$$;
+
+-- Delete every row of one tenant from every tenant-enabled table, children before parents (a
+-- table whose delete hits a foreign key waits for the next round), each DELETE as the table's
+-- owner (see _purge_rows). Returns the rows per physical table and the total.
+CREATE FUNCTION multitenancy._tenant_rows_delete(p_tenant uuid, p_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_tables jsonb := '{}';
+    v_pending regclass[];
+    v_failed regclass[];
+    v_table regclass;
+    v_rows bigint;
+    v_total bigint := 0;
+BEGIN
+    -- Count first: rows that foreign keys cascade to are counted in their own table.
+    FOR v_table IN WITH RECURSIVE t(relid) AS (
+                        SELECT relid::oid FROM multitenancy.enabled_tables
+                        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
+                    SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
+                     WHERE c.relkind = 'r' ORDER BY 1 LOOP
+        v_rows := multitenancy._purge_rows(v_table, p_tenant, false);
+        v_tables := v_tables || jsonb_build_object(v_table::text, v_rows);
+        v_total := v_total + v_rows;
+    END LOOP;
+    SELECT array_agg(relid ORDER BY relid::oid) INTO v_pending FROM multitenancy.enabled_tables;
+    v_pending := coalesce(v_pending, '{}');
+    WHILE cardinality(v_pending) > 0 LOOP
+        v_failed := '{}';
+        FOREACH v_table IN ARRAY v_pending LOOP
+            BEGIN
+                PERFORM multitenancy._purge_rows(v_table, p_tenant, true);
+            EXCEPTION WHEN foreign_key_violation THEN
+                v_failed := v_failed || v_table;
+            END;
+        END LOOP;
+        IF cardinality(v_failed) = cardinality(v_pending) THEN
+            PERFORM multitenancy._raise('purge_referenced', ARRAY[p_slug, v_failed::text]);
+        END IF;
+        v_pending := v_failed;
+    END LOOP;
+    RETURN jsonb_build_object('rows', v_total, 'tables', v_tables);
+END
+$$;
+
+-- The registry part of an archive: the tenant, its members, domains, quota overrides, metered
+-- usage and counters, and the tables with their columns (see README "Moving tenants").
+CREATE FUNCTION multitenancy._tenant_export(p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_tenant multitenancy.tenants;
+    v_archive jsonb;
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_tenant FROM multitenancy.tenants WHERE id = p_tenant;
+    v_archive := jsonb_build_object(
+        'format', 1,
+        'extension_version', (SELECT extversion FROM pg_extension WHERE extname = 'multitenancy'),
+        'exported_at', now(),
+        'tenant', jsonb_build_object('id', v_tenant.id, 'slug', v_tenant.slug, 'name', v_tenant.name,
+                                     'status', v_tenant.status, 'plan', v_tenant.plan, 'settings', v_tenant.settings,
+                                     'status_reason', v_tenant.status_reason, 'created_at', v_tenant.created_at),
+        'members', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'role', role, 'joined_at', joined_at,
+                                                                 'invited_by', invited_by) ORDER BY user_id), '[]')
+                      FROM multitenancy.members WHERE tenant_id = p_tenant),
+        'domains', (SELECT coalesce(jsonb_agg(jsonb_build_object('domain', domain, 'is_primary', is_primary,
+                                                                 'verification_token', verification_token,
+                                                                 'verified_at', verified_at, 'created_at', created_at)
+                                              ORDER BY domain), '[]')
+                      FROM multitenancy.domains WHERE tenant_id = p_tenant),
+        'quotas', (SELECT coalesce(jsonb_agg(jsonb_build_object('key', key, 'quota', quota) ORDER BY key), '[]')
+                     FROM multitenancy.quotas WHERE tenant_id = p_tenant),
+        'metered_usage', (SELECT coalesce(jsonb_agg(jsonb_build_object('key', key, 'period', period, 'used', used)
+                                                    ORDER BY key, period), '[]')
+                            FROM multitenancy.metered_usage WHERE tenant_id = p_tenant),
+        'tables', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', m.table_name::text, 'columns', m.columns)
+                                             ORDER BY m.load_order), '[]')
+                     FROM multitenancy.move_tables() m));
+    RETURN jsonb_build_object('result', v_archive::text, 'slug', v_tenant.slug);
+END
+$$;
+
+-- Start importing an archive (checked by the caller: format, version, import_check): as a new
+-- tenant (p_mode 'new': the archive's slug unless p_slug, the archive's id unless taken), or
+-- replacing an existing tenant's rows and registry entries ('replace': the tenant p_slug, or the
+-- archive's slug). Returns the tenant's id as "result".
+CREATE FUNCTION multitenancy._tenant_import_begin(p_archive jsonb, p_slug text, p_mode text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_t jsonb := p_archive->'tenant';
+    v_slug text := coalesce(p_slug, v_t->>'slug');
+    v_id uuid;
+    v_plan text := coalesce(v_t->>'plan', 'free');
+    v_deleted jsonb;
+    v_domain text;
+BEGIN
+    -- The archive's limits come with its plan: a plan missing here would silently lift them
+    -- ('free', every tenant's default, needs no row).
+    IF v_plan <> 'free' AND NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = v_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[v_plan]);
+    END IF;
+    IF p_mode = 'new' THEN
+        v_id := (v_t->>'id')::uuid;
+        IF v_id IS NULL OR EXISTS (SELECT 1 FROM multitenancy.tenants WHERE id = v_id) THEN
+            v_id := gen_random_uuid();
+        END IF;
+        INSERT INTO multitenancy.tenants (id, slug, name, status, plan, settings, status_reason)
+        VALUES (v_id, v_slug, coalesce(v_t->>'name', v_slug), coalesce(v_t->>'status', 'active'), v_plan,
+                coalesce(v_t->'settings', '{}'), v_t->>'status_reason')
+        ON CONFLICT (slug) DO NOTHING;
+        IF NOT FOUND THEN
+            PERFORM multitenancy._raise('slug_taken', ARRAY[v_slug]);
+        END IF;
+    ELSE
+        SELECT id INTO v_id FROM multitenancy.tenants WHERE slug = v_slug;
+        IF v_id IS NULL THEN
+            PERFORM multitenancy._raise('tenant_not_found', ARRAY[v_slug]);
+        END IF;
+        PERFORM multitenancy._lock_tenant(v_id);
+        v_deleted := multitenancy._tenant_rows_delete(v_id, v_slug);
+        DELETE FROM multitenancy.members WHERE tenant_id = v_id;
+        DELETE FROM multitenancy.domains WHERE tenant_id = v_id;
+        DELETE FROM multitenancy.quotas WHERE tenant_id = v_id;
+        DELETE FROM multitenancy.metered_usage WHERE tenant_id = v_id;
+        UPDATE multitenancy.tenants
+           SET name = coalesce(v_t->>'name', name), plan = v_plan, settings = coalesce(v_t->'settings', '{}')
+         WHERE id = v_id;
+    END IF;
+    INSERT INTO multitenancy.members (tenant_id, user_id, role, joined_at, invited_by)
+    SELECT v_id, (m->>'user_id')::uuid, m->>'role', coalesce((m->>'joined_at')::timestamptz, now()), (m->>'invited_by')::uuid
+      FROM jsonb_array_elements(coalesce(p_archive->'members', '[]')) m;
+    FOR v_domain IN SELECT d->>'domain' FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d LOOP
+        IF EXISTS (SELECT 1 FROM multitenancy.domains WHERE domain = v_domain) THEN
+            PERFORM multitenancy._raise('domain_taken', ARRAY[v_domain]);
+        END IF;
+    END LOOP;
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token, verified_at, created_at)
+    SELECT d->>'domain', v_id, coalesce((d->>'is_primary')::boolean, false), d->>'verification_token',
+           (d->>'verified_at')::timestamptz, coalesce((d->>'created_at')::timestamptz, now())
+      FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d;
+    INSERT INTO multitenancy.quotas (tenant_id, key, quota)
+    SELECT v_id, q->>'key', (q->>'quota')::bigint FROM jsonb_array_elements(coalesce(p_archive->'quotas', '[]')) q;
+    INSERT INTO multitenancy.metered_usage (tenant_id, key, period, used)
+    SELECT v_id, u->>'key', (u->>'period')::date, (u->>'used')::bigint
+      FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'result', v_id, 'tenant_id', v_id, 'slug', v_slug, 'mode', p_mode, 'archive', p_archive->>'archive_id',
+        'source_tenant', v_t->>'id', 'source_slug', v_t->>'slug', 'rows_deleted', v_deleted->'rows'));
+END
+$$;
+
+-- Finish an import: set the tenant's counters from its rows (one index scan per physical table),
+-- and return per table what it holds.
+CREATE FUNCTION multitenancy._tenant_import_end(p_tenant uuid)
+RETURNS TABLE (table_name regclass, row_count bigint, byte_count bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_table regclass;
+    v_rows bigint;
+    v_bytes bigint;
+    v_total_rows bigint := 0;
+    v_total_bytes bigint := 0;
+BEGIN
+    PERFORM multitenancy._usage_settle(p_tenant);
+    PERFORM multitenancy._usage_lock(p_tenant);
+    DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
+    FOR v_table IN WITH RECURSIVE t(relid) AS (
+                        SELECT relid::oid FROM multitenancy.enabled_tables
+                        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
+                    SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
+                     WHERE c.relkind = 'r' ORDER BY 1 LOOP
+        EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
+                       'WHERE t.tenant_id = $1', v_table)
+           INTO v_rows, v_bytes USING p_tenant;
+        IF v_rows > 0 THEN
+            PERFORM multitenancy._usage_set(p_tenant, v_table, v_rows, v_bytes);
+            v_total_rows := v_total_rows + v_rows;
+            v_total_bytes := v_total_bytes + v_bytes;
+            table_name := v_table;
+            row_count := v_rows;
+            byte_count := v_bytes;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    PERFORM multitenancy._usage_set(p_tenant, 0::oid::regclass, v_total_rows, v_total_bytes);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_status text;
+    v_deleted jsonb;
+BEGIN
+    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_status <> 'deleted' THEN
+        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
+    END IF;
+    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
+        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
+    END IF;
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
+END
+$$;
+
+CREATE  FUNCTION "tenant_export"(
+	"tenant" TEXT /* Option < & str > */
+) RETURNS jsonb /* pgrx :: JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_export_wrapper';
+CREATE  FUNCTION "tenant_import_begin"(
+	"archive" jsonb, /* Option < pgrx :: JsonB > */
+	"tenant" TEXT DEFAULT NULL, /* Option < & str > */
+	"mode" TEXT DEFAULT 'new' /* Option < & str > */
+) RETURNS uuid /* pgrx :: Uuid */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_import_begin_wrapper';
+CREATE  FUNCTION "tenant_import_end"() RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_import_end_wrapper';
+
+REVOKE EXECUTE ON FUNCTION multitenancy._tenant_rows_delete(uuid, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._tenant_export(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_begin(jsonb, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_end(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

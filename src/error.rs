@@ -154,6 +154,12 @@ pub enum MtError {
     /// A signing key that does not exist.
     SigningKeyNotFound { name: String },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
+    /// An archive this database cannot import: its format or extension version is newer.
+    ArchiveUnsupported { reason: String, hint: String },
+    /// An archive's tables do not fit this database's (see `import_check`).
+    ArchiveMismatch { problems: Vec<String>, missing_table: bool },
+    /// A move function called in the wrong state (no import begun, one already begun).
+    MoveState { reason: String, hint: String },
     Internal { context: &'static str, error: String },
 }
 
@@ -232,6 +238,10 @@ impl MtError {
             }
             MtError::QuotaKeyNoTable { .. } => ERRCODE_UNDEFINED_TABLE,
             MtError::SigningKeyExists { .. } => ERRCODE_DUPLICATE_OBJECT,
+            MtError::ArchiveUnsupported { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            MtError::ArchiveMismatch { missing_table: true, .. } => ERRCODE_UNDEFINED_TABLE,
+            MtError::ArchiveMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
+            MtError::MoveState { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -417,6 +427,11 @@ impl MtError {
             MtError::InvalidQuotaKey { key } => format!("invalid quota key \"{}\"", clip(key)),
             MtError::SigningKeyExists { name } => format!("signing key \"{}\" already exists", clip(name)),
             MtError::SigningKeyNotFound { name } => format!("signing key \"{}\" does not exist", clip(name)),
+            MtError::ArchiveUnsupported { reason, .. } => format!("cannot import this archive: {reason}"),
+            MtError::ArchiveMismatch { problems, .. } => {
+                format!("the archive does not fit this database's tables: {} problem(s)", problems.len())
+            }
+            MtError::MoveState { reason, .. } => reason.clone(),
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
     }
@@ -466,6 +481,7 @@ impl MtError {
                 Some("Purging deletes every row of the tenant in every tenant-enabled table, for good.".into())
             }
             MtError::LastOwner { .. } => Some("A tenant always keeps at least one owner.".into()),
+            MtError::ArchiveMismatch { problems, .. } => Some(problems.join("\n")),
             MtError::UnprotectedAtCommit { .. } => Some(
                 "multitenancy.guarded_schemas lists schemas in which every table holds tenant data unless \
                  declared global."
@@ -705,6 +721,11 @@ impl MtError {
             MtError::SigningKeyNotFound { .. } => {
                 "List the keys with SELECT * FROM multitenancy.signing_key_list().".into()
             }
+            MtError::ArchiveUnsupported { hint, .. } | MtError::MoveState { hint, .. } => hint.clone(),
+            MtError::ArchiveMismatch { .. } => "Bring the tables to the same shape first (run the migrations of the \
+                archive's source on the target, or the other way round), then import again. \
+                SELECT * FROM multitenancy.import_check(<manifest>) lists the problems."
+                .into(),
             MtError::Internal { .. } => "This is a bug in the multitenancy extension; please report it.".into(),
         }
     }

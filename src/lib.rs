@@ -56,6 +56,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/signing.sql", name = "signing", requires = ["bootstrap"]);
 extension_sql_file!("../sql/tables.sql", name = "tables", requires = ["bootstrap"]);
+extension_sql_file!("../sql/moving.sql", name = "moving", requires = ["lifecycle", "quotas"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 // (sql/bootstrap.sql's registry tables come first; the C trigger functions are declared beside
 // their Rust: quotas.rs and registry/tenants.rs.)

@@ -64,11 +64,13 @@ unsafe extern "C-unwind" fn subtransaction_event(
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
             quotas::subtransaction_aborted(level);
             admin::subtransaction_ended(level, false);
+            context::subtransaction_ended(level, false);
             busy::subtransaction_aborted(level);
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
             quotas::subtransaction_committed(level);
             admin::subtransaction_ended(level, true);
+            context::subtransaction_ended(level, true);
         }
         _ => {}
     }

@@ -40,6 +40,9 @@ fn read_uuid_setting(raw: *const std::ffi::c_char) -> std::result::Result<Option
 enum Origin {
     /// `tenant_purge` deleting one tenant's rows ([`with_maintenance_context`]): wins over everything.
     Purge,
+    /// `tenant_export` / `tenant_import_begin` in this transaction ([`enter_move`]): an operator
+    /// moving one tenant's rows, which may be suspended or deleted.
+    Moving,
     /// `tenant_set_signed` in this transaction (wins in every mode).
     Signed,
     /// `multitenancy.require_signed`, and no signed context: nothing else counts.
@@ -78,6 +81,9 @@ pub fn init() {
 fn raw() -> Result<Raw> {
     if let Some(tenant) = PURGING.with(Cell::get) {
         return Ok(Raw { origin: Origin::Purge, tenant: Some(tenant), user: None, stale: false });
+    }
+    if let Some(moving) = MOVING.with(Cell::get) {
+        return Ok(Raw { origin: Origin::Moving, tenant: Some(moving.tenant), user: None, stale: false });
     }
     let signed = gucs::signed_context_raw();
     // SAFETY: a non-NULL value is NUL-terminated and only tenant_set_signed writes it.
@@ -126,7 +132,7 @@ fn missing(origin: Origin) -> MtError {
             }
             None => MtError::NoContext,
         },
-        Origin::Purge | Origin::Signed | Origin::Settings => MtError::NoContext,
+        Origin::Purge | Origin::Moving | Origin::Signed | Origin::Settings => MtError::NoContext,
     }
 }
 
@@ -239,7 +245,7 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
 /// through this), and the first one is remembered.
 pub fn resolve() -> Result<Option<pgrx::Uuid>> {
     let raw = raw()?;
-    if let (Some(tenant), false) = (raw.tenant, raw.origin == Origin::Purge || admin::admin_mode().is_some()) {
+    if let (Some(tenant), false) = (raw.tenant, matches!(raw.origin, Origin::Purge | Origin::Moving) || admin::admin_mode().is_some()) {
         refuse_switch(tenant)?;
         remember(tenant);
     }
@@ -271,6 +277,8 @@ thread_local! {
     static TRANSACTION_TENANT: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
     /// The tenant `tenant_purge` is deleting rows of, while it deletes them.
     static PURGING: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
+    /// The tenant an operator exports or imports in this transaction.
+    static MOVING: Cell<Option<Moving>> = const { Cell::new(None) };
     static CHECKED: Cell<Option<Checked>> = const { Cell::new(None) };
     /// Counts the session's transactions (bumped when one ends).
     static TRANSACTION: Cell<u64> = const { Cell::new(0) };
@@ -292,9 +300,58 @@ pub fn with_maintenance_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) ->
     admin::suspended(f)
 }
 
+/// A tenant being exported or imported ([`enter_move`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Moving {
+    pub tenant: pgrx::Uuid,
+    /// An import (rows are written), not an export.
+    pub import: bool,
+    /// The transaction nest level it began at (a rolled-back savepoint at or below it ends it).
+    level: i32,
+}
+
+/// The tenant this transaction exports or imports, if any.
+pub fn moving() -> Option<Moving> {
+    MOVING.with(Cell::get)
+}
+
+/// Make `tenant` the context for the rest of the transaction, for an operator's export or import
+/// of its rows (the callers check who may). Nothing else can then set a context in the
+/// transaction, and the tenant's status is not checked: a suspended or deleted tenant can be
+/// exported, and a suspended one imported.
+pub fn enter_move(tenant: pgrx::Uuid, import: bool) -> Result<()> {
+    if let Some(current) = moving() {
+        return Err(MtError::MoveState {
+            reason: format!("this transaction already moves tenant {}", current.tenant),
+            hint: "Export or import one tenant per transaction.".into(),
+        });
+    }
+    // SAFETY: reads transaction state.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    MOVING.with(|m| m.set(Some(Moving { tenant, import, level })));
+    Ok(())
+}
+
+/// End the import of [`enter_move`] before the transaction ends (`tenant_import_end`).
+pub fn leave_move() {
+    MOVING.with(|m| m.set(None));
+}
+
+/// A subtransaction at `level` ended (`crate::xact`): a rollback at or below the level the move
+/// began at ends it; a commit of that level hands it to the parent.
+pub fn subtransaction_ended(level: i32, committed: bool) {
+    let Some(moving) = moving() else { return };
+    if !committed && level <= moving.level {
+        leave_move();
+    } else if committed && level == moving.level {
+        MOVING.with(|m| m.set(Some(Moving { level: level - 1, ..moving })));
+    }
+}
+
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
     PURGING.with(|p| p.set(None));
+    MOVING.with(|m| m.set(None));
     TRANSACTION_TENANT.with(|t| t.set(None));
     TRANSACTION.with(|t| t.set(t.get() + 1));
 }
@@ -310,9 +367,9 @@ pub fn transaction_ended() {
 fn checked() -> Result<Checked> {
     let raw = raw()?;
     let tenant = raw.tenant.ok_or_else(|| missing_in(&raw))?;
-    if raw.origin == Origin::Purge {
-        // The tenant is deleted (that is why it is purged): its context is not checked, and not
-        // cached for anything after the purge.
+    if matches!(raw.origin, Origin::Purge | Origin::Moving) {
+        // The tenant is deleted (that is why it is purged), or moved by an operator in any
+        // status: its context is not checked, and not cached for anything after.
         return Ok(Checked { tenant, user: None, admin: false, role: None, generation: 0, transaction: 0 });
     }
     let user = raw.user;
@@ -432,6 +489,7 @@ fn fixed_by(raw: &Raw) -> Option<String> {
     match raw.origin {
         Origin::Settings => None,
         Origin::Purge => Some("a tenant is being purged".to_string()),
+        Origin::Moving => Some("a tenant is being moved (tenant_export, tenant_import_begin)".to_string()),
         Origin::Signed => Some("a signed context is set in this transaction".to_string()),
         Origin::SignedRequired => Some("this role requires a signed context (multitenancy.require_signed)".to_string()),
         Origin::Claims => gucs::claims().map(|(setting, claim, _)| {

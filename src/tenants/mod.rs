@@ -8,3 +8,4 @@ pub mod create;
 pub mod domains;
 pub mod lifecycle;
 pub mod members;
+pub mod moving;

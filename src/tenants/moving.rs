@@ -1,0 +1,226 @@
+//! Moving tenants: what an export or import of one tenant needs inside the database. The
+//! `mt-move` program (`cli/`) does the copying with COPY; README "Moving tenants" has the
+//! workflows and the archive format.
+//!
+//! Both sides are operator-only and one tenant per transaction:
+//! - `tenant_export(tenant)` returns the registry part of the archive (tenant, members, domains,
+//!   quota overrides, metered usage, tables and columns) and makes the tenant the context for
+//!   the rest of the transaction, in any status: the exporter then reads each table under row
+//!   level security, as the application would, and sees that tenant's rows only.
+//! - `tenant_import_begin(archive, tenant, mode)` checks the archive (format, extension version,
+//!   tables and columns: `import_check`), creates the tenant (or, for a restore, deletes the
+//!   tenant's rows and registry entries) and makes it the context: the importer's INSERTs then
+//!   get `tenant_id` from the column default, pass the isolation policy's WITH CHECK, and are
+//!   counted and held to the tenant's quotas by the usual triggers — the sanctioned write path
+//!   is the ordinary one. `tenant_import_end()` sets the tenant's counters from its rows and
+//!   ends the context.
+//!
+//! Each writes one audit row (`tenant_export`, `tenant_import`, `tenant_import_end`).
+use crate::context;
+use crate::error::{MtError, OrRaise, Result, SpiContext};
+use crate::tenants::access;
+use pgrx::prelude::*;
+
+/// The newest archive format this version reads and writes.
+const FORMAT: i64 = 1;
+
+fn operator_in_transaction(function: &'static str, action: &'static str) -> Result<()> {
+    // SAFETY: reads transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return Err(MtError::NotInTransactionBlock { function });
+    }
+    if !access::is_operator()? {
+        return Err(MtError::OperatorsOnly {
+            action,
+            why: "moving a tenant reads or writes every one of its rows and registry entries",
+        });
+    }
+    Ok(())
+}
+
+/// Export one tenant: its registry entries and the tables' columns as the archive's manifest;
+/// the tenant is the context for the rest of the transaction.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_export(tenant: Option<&str>) -> pgrx::JsonB {
+    let run = || {
+        operator_in_transaction("multitenancy.tenant_export", "export a tenant")?;
+        let tenant = access::tenant(tenant)?;
+        let manifest = access::change("tenant_export", Some(tenant.id), "SELECT multitenancy._tenant_export($1)", &[
+            tenant.id.into(),
+        ])?
+        .ok_or_else(|| MtError::internal("moving::export", "no manifest"))?;
+        context::enter_move(tenant.id, false)?;
+        serde_json::from_str(&manifest).map(pgrx::JsonB).map_err(|e| MtError::internal("moving::export", e))
+    };
+    run().or_raise()
+}
+
+/// Parse "major.minor.patch" (anything after a '-' ignored) for comparison.
+fn version(text: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = text.split('-').next()?.split('.').map(|p| p.parse::<u64>().ok());
+    Some((parts.next()??, parts.next().flatten().unwrap_or(0), parts.next().flatten().unwrap_or(0)))
+}
+
+fn installed_version() -> Result<String> {
+    Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'multitenancy'")
+        .ctx("moving::installed_version")?
+        .ok_or_else(|| MtError::internal("moving::installed_version", "extension not installed"))
+}
+
+/// Refuse an archive of a newer format or extension version, or whose tables do not fit.
+fn check_archive(archive: &serde_json::Value) -> Result<()> {
+    let format = archive.get("format").and_then(serde_json::Value::as_i64);
+    if format != Some(FORMAT) {
+        return Err(MtError::ArchiveUnsupported {
+            reason: match format {
+                Some(f) if f > FORMAT => format!("it has archive format {f}, and this version reads format {FORMAT}"),
+                _ => "it is not a multitenancy archive manifest (no \"format\": 1)".into(),
+            },
+            hint: "Import it with the multitenancy version that wrote it, or upgrade this database's extension \
+                   (ALTER EXTENSION multitenancy UPDATE) and mt-move."
+                .into(),
+        });
+    }
+    let installed = installed_version()?;
+    let written = archive.get("extension_version").and_then(serde_json::Value::as_str).unwrap_or("");
+    match (version(written), version(&installed)) {
+        (Some(w), Some(i)) if w <= i => {}
+        _ => {
+            return Err(MtError::ArchiveUnsupported {
+                reason: format!(
+                    "it was written by multitenancy {}, and this database has {installed}",
+                    if written.is_empty() { "(no version)" } else { written }
+                ),
+                hint: "Upgrade the extension here first (ALTER EXTENSION multitenancy UPDATE): an archive from a \
+                       newer version may carry tables or columns this version cannot place."
+                    .into(),
+            });
+        }
+    }
+    let mut problems = Vec::new();
+    let mut missing_table = false;
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT severity, problem, problem LIKE 'the archive has rows of table %' \
+                   FROM multitenancy.import_check($1) WHERE severity = 'error'",
+                None,
+                &[pgrx::JsonB(archive.clone()).into()],
+            )
+            .ctx("moving::import_check")?;
+        for row in rows {
+            problems.push(row.get::<String>(2).ctx("problem")?.unwrap_or_default());
+            missing_table |= row.get::<bool>(3).ctx("missing")?.unwrap_or(false);
+        }
+        Ok::<_, MtError>(())
+    })?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(MtError::ArchiveMismatch { problems, missing_table })
+    }
+}
+
+/// Begin importing an archive: as a new tenant (`mode` 'new': the archive's slug, or `tenant`)
+/// or replacing an existing tenant's rows and registry entries (`mode` 'replace': the tenant
+/// `tenant`, or the archive's slug). The tenant is the context until `tenant_import_end`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_import_begin(
+    archive: Option<pgrx::JsonB>,
+    tenant: default!(Option<&str>, "NULL"),
+    mode: default!(Option<&str>, "'new'"),
+) -> pgrx::Uuid {
+    let run = || {
+        operator_in_transaction("multitenancy.tenant_import_begin", "import a tenant")?;
+        let archive = archive.ok_or(MtError::NullArgument { argument: "archive" })?.0;
+        let mode = match mode {
+            Some(m @ ("new" | "replace")) => m,
+            other => {
+                return Err(MtError::InvalidArgument {
+                    message: format!("invalid import mode \"{}\"", other.unwrap_or("NULL")),
+                    hint: "Pass mode => 'new' (a new tenant) or mode => 'replace' (restore over an existing tenant)."
+                        .into(),
+                })
+            }
+        };
+        if let Some(current) = context::moving() {
+            return Err(MtError::MoveState {
+                reason: format!("this transaction already moves tenant {}", current.tenant),
+                hint: "Export or import one tenant per transaction.".into(),
+            });
+        }
+        check_archive(&archive)?;
+        let slug = tenant.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        if let Some(slug) = &slug {
+            crate::registry::tenants::validate_slug(slug)?;
+        }
+        let id = access::change(
+            "tenant_import",
+            None,
+            "SELECT multitenancy._tenant_import_begin($1, $2, $3)",
+            &[pgrx::JsonB(archive).into(), slug.into(), mode.into()],
+        )?
+        .and_then(|id| crate::uuid::parse(&id))
+        .ok_or_else(|| MtError::internal("moving::import_begin", "no tenant id"))?;
+        context::enter_move(id, true)?;
+        Ok(id)
+    };
+    run().or_raise()
+}
+
+/// Finish the import begun with `tenant_import_begin`: set the tenant's counters from its rows
+/// and end its context. Returns the rows and bytes the tenant holds per physical table.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_import_end() -> TableIterator<
+    'static,
+    (name!(table_name, String), name!(row_count, i64), name!(byte_count, i64)),
+> {
+    let run = || {
+        let moving = context::moving().filter(|m| m.import).ok_or_else(|| MtError::MoveState {
+            reason: "no import was begun in this transaction".into(),
+            hint: "Call SELECT multitenancy.tenant_import_begin(<manifest>) first, in the same transaction.".into(),
+        })?;
+        let rows = crate::registry::as_owner(|| {
+            Spi::connect_mut(|client| {
+                let found = client
+                    .update(
+                        "SELECT table_name::text, row_count, byte_count FROM multitenancy._tenant_import_end($1)",
+                        None,
+                        &[moving.tenant.into()],
+                    )
+                    .ctx("moving::import_end")?;
+                let mut rows = Vec::new();
+                for row in found {
+                    rows.push((
+                        row.get::<String>(1).ctx("table")?.unwrap_or_default(),
+                        row.get::<i64>(2).ctx("rows")?.unwrap_or(0),
+                        row.get::<i64>(3).ctx("bytes")?.unwrap_or(0),
+                    ));
+                }
+                Ok::<_, MtError>(rows)
+            })
+        })?;
+        let tables: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(table, rows, _)| (table.clone(), serde_json::json!(rows)))
+            .collect();
+        let total: i64 = rows.iter().map(|r| r.1).sum();
+        access::record("tenant_import_end", Some(moving.tenant), serde_json::json!({"rows": total, "tables": tables}))?;
+        context::leave_move();
+        Ok(rows)
+    };
+    TableIterator::new(run().or_raise())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn versions_compare_numerically() {
+        assert!(super::version("0.10.0") > super::version("0.9.9"));
+        assert_eq!(super::version("0.2.0-beta"), Some((0, 2, 0)));
+        assert_eq!(super::version("x"), None);
+    }
+}
