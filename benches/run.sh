@@ -18,16 +18,18 @@
 #   --rounds N    interleaved rounds per workload (default 5)
 #   --seconds N   length of one pgbench run (default 6; the first second is warm-up)
 #   --clients N   pgbench clients for workloads 1-4 (default 2; workloads 6 and 7 use 16)
-#   --only LIST   comma-separated subset of: 1,2,3,3b,4,6,7,enable,ddl
+#   --only LIST   comma-separated subset of: 1,2,3,3b,4,6,7,enable,ddl,move
 #
 # ddl (benches/ddl.sh) is a migration's DDL on 150 tenant-enabled tables against the same DDL
 # without the extension, in two databases of their own; it does not need the dataset above.
+# move (benches/move.sh, also runnable on its own) is mt-move's export and import of a tenant
+# with $MT_MOVE_ROWS rows (default 1 000 000) against a plain COPY to and from the same files.
 #
 # Not part of the test command; Debian 12, as root. Installs what is missing (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TENANTS=1000 ROWS=100 ROUNDS=5 SECS=6 CLIENTS=2 ONLY="1,2,3,3b,4,6,7,enable,ddl"
+TENANTS=1000 ROWS=100 ROUNDS=5 SECS=6 CLIENTS=2 ONLY="1,2,3,3b,4,6,7,enable,ddl,move"
 while [ $# -gt 0 ]; do
     case $1 in
         --tenants) TENANTS=$2; shift 2 ;;
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
-# Whether a workload on the dataset of benches/schema.sql is wanted (all but ddl).
+# Whether a workload on the dataset of benches/schema.sql is wanted (all but ddl and move).
 wants_dataset() { local w; for w in 1 2 3 3b 4 6 7 enable; do wants $w && return 0; done; return 1; }
 
 scripts/setup.sh
@@ -288,6 +290,12 @@ if wants ddl; then
     # shellcheck source=benches/ddl.sh
     . benches/ddl.sh
     run_ddl
+fi
+
+if wants move; then
+    # shellcheck source=benches/move.sh
+    . benches/move.sh
+    run_move
 fi
 
 row ""

@@ -115,6 +115,7 @@ REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 -- Moving tenants (mt-move): for the operator role a DBA grants them to.
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_rows(regclass, regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

@@ -41,9 +41,9 @@ ALTER EVENT TRIGGER multitenancy_guard_start ENABLE ALWAYS;
 
 -- The enabled tables a tenant's rows live in, parents before children (foreign keys between
 -- enabled tables), with what an export and an import need to know about each: the columns the
--- archive carries (all but tenant_id and generated columns), the single-column integer primary
--- key that an import may remap (global key scope, filled from a sequence), the foreign keys that
--- point at such keys, and every sequence-filled column. Partitions and inheritance children are
+-- archive carries (all but tenant_id and generated columns; with each its type and its base
+-- type), the primary key's integer column an import may remap (a key without tenant_id, filled
+-- from a sequence), the foreign keys to enabled tables, and every sequence-filled column. Partitions and inheritance children are
 -- read and written through their parent and are not listed. Catalog reads only.
 CREATE FUNCTION multitenancy.move_tables()
 RETURNS TABLE (load_order integer, table_name regclass, columns jsonb, remap_column text,
@@ -81,7 +81,13 @@ BEGIN
             load_order := v_pos;
             table_name := v_t::regclass;
             SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
-                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '')
+                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '',
+                                                         'base_type', (WITH RECURSIVE b(t) AS (
+                                                                           SELECT a.atttypid
+                                                                           UNION ALL SELECT y.typbasetype FROM b JOIN pg_type y ON y.oid = b.t
+                                                                            WHERE y.typtype = 'd')
+                                                                       SELECT format_type(b.t, NULL) FROM b JOIN pg_type y ON y.oid = b.t
+                                                                        WHERE y.typtype <> 'd'))
                                       ORDER BY a.attnum), '[]')
               INTO columns
               FROM pg_attribute a
@@ -97,14 +103,21 @@ BEGIN
                AND d.refobjid = v_t AND d.deptype IN ('a', 'i');
             remap_column := NULL;
             remap_sequence := NULL;
-            SELECT a.attname, (SELECT d.objid::regclass FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-                                WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                                  AND d.refobjid = v_t AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i'))
-              INTO remap_column, remap_sequence
-              FROM pg_constraint k
-              JOIN pg_attribute a ON a.attrelid = v_t AND a.attnum = k.conkey[1]
-             WHERE k.conrelid = v_t AND k.contype = 'p' AND cardinality(k.conkey) = 1
-               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype);
+            -- The primary key's one sequence-filled integer column, unless the key includes
+            -- tenant_id (then ids repeat per tenant and nothing collides).
+            SELECT min(x.col), min(x.seq::oid)::regclass INTO remap_column, remap_sequence
+              FROM (SELECT a.attname::text AS col,
+                           (SELECT d.objid FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                               AND d.refobjid = v_t AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i')) AS seq
+                      FROM pg_constraint k
+                      JOIN pg_attribute a ON a.attrelid = v_t AND a.attnum = ANY (k.conkey)
+                     WHERE k.conrelid = v_t AND k.contype = 'p'
+                       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                       AND NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = v_t AND t.attnum = ANY (k.conkey)
+                                          AND t.attname = 'tenant_id')) x
+             WHERE x.seq IS NOT NULL
+            HAVING count(*) = 1;
             IF remap_sequence IS NULL THEN
                 remap_column := NULL;
             END IF;
@@ -234,7 +247,8 @@ BEGIN
         'exported_at', now(),
         'tenant', jsonb_build_object('id', v_tenant.id, 'slug', v_tenant.slug, 'name', v_tenant.name,
                                      'status', v_tenant.status, 'plan', v_tenant.plan, 'settings', v_tenant.settings,
-                                     'status_reason', v_tenant.status_reason, 'created_at', v_tenant.created_at),
+                                     'status_reason', v_tenant.status_reason, 'deleted_at', v_tenant.deleted_at,
+                                     'created_at', v_tenant.created_at),
         'members', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'role', role, 'joined_at', joined_at,
                                                                  'invited_by', invited_by) ORDER BY user_id), '[]')
                       FROM multitenancy.members WHERE tenant_id = p_tenant),
@@ -258,7 +272,9 @@ $$;
 -- Start importing an archive (checked by the caller: format, version, import_check): as a new
 -- tenant (p_mode 'new': the archive's slug unless p_slug, the archive's id unless taken), or
 -- replacing an existing tenant's rows and registry entries ('replace': the tenant p_slug, or the
--- archive's slug). Returns the tenant's id as "result".
+-- tenant with the archive's id). The archive's registry entries are checked as the functions
+-- that make them check them; its domains arrive unverified (an operator verifies them again).
+-- Returns the tenant's id as "result".
 CREATE FUNCTION multitenancy._tenant_import_begin(p_archive jsonb, p_slug text, p_mode text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -266,32 +282,68 @@ DECLARE
     v_slug text := coalesce(p_slug, v_t->>'slug');
     v_id uuid;
     v_plan text := coalesce(v_t->>'plan', 'free');
+    v_status text := coalesce(v_t->>'status', 'active');
     v_deleted jsonb;
-    v_domain text;
+    v_had_owner boolean;
+    v_base text := multitenancy._base_domain();
+    v_bad text;
 BEGIN
+    IF jsonb_typeof(v_t) IS DISTINCT FROM 'object' THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY['it has no "tenant" object',
+            'Import a manifest written by tenant_export (mt-move export).']);
+    END IF;
     -- The archive's limits come with its plan: a plan missing here would silently lift them
     -- ('free', every tenant's default, needs no row).
     IF v_plan <> 'free' AND NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = v_plan) THEN
         PERFORM multitenancy._raise('plan_not_found', ARRAY[v_plan]);
+    END IF;
+    SELECT k INTO v_bad FROM jsonb_object_keys(coalesce(v_t->'settings', '{}')) k
+     WHERE k !~ '^[a-z0-9_.:-]{1,100}$' LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY[format('setting key %L is not [a-z0-9_.:-]{1,100}', v_bad),
+            'Fix the setting key in the archive''s manifest.json.']);
+    END IF;
+    SELECT u->>'key' INTO v_bad FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u
+     WHERE (u->>'used')::bigint < 0 OR (u->>'period')::date <> date_trunc('month', (u->>'period')::date)::date
+        OR NOT multitenancy._quota_is_metered(u->>'key') LIMIT 1;
+    IF FOUND THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY[format('metered usage of %L is not a count >= 0 of a metered key for the first day of a month', v_bad),
+            'Fix the metered usage in the archive''s manifest.json.']);
+    END IF;
+    SELECT d->>'domain' INTO v_bad FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d
+     WHERE multitenancy.domain_normalize(d->>'domain') IS DISTINCT FROM d->>'domain'
+        OR (v_base IS NOT NULL AND v_base <> '' AND (d->>'domain' = v_base OR d->>'domain' LIKE '%.' || v_base)) LIMIT 1;
+    IF FOUND THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY[format('domain %L is not a normalised custom domain outside multitenancy.base_domain', v_bad),
+            'Remove it from the archive''s manifest.json; hosts under the base domain route by slug.']);
     END IF;
     IF p_mode = 'new' THEN
         v_id := (v_t->>'id')::uuid;
         IF v_id IS NULL OR EXISTS (SELECT 1 FROM multitenancy.tenants WHERE id = v_id) THEN
             v_id := gen_random_uuid();
         END IF;
-        INSERT INTO multitenancy.tenants (id, slug, name, status, plan, settings, status_reason)
-        VALUES (v_id, v_slug, coalesce(v_t->>'name', v_slug), coalesce(v_t->>'status', 'active'), v_plan,
-                coalesce(v_t->'settings', '{}'), v_t->>'status_reason')
+        INSERT INTO multitenancy.tenants (id, slug, name, status, plan, settings, status_reason, deleted_at)
+        VALUES (v_id, v_slug, coalesce(v_t->>'name', v_slug), v_status, v_plan, coalesce(v_t->'settings', '{}'),
+                v_t->>'status_reason',
+                CASE WHEN v_status = 'deleted' THEN coalesce((v_t->>'deleted_at')::timestamptz, now()) END)
         ON CONFLICT (slug) DO NOTHING;
         IF NOT FOUND THEN
             PERFORM multitenancy._raise('slug_taken', ARRAY[v_slug]);
         END IF;
     ELSE
-        SELECT id INTO v_id FROM multitenancy.tenants WHERE slug = v_slug;
+        SELECT id INTO v_id FROM multitenancy.tenants
+         WHERE CASE WHEN p_slug IS NULL THEN id = (v_t->>'id')::uuid ELSE slug = p_slug END;
         IF v_id IS NULL THEN
-            PERFORM multitenancy._raise('tenant_not_found', ARRAY[v_slug]);
+            PERFORM multitenancy._raise('tenant_not_found', ARRAY[coalesce(p_slug, v_t->>'id')]);
         END IF;
-        PERFORM multitenancy._lock_tenant(v_id);
+        v_slug := multitenancy._lock_tenant(v_id);
+        -- Writers of the tenant finish first, and wait until this import commits.
+        PERFORM multitenancy._usage_lock(v_id);
+        v_had_owner := EXISTS (SELECT 1 FROM multitenancy.members WHERE tenant_id = v_id AND role = 'owner');
+        IF v_had_owner AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(p_archive->'members', '[]')) m
+                                        WHERE m->>'role' = 'owner') THEN
+            PERFORM multitenancy._raise('last_owner', ARRAY['remove', v_slug]);
+        END IF;
         v_deleted := multitenancy._tenant_rows_delete(v_id, v_slug);
         DELETE FROM multitenancy.members WHERE tenant_id = v_id;
         DELETE FROM multitenancy.domains WHERE tenant_id = v_id;
@@ -304,17 +356,18 @@ BEGIN
     INSERT INTO multitenancy.members (tenant_id, user_id, role, joined_at, invited_by)
     SELECT v_id, (m->>'user_id')::uuid, m->>'role', coalesce((m->>'joined_at')::timestamptz, now()), (m->>'invited_by')::uuid
       FROM jsonb_array_elements(coalesce(p_archive->'members', '[]')) m;
-    FOR v_domain IN SELECT d->>'domain' FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d LOOP
-        IF EXISTS (SELECT 1 FROM multitenancy.domains WHERE domain = v_domain) THEN
-            PERFORM multitenancy._raise('domain_taken', ARRAY[v_domain]);
+    FOR v_bad IN SELECT d->>'domain' FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d LOOP
+        IF EXISTS (SELECT 1 FROM multitenancy.domains WHERE domain = v_bad) THEN
+            PERFORM multitenancy._raise('domain_taken', ARRAY[v_bad]);
         END IF;
     END LOOP;
     INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token, verified_at, created_at)
-    SELECT d->>'domain', v_id, coalesce((d->>'is_primary')::boolean, false), d->>'verification_token',
-           (d->>'verified_at')::timestamptz, coalesce((d->>'created_at')::timestamptz, now())
+    SELECT d->>'domain', v_id, coalesce((d->>'is_primary')::boolean, false), d->>'verification_token', NULL,
+           coalesce((d->>'created_at')::timestamptz, now())
       FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d;
     INSERT INTO multitenancy.quotas (tenant_id, key, quota)
-    SELECT v_id, q->>'key', (q->>'quota')::bigint FROM jsonb_array_elements(coalesce(p_archive->'quotas', '[]')) q;
+    SELECT v_id, multitenancy._quota_key(q->>'key'), (q->>'quota')::bigint
+      FROM jsonb_array_elements(coalesce(p_archive->'quotas', '[]')) q;
     INSERT INTO multitenancy.metered_usage (tenant_id, key, period, used)
     SELECT v_id, u->>'key', (u->>'period')::date, (u->>'used')::bigint
       FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u;
@@ -397,6 +450,7 @@ CREATE  FUNCTION "tenant_export"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_export_wrapper';
+
 CREATE  FUNCTION "tenant_import_begin"(
 	"archive" jsonb, /* Option < pgrx :: JsonB > */
 	"tenant" TEXT DEFAULT NULL, /* Option < & str > */
@@ -405,6 +459,15 @@ CREATE  FUNCTION "tenant_import_begin"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_import_begin_wrapper';
+
+CREATE  FUNCTION "tenant_import_rows"(
+	"tbl" regclass, /* Option < crate :: catalog :: Regclass > */
+	"staging" regclass /* Option < crate :: catalog :: Regclass > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_import_rows_wrapper';
+
 CREATE  FUNCTION "tenant_import_end"() RETURNS TABLE (
 	"table_name" TEXT,  /* String */
 	"row_count" bigint,  /* i64 */
@@ -420,6 +483,7 @@ REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_begin(jsonb, text, text) 
 REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_end(uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_rows(regclass, regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

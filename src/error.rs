@@ -158,6 +158,8 @@ pub enum MtError {
     ArchiveUnsupported { reason: String, hint: String },
     /// An archive's tables do not fit this database's (see `import_check`).
     ArchiveMismatch { problems: Vec<String>, missing_table: bool },
+    /// A write of an enabled table in a transaction that exports a tenant.
+    ExportReadOnly { table: String },
     /// A move function called in the wrong state (no import begun, one already begun).
     MoveState { reason: String, hint: String },
     Internal { context: &'static str, error: String },
@@ -242,6 +244,7 @@ impl MtError {
             MtError::ArchiveMismatch { missing_table: true, .. } => ERRCODE_UNDEFINED_TABLE,
             MtError::ArchiveMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
             MtError::MoveState { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            MtError::ExportReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             MtError::Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -432,6 +435,9 @@ impl MtError {
                 format!("the archive does not fit this database's tables: {} problem(s)", problems.len())
             }
             MtError::MoveState { reason, .. } => reason.clone(),
+            MtError::ExportReadOnly { table } => {
+                format!("cannot write table \"{table}\": this transaction exports a tenant (tenant_export), which only reads")
+            }
             MtError::Internal { context, error } => format!("multitenancy internal error in {context}: {error}"),
         }
     }
@@ -722,6 +728,9 @@ impl MtError {
                 "List the keys with SELECT * FROM multitenancy.signing_key_list().".into()
             }
             MtError::ArchiveUnsupported { hint, .. } | MtError::MoveState { hint, .. } => hint.clone(),
+            MtError::ExportReadOnly { .. } => "Write in another transaction; an export reads one tenant's rows in any status, \
+                as they are."
+                .into(),
             MtError::ArchiveMismatch { .. } => "Bring the tables to the same shape first (run the migrations of the \
                 archive's source on the target, or the other way round), then import again. \
                 SELECT * FROM multitenancy.import_check(<manifest>) lists the problems."
@@ -809,6 +818,7 @@ fn _raise(kind: Option<&str>, args: Option<Vec<Option<String>>>) {
         "signing_key_exists" => MtError::SigningKeyExists { name: arg(0) },
         "signing_key_not_found" => MtError::SigningKeyNotFound { name: arg(0) },
         "tenant_not_found" => MtError::TenantNotFound { tenant: arg(0) },
+        "archive_invalid" => MtError::InvalidArgument { message: format!("invalid archive: {}", arg(0)), hint: arg(1) },
         other => MtError::InvalidArgument {
             message: format!("unknown error kind \"{}\"", clip(other)),
             hint: "multitenancy._raise is the extension's own way to raise its errors; see src/error.rs.".into(),

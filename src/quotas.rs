@@ -406,6 +406,9 @@ unsafe fn check_trigger(data: &pg_sys::TriggerData, spec_index: usize) -> Result
     if crate::context::admin::admin_mode().is_some_and(|m| !m.write) {
         return Err(MtError::AdminReadOnly { table: relation_name(rel) });
     }
+    if crate::context::moving().is_some_and(|m| !m.import) {
+        return Err(MtError::ExportReadOnly { table: relation_name(rel) });
+    }
     if CHECKED.with(|c| c.borrow().contains(&relid.to_u32())) {
         return Ok(());
     }

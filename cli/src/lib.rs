@@ -120,9 +120,13 @@ enum Command {
         archive: PathBuf,
         #[arg(long = "as", value_name = "SLUG")]
         as_slug: Option<String>,
-        /// Restore: replace the tenant's rows and registry entries.
+        /// Restore: replace the rows and registry entries of the tenant with the archive's id
+        /// (or of the tenant --as names).
         #[arg(long)]
         replace: bool,
+        /// Leave the archive's custom domains out (a copy next to the original in one database).
+        #[arg(long)]
+        skip_domains: bool,
         #[arg(long, value_enum, default_value = "keep")]
         ids: Ids,
         /// Check and print the plan; write nothing.
@@ -205,7 +209,7 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
             reports.push(json!({"export": tenant, "archive": archive, "tables": manifest["tables"]}));
             Ok(())
         }
-        Command::Import { to, archive, as_slug, replace, ids, dry_run } => {
+        Command::Import { to, archive, as_slug, replace, skip_domains, ids, dry_run } => {
             let mut client = connect(to)?;
             let options = Options {
                 slug: as_slug.clone(),
@@ -214,6 +218,7 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                 dry_run: *dry_run,
                 reason: cli.reason.clone(),
                 activate: false,
+                skip_domains: *skip_domains,
             };
             let report = import_archive(&mut client, archive, &options, ui);
             finish(report, reports)
@@ -226,6 +231,7 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                 dry_run: *dry_run,
                 reason: cli.reason.clone(),
                 activate: false,
+                skip_domains: false,
             };
             let report = move_tenant(from, to, tenant, archive, *keep_source, options, ui);
             finish(report, reports)
@@ -250,6 +256,7 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                 dry_run: *dry_run,
                 reason: cli.reason.clone(),
                 activate: false,
+                skip_domains: false,
             };
             let mut target = connect(to)?;
             let mut failure = None;
@@ -554,12 +561,16 @@ pub struct Options {
     pub reason: String,
     /// Activate the tenant after the import (a move of an active tenant, suspended at its source).
     pub activate: bool,
+    /// Leave the archive's custom domains out.
+    pub skip_domains: bool,
 }
 
 /// A target table as `move_tables()` describes it.
 struct Target {
     name: String,
     columns: Vec<String>,
+    /// (column, its type with domains resolved to their base type)
+    base_types: Vec<(String, String)>,
     remap_column: Option<String>,
     remap_sequence: Option<String>,
     /// (column, referenced table, referenced column)
@@ -583,6 +594,12 @@ fn targets(t: &mut Transaction<'_>) -> Result<Vec<Target>> {
             Target {
                 name: r.get(0),
                 columns: column_names(&json!({ "columns": columns })),
+                base_types: columns
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c["base_type"].as_str().unwrap_or("text").to_string()))
+                    .collect(),
                 remap_column: r.get(2),
                 remap_sequence: r.get(3),
                 refs: refs
@@ -618,7 +635,10 @@ pub fn import_archive(
     options: &Options,
     ui: &Ui,
 ) -> std::result::Result<Value, (Option<Value>, Failure)> {
-    let manifest = read_manifest(dir).map_err(|e| (None, e))?;
+    let mut manifest = read_manifest(dir).map_err(|e| (None, e))?;
+    if options.skip_domains {
+        manifest["domains"] = json!([]);
+    }
     let dir = dir.to_path_buf();
     let mut feed = move |_i: usize, table: &Value, out: &mut dyn Write, meter: &mut Meter| -> Result<()> {
         let file = table["file"].as_str().unwrap_or_default();
@@ -694,11 +714,11 @@ fn import_in(
         if let Some(c) = columns.iter().find(|c| !targets[ti].columns.contains(c)) {
             return Err(refused(format!("column {c} of {name} is not in the target table")));
         }
+        // Staged as text: no type's code runs as the importer; tenant_import_rows casts each
+        // value to its column's type as the table's owner.
         let list = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        t.batch_execute(&format!(
-            "CREATE TEMPORARY TABLE mt_stage_{i} ON COMMIT DROP AS SELECT {list} FROM {} WITH NO DATA",
-            targets[ti].name
-        ))?;
+        let defs = columns.iter().map(|c| format!("{} text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+        t.batch_execute(&format!("CREATE TEMPORARY TABLE mt_stage_{i} ({defs}) ON COMMIT DROP"))?;
         let expected = table["rows"].as_u64();
         let mut meter = Meter::new(ui.bar(name, expected));
         let mut writer = t.copy_in(&format!("COPY mt_stage_{i} ({list}) FROM STDIN (FORMAT csv, HEADER)"))?;
@@ -735,14 +755,17 @@ fn import_in(
         let mut examples = Vec::<String>::new();
         for key in keys {
             let key: Vec<String> = key.get(0);
-            if remap && key.len() == 1 && Some(&key[0]) == target.remap_column.as_ref() {
+            if remap && key.iter().any(|k| Some(k) == target.remap_column.as_ref()) {
                 continue;
             }
             if !key.iter().all(|k| columns.contains(k)) {
                 continue;
             }
-            let on = key.iter().map(|k| format!("t.{0} = s.{0}", quote_ident(k))).collect::<Vec<_>>().join(" AND ");
-            let shown = key.iter().map(|k| format!("s.{}::text", quote_ident(k))).collect::<Vec<_>>().join(" || ',' || ");
+            let base = |k: &String| {
+                target.base_types.iter().find(|(c, _)| c == k).map(|(_, b)| b.clone()).unwrap_or_else(|| "text".into())
+            };
+            let on = key.iter().map(|k| format!("t.{0} = s.{0}::{1}", quote_ident(k), base(k))).collect::<Vec<_>>().join(" AND ");
+            let shown = key.iter().map(|k| format!("s.{}", quote_ident(k))).collect::<Vec<_>>().join(" || ',' || ");
             let row = t.query_one(
                 &format!(
                     "SELECT count(*), (pg_catalog.array_agg({shown}))[1:3] FROM mt_stage_{i} s \
@@ -825,67 +848,66 @@ fn import_in(
             ))?;
             t.execute(
                 &format!(
-                    "INSERT INTO mt_map_{i} SELECT s.{column}, pg_catalog.nextval(pg_catalog.to_regclass($1)) \
-                       FROM mt_stage_{i} s ORDER BY s.{column}"
+                    "INSERT INTO mt_map_{i} SELECT s.{column}::bigint, pg_catalog.nextval(pg_catalog.to_regclass($1)) \
+                       FROM mt_stage_{i} s ORDER BY s.{column}::bigint"
                 ),
                 &[&target.remap_sequence],
             )?;
             maps[*ti] = Some(*i);
         }
     }
+    // Rewrite the staged ids through the maps (every map was made from the ids as staged).
+    for (i, ti, columns, _) in &staged {
+        let target = &targets[*ti];
+        for column in columns {
+            let q = quote_ident(column);
+            let referenced = target.refs.iter().find_map(|(c, table, _)| {
+                (c == column).then(|| targets.iter().position(|x| &x.name == table)).flatten().filter(|r| maps[*r].is_some() || remapped_elsewhere(&targets, options, *r))
+            });
+            let map = match referenced {
+                Some(r) => Some((r, maps[r])),
+                None if maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str()) => Some((*ti, maps[*ti])),
+                None => None,
+            };
+            let Some((r, map)) = map else { continue };
+            let dangling: i64 = match map {
+                Some(m) => t
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM mt_stage_{i} s WHERE s.{q} IS NOT NULL \
+                               AND NOT EXISTS (SELECT 1 FROM mt_map_{m} m WHERE m.old_id = s.{q}::bigint)"
+                        ),
+                        &[],
+                    )?
+                    .get(0),
+                None => t.query_one(&format!("SELECT count(*) FROM mt_stage_{i} s WHERE s.{q} IS NOT NULL"), &[])?.get(0),
+            };
+            if dangling > 0 {
+                return Err(refused(format!(
+                    "{}: {dangling} row(s) reference {} rows that are not in the source (column {column})",
+                    target.name, targets[r].name
+                )));
+            }
+            if let Some(m) = map {
+                t.execute(
+                    &format!("UPDATE mt_stage_{i} s SET {q} = m.new_id::text FROM mt_map_{m} m WHERE m.old_id = s.{q}::bigint"),
+                    &[],
+                )?;
+            }
+        }
+    }
     let mut written = Vec::new();
     for (i, ti, columns, _) in &staged {
         let target = &targets[*ti];
-        let mut joins = String::new();
-        let mut exprs = Vec::new();
-        for column in columns {
-            let q = quote_ident(column);
-            let reference = target
-                .refs
-                .iter()
-                .find(|(c, table, _)| c == column && targets.iter().position(|x| &x.name == table).is_some_and(|r| remapped_target(&maps, r)));
-            if let Some((_, table, _)) = reference {
-                let r = targets.iter().position(|x| &x.name == table).unwrap_or(0);
-                let alias = format!("m{}", exprs.len());
-                match maps[r] {
-                    Some(m) => {
-                        let dangling: i64 = t
-                            .query_one(
-                                &format!(
-                                    "SELECT count(*) FROM mt_stage_{i} s WHERE s.{q} IS NOT NULL \
-                                       AND NOT EXISTS (SELECT 1 FROM mt_map_{m} m WHERE m.old_id = s.{q})"
-                                ),
-                                &[],
-                            )?
-                            .get(0);
-                        if dangling > 0 {
-                            return Err(refused(format!(
-                                "{}: {dangling} row(s) reference {table} rows that are not in the source (column {column})",
-                                target.name
-                            )));
-                        }
-                        joins += &format!(" LEFT JOIN mt_map_{m} {alias} ON {alias}.old_id = s.{q}");
-                        exprs.push(format!("{alias}.new_id"));
-                    }
-                    None => exprs.push(format!("s.{q}")),
-                }
-            } else if maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str()) {
-                joins += &format!(" JOIN mt_map_{i} self ON self.old_id = s.{q}");
-                exprs.push("self.new_id".to_string());
-            } else {
-                exprs.push(format!("s.{q}"));
-            }
-        }
-        let list = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         let bar = ui.bar(&format!("insert {}", target.name), None);
-        let n = t.execute(
-            &format!(
-                "INSERT INTO {} ({list}) OVERRIDING SYSTEM VALUE SELECT {} FROM mt_stage_{i} s{joins}",
-                target.name,
-                exprs.join(", ")
-            ),
-            &[],
-        )?;
+        // As the table's owner, through the tenant's row level security (the extension's
+        // sanctioned write path).
+        let n: i64 = t
+            .query_one(
+                "SELECT multitenancy.tenant_import_rows(pg_catalog.to_regclass($1), pg_catalog.to_regclass($2))",
+                &[&target.name, &format!("pg_temp.mt_stage_{i}")],
+            )?
+            .get(0);
         bar.finish_and_clear();
         ui.log(&format!("inserted {}: {n} rows", target.name));
         // Sequences past the imported ids (remapped ids came from the sequence itself).
@@ -895,14 +917,14 @@ fn import_in(
             }
             t.execute(
                 &format!(
-                    "SELECT pg_catalog.setval(pg_catalog.to_regclass($1), x.m) FROM (SELECT max(s.{})::bigint AS m FROM mt_stage_{i} s) x \
+                    "SELECT pg_catalog.setval(pg_catalog.to_regclass($1), x.m) FROM (SELECT max(s.{}::bigint) AS m FROM mt_stage_{i} s) x \
                       WHERE x.m > coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($1)), 0)",
                     quote_ident(column)
                 ),
                 &[sequence],
             )?;
         }
-        written.push((target.name.clone(), n));
+        written.push((target.name.clone(), n as u64));
     }
     let end = t.query("SELECT table_name, row_count, byte_count FROM multitenancy.tenant_import_end()", &[])?;
     if options.activate {
@@ -923,8 +945,10 @@ fn import_in(
     Ok(())
 }
 
-fn remapped_target(maps: &[Option<usize>], r: usize) -> bool {
-    maps[r].is_some()
+/// A table whose ids this import remaps although the archive has no rows of it (its map is
+/// empty: every reference to it dangles).
+fn remapped_elsewhere(targets: &[Target], options: &Options, r: usize) -> bool {
+    options.ids == Ids::Remap && targets[r].remap_column.is_some() && targets[r].remap_sequence.is_some()
 }
 
 mod uuid_text {

@@ -367,13 +367,19 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/registry/tenants.rs:186
+-- src/quotas.rs:261
 -- requires:
 --   bootstrap
 
 
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -388,19 +394,13 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:261
+-- src/registry/tenants.rs:186
 -- requires:
 --   bootstrap
 
 
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -473,7 +473,7 @@ AS 'MODULE_PATHNAME', '_purge_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:824
+-- src/quotas.rs:827
 -- multitenancy::quotas::_quota_exceeded
 CREATE  FUNCTION "_quota_exceeded"(
 	"tenant" uuid, /* pgrx :: Uuid */
@@ -499,7 +499,7 @@ AS 'MODULE_PATHNAME', '_quota_is_metered_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/error.rs:779
+-- src/error.rs:788
 -- multitenancy::error::_raise
 CREATE  FUNCTION "_raise"(
 	"kind" TEXT, /* Option < & str > */
@@ -555,7 +555,7 @@ AS 'MODULE_PATHNAME', '_slug_valid_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:593
+-- src/quotas.rs:596
 -- multitenancy::quotas::_usage_lock
 CREATE  FUNCTION "_usage_lock"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -566,7 +566,7 @@ AS 'MODULE_PATHNAME', '_usage_lock_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:814
+-- src/quotas.rs:817
 -- multitenancy::quotas::_usage_settle
 CREATE  FUNCTION "_usage_settle"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -603,7 +603,7 @@ AS 'MODULE_PATHNAME', 'admin_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:545
+-- src/context/mod.rs:563
 -- multitenancy::context::current_tenant_id
 CREATE  FUNCTION "current_tenant_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -612,7 +612,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:552
+-- src/context/mod.rs:570
 -- multitenancy::context::current_tenant_id_or_null
 CREATE  FUNCTION "current_tenant_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -621,7 +621,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_or_null_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:558
+-- src/context/mod.rs:576
 -- multitenancy::context::current_user_id
 CREATE  FUNCTION "current_user_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -691,112 +691,176 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:41
+-- src/lib.rs:42
 -- requires:
 --   tenants
+--   current_tenant_id
 --   tenants::access::_readable_tenant
 
--- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
--- listing them. Internal functions as described in sql/tenants.sql.
+-- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
+-- per-tenant settings. Internal functions as described in sql/tenants.sql.
 
-CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
-                                         p_by uuid) RETURNS jsonb
+CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_quota bigint;
-    v_members bigint;
+    v_from text;
 BEGIN
-    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
+    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_status THEN
+        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
     END IF;
-    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
-    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
+    IF p_status = 'suspended' AND v_from <> 'active' THEN
+        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
     END IF;
-    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
-    v_quota := multitenancy._quota(p_tenant, 'members');
-    IF v_quota IS NOT NULL THEN
-        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
-        IF v_members > v_quota THEN
-            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
-        END IF;
-    END IF;
-    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
+    UPDATE multitenancy.tenants
+       SET status = p_status,
+           status_reason = p_reason
+     WHERE id = p_tenant;
+    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
 END
 $$;
 
-CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
-                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
-        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
-    END IF;
-END
-$$;
-
--- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
--- when the user is not a member.
-CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    slug := multitenancy._lock_tenant(p_tenant);
-    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
-    IF role IS NULL THEN
-        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
-    END IF;
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
+CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_slug text;
-    v_role text;
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_status text;
+    v_deleted jsonb;
 BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = 'owner' THEN
-        IF p_may_manage_owners IS NOT TRUE THEN
-            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
-        END IF;
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
+    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_status <> 'deleted' THEN
+        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
     END IF;
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
+    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
+        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
+    END IF;
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
 END
 $$;
 
-CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
-RETURNS jsonb
+CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_slug text;
-    v_role text;
+    v_old multitenancy.tenants;
 BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = p_role THEN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
         RETURN NULL;
     END IF;
-    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
-    END IF;
-    IF v_role = 'owner' THEN
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
-    END IF;
-    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
+    BEGIN
+        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
+    END;
+    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
+                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
 END
 $$;
 
-CREATE FUNCTION multitenancy.member_list(tenant text)
-RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
+CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
+    END IF;
+    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_plan THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
+END
+$$;
+
+CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.plans;
+BEGIN
+    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
+        PERFORM multitenancy._raise('plan_not_objects', '{}');
+    END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
+    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
+    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.plans (name, limits, features)
+    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
+    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
+                              'created', v_old.name IS NULL);
+END
+$$;
+
+CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old jsonb;
+BEGIN
+    IF p_key IS NULL THEN
+        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
+    END IF;
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old IS NOT DISTINCT FROM p_value THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants
+       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
+                           ELSE settings || jsonb_build_object(p_key, p_value) END
+     WHERE id = p_tenant;
+    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
+END
+$$;
+
+CREATE FUNCTION multitenancy.setting_list(tenant text)
+RETURNS TABLE (key text, value jsonb, source text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT m.user_id, m.role, m.joined_at, m.invited_by
-      FROM multitenancy.members m
-     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
+    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
+         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
+    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
+    UNION ALL
+    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
+     WHERE NOT (SELECT t.settings ? d.key FROM t)
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
+      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
+     WHERE t.id = multitenancy.current_tenant_id()
+$$;
+
+CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
 $$;
 /* </end connected objects> */
 
@@ -1126,291 +1190,6 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:47
--- requires:
---   tenants
---   tenants::access::_readable_tenant
---   gucs::_base_domain
-
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
-
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
-    END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_row multitenancy.domains;
-BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('domain', p_domain);
-END
-$$;
-
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
-$$;
-
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:42
--- requires:
---   tenants
---   current_tenant_id
---   tenants::access::_readable_tenant
-
--- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
--- per-tenant settings. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_status THEN
-        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
-    END IF;
-    IF p_status = 'suspended' AND v_from <> 'active' THEN
-        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
-    END IF;
-    UPDATE multitenancy.tenants
-       SET status = p_status,
-           status_reason = p_reason
-     WHERE id = p_tenant;
-    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_status text;
-    v_deleted jsonb;
-BEGIN
-    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_status <> 'deleted' THEN
-        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
-    END IF;
-    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
-        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
-    END IF;
-    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
-    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
-    -- Counted rows of this transaction not yet written are gone with the counters.
-    PERFORM multitenancy._usage_settle(p_tenant);
-    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
-    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
-                              'tables', v_deleted->'tables');
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.tenants;
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
-        RETURN NULL;
-    END IF;
-    BEGIN
-        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
-    EXCEPTION WHEN unique_violation THEN
-        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
-    END;
-    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
-                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
-        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
-    END IF;
-    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_plan THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
-    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
-END
-$$;
-
-CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.plans;
-BEGIN
-    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
-        PERFORM multitenancy._raise('plan_not_objects', '{}');
-    END IF;
-    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
-    -- unlimited.
-    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
-                WHERE NOT (jsonb_typeof(l.value) = 'null'
-                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
-                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
-        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
-    END IF;
-    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
-      FROM jsonb_each(coalesce(p_limits, '{}')) l;
-    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
-    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO multitenancy.plans (name, limits, features)
-    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
-    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
-    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
-                              'created', v_old.name IS NULL);
-END
-$$;
-
-CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old jsonb;
-BEGIN
-    IF p_key IS NULL THEN
-        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
-    END IF;
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old IS NOT DISTINCT FROM p_value THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants
-       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
-                           ELSE settings || jsonb_build_object(p_key, p_value) END
-     WHERE id = p_tenant;
-    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
-END
-$$;
-
-CREATE FUNCTION multitenancy.setting_list(tenant text)
-RETURNS TABLE (key text, value jsonb, source text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
-         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
-    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
-    UNION ALL
-    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
-     WHERE NOT (SELECT t.settings ? d.key FROM t)
-    ORDER BY 1
-$$;
-
-CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
-      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
-     WHERE t.id = multitenancy.current_tenant_id()
-$$;
-
-CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
 -- src/lib.rs:59
 -- requires:
 --   lifecycle
@@ -1423,9 +1202,9 @@ $$;
 
 -- The enabled tables a tenant's rows live in, parents before children (foreign keys between
 -- enabled tables), with what an export and an import need to know about each: the columns the
--- archive carries (all but tenant_id and generated columns), the single-column integer primary
--- key that an import may remap (global key scope, filled from a sequence), the foreign keys that
--- point at such keys, and every sequence-filled column. Partitions and inheritance children are
+-- archive carries (all but tenant_id and generated columns; with each its type and its base
+-- type), the primary key's integer column an import may remap (a key without tenant_id, filled
+-- from a sequence), the foreign keys to enabled tables, and every sequence-filled column. Partitions and inheritance children are
 -- read and written through their parent and are not listed. Catalog reads only.
 CREATE FUNCTION multitenancy.move_tables()
 RETURNS TABLE (load_order integer, table_name regclass, columns jsonb, remap_column text,
@@ -1463,7 +1242,13 @@ BEGIN
             load_order := v_pos;
             table_name := v_t::regclass;
             SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
-                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '')
+                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '',
+                                                         'base_type', (WITH RECURSIVE b(t) AS (
+                                                                           SELECT a.atttypid
+                                                                           UNION ALL SELECT y.typbasetype FROM b JOIN pg_type y ON y.oid = b.t
+                                                                            WHERE y.typtype = 'd')
+                                                                       SELECT format_type(b.t, NULL) FROM b JOIN pg_type y ON y.oid = b.t
+                                                                        WHERE y.typtype <> 'd'))
                                       ORDER BY a.attnum), '[]')
               INTO columns
               FROM pg_attribute a
@@ -1479,14 +1264,21 @@ BEGIN
                AND d.refobjid = v_t AND d.deptype IN ('a', 'i');
             remap_column := NULL;
             remap_sequence := NULL;
-            SELECT a.attname, (SELECT d.objid::regclass FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-                                WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                                  AND d.refobjid = v_t AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i'))
-              INTO remap_column, remap_sequence
-              FROM pg_constraint k
-              JOIN pg_attribute a ON a.attrelid = v_t AND a.attnum = k.conkey[1]
-             WHERE k.conrelid = v_t AND k.contype = 'p' AND cardinality(k.conkey) = 1
-               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype);
+            -- The primary key's one sequence-filled integer column, unless the key includes
+            -- tenant_id (then ids repeat per tenant and nothing collides).
+            SELECT min(x.col), min(x.seq::oid)::regclass INTO remap_column, remap_sequence
+              FROM (SELECT a.attname::text AS col,
+                           (SELECT d.objid FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                               AND d.refobjid = v_t AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i')) AS seq
+                      FROM pg_constraint k
+                      JOIN pg_attribute a ON a.attrelid = v_t AND a.attnum = ANY (k.conkey)
+                     WHERE k.conrelid = v_t AND k.contype = 'p'
+                       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                       AND NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = v_t AND t.attnum = ANY (k.conkey)
+                                          AND t.attname = 'tenant_id')) x
+             WHERE x.seq IS NOT NULL
+            HAVING count(*) = 1;
             IF remap_sequence IS NULL THEN
                 remap_column := NULL;
             END IF;
@@ -1616,7 +1408,8 @@ BEGIN
         'exported_at', now(),
         'tenant', jsonb_build_object('id', v_tenant.id, 'slug', v_tenant.slug, 'name', v_tenant.name,
                                      'status', v_tenant.status, 'plan', v_tenant.plan, 'settings', v_tenant.settings,
-                                     'status_reason', v_tenant.status_reason, 'created_at', v_tenant.created_at),
+                                     'status_reason', v_tenant.status_reason, 'deleted_at', v_tenant.deleted_at,
+                                     'created_at', v_tenant.created_at),
         'members', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'role', role, 'joined_at', joined_at,
                                                                  'invited_by', invited_by) ORDER BY user_id), '[]')
                       FROM multitenancy.members WHERE tenant_id = p_tenant),
@@ -1640,7 +1433,9 @@ $$;
 -- Start importing an archive (checked by the caller: format, version, import_check): as a new
 -- tenant (p_mode 'new': the archive's slug unless p_slug, the archive's id unless taken), or
 -- replacing an existing tenant's rows and registry entries ('replace': the tenant p_slug, or the
--- archive's slug). Returns the tenant's id as "result".
+-- tenant with the archive's id). The archive's registry entries are checked as the functions
+-- that make them check them; its domains arrive unverified (an operator verifies them again).
+-- Returns the tenant's id as "result".
 CREATE FUNCTION multitenancy._tenant_import_begin(p_archive jsonb, p_slug text, p_mode text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1648,32 +1443,68 @@ DECLARE
     v_slug text := coalesce(p_slug, v_t->>'slug');
     v_id uuid;
     v_plan text := coalesce(v_t->>'plan', 'free');
+    v_status text := coalesce(v_t->>'status', 'active');
     v_deleted jsonb;
-    v_domain text;
+    v_had_owner boolean;
+    v_base text := multitenancy._base_domain();
+    v_bad text;
 BEGIN
+    IF jsonb_typeof(v_t) IS DISTINCT FROM 'object' THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY['it has no "tenant" object',
+            'Import a manifest written by tenant_export (mt-move export).']);
+    END IF;
     -- The archive's limits come with its plan: a plan missing here would silently lift them
     -- ('free', every tenant's default, needs no row).
     IF v_plan <> 'free' AND NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = v_plan) THEN
         PERFORM multitenancy._raise('plan_not_found', ARRAY[v_plan]);
+    END IF;
+    SELECT k INTO v_bad FROM jsonb_object_keys(coalesce(v_t->'settings', '{}')) k
+     WHERE k !~ '^[a-z0-9_.:-]{1,100}$' LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY[format('setting key %L is not [a-z0-9_.:-]{1,100}', v_bad),
+            'Fix the setting key in the archive''s manifest.json.']);
+    END IF;
+    SELECT u->>'key' INTO v_bad FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u
+     WHERE (u->>'used')::bigint < 0 OR (u->>'period')::date <> date_trunc('month', (u->>'period')::date)::date
+        OR NOT multitenancy._quota_is_metered(u->>'key') LIMIT 1;
+    IF FOUND THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY[format('metered usage of %L is not a count >= 0 of a metered key for the first day of a month', v_bad),
+            'Fix the metered usage in the archive''s manifest.json.']);
+    END IF;
+    SELECT d->>'domain' INTO v_bad FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d
+     WHERE multitenancy.domain_normalize(d->>'domain') IS DISTINCT FROM d->>'domain'
+        OR (v_base IS NOT NULL AND v_base <> '' AND (d->>'domain' = v_base OR d->>'domain' LIKE '%.' || v_base)) LIMIT 1;
+    IF FOUND THEN
+        PERFORM multitenancy._raise('archive_invalid', ARRAY[format('domain %L is not a normalised custom domain outside multitenancy.base_domain', v_bad),
+            'Remove it from the archive''s manifest.json; hosts under the base domain route by slug.']);
     END IF;
     IF p_mode = 'new' THEN
         v_id := (v_t->>'id')::uuid;
         IF v_id IS NULL OR EXISTS (SELECT 1 FROM multitenancy.tenants WHERE id = v_id) THEN
             v_id := gen_random_uuid();
         END IF;
-        INSERT INTO multitenancy.tenants (id, slug, name, status, plan, settings, status_reason)
-        VALUES (v_id, v_slug, coalesce(v_t->>'name', v_slug), coalesce(v_t->>'status', 'active'), v_plan,
-                coalesce(v_t->'settings', '{}'), v_t->>'status_reason')
+        INSERT INTO multitenancy.tenants (id, slug, name, status, plan, settings, status_reason, deleted_at)
+        VALUES (v_id, v_slug, coalesce(v_t->>'name', v_slug), v_status, v_plan, coalesce(v_t->'settings', '{}'),
+                v_t->>'status_reason',
+                CASE WHEN v_status = 'deleted' THEN coalesce((v_t->>'deleted_at')::timestamptz, now()) END)
         ON CONFLICT (slug) DO NOTHING;
         IF NOT FOUND THEN
             PERFORM multitenancy._raise('slug_taken', ARRAY[v_slug]);
         END IF;
     ELSE
-        SELECT id INTO v_id FROM multitenancy.tenants WHERE slug = v_slug;
+        SELECT id INTO v_id FROM multitenancy.tenants
+         WHERE CASE WHEN p_slug IS NULL THEN id = (v_t->>'id')::uuid ELSE slug = p_slug END;
         IF v_id IS NULL THEN
-            PERFORM multitenancy._raise('tenant_not_found', ARRAY[v_slug]);
+            PERFORM multitenancy._raise('tenant_not_found', ARRAY[coalesce(p_slug, v_t->>'id')]);
         END IF;
-        PERFORM multitenancy._lock_tenant(v_id);
+        v_slug := multitenancy._lock_tenant(v_id);
+        -- Writers of the tenant finish first, and wait until this import commits.
+        PERFORM multitenancy._usage_lock(v_id);
+        v_had_owner := EXISTS (SELECT 1 FROM multitenancy.members WHERE tenant_id = v_id AND role = 'owner');
+        IF v_had_owner AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(p_archive->'members', '[]')) m
+                                        WHERE m->>'role' = 'owner') THEN
+            PERFORM multitenancy._raise('last_owner', ARRAY['remove', v_slug]);
+        END IF;
         v_deleted := multitenancy._tenant_rows_delete(v_id, v_slug);
         DELETE FROM multitenancy.members WHERE tenant_id = v_id;
         DELETE FROM multitenancy.domains WHERE tenant_id = v_id;
@@ -1686,17 +1517,18 @@ BEGIN
     INSERT INTO multitenancy.members (tenant_id, user_id, role, joined_at, invited_by)
     SELECT v_id, (m->>'user_id')::uuid, m->>'role', coalesce((m->>'joined_at')::timestamptz, now()), (m->>'invited_by')::uuid
       FROM jsonb_array_elements(coalesce(p_archive->'members', '[]')) m;
-    FOR v_domain IN SELECT d->>'domain' FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d LOOP
-        IF EXISTS (SELECT 1 FROM multitenancy.domains WHERE domain = v_domain) THEN
-            PERFORM multitenancy._raise('domain_taken', ARRAY[v_domain]);
+    FOR v_bad IN SELECT d->>'domain' FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d LOOP
+        IF EXISTS (SELECT 1 FROM multitenancy.domains WHERE domain = v_bad) THEN
+            PERFORM multitenancy._raise('domain_taken', ARRAY[v_bad]);
         END IF;
     END LOOP;
     INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token, verified_at, created_at)
-    SELECT d->>'domain', v_id, coalesce((d->>'is_primary')::boolean, false), d->>'verification_token',
-           (d->>'verified_at')::timestamptz, coalesce((d->>'created_at')::timestamptz, now())
+    SELECT d->>'domain', v_id, coalesce((d->>'is_primary')::boolean, false), d->>'verification_token', NULL,
+           coalesce((d->>'created_at')::timestamptz, now())
       FROM jsonb_array_elements(coalesce(p_archive->'domains', '[]')) d;
     INSERT INTO multitenancy.quotas (tenant_id, key, quota)
-    SELECT v_id, q->>'key', (q->>'quota')::bigint FROM jsonb_array_elements(coalesce(p_archive->'quotas', '[]')) q;
+    SELECT v_id, multitenancy._quota_key(q->>'key'), (q->>'quota')::bigint
+      FROM jsonb_array_elements(coalesce(p_archive->'quotas', '[]')) q;
     INSERT INTO multitenancy.metered_usage (tenant_id, key, period, used)
     SELECT v_id, u->>'key', (u->>'period')::date, (u->>'used')::bigint
       FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u;
@@ -1746,7 +1578,228 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:564
+-- src/lib.rs:41
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+
+-- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
+-- listing them. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
+                                         p_by uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_quota bigint;
+    v_members bigint;
+BEGIN
+    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
+    END IF;
+    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
+    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
+    END IF;
+    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
+    v_quota := multitenancy._quota(p_tenant, 'members');
+    IF v_quota IS NOT NULL THEN
+        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
+        IF v_members > v_quota THEN
+            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
+                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
+        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
+    END IF;
+END
+$$;
+
+-- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
+-- when the user is not a member.
+CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    slug := multitenancy._lock_tenant(p_tenant);
+    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
+    IF role IS NULL THEN
+        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = 'owner' THEN
+        IF p_may_manage_owners IS NOT TRUE THEN
+            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
+        END IF;
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
+    END IF;
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = p_role THEN
+        RETURN NULL;
+    END IF;
+    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
+    END IF;
+    IF v_role = 'owner' THEN
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
+    END IF;
+    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy.member_list(tenant text)
+RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.user_id, m.role, m.joined_at, m.invited_by
+      FROM multitenancy.members m
+     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:47
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/context/mod.rs:582
 -- multitenancy::context::current_user_id_or_null
 CREATE  FUNCTION "current_user_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -1888,7 +1941,7 @@ AS 'MODULE_PATHNAME', 'plan_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:956
+-- src/quotas.rs:959
 -- multitenancy::quotas::quota_check
 CREATE  FUNCTION "quota_check"(
 	"key" TEXT /* Option < & str > */
@@ -1903,7 +1956,7 @@ AS 'MODULE_PATHNAME', 'quota_check_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:880
+-- src/quotas.rs:883
 -- multitenancy::quotas::quota_reset
 CREATE  FUNCTION "quota_reset"(
 	"tenant" TEXT, /* Option < & str > */
@@ -1915,7 +1968,7 @@ AS 'MODULE_PATHNAME', 'quota_reset_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:858
+-- src/quotas.rs:861
 -- multitenancy::quotas::quota_set
 CREATE  FUNCTION "quota_set"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2087,7 +2140,7 @@ AS 'MODULE_PATHNAME', 'tenant_import_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:173
+-- src/tenants/moving.rs:284
 -- multitenancy::tenants::moving::tenant_import_end
 CREATE  FUNCTION "tenant_import_end"() RETURNS TABLE (
 	"table_name" TEXT,  /* String */
@@ -2097,6 +2150,18 @@ CREATE  FUNCTION "tenant_import_end"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_import_end_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tenants/moving.rs:185
+-- multitenancy::tenants::moving::tenant_import_rows
+CREATE  FUNCTION "tenant_import_rows"(
+	"tbl" regclass, /* Option < crate :: catalog :: Regclass > */
+	"staging" regclass /* Option < crate :: catalog :: Regclass > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_import_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2147,7 +2212,7 @@ AS 'MODULE_PATHNAME', 'tenant_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:574
+-- src/context/mod.rs:592
 -- multitenancy::context::tenant_set
 CREATE  FUNCTION "tenant_set"(
 	"tenant" TEXT /* Option < & str > */
@@ -2158,7 +2223,7 @@ AS 'MODULE_PATHNAME', 'tenant_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:580
+-- src/context/mod.rs:598
 -- multitenancy::context::tenant_set_by_host
 CREATE  FUNCTION "tenant_set_by_host"(
 	"host" TEXT /* Option < & str > */
@@ -2229,7 +2294,7 @@ AS 'MODULE_PATHNAME', 'tenant_unexempt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:967
+-- src/quotas.rs:970
 -- multitenancy::quotas::usage_get
 CREATE  FUNCTION "usage_get"(
 	"key" TEXT /* Option < & str > */
@@ -2245,7 +2310,7 @@ AS 'MODULE_PATHNAME', 'usage_get_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:897
+-- src/quotas.rs:900
 -- multitenancy::quotas::usage_record
 CREATE  FUNCTION "usage_record"(
 	"key" TEXT, /* Option < & str > */
@@ -2391,6 +2456,7 @@ REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 -- Moving tenants (mt-move): for the operator role a DBA grants them to.
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_rows(regclass, regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

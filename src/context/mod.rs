@@ -279,6 +279,9 @@ thread_local! {
     static PURGING: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
     /// The tenant an operator exports or imports in this transaction.
     static MOVING: Cell<Option<Moving>> = const { Cell::new(None) };
+    /// An import ended by `tenant_import_end`, and the nest level it ended at: a rolled-back
+    /// savepoint at or below that level takes the end back.
+    static MOVE_ENDED: Cell<Option<(Moving, i32)>> = const { Cell::new(None) };
     static CHECKED: Cell<Option<Checked>> = const { Cell::new(None) };
     /// Counts the session's transactions (bumped when one ends).
     static TRANSACTION: Cell<u64> = const { Cell::new(0) };
@@ -320,7 +323,7 @@ pub fn moving() -> Option<Moving> {
 /// transaction, and the tenant's status is not checked: a suspended or deleted tenant can be
 /// exported, and a suspended one imported.
 pub fn enter_move(tenant: pgrx::Uuid, import: bool) -> Result<()> {
-    if let Some(current) = moving() {
+    if let Some(current) = moving().or(MOVE_ENDED.with(Cell::get).map(|e| e.0)) {
         return Err(MtError::MoveState {
             reason: format!("this transaction already moves tenant {}", current.tenant),
             hint: "Export or import one tenant per transaction.".into(),
@@ -332,17 +335,31 @@ pub fn enter_move(tenant: pgrx::Uuid, import: bool) -> Result<()> {
     Ok(())
 }
 
-/// End the import of [`enter_move`] before the transaction ends (`tenant_import_end`).
+/// End the import of [`enter_move`] before the transaction ends (`tenant_import_end`). The
+/// transaction moves no other tenant afterwards.
 pub fn leave_move() {
-    MOVING.with(|m| m.set(None));
+    if let Some(moving) = MOVING.with(|m| m.take()) {
+        // SAFETY: reads transaction state.
+        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+        MOVE_ENDED.with(|e| e.set(Some((moving, level))));
+    }
 }
 
 /// A subtransaction at `level` ended (`crate::xact`): a rollback at or below the level the move
-/// began at ends it; a commit of that level hands it to the parent.
+/// began at ends it (and one at or below the level `tenant_import_end` ran at takes the end
+/// back); a commit of that level hands it to the parent.
 pub fn subtransaction_ended(level: i32, committed: bool) {
+    if let Some((moving, ended)) = MOVE_ENDED.with(Cell::get) {
+        if !committed && level <= ended {
+            MOVE_ENDED.with(|e| e.set(None));
+            MOVING.with(|m| m.set(Some(moving)));
+        } else if committed && level == ended {
+            MOVE_ENDED.with(|e| e.set(Some((moving, level - 1))));
+        }
+    }
     let Some(moving) = moving() else { return };
     if !committed && level <= moving.level {
-        leave_move();
+        MOVING.with(|m| m.set(None));
     } else if committed && level == moving.level {
         MOVING.with(|m| m.set(Some(Moving { level: level - 1, ..moving })));
     }
@@ -352,6 +369,7 @@ pub fn subtransaction_ended(level: i32, committed: bool) {
 pub fn transaction_ended() {
     PURGING.with(|p| p.set(None));
     MOVING.with(|m| m.set(None));
+    MOVE_ENDED.with(|e| e.set(None));
     TRANSACTION_TENANT.with(|t| t.set(None));
     TRANSACTION.with(|t| t.set(t.get() + 1));
 }

@@ -202,6 +202,13 @@ fn role_name(role: pg_sys::Oid) -> String {
     }
 }
 
+/// A role's name as an SQL identifier (quoted as needed).
+pub fn role_sql(role: pg_sys::Oid) -> String {
+    let name = std::ffi::CString::new(role_name(role)).expect("role names have no NUL byte");
+    // SAFETY: quote_identifier returns its argument or a palloc'd quoted copy.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr())).to_string_lossy().into_owned() }
+}
+
 /// The role calling us, as a name (for the registry's "who" columns).
 pub fn calling_role() -> String {
     // SAFETY: reads the current user id.

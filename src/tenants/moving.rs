@@ -168,6 +168,117 @@ fn tenant_import_begin(
     run().or_raise()
 }
 
+fn import_context() -> Result<context::Moving> {
+    context::moving().filter(|m| m.import).ok_or_else(|| MtError::MoveState {
+        reason: "no import was begun in this transaction".into(),
+        hint: "Call SELECT multitenancy.tenant_import_begin(<manifest>) first, in the same transaction.".into(),
+    })
+}
+
+/// Write the rows of `staging` (a temporary table of this session, owned by the caller, whose
+/// columns are named like columns of `tbl`, of any type: their text is cast to the column's
+/// type) into `tbl`, an enabled table, for the tenant being imported. The INSERT runs as the
+/// table's owner in a security-restricted operation, without admin mode — as `tenant_purge`'s
+/// DELETEs do: the owner's triggers, defaults, checks and casts never run with the importer's
+/// rights (a superuser's, an admin's), and the owner's forced row level security checks every
+/// row against the tenant. Returns the rows written.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<crate::catalog::Regclass>) -> i64 {
+    let run = || {
+        import_context()?;
+        let tbl = tbl.ok_or(MtError::NullArgument { argument: "tbl" })?.0;
+        let staging = staging.ok_or(MtError::NullArgument { argument: "staging" })?.0;
+        let table = crate::catalog::Relation::lookup(tbl)?;
+        let listed = crate::registry::as_owner(|| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM multitenancy.move_tables() m WHERE m.table_name OPERATOR(pg_catalog.=) $1)",
+                &[tbl.into()],
+            )
+            .ctx("moving::import_rows listed")
+        })?
+        .unwrap_or(false);
+        if !listed {
+            return Err(MtError::InvalidArgument {
+                message: format!("{} is not a table tenants are imported into", table.sql()),
+                hint: "Import into the tenant-enabled tables of multitenancy.move_tables() (partitions through their parent)."
+                    .into(),
+            });
+        }
+        let own_temp = Spi::get_one_with_args::<bool>(
+            "SELECT c.relkind = 'r' AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()                     AND c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)                FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[staging.into()],
+        )
+        .ctx("moving::import_rows staging")?
+        .unwrap_or(false);
+        let staged = crate::catalog::Relation::lookup(staging)?;
+        if !own_temp {
+            return Err(MtError::InvalidArgument {
+                message: format!("{} is not a temporary table of this session owned by the caller", staged.sql()),
+                hint: "Stage the rows in CREATE TEMPORARY TABLE ... and COPY them there first.".into(),
+            });
+        }
+        // The staged columns, each with the target column's type (NULL: not an importable column).
+        let columns = crate::registry::with_pinned_search_path(|| {
+            Spi::connect(|client| {
+                let rows = client
+                    .select(
+                        "SELECT s.attname::text, CASE WHEN t.attgenerated = '' AND t.attname <> 'tenant_id'                                  THEN pg_catalog.format_type(t.atttypid, t.atttypmod) END                            FROM pg_catalog.pg_attribute s                            LEFT JOIN pg_catalog.pg_attribute t ON t.attrelid = $1 AND t.attname = s.attname                                  AND t.attnum > 0 AND NOT t.attisdropped                           WHERE s.attrelid = $2 AND s.attnum > 0 AND NOT s.attisdropped ORDER BY s.attnum",
+                        None,
+                        &[tbl.into(), staging.into()],
+                    )
+                    .ctx("moving::import_rows columns")?;
+                let mut columns = Vec::new();
+                for row in rows {
+                    columns.push((row.get::<String>(1).ctx("name")?.unwrap_or_default(), row.get::<String>(2).ctx("type")?));
+                }
+                Ok::<_, MtError>(columns)
+            })
+        })?;
+        if let Some((name, _)) = columns.iter().find(|(_, ty)| ty.is_none()) {
+            return Err(MtError::InvalidArgument {
+                message: format!("column \"{name}\" of {} is not a column {} takes rows in", staged.sql(), table.sql()),
+                hint: "Stage only the table's own columns (not tenant_id, not generated columns).".into(),
+            });
+        }
+        if columns.is_empty() {
+            return Err(MtError::InvalidArgument {
+                message: format!("{} has no columns", staged.sql()),
+                hint: "Stage the table's columns.".into(),
+            });
+        }
+        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let sql = format!(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} AS s",
+            table.sql(),
+            columns.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", "),
+            columns
+                .iter()
+                .map(|(n, ty)| format!("s.{}::{}", quote(n), ty.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            staged.sql()
+        );
+        // The owner reads the staged rows (a GRANT on the caller's own temporary table, gone
+        // with it at the end of the session or transaction).
+        let owner = crate::registry::relation_owner(tbl)?;
+        Spi::run_with_args(
+            &format!(
+                "GRANT SELECT ON {} TO {}",
+                staged.sql(),
+                crate::registry::role_sql(owner)
+            ),
+            &[],
+        )
+        .ctx("moving::import_rows grant")?;
+        crate::registry::as_table_owner(tbl, || {
+            context::admin::suspended(|| {
+                Spi::connect_mut(|client| client.update(&sql, None, &[]).map(|t| t.len() as i64).ctx("moving::import_rows"))
+            })
+        })
+    };
+    run().or_raise()
+}
+
 /// Finish the import begun with `tenant_import_begin`: set the tenant's counters from its rows
 /// and end its context. Returns the rows and bytes the tenant holds per physical table.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -176,10 +287,7 @@ fn tenant_import_end() -> TableIterator<
     (name!(table_name, String), name!(row_count, i64), name!(byte_count, i64)),
 > {
     let run = || {
-        let moving = context::moving().filter(|m| m.import).ok_or_else(|| MtError::MoveState {
-            reason: "no import was begun in this transaction".into(),
-            hint: "Call SELECT multitenancy.tenant_import_begin(<manifest>) first, in the same transaction.".into(),
-        })?;
+        let moving = import_context()?;
         let rows = crate::registry::as_owner(|| {
             Spi::connect_mut(|client| {
                 let found = client

@@ -1,0 +1,632 @@
+//! Moving tenants (issue 20): `mt-move` export, import, restore, move and consolidate, against
+//! real servers, run in-process through `multitenancy_move::main_with` exactly as the command
+//! line runs it, as [`MOVER`]: a NOSUPERUSER NOBYPASSRLS member of `multitenancy_admin` with the
+//! move functions granted (the program enters audited admin write mode itself).
+//!
+//! Ground truth is read by the superuser; every "unchanged" compares a snapshot of the target
+//! (registry, audit log, every table) taken before and after.
+use multitenancy_integration::*;
+use std::path::PathBuf;
+
+const MOVER: &str = "mt_mover";
+
+/// The application schema, as the migration role makes it: global serial / identity keys,
+/// a foreign key, arrays, jsonb, TOASTed text, and a partitioned table.
+const SCHEMA: &str = "
+    CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, tags text[], doc jsonb, big text);
+    SELECT multitenancy.tenant_enable('customers');
+    CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                         customer_id int NOT NULL REFERENCES customers (id), note text, amount numeric(12,2));
+    SELECT multitenancy.tenant_enable('orders');
+    CREATE TABLE events (id bigserial, at date NOT NULL, kind text, payload jsonb, PRIMARY KEY (id, at))
+        PARTITION BY RANGE (at);
+    CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+    CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+    SELECT multitenancy.tenant_enable('events');";
+
+/// One tenant's rows, written by the application role under the tenant's context.
+const ROWS: &str = "
+    INSERT INTO customers (name, tags, doc, big) VALUES
+        ('c1', '{a,\"b c\",NULL}', '{\"x\": [1, 2], \"s\": \"q\\\"uote\"}', repeat('long text ', 20000)),
+        ('c2', NULL, NULL, NULL),
+        ('c3, with comma', '{}', 'null', E'line1\\nline2 \"quoted\"');
+    INSERT INTO orders (customer_id, note, amount) SELECT id, 'n' || name, 9.99 FROM customers;
+    INSERT INTO orders (customer_id, note, amount) SELECT min(id), NULL, NULL FROM customers;
+    INSERT INTO events (at, kind, payload) VALUES ('2025-06-01', 'a', '{}'), ('2026-02-01', 'b', NULL);";
+
+fn mover_grants() -> String {
+    format!(
+        "DO $$ BEGIN CREATE ROLE {MOVER} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         GRANT multitenancy_admin TO {MOVER};
+         GRANT EXECUTE ON FUNCTION multitenancy.tenant_export(text), multitenancy.tenant_import_begin(jsonb, text, text),
+             multitenancy.tenant_import_rows(regclass, regclass), multitenancy.tenant_import_end(), multitenancy.move_tables(), multitenancy.import_check(jsonb),
+             multitenancy.tenant_suspend(text, text), multitenancy.tenant_activate(text),
+             multitenancy.tenant_delete(text), multitenancy.tenant_purge(text, text) TO {MOVER};"
+    )
+}
+
+/// A database with the schema, the app's and the mover's grants.
+fn app_db(server: &'static Server, tag: &str) -> TestDb {
+    let db = TestDb::on(server, tag, "");
+    db.superuser().batch_execute(&mover_grants()).unwrap();
+    let mut owner = db.owner();
+    let mut tx = owner.transaction().unwrap();
+    tx.batch_execute(SCHEMA).unwrap();
+    tx.batch_execute(&format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP}, {MOVER};
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {APP}, {MOVER};"
+    ))
+    .unwrap_or_else(|e| panic!("grants: {e:?}"));
+    tx.commit().unwrap();
+    db
+}
+
+/// A target whose own tenants' global ids are far from the source's (as in a database whose
+/// sequences ran elsewhere): keep-ids imports do not collide.
+fn fill_far(db: &TestDb, tenant: &str) {
+    db.superuser()
+        .batch_execute(
+            "SELECT setval('customers_id_seq', 100000); SELECT setval(pg_get_serial_sequence('orders', 'id'), 100000);
+             SELECT setval('events_id_seq', 100000);",
+        )
+        .unwrap();
+    fill(db, tenant);
+}
+
+fn fill(db: &TestDb, tenant: &str) {
+    let mut app = db.app();
+    let mut tx = begin_as(&mut app, tenant);
+    tx.batch_execute(ROWS).unwrap();
+    tx.commit().unwrap();
+}
+
+fn conninfo(db: &TestDb, user: &str) -> String {
+    db.server().url(&db.name, user)
+}
+
+fn archive_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mt-move-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Run mt-move; returns the exit code.
+fn mt_move(args: &[&str]) -> i32 {
+    let mut argv = vec!["mt-move".to_string(), "--quiet".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    multitenancy_move::main_with(argv)
+}
+
+/// Every table's rows of `tenant` (by slug) as text, with the tenant's own id left out, in a
+/// stable order: what a round trip must preserve.
+fn tenant_rows(db: &TestDb, slug: &str) -> Vec<String> {
+    let mut su = db.superuser();
+    let mut out = Vec::new();
+    for (table, cols) in [
+        ("customers", "id, name, tags, doc, big"),
+        ("orders", "id, customer_id, note, amount"),
+        ("events", "id, at, kind, payload, tableoid::regclass"),
+    ] {
+        let rows = su
+            .query(
+                &format!(
+                    "SELECT ({cols})::text FROM {table} WHERE tenant_id = (SELECT id FROM multitenancy.tenants WHERE slug = $1) \
+                     ORDER BY 1"
+                ),
+                &[&slug],
+            )
+            .unwrap();
+        out.extend(rows.iter().map(|r| format!("{table}: {}", r.get::<_, String>(0))));
+    }
+    out
+}
+
+fn registry_of(db: &TestDb, slug: &str) -> Vec<String> {
+    let mut su = db.superuser();
+    su.query(
+        "SELECT 'tenant ' || t.id || ' ' || t.name || ' ' || t.status || ' ' || t.plan || ' ' || t.settings FROM multitenancy.tenants t WHERE t.slug = $1
+         UNION ALL SELECT 'member ' || m.user_id || ' ' || m.role FROM multitenancy.members m JOIN multitenancy.tenants t ON t.id = m.tenant_id WHERE t.slug = $1
+         UNION ALL SELECT 'domain ' || d.domain || ' ' || d.is_primary FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id WHERE t.slug = $1
+         UNION ALL SELECT 'quota ' || q.key || ' ' || coalesce(q.quota::text, 'unlimited') FROM multitenancy.quotas q JOIN multitenancy.tenants t ON t.id = q.tenant_id WHERE t.slug = $1
+         UNION ALL SELECT 'metered ' || u.key || ' ' || u.used FROM multitenancy.metered_usage u JOIN multitenancy.tenants t ON t.id = u.tenant_id WHERE t.slug = $1
+         ORDER BY 1",
+        &[&slug],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Everything an import could change in the target.
+fn snapshot(db: &TestDb) -> String {
+    let mut su = db.superuser();
+    su.query_one(
+        "SELECT concat_ws(' | ',
+            (SELECT string_agg(t::text, ',' ORDER BY t.slug) FROM multitenancy.tenants t),
+            (SELECT count(*) FROM multitenancy.audit_log), (SELECT count(*) FROM multitenancy.members),
+            (SELECT count(*) FROM multitenancy.domains), (SELECT count(*) FROM multitenancy.table_usage),
+            (SELECT string_agg(c::text, ',' ORDER BY c.id) FROM customers c),
+            (SELECT string_agg(o::text, ',' ORDER BY o.id) FROM orders o),
+            (SELECT string_agg(e::text, ',' ORDER BY e.id) FROM events e),
+            (SELECT last_value FROM customers_id_seq))",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn assert_healthy(db: &TestDb) {
+    let problems: Vec<_> = db.verify().into_iter().filter(|p| p.severity != "info").collect();
+    assert!(problems.is_empty(), "verify() after the import: {problems:?}");
+    assert_eq!(usage_drift(&mut db.superuser()), Vec::<String>::new(), "counters exact after the import");
+}
+
+/// The application sees the imported tenant's rows, and not the other tenant's, which exist.
+fn assert_isolated_after_import(db: &TestDb, mine: &str, other: &str) {
+    let mut su = db.superuser();
+    let other_rows: i64 = su
+        .query_one(
+            "SELECT count(*) FROM customers WHERE tenant_id = (SELECT id FROM multitenancy.tenants WHERE slug = $1)",
+            &[&other],
+        )
+        .unwrap()
+        .get(0);
+    assert!(other_rows > 0, "ground truth: {other} has rows in the target");
+    let mut app = db.app();
+    let mut tx = begin_as(&mut app, mine);
+    let seen: Vec<String> = tx.query("SELECT name FROM customers ORDER BY name", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(seen, ["c1", "c2", "c3, with comma"], "{mine} sees exactly its imported customers");
+    let foreign: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM customers WHERE tenant_id = (SELECT id FROM multitenancy.tenants WHERE slug = $1)",
+            &[&other],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(foreign, 0, "{mine}'s context sees none of {other}'s rows");
+}
+
+fn registry_extras(db: &TestDb, slug: &str) {
+    let mut su = db.superuser();
+    su.batch_execute(&format!(
+        "SELECT multitenancy.member_add('{slug}', '11111111-1111-4111-8111-111111111111', 'owner');
+         SELECT multitenancy.member_add('{slug}', '22222222-2222-4222-8222-222222222222', 'member');
+         SELECT multitenancy.domain_add('{slug}', 'www.{slug}-shop.test', true);
+         SELECT multitenancy.quota_set('{slug}', 'rows', 1000);
+         SELECT multitenancy.setting_set('{slug}', 'theme', '\"dark\"');"
+    ))
+    .unwrap();
+    let mut app = db.app();
+    let mut tx = begin_as(&mut app, slug);
+    tx.execute("SELECT multitenancy.usage_record('api_calls', 7)", &[]).unwrap();
+    tx.commit().unwrap();
+}
+
+#[test]
+fn export_import_round_trip_between_two_databases() {
+    let source = app_db(Server::shared(), "move_src");
+    source.tenant("Acme", "acme");
+    source.tenant("Beta", "beta");
+    fill(&source, "acme");
+    fill(&source, "beta");
+    registry_extras(&source, "acme");
+    let target = app_db(Server::shared(), "move_dst");
+    target.tenant("Gamma", "gamma");
+    fill_far(&target, "gamma");
+
+    let dir = archive_dir("roundtrip");
+    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    // The archive is readable by ordinary tools: a manifest and CSV files with a header.
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], 1);
+    let tables: Vec<&str> = manifest["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(tables, ["public.customers", "public.events", "public.orders"], "parents before children");
+    let customers = std::fs::read_to_string(dir.join(manifest["tables"][0]["file"].as_str().unwrap())).unwrap();
+    assert!(customers.starts_with("id,name,tags,doc,big\n"), "{}", &customers[..80]);
+    assert!(!customers.contains(&source_tenant_id(&source, "beta")), "no other tenant's id in the archive");
+
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    let expected = tenant_rows(&source, "acme");
+    assert_eq!(expected.len(), 3 + 4 + 2);
+    assert_eq!(tenant_rows(&target, "acme"), expected, "every row of every table, as in the source");
+    assert_eq!(registry_of(&target, "acme"), registry_of(&source, "acme"), "tenant, members, domains, quotas, usage");
+    assert_isolated_after_import(&target, "acme", "gamma");
+    assert_healthy(&target);
+    // The tenant keeps working: new rows get ids past the imported ones.
+    let mut app = target.app();
+    let mut tx = begin_as(&mut app, "acme");
+    let id: i32 = tx.query_one("INSERT INTO customers (name) VALUES ('new') RETURNING id", &[]).unwrap().get(0);
+    let max: i32 = tx.query_one("SELECT max(id) FROM customers WHERE name <> 'new'", &[]).unwrap().get(0);
+    assert!(id > max, "sequence past the imported ids: {id} > {max}");
+    tx.rollback().unwrap();
+
+    // Restore: the tenant's rows change at the target, then the archive replaces them.
+    target.superuser().batch_execute("DELETE FROM orders WHERE note IS NULL; UPDATE customers SET name = 'changed' WHERE name = 'c2'").unwrap();
+    assert_ne!(tenant_rows(&target, "acme"), expected);
+    let gamma_before = tenant_rows(&target, "gamma");
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]), 0);
+    assert_eq!(tenant_rows(&target, "acme"), expected, "restored as exported");
+    assert_eq!(tenant_rows(&target, "gamma"), gamma_before, "the other tenant untouched by the restore");
+    assert_healthy(&target);
+
+    // A copy under another slug in the same database as the source: global ids are taken, so
+    // keep-ids stops before writing, and remap gives new ids with every reference rewritten.
+    let before = snapshot(&source);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&source, MOVER), "--archive", dir.to_str().unwrap(), "--as", "acme-copy", "--skip-domains"]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    assert_eq!(snapshot(&source), before, "a collision changes nothing");
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&source, MOVER), "--archive", dir.to_str().unwrap(), "--as", "acme-copy", "--skip-domains", "--ids", "remap"]),
+        0
+    );
+    let pairs = |slug: &str| -> Vec<String> {
+        source
+            .superuser()
+            .query(
+                "SELECT c.name || ' <- ' || coalesce(o.note, '-') FROM orders o JOIN customers c ON c.id = o.customer_id AND c.tenant_id = o.tenant_id
+                  WHERE o.tenant_id = (SELECT id FROM multitenancy.tenants WHERE slug = $1) ORDER BY 1",
+                &[&slug],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(pairs("acme-copy"), pairs("acme"), "every order points at the same logical customer");
+    assert_healthy(&source);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn source_tenant_id(db: &TestDb, slug: &str) -> String {
+    db.superuser().query_one("SELECT id::text FROM multitenancy.tenants WHERE slug = $1", &[&slug]).unwrap().get(0)
+}
+
+#[test]
+fn move_between_two_servers_is_safely_repeatable() {
+    let source = app_db(Server::shared(), "move_a");
+    source.tenant("Acme", "acme");
+    source.tenant("Beta", "beta");
+    fill(&source, "acme");
+    fill(&source, "beta");
+    let expected = tenant_rows(&source, "acme");
+    let other = Server::private("-c shared_preload_libraries=multitenancy");
+    let target = app_db(other, "move_b");
+    target.tenant("Gamma", "gamma");
+    fill_far(&target, "gamma");
+    let dir = archive_dir("move");
+    let args = [
+        "move",
+        "--from",
+        &conninfo(&source, MOVER),
+        "--to",
+        &conninfo(&target, MOVER),
+        "--tenant",
+        "acme",
+        "--archive",
+        dir.to_str().unwrap(),
+    ];
+    assert_eq!(mt_move(&args), 0);
+    assert_eq!(tenant_rows(&target, "acme"), expected, "the rows arrived");
+    let status: String =
+        target.superuser().query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[]).unwrap().get(0);
+    assert_eq!(status, "active", "active again at the target");
+    let mut su = source.superuser();
+    let left: i64 = su
+        .query_one(
+            "SELECT (SELECT count(*) FROM multitenancy.tenants WHERE slug = 'acme')
+                  + (SELECT count(*) FROM customers WHERE tenant_id = $1::text::uuid)
+                  + (SELECT count(*) FROM orders WHERE tenant_id = $1::text::uuid)",
+            &[&source_tenant_id(&target, "acme")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "purged at the source");
+    assert_eq!(tenant_rows(&source, "beta").len(), 9, "the source's other tenant stays");
+    assert_isolated_after_import(&target, "acme", "gamma");
+    assert_healthy(&target);
+    // Again: every step was done, nothing changes.
+    let before = snapshot(&target);
+    assert_eq!(mt_move(&args), 0);
+    assert_eq!(snapshot(&target), before, "a repeated move changes nothing");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Source layouts without tenant_id: three databases and three schemas, each the same two
+/// tables with serial ids that start at 1 everywhere.
+const LEGACY: &str = "
+    CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, tags text[], doc jsonb, big text);
+    CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                         customer_id int NOT NULL REFERENCES customers (id), note text, amount numeric(12,2));";
+
+fn legacy_rows(who: &str) -> String {
+    format!(
+        "INSERT INTO customers (name) VALUES ('{who}-1'), ('{who}-2'), ('{who}-3');
+         INSERT INTO orders (customer_id, note) VALUES (3, '{who} order of 3'), (1, '{who} order of 1'), (3, '{who} second of 3');"
+    )
+}
+
+#[test]
+fn consolidation_of_databases_and_schemas_with_id_remapping() {
+    let server = Server::shared();
+    let target = app_db(server, "consolidated");
+    target.tenant("Existing", "existing");
+    fill(&target, "existing");
+    let mut su = server.connect("postgres", SUPERUSER);
+    let mut args: Vec<String> = vec!["consolidate".into(), "--to".into(), conninfo(&target, MOVER)];
+    let mut sources = Vec::new();
+    for n in 1..=3 {
+        let name = format!("legacy_{}_{n}", std::process::id());
+        su.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        su.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let mut db = server.connect(&name, SUPERUSER);
+        db.batch_execute(LEGACY).unwrap();
+        db.batch_execute(&legacy_rows(&format!("db{n}"))).unwrap();
+        db.batch_execute(&format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {MOVER}")).unwrap();
+        args.push("--database".into());
+        args.push(format!("db{n}={}", server.url(&name, MOVER)));
+        sources.push((format!("db{n}"), format!("db{n}")));
+    }
+    let schemas_db = format!("legacy_schemas_{}", std::process::id());
+    su.batch_execute(&format!("DROP DATABASE IF EXISTS {schemas_db}")).unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {schemas_db}")).unwrap();
+    let mut db = server.connect(&schemas_db, SUPERUSER);
+    for n in 1..=3 {
+        db.batch_execute(&format!("CREATE SCHEMA shop{n}; SET search_path = shop{n}; {LEGACY} {}", legacy_rows(&format!("s{n}"))))
+            .unwrap();
+        db.batch_execute(&format!("GRANT USAGE ON SCHEMA shop{n} TO {MOVER}; GRANT SELECT ON ALL TABLES IN SCHEMA shop{n} TO {MOVER}"))
+            .unwrap();
+        args.push("--schema".into());
+        args.push(format!("s{n}=shop{n}"));
+        sources.push((format!("s{n}"), format!("s{n}")));
+    }
+    args.push("--schemas-from".into());
+    args.push(server.url(&schemas_db, MOVER));
+    let argv = |extra: &[&str]| -> Vec<String> {
+        let mut v = args.clone();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let dry_report = archive_dir("dry.json");
+    let real_report = archive_dir("real.json");
+    let before = snapshot(&target);
+    let dry: Vec<&str> = vec!["--dry-run", "--report", dry_report.to_str().unwrap()];
+    assert_eq!(mt_move(&argv(&dry).iter().map(String::as_str).collect::<Vec<_>>()), 0);
+    assert_eq!(snapshot(&target), before, "the dry run writes nothing");
+    let real: Vec<&str> = vec!["--report", real_report.to_str().unwrap()];
+    assert_eq!(mt_move(&argv(&real).iter().map(String::as_str).collect::<Vec<_>>()), 0);
+
+    // The dry run's plan is what the real run did.
+    let read = |p: &PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let (dry, real) = (read(&dry_report), read(&real_report));
+    assert_eq!(dry.as_array().unwrap().len(), 6);
+    for (d, r) in dry.as_array().unwrap().iter().zip(real.as_array().unwrap()) {
+        assert_eq!(d["tables"], r["tables"], "plan of {}", d["tenant"]);
+        let planned: Vec<(String, u64)> =
+            d["tables"].as_array().unwrap().iter().map(|t| (t["table"].as_str().unwrap().into(), t["rows"].as_u64().unwrap())).collect();
+        let written: Vec<(String, u64)> =
+            r["written"].as_array().unwrap().iter().map(|t| (t["table"].as_str().unwrap().into(), t["rows"].as_u64().unwrap())).collect();
+        assert_eq!(planned, written, "rows planned = rows written for {}", d["tenant"]);
+        assert_eq!(d["tables"][0]["remap"], true);
+    }
+    // Every source row under its tenant, every order pointing at the same logical customer.
+    let mut su = target.superuser();
+    for (slug, who) in &sources {
+        let pairs: Vec<String> = su
+            .query(
+                "SELECT c.name || ' <- ' || o.note FROM orders o JOIN customers c ON c.id = o.customer_id AND c.tenant_id = o.tenant_id
+                  WHERE o.tenant_id = (SELECT id FROM multitenancy.tenants WHERE slug = $1) ORDER BY 1",
+                &[slug],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            pairs,
+            [format!("{who}-1 <- {who} order of 1"), format!("{who}-3 <- {who} order of 3"), format!("{who}-3 <- {who} second of 3")],
+            "tenant {slug}"
+        );
+    }
+    let (max_c, next_c): (i32, i64) = {
+        let r = su.query_one("SELECT (SELECT max(id) FROM customers), nextval('customers_id_seq')", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(next_c > max_c as i64, "customers' sequence past the maximum");
+    let (max_o, next_o): (i64, i64) = {
+        let r = su.query_one("SELECT (SELECT max(id) FROM orders), nextval(pg_get_serial_sequence('orders', 'id')::regclass)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(next_o > max_o, "orders' sequence past the maximum");
+    assert_isolated_after_import(&target, "existing", "db1");
+    assert_healthy(&target);
+    let _ = std::fs::remove_file(&dry_report);
+    let _ = std::fs::remove_file(&real_report);
+}
+
+/// An archive of `acme` (3 customers, 4 orders, 2 events) in a fresh directory.
+fn exported(tag: &str) -> (TestDb, PathBuf) {
+    let source = app_db(Server::shared(), &format!("src_{tag}"));
+    source.tenant("Acme", "acme");
+    fill(&source, "acme");
+    let dir = archive_dir(tag);
+    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    (source, dir)
+}
+
+#[test]
+fn an_import_over_quota_changes_nothing() {
+    let (_source, dir) = exported("quota");
+    let target = app_db(Server::shared(), "quota_dst");
+    target.tenant("Gamma", "gamma");
+    fill_far(&target, "gamma");
+    // The archive's tenant is on plan 'small', which allows fewer rows here.
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest["tenant"]["plan"] = "small".into();
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    target.superuser().batch_execute("SELECT multitenancy.plan_set('small', limits => '{\"rows\": 5}')").unwrap();
+    let before = snapshot(&target);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REJECTED
+    );
+    assert_eq!(snapshot(&target), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_archive_of_a_newer_version_is_refused() {
+    let (_source, dir) = exported("newer");
+    let target = app_db(Server::shared(), "newer_dst");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest["extension_version"] = "99.0.0".into();
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    let before = snapshot(&target);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    assert_eq!(snapshot(&target), before);
+    // The same refusal, in SQL: its reason and SQLSTATE.
+    let mut su = target.superuser();
+    let mut tx = su.transaction().unwrap();
+    expect_sqlstate_mentioning(
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&manifest]),
+        &SqlState::FEATURE_NOT_SUPPORTED,
+        &["written by multitenancy 99.0.0"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_target_missing_a_table_is_refused() {
+    let (_source, dir) = exported("missing");
+    let target = TestDb::on(Server::shared(), "missing_dst", "");
+    target.superuser().batch_execute(&mover_grants()).unwrap();
+    let mut owner = target.owner();
+    let mut tx = owner.transaction().unwrap();
+    tx.batch_execute(
+        "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, tags text[], doc jsonb, big text);
+         SELECT multitenancy.tenant_enable('customers');",
+    )
+    .unwrap();
+    tx.batch_execute(&format!("GRANT SELECT, INSERT ON customers TO {MOVER}; GRANT USAGE, SELECT, UPDATE ON customers_id_seq TO {MOVER}")).unwrap();
+    tx.commit().unwrap();
+    let before = target
+        .superuser()
+        .query_one("SELECT (SELECT count(*) FROM multitenancy.tenants) + (SELECT count(*) FROM multitenancy.audit_log)", &[])
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    let after = target
+        .superuser()
+        .query_one("SELECT (SELECT count(*) FROM multitenancy.tenants) + (SELECT count(*) FROM multitenancy.audit_log)", &[])
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(after, before, "nothing written");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut su = target.superuser();
+    let mut tx = su.transaction().unwrap();
+    let error = expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&manifest]), &SqlState::UNDEFINED_TABLE);
+    assert!(error.detail().unwrap_or_default().contains("public.orders"), "{error:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_damaged_or_incomplete_archive_is_refused() {
+    let (_source, dir) = exported("damaged");
+    let target = app_db(Server::shared(), "damaged_dst");
+    let before = snapshot(&target);
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let file = dir.join(manifest["tables"][2]["file"].as_str().unwrap());
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("n", "N")).unwrap();
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED,
+        "no manifest: an interrupted export"
+    );
+    assert_eq!(snapshot(&target), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_connection_killed_mid_copy_leaves_the_target_unchanged() {
+    let source = app_db(Server::shared(), "killed_src");
+    source.tenant("Acme", "acme");
+    let mut app = source.app();
+    let mut tx = begin_as(&mut app, "acme");
+    tx.batch_execute("INSERT INTO customers (name, doc) SELECT 'c' || g, jsonb_build_object('g', g) FROM generate_series(1, 300000) g")
+        .unwrap();
+    tx.commit().unwrap();
+    let dir = archive_dir("killed");
+    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    let target = app_db(Server::shared(), "killed_dst");
+    let before = snapshot(&target);
+    let url = conninfo(&target, MOVER);
+    let path = dir.clone();
+    let import = std::thread::spawn(move || {
+        mt_move(&["import", "--to", &url, "--archive", path.to_str().unwrap()])
+    });
+    // Kill the importer's connection while it streams COPY data.
+    let mut su = target.superuser();
+    let mut killed = false;
+    for _ in 0..2000 {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name = 'mt-move' AND query LIKE 'COPY%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            killed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let code = import.join().unwrap();
+    assert!(killed, "the test caught the COPY (exit {code})");
+    assert_ne!(code, 0, "the import reports the failure");
+    assert_eq!(snapshot(&target), before, "nothing of the killed import remains");
+    // And the archive still imports completely afterwards.
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    let n: i64 = target.superuser().query_one("SELECT count(*) FROM customers", &[]).unwrap().get(0);
+    assert_eq!(n, 300000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_move_functions_are_for_operators_only() {
+    let (source, dir) = exported("operators");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    // The application role may not call them at all (EXECUTE revoked from PUBLIC) ...
+    let mut app = source.app();
+    let mut tx = app.transaction().unwrap();
+    expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_export('acme')", &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
+    tx.rollback().unwrap();
+    // ... and a granted role outside admin write mode is refused at run time.
+    let mut su = source.superuser();
+    su.batch_execute(&format!("GRANT EXECUTE ON FUNCTION multitenancy.tenant_export(text), multitenancy.tenant_import_begin(jsonb, text, text) TO {APP}"))
+        .unwrap();
+    let mut tx = app.transaction().unwrap();
+    expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_export('acme')", &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
+    tx.rollback().unwrap();
+    let mut tx = app.transaction().unwrap();
+    expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1, 'x')", &[&manifest]), &SqlState::INSUFFICIENT_PRIVILEGE);
+    tx.rollback().unwrap();
+    // Outside a transaction block they would do nothing: refused.
+    expect_sqlstate(su.query_one("SELECT multitenancy.tenant_export('acme')", &[]), &SqlState::NO_ACTIVE_SQL_TRANSACTION);
+    let _ = std::fs::remove_dir_all(&dir);
+}
