@@ -630,3 +630,221 @@ fn the_move_functions_are_for_operators_only() {
     expect_sqlstate(su.query_one("SELECT multitenancy.tenant_export('acme')", &[]), &SqlState::NO_ACTIVE_SQL_TRANSACTION);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review findings (white-box attacker review of the move functions): each test fails without
+// its fix.
+
+/// A table owner's trigger on an enabled table, and what it saw when it ran.
+const SPY: &str = "
+    CREATE TABLE spy_log (who name, privileged text, admin boolean, tenant uuid);
+    SELECT multitenancy.tenant_exempt('spy_log', 'test: what the owner''s trigger saw');
+    GRANT INSERT ON spy_log TO PUBLIC;
+    CREATE FUNCTION spy() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        v_privileged text := 'refused';
+    BEGIN
+        -- What only a superuser (or a role with CREATEROLE) may do.
+        BEGIN
+            EXECUTE 'CREATE ROLE mt_spy_probe';
+            EXECUTE 'DROP ROLE mt_spy_probe';
+            v_privileged := 'DONE';
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+        INSERT INTO public.spy_log VALUES (current_user, v_privileged, multitenancy._admin_mode(),
+                                           multitenancy.current_tenant_id());
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER spy BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION spy();";
+
+#[test]
+fn review_the_owners_code_never_runs_as_the_importer() {
+    let (_source, dir) = exported("spy");
+    let target = app_db(Server::shared(), "spy_dst");
+    let mut owner = target.owner();
+    let mut tx = owner.transaction().unwrap();
+    tx.batch_execute(SPY).unwrap();
+    tx.commit().unwrap();
+    // As the superuser, and as the admin-mode mover.
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, SUPERUSER), "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--as", "acme2", "--ids", "remap"]),
+        0
+    );
+    let seen: Vec<String> = target
+        .superuser()
+        .query(
+            "SELECT DISTINCT who || ' ' || privileged || ' ' || admin || ' ' || t.slug FROM spy_log
+               JOIN multitenancy.tenants t ON t.id = spy_log.tenant ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, [format!("{OWNER} refused false acme"), format!("{OWNER} refused false acme2")]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// tenant_import_begin as the superuser, in a transaction that is rolled back.
+fn begin_refused(db: &TestDb, archive: &serde_json::Value, tenant: Option<&str>, mode: &str, code: &SqlState, fragment: &str) {
+    let mut su = db.superuser();
+    let mut tx = su.transaction().unwrap();
+    let error = expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1, $2, $3)", &[archive, &tenant, &mode]), code);
+    let text = format!("{} {}", error.message(), error.detail().unwrap_or_default());
+    assert!(text.contains(fragment), "expected {fragment:?} in {text:?}");
+}
+
+#[test]
+fn review_archive_registry_entries_are_checked() {
+    let (source, dir) = exported("registry");
+    source.superuser().batch_execute("SELECT multitenancy.domain_add('acme', 'shop.acme.test')").unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let target = app_db(Server::shared(), "registry_dst");
+    target.superuser().batch_execute(&format!("ALTER DATABASE {} SET multitenancy.base_domain = 'saas.test'", target.name)).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut m = manifest.clone();
+        m[key] = value;
+        m
+    };
+    // A domain claimed verified arrives unverified: it does not route until an operator
+    // verifies it here.
+    let verified = with(
+        "domains",
+        serde_json::json!([{"domain": "bank.test", "is_primary": false, "verification_token": "t", "verified_at": "2020-01-01T00:00:00Z"}]),
+    );
+    {
+        let mut su = target.superuser();
+        let mut tx = su.transaction().unwrap();
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&verified]).unwrap();
+        let routed: Option<String> =
+            tx.query_one("SELECT multitenancy.tenant_resolve('bank.test')::text", &[]).unwrap().get(0);
+        assert_eq!(routed, None, "an imported domain is not verified");
+        tx.rollback().unwrap();
+    }
+    let under_base = with("domains", serde_json::json!([{"domain": "victim.saas.test", "verification_token": "t"}]));
+    begin_refused(&target, &under_base, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "victim.saas.test");
+    let mut bad_setting = manifest.clone();
+    bad_setting["tenant"]["settings"] = serde_json::json!({"BAD KEY!!": 1});
+    begin_refused(&target, &bad_setting, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "BAD KEY!!");
+    let bad_quota = with("quotas", serde_json::json!([{"key": "no such key!!", "quota": 5}]));
+    begin_refused(&target, &bad_quota, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "no such key!!");
+    let negative = with("metered_usage", serde_json::json!([{"key": "api_calls", "period": "2026-11-01", "used": -1000000}]));
+    begin_refused(&target, &negative, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "api_calls");
+    let mid_month = with("metered_usage", serde_json::json!([{"key": "api_calls", "period": "2026-11-15", "used": 1}]));
+    begin_refused(&target, &mid_month, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "api_calls");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review_a_restore_replaces_only_the_tenant_it_names_and_keeps_an_owner() {
+    let (_source, dir) = exported("replace");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    // Another database's "acme": same slug, another id.
+    let target = app_db(Server::shared(), "replace_dst");
+    target.tenant("Acme here", "acme");
+    fill_far(&target, "acme");
+    target.superuser().batch_execute("SELECT multitenancy.member_add('acme', '11111111-1111-4111-8111-111111111111', 'owner')").unwrap();
+    let before = snapshot(&target);
+    begin_refused(&target, &manifest, None, "replace", &SqlState::UNDEFINED_OBJECT, &manifest["tenant"]["id"].as_str().unwrap()[..8]);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]),
+        multitenancy_move::EXIT_REJECTED
+    );
+    assert_eq!(snapshot(&target), before, "the local acme is untouched");
+    // Named explicitly it is replaced, but not left without the owner it had.
+    begin_refused(&target, &manifest, Some("acme"), "replace", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "owner");
+    let mut with_owner = manifest.clone();
+    with_owner["members"] = serde_json::json!([{"user_id": "33333333-3333-4333-8333-333333333333", "role": "owner"}]);
+    std::fs::write(dir.join("manifest.json"), with_owner.to_string()).unwrap();
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace", "--as", "acme"]), 0);
+    assert_eq!(tenant_rows(&target, "acme").len(), 9);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review_a_restore_waits_for_the_tenants_writers() {
+    let (_source, dir) = exported("writers");
+    let target = app_db(Server::shared(), "writers_dst");
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    let expected = tenant_rows(&target, "acme");
+    // Only customers left (their DELETE is the restore's first), and a writer of the tenant
+    // adding one, not committed yet.
+    target.superuser().batch_execute("DELETE FROM orders; DELETE FROM events").unwrap();
+    let mut app = target.app();
+    let mut writer = begin_as(&mut app, "acme");
+    writer.execute("INSERT INTO customers (name) VALUES ('concurrent write')", &[]).unwrap();
+    let url = conninfo(&target, MOVER);
+    let path = dir.clone();
+    let restore = std::thread::spawn(move || mt_move(&["import", "--to", &url, "--archive", path.to_str().unwrap(), "--replace"]));
+    let mut su = target.superuser();
+    let mut waiting = false;
+    for _ in 0..1000 {
+        waiting = su
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                                  AND application_name = 'mt-move' AND wait_event_type = 'Lock')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(waiting, "the restore waits for the writer");
+    writer.commit().unwrap();
+    assert_eq!(restore.join().unwrap(), 0);
+    assert_eq!(tenant_rows(&target, "acme"), expected, "the restore replaced the concurrent write too");
+    assert_healthy(&target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review_a_rolled_back_import_end_takes_the_end_back() {
+    let (_source, dir) = exported("savepoint");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let target = app_db(Server::shared(), "savepoint_dst");
+    let mut su = target.superuser();
+    let mut tx = su.transaction().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&manifest]).unwrap();
+    tx.batch_execute("SAVEPOINT s; SELECT * FROM multitenancy.tenant_import_end(); ROLLBACK TO SAVEPOINT s;").unwrap();
+    // Still importing acme: a second tenant cannot begin in this transaction, and acme's
+    // import can still be ended.
+    let mut other = manifest.clone();
+    other["tenant"]["slug"] = "other".into();
+    other["tenant"]["id"] = serde_json::Value::Null;
+    tx.batch_execute("SAVEPOINT t").unwrap();
+    expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&other]), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+    tx.batch_execute("ROLLBACK TO SAVEPOINT t").unwrap();
+    let tenant: String = tx.query_one("SELECT multitenancy.current_tenant_id()::text", &[]).unwrap().get(0);
+    assert_eq!(tenant, manifest["tenant"]["id"].as_str().unwrap());
+    tx.query("SELECT * FROM multitenancy.tenant_import_end()", &[]).unwrap();
+    tx.commit().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review_an_export_only_reads_and_a_deleted_tenant_round_trips() {
+    let source = app_db(Server::shared(), "export_ro");
+    source.tenant("Acme", "acme");
+    fill(&source, "acme");
+    source.superuser().batch_execute("SELECT multitenancy.tenant_suspend('acme', 'test')").unwrap();
+    let mut su = source.superuser();
+    let mut tx = su.transaction().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_export('acme')", &[]).unwrap();
+    let error = expect_sqlstate(tx.execute("INSERT INTO customers (name) VALUES ('written during an export')", &[]), &SqlState::READ_ONLY_SQL_TRANSACTION);
+    assert!(error.message().contains("exports a tenant"), "{error:?}");
+    tx.rollback().unwrap();
+    source.superuser().batch_execute("SELECT multitenancy.tenant_delete('acme')").unwrap();
+    let dir = archive_dir("deleted");
+    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    let target = app_db(Server::shared(), "deleted_dst");
+    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    let status: String = target.superuser().query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[]).unwrap().get(0);
+    assert_eq!(status, "deleted");
+    assert_eq!(tenant_rows(&target, "acme"), tenant_rows(&source, "acme"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
