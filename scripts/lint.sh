@@ -29,6 +29,7 @@ for major in $PG_MAJORS_SUPPORTED; do
         cargo clippy --quiet --no-default-features --features "pg$major pg_test" -- -D warnings
 done
 check "clippy -D warnings (integration tests)" cargo clippy --quiet -p multitenancy-integration --tests -- -D warnings
+check "clippy -D warnings (mt-move)" cargo clippy --quiet -p multitenancy-move --all-targets -- -D warnings
 check "no RAISE outside multitenancy._raise" no_raise_in_sql
 echo "lint: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
