@@ -41,8 +41,9 @@ ALTER EVENT TRIGGER multitenancy_guard_start ENABLE ALWAYS;
 
 -- The enabled tables a tenant's rows live in, parents before children (foreign keys between
 -- enabled tables), with what an export and an import need to know about each: the columns the
--- archive carries (all but tenant_id and generated columns; with each its type and its base
--- type), the primary key's integer column an import may remap (a key without tenant_id, filled
+-- archive carries (all but tenant_id and generated columns; with each its type and, when
+-- casting text to it runs no domain's code, the base type — NULL for composites, ranges and
+-- arrays of domains), the primary key's integer column an import may remap (a key without tenant_id, filled
 -- from a sequence), the foreign keys to enabled tables, and every sequence-filled column. Partitions and inheritance children are
 -- read and written through their parent and are not listed. Catalog reads only.
 CREATE FUNCTION multitenancy.move_tables()
@@ -87,7 +88,8 @@ BEGIN
                                                                            UNION ALL SELECT y.typbasetype FROM b JOIN pg_type y ON y.oid = b.t
                                                                             WHERE y.typtype = 'd')
                                                                        SELECT format_type(b.t, NULL) FROM b JOIN pg_type y ON y.oid = b.t
-                                                                        WHERE y.typtype <> 'd'))
+                                                                         LEFT JOIN pg_type e ON e.oid = y.typelem
+                                                                        WHERE y.typtype = 'b' AND (e.oid IS NULL OR e.typtype = 'b')))
                                       ORDER BY a.attnum), '[]')
               INTO columns
               FROM pg_attribute a
@@ -337,6 +339,13 @@ BEGIN
             PERFORM multitenancy._raise('tenant_not_found', ARRAY[coalesce(p_slug, v_t->>'id')]);
         END IF;
         v_slug := multitenancy._lock_tenant(v_id);
+        -- Without a named tenant, the archive's id and slug must both be the tenant's.
+        IF p_slug IS NULL AND v_slug IS DISTINCT FROM v_t->>'slug' THEN
+            PERFORM multitenancy._raise('archive_invalid', ARRAY[
+                format('the archive''s tenant %L has the id of tenant %L here', v_t->>'slug', v_slug),
+                format('To replace %L with it anyway, name it: tenant => %L (mt-move import --replace --as %s).',
+                       v_slug, v_slug, v_slug)]);
+        END IF;
         -- Writers of the tenant finish first, and wait until this import commits.
         PERFORM multitenancy._usage_lock(v_id);
         v_had_owner := EXISTS (SELECT 1 FROM multitenancy.members WHERE tenant_id = v_id AND role = 'owner');
@@ -377,9 +386,11 @@ BEGIN
 END
 $$;
 
--- Finish an import: set the tenant's counters from its rows (one index scan per physical table),
--- and return per table what it holds.
-CREATE FUNCTION multitenancy._tenant_import_end(p_tenant uuid)
+-- Finish an import: what the tenant holds per physical table, from its counters (which the
+-- usage triggers kept exact while the rows went in, including what this transaction has not
+-- written yet); with p_recount, first set them from the rows (one index scan per physical
+-- table), for counters that drifted before the import.
+CREATE FUNCTION multitenancy._tenant_import_end(p_tenant uuid, p_recount boolean)
 RETURNS TABLE (table_name regclass, row_count bigint, byte_count bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -390,28 +401,28 @@ DECLARE
     v_total_rows bigint := 0;
     v_total_bytes bigint := 0;
 BEGIN
-    PERFORM multitenancy._usage_settle(p_tenant);
-    PERFORM multitenancy._usage_lock(p_tenant);
-    DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
-    FOR v_table IN WITH RECURSIVE t(relid) AS (
-                        SELECT relid::oid FROM multitenancy.enabled_tables
-                        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-                    SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
-                     WHERE c.relkind = 'r' ORDER BY 1 LOOP
-        EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-                       'WHERE t.tenant_id = $1', v_table)
-           INTO v_rows, v_bytes USING p_tenant;
-        IF v_rows > 0 THEN
-            PERFORM multitenancy._usage_set(p_tenant, v_table, v_rows, v_bytes);
-            v_total_rows := v_total_rows + v_rows;
-            v_total_bytes := v_total_bytes + v_bytes;
-            table_name := v_table;
-            row_count := v_rows;
-            byte_count := v_bytes;
-            RETURN NEXT;
-        END IF;
-    END LOOP;
-    PERFORM multitenancy._usage_set(p_tenant, 0::oid::regclass, v_total_rows, v_total_bytes);
+    IF p_recount THEN
+        PERFORM multitenancy._usage_settle(p_tenant);
+        PERFORM multitenancy._usage_lock(p_tenant);
+        DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
+        FOR v_table IN WITH RECURSIVE t(relid) AS (
+                            SELECT relid::oid FROM multitenancy.enabled_tables
+                            UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
+                        SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
+                         WHERE c.relkind = 'r' ORDER BY 1 LOOP
+            EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
+                           'WHERE t.tenant_id = $1', v_table)
+               INTO v_rows, v_bytes USING p_tenant;
+            IF v_rows > 0 THEN
+                PERFORM multitenancy._usage_set(p_tenant, v_table, v_rows, v_bytes);
+                v_total_rows := v_total_rows + v_rows;
+                v_total_bytes := v_total_bytes + v_bytes;
+            END IF;
+        END LOOP;
+        PERFORM multitenancy._usage_set(p_tenant, 0::oid::regclass, v_total_rows, v_total_bytes);
+    END IF;
+    RETURN QUERY SELECT c.relid, c.row_count, c.byte_count FROM multitenancy._usage_counters() c
+                  WHERE c.tenant_id = p_tenant AND c.row_count <> 0 ORDER BY c.relid::text;
 END
 $$;
 
@@ -468,22 +479,24 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_import_rows_wrapper';
 
-CREATE  FUNCTION "tenant_import_end"() RETURNS TABLE (
+CREATE  FUNCTION "tenant_import_end"(
+	"recount" bool DEFAULT false /* Option < bool > */
+) RETURNS TABLE (
 	"table_name" TEXT,  /* String */
 	"row_count" bigint,  /* i64 */
 	"byte_count" bigint  /* i64 */
 )
-STRICT VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_import_end_wrapper';
 
 REVOKE EXECUTE ON FUNCTION multitenancy._tenant_rows_delete(uuid, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy._tenant_export(uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_begin(jsonb, text, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_end(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._tenant_import_end(uuid, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_rows(regclass, regclass) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end(boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

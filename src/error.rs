@@ -13,79 +13,177 @@ pub enum MtError {
     NoContext,
     /// The context's setting (`multitenancy.tenant_id`, or the claims setting) was set for the
     /// session in an earlier transaction.
-    StaleSessionContext { setting: String },
+    StaleSessionContext {
+        setting: String,
+    },
     /// A transaction that has a tenant context tried to switch to another tenant.
-    OneTenantPerTransaction { current: String, requested: String },
+    OneTenantPerTransaction {
+        current: String,
+        requested: String,
+    },
     /// `multitenancy.tenant_id` holds something that is not a uuid.
-    MalformedContext { value: String },
+    MalformedContext {
+        value: String,
+    },
     /// A transaction-local setter was called outside a transaction block.
-    NotInTransactionBlock { function: &'static str },
+    NotInTransactionBlock {
+        function: &'static str,
+    },
     /// No tenant with that id or slug.
-    TenantNotFound { tenant: String },
+    TenantNotFound {
+        tenant: String,
+    },
     /// The tenant exists but is suspended or deleted.
-    TenantNotActive { slug: String, status: String },
+    TenantNotActive {
+        slug: String,
+        status: String,
+    },
     /// A slug breaks the slug rules.
-    InvalidSlug { slug: String, reason: &'static str },
+    InvalidSlug {
+        slug: String,
+        reason: &'static str,
+    },
     /// No slug was given and none can be derived from the name.
-    SlugUnderivable { name: String },
+    SlugUnderivable {
+        name: String,
+    },
     /// Another tenant already has this slug.
-    DuplicateSlug { slug: String },
+    DuplicateSlug {
+        slug: String,
+    },
     /// A tenant name that is empty or too long.
-    InvalidName { reason: &'static str },
+    InvalidName {
+        reason: &'static str,
+    },
     /// A plan name that breaks the plan-name rules.
-    InvalidPlan { plan: String },
+    InvalidPlan {
+        plan: String,
+    },
     /// `tenant_enable` on something that is not an ordinary or partitioned table.
-    WrongRelationKind { table: String, kind: &'static str },
+    WrongRelationKind {
+        table: String,
+        kind: &'static str,
+    },
     /// `tenant_enable` on a table the extension or PostgreSQL owns.
-    ReservedSchema { table: String, schema: String },
+    ReservedSchema {
+        table: String,
+        schema: String,
+    },
     /// The table has a `tenant_id` column that is not of type uuid.
-    TenantColumnType { table: String, found: String },
+    TenantColumnType {
+        table: String,
+        found: String,
+    },
     /// Existing rows have no tenant and no `backfill_tenant` was given.
-    BackfillRequired { table: String, rows: i64, column_exists: bool },
+    BackfillRequired {
+        table: String,
+        rows: i64,
+        column_exists: bool,
+    },
     /// DDL that would leave a tenant-enabled table unprotected (the DDL guard).
-    GuardWeakens { command: String, table: String, what: String, fix: Option<String> },
+    GuardWeakens {
+        command: String,
+        table: String,
+        what: String,
+        fix: Option<String>,
+    },
     /// A view that is not security_invoker over a tenant-enabled table.
-    LeakyView { view: String, table: String },
+    LeakyView {
+        view: String,
+        table: String,
+    },
     /// A materialized view over a tenant-enabled table.
-    MaterializedView { view: String, table: String },
+    MaterializedView {
+        view: String,
+        table: String,
+    },
     /// A materialized view that calls a function which may read tenant-enabled tables.
-    MaterializedViewFunction { view: String, function: String },
+    MaterializedViewFunction {
+        view: String,
+        function: String,
+    },
     /// A publication that would publish a tenant-enabled table.
-    PublishesTenantTable { publication: String, table: String },
+    PublishesTenantTable {
+        publication: String,
+        table: String,
+    },
     /// A transaction created tables in guarded schemas and neither enabled nor exempted them.
-    UnprotectedAtCommit { tables: Vec<String> },
+    UnprotectedAtCommit {
+        tables: Vec<String>,
+    },
     /// `tenant_enable` on an exempt table.
-    TableExempt { table: String, reason: String },
+    TableExempt {
+        table: String,
+        reason: String,
+    },
     /// `tenant_exempt` on a tenant-enabled table.
-    TableEnabled { table: String },
+    TableEnabled {
+        table: String,
+    },
     /// `tenant_exempt` without a reason.
     MissingReason,
     /// A registry change on a table the caller does not own.
-    NotTableOwner { table: String, function: &'static str },
+    NotTableOwner {
+        table: String,
+        function: &'static str,
+    },
     /// A constraint cannot be rebuilt with tenant_id.
-    CannotHarden { table: String, object: String, reason: String },
+    CannotHarden {
+        table: String,
+        object: String,
+        reason: String,
+    },
     /// `multitenancy.user_id` is unset or empty where a user is required.
     NoUserContext,
     /// `multitenancy.user_id` holds something that is not a uuid.
-    MalformedUserContext { value: String },
+    MalformedUserContext {
+        value: String,
+    },
     /// `multitenancy.tenant_id` names no tenant.
-    ContextTenantUnknown { id: String },
+    ContextTenantUnknown {
+        id: String,
+    },
     /// The user in `multitenancy.user_id` is not a member of the tenant.
-    NotAMember { tenant: String, user: String },
+    NotAMember {
+        tenant: String,
+        user: String,
+    },
     /// A management call on a tenant the caller may not manage.
-    NotAuthorized { action: &'static str, tenant: String, reason: String },
+    NotAuthorized {
+        action: &'static str,
+        tenant: String,
+        reason: String,
+    },
     /// `admin_begin` by a role that is not a member of multitenancy_admin.
-    NotAdmin { role: String },
+    NotAdmin {
+        role: String,
+    },
     /// An argument that breaks a rule; the message says which.
-    InvalidArgument { message: String, hint: String },
+    InvalidArgument {
+        message: String,
+        hint: String,
+    },
     /// A role name that is not owner, admin, member or guest.
-    InvalidRole { role: String },
+    InvalidRole {
+        role: String,
+    },
     /// No tenant answers to a host name.
-    HostNotFound { host: String },
+    HostNotFound {
+        host: String,
+    },
     /// A write or a metered use that would take a tenant past a limit.
-    QuotaExceeded { tenant: String, key: String, metered: bool, used: i64, adding: i64, quota: i64 },
+    QuotaExceeded {
+        tenant: String,
+        key: String,
+        metered: bool,
+        used: i64,
+        adding: i64,
+        quota: i64,
+    },
     /// A tenant token that does not verify.
-    BadToken { reason: String },
+    BadToken {
+        reason: String,
+    },
     /// The used-token table has no free slot for a token's id.
     TooManyTokens,
     /// `tenant_token` with no active signing key.
@@ -93,76 +191,163 @@ pub enum MtError {
     /// Signed contexts without `shared_preload_libraries`.
     SignedNeedsPreload,
     /// `multitenancy.require_signed` is on and no signed context was set in this transaction.
-    NoSignedContext { preloaded: bool },
+    NoSignedContext {
+        preloaded: bool,
+    },
     /// Claims mode, and the claims name no tenant (`present`: the claims setting has a value).
-    NoClaimsContext { setting: String, claim: String, present: bool },
+    NoClaimsContext {
+        setting: String,
+        claim: String,
+        present: bool,
+    },
     /// Claims mode, and the claims are not usable.
-    InvalidClaims { setting: String, reason: String },
+    InvalidClaims {
+        setting: String,
+        reason: String,
+    },
     /// `tenant_set` where the context comes from elsewhere.
-    ContextFixed { by: String },
+    ContextFixed {
+        by: String,
+    },
     /// An operator-only action by a caller who is not one.
-    OperatorsOnly { action: &'static str, why: &'static str },
+    OperatorsOnly {
+        action: &'static str,
+        why: &'static str,
+    },
     /// A relation (given as a regclass or an oid) that does not exist.
-    NoSuchRelation { oid: u32 },
+    NoSuchRelation {
+        oid: u32,
+    },
     /// A required argument is NULL.
-    NullArgument { argument: &'static str },
+    NullArgument {
+        argument: &'static str,
+    },
     /// One of the extension's trigger functions attached where it was not made for.
-    TriggerMisused { function: &'static str, table: String, reason: String },
+    TriggerMisused {
+        function: &'static str,
+        table: String,
+        reason: String,
+    },
     /// A write to a tenant-enabled table in read-only admin mode.
-    AdminReadOnly { table: String },
+    AdminReadOnly {
+        table: String,
+    },
     /// Session state that would outlive a transaction in a session that requires signed contexts.
-    SignedSessionState { what: String, hint: String },
+    SignedSessionState {
+        what: String,
+        hint: String,
+    },
     /// DDL the guard cannot check (no event trigger fires for it).
-    GuardCannotCheck { what: String, hint: String },
+    GuardCannotCheck {
+        what: String,
+        hint: String,
+    },
     /// `DROP EXTENSION multitenancy` while enabled tables have permissive policies of their own,
     /// which would remain without the isolation policy (`table (policy)` each).
-    DropWouldOpen { command: String, tables: Vec<String> },
+    DropWouldOpen {
+        command: String,
+        tables: Vec<String>,
+    },
     /// A domain another tenant has registered.
-    DomainTaken { domain: String },
+    DomainTaken {
+        domain: String,
+    },
     /// `domain_verify` with a token that is not the domain's.
-    WrongVerificationToken { domain: String },
+    WrongVerificationToken {
+        domain: String,
+    },
     /// UPDATE, DELETE or TRUNCATE of the audit log by anyone but a superuser.
     AuditLogAppendOnly,
     /// A lifecycle change to the status the tenant already has.
-    StatusUnchanged { slug: String, status: String },
+    StatusUnchanged {
+        slug: String,
+        status: String,
+    },
     /// `tenant_suspend` of a tenant that is not active.
-    CannotSuspend { slug: String, status: String },
+    CannotSuspend {
+        slug: String,
+        status: String,
+    },
     /// `tenant_purge` of a tenant that is not deleted.
-    CannotPurge { slug: String, status: String },
+    CannotPurge {
+        slug: String,
+        status: String,
+    },
     /// `tenant_purge` without the tenant's slug as confirmation.
     PurgeUnconfirmed,
     /// `tenant_purge` where tables that are not tenant-enabled reference the tenant's rows.
-    PurgeReferenced { slug: String, tables: String },
+    PurgeReferenced {
+        slug: String,
+        tables: String,
+    },
     /// A plan that does not exist.
-    PlanNotFound { plan: String },
+    PlanNotFound {
+        plan: String,
+    },
     /// Plan limits or features that are not JSON objects, or limits that are not whole numbers.
-    InvalidPlanLimits { reason: &'static str },
+    InvalidPlanLimits {
+        reason: &'static str,
+    },
     /// A change of a tenant's owners by someone who is not one.
-    OwnersOnly { action: &'static str, slug: String },
+    OwnersOnly {
+        action: &'static str,
+        slug: String,
+    },
     /// `member_add` of a member.
-    AlreadyMember { user: String, slug: String },
+    AlreadyMember {
+        user: String,
+        slug: String,
+    },
     /// Removing or demoting the last owner.
-    LastOwner { verb: String, slug: String },
+    LastOwner {
+        verb: String,
+        slug: String,
+    },
     /// A member change of a user who is not a member.
-    MemberNotFound { user: String, slug: String },
+    MemberNotFound {
+        user: String,
+        slug: String,
+    },
     /// A `rows:<table>` quota key naming no tenant-enabled table.
-    QuotaKeyNoTable { key: String },
+    QuotaKeyNoTable {
+        key: String,
+    },
     /// A quota key that breaks the key rules.
-    InvalidQuotaKey { key: String },
+    InvalidQuotaKey {
+        key: String,
+    },
     /// `signing_key_add` with a name in use (retired or not).
-    SigningKeyExists { name: String },
+    SigningKeyExists {
+        name: String,
+    },
     /// A signing key that does not exist.
-    SigningKeyNotFound { name: String },
+    SigningKeyNotFound {
+        name: String,
+    },
     /// An SPI call failed in a way that is a bug in the extension, not bad input.
     /// An archive this database cannot import: its format or extension version is newer.
-    ArchiveUnsupported { reason: String, hint: String },
+    ArchiveUnsupported {
+        reason: String,
+        hint: String,
+    },
     /// An archive's tables do not fit this database's (see `import_check`).
-    ArchiveMismatch { problems: Vec<String>, missing_table: bool },
+    ArchiveMismatch {
+        problems: Vec<String>,
+        missing_table: bool,
+    },
     /// A write of an enabled table in a transaction that exports a tenant.
-    ExportReadOnly { table: String },
+    ExportReadOnly {
+        table: String,
+    },
     /// A move function called in the wrong state (no import begun, one already begun).
-    MoveState { reason: String, hint: String },
-    Internal { context: &'static str, error: String },
+    MoveState {
+        reason: String,
+        hint: String,
+    },
+    Internal {
+        context: &'static str,
+        error: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, MtError>;

@@ -76,7 +76,11 @@ impl From<std::io::Error> for Failure {
 }
 
 #[derive(Parser)]
-#[command(name = "mt-move", version, about = "Export, import, restore, move and consolidate tenants of the multitenancy extension")]
+#[command(
+    name = "mt-move",
+    version,
+    about = "Export, import, restore, move and consolidate tenants of the multitenancy extension"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,6 +131,17 @@ enum Command {
         /// Leave the archive's custom domains out (a copy next to the original in one database).
         #[arg(long)]
         skip_domains: bool,
+        /// Import only the rows: none of the archive's members, domains, quotas, metered usage,
+        /// status or settings (for an archive from outside, e.g. a customer's own export).
+        #[arg(long)]
+        without_registry: bool,
+        /// The plan of the tenant with --without-registry.
+        #[arg(long, default_value = "free")]
+        plan: String,
+        /// Set the tenant's counters from its rows after the import (they are exact anyway; for
+        /// counters that drifted before).
+        #[arg(long)]
+        recount: bool,
         #[arg(long, value_enum, default_value = "keep")]
         ids: Ids,
         /// Check and print the plan; write nothing.
@@ -209,7 +224,18 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
             reports.push(json!({"export": tenant, "archive": archive, "tables": manifest["tables"]}));
             Ok(())
         }
-        Command::Import { to, archive, as_slug, replace, skip_domains, ids, dry_run } => {
+        Command::Import {
+            to,
+            archive,
+            as_slug,
+            replace,
+            skip_domains,
+            without_registry,
+            plan,
+            recount,
+            ids,
+            dry_run,
+        } => {
             let mut client = connect(to)?;
             let options = Options {
                 slug: as_slug.clone(),
@@ -219,6 +245,8 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                 reason: cli.reason.clone(),
                 activate: false,
                 skip_domains: *skip_domains,
+                without_registry: without_registry.then(|| plan.clone()),
+                recount: *recount,
             };
             let report = import_archive(&mut client, archive, &options, ui);
             finish(report, reports)
@@ -232,6 +260,8 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                 reason: cli.reason.clone(),
                 activate: false,
                 skip_domains: false,
+                without_registry: None,
+                recount: false,
             };
             let report = move_tenant(from, to, tenant, archive, *keep_source, options, ui);
             finish(report, reports)
@@ -257,6 +287,8 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                 reason: cli.reason.clone(),
                 activate: false,
                 skip_domains: false,
+                without_registry: None,
+                recount: false,
             };
             let mut target = connect(to)?;
             let mut failure = None;
@@ -315,8 +347,10 @@ impl Ui {
         }
         let bar = match total {
             Some(total) => ProgressBar::new(total).with_style(
-                ProgressStyle::with_template("{msg:28} {bar:30} {human_pos}/{human_len} rows {prefix} {per_sec} ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{msg:28} {bar:30} {human_pos}/{human_len} rows {prefix} {per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             ),
             None => ProgressBar::new_spinner().with_style(
                 ProgressStyle::with_template("{msg:28} {spinner} {human_pos} rows {prefix} {per_sec} {elapsed}")
@@ -336,8 +370,9 @@ impl Ui {
 /// PGPASSWORD and PGDATABASE fill what the string leaves out. Every statement of the program
 /// is schema-qualified; the search path is pinned anyway.
 pub fn connect(conninfo: &str) -> Result<Client> {
-    let mut config: postgres::Config =
-        conninfo.parse().map_err(|e| Failure { code: EXIT_USAGE, message: format!("invalid connection string: {e}") })?;
+    let mut config: postgres::Config = conninfo
+        .parse()
+        .map_err(|e| Failure { code: EXIT_USAGE, message: format!("invalid connection string: {e}") })?;
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if config.get_hosts().is_empty() {
         match env("PGHOST") {
@@ -367,23 +402,40 @@ pub fn connect(conninfo: &str) -> Result<Client> {
     }
     config.application_name("mt-move");
     config.options("-c search_path=pg_catalog,pg_temp");
-    config.connect(NoTls).map_err(|e| failed(format!("cannot connect ({conninfo_shown}): {e}", conninfo_shown = shown(conninfo))))
+    config
+        .connect(NoTls)
+        .map_err(|e| failed(format!("cannot connect ({conninfo_shown}): {e}", conninfo_shown = shown(conninfo))))
 }
 
-/// A connection string without its password.
-fn shown(conninfo: &str) -> String {
-    if let Some((scheme, rest)) = conninfo.split_once("://") {
-        if let Some((auth, host)) = rest.split_once('@') {
-            let user = auth.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}@{host}");
-        }
-        return conninfo.to_string();
+/// A connection string as it may be shown (logs, reports): host, port, database and user,
+/// never the password, whatever form the string had.
+pub fn shown(conninfo: &str) -> String {
+    let Ok(config) = conninfo.parse::<postgres::Config>() else {
+        return "(unparsable connection string)".into();
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let mut parts = Vec::new();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", hosts.join(",")));
     }
-    conninfo
-        .split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
-        .collect::<Vec<_>>()
-        .join(" ")
+    if !ports.is_empty() {
+        parts.push(format!("port={}", ports.join(",")));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={db}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    parts.join(" ")
 }
 
 /// Operators: superusers and members of the extension's owner act as themselves; members of
@@ -434,10 +486,10 @@ impl Meter {
 
     fn feed(&mut self, buf: &[u8]) {
         let before = self.newlines;
-        for &b in buf {
-            if b == b'"' {
+        for at in memchr::memchr2_iter(b'"', b'\n', buf) {
+            if buf[at] == b'"' {
                 self.in_quote = !self.in_quote;
-            } else if b == b'\n' && !self.in_quote {
+            } else if !self.in_quote {
                 self.newlines += 1;
             }
         }
@@ -478,6 +530,18 @@ fn pump(from: &mut dyn Read, to: &mut dyn Write, meter: &mut Meter) -> Result<()
 /// Export `tenant` into the archive directory `dir` (which must not hold an archive yet), in one
 /// REPEATABLE READ transaction: the tables are a consistent picture. Returns the manifest.
 pub fn export(client: &mut Client, tenant: &str, dir: &Path, reason: &str, ui: &Ui) -> Result<Value> {
+    export_with(client, tenant, dir, reason, ui, None)
+}
+
+/// [`export`]; a move records the tenant's status before it suspended it.
+fn export_with(
+    client: &mut Client,
+    tenant: &str,
+    dir: &Path,
+    reason: &str,
+    ui: &Ui,
+    moved_from_status: Option<&str>,
+) -> Result<Value> {
     if dir.join("manifest.json").exists() {
         return Err(refused(format!("{} already holds an archive (manifest.json)", dir.display())));
     }
@@ -491,7 +555,7 @@ pub fn export(client: &mut Client, tenant: &str, dir: &Path, reason: &str, ui: &
     for (i, table) in tables.iter().enumerate() {
         let name = table["name"].as_str().unwrap_or_default().to_string();
         let columns = column_names(table);
-        let file = format!("data/{:03}_{}.csv", i + 1, name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"));
+        let file = format!("data/{:03}_{}.csv", i + 1, name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         let expected: i64 = t
             .query_one(
                 "SELECT coalesce(sum(u.row_count), 0)::bigint FROM multitenancy.table_usage u \
@@ -527,6 +591,9 @@ pub fn export(client: &mut Client, tenant: &str, dir: &Path, reason: &str, ui: &
     manifest["tables"] = Value::Array(written);
     manifest["archive_id"] = json!(archive_id);
     manifest["written_by"] = json!(format!("mt-move {}", env!("CARGO_PKG_VERSION")));
+    if let Some(status) = moved_from_status {
+        manifest["moved_from_status"] = json!(status);
+    }
     let tmp = dir.join("manifest.json.tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -563,6 +630,11 @@ pub struct Options {
     pub activate: bool,
     /// Leave the archive's custom domains out.
     pub skip_domains: bool,
+    /// Apply none of the archive's registry entries (members, domains, quotas, metered usage,
+    /// status, settings); the tenant gets this plan.
+    pub without_registry: Option<String>,
+    /// Set the tenant's counters from its rows at the end (`tenant_import_end(recount => true)`).
+    pub recount: bool,
 }
 
 /// A target table as `move_tables()` describes it.
@@ -598,7 +670,12 @@ fn targets(t: &mut Transaction<'_>) -> Result<Vec<Target>> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c["base_type"].as_str().unwrap_or("text").to_string()))
+                    .map(|c| {
+                        (
+                            c["name"].as_str().unwrap_or_default().to_string(),
+                            c["base_type"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
                     .collect(),
                 remap_column: r.get(2),
                 remap_sequence: r.get(3),
@@ -616,7 +693,10 @@ fn targets(t: &mut Transaction<'_>) -> Result<Vec<Target>> {
                     .into_iter()
                     .flatten()
                     .map(|x| {
-                        (x["column"].as_str().unwrap_or_default().to_string(), x["sequence"].as_str().unwrap_or_default().to_string())
+                        (
+                            x["column"].as_str().unwrap_or_default().to_string(),
+                            x["sequence"].as_str().unwrap_or_default().to_string(),
+                        )
                     })
                     .collect(),
             }
@@ -639,17 +719,33 @@ pub fn import_archive(
     if options.skip_domains {
         manifest["domains"] = json!([]);
     }
-    let dir = dir.to_path_buf();
+    if let Some(plan) = &options.without_registry {
+        // Only the rows: the tenant gets a name, a slug and the plan the operator chose.
+        for key in ["members", "domains", "quotas", "metered_usage"] {
+            manifest[key] = json!([]);
+        }
+        let tenant = &manifest["tenant"];
+        manifest["tenant"] = json!({"id": tenant["id"], "slug": tenant["slug"], "name": tenant["name"], "plan": plan});
+    }
+    // Every file is named, counted and hashed by the manifest, and lies inside the archive
+    // (a symbolic link out of it is refused).
+    let root = std::fs::canonicalize(dir).map_err(|e| (None, refused(format!("{}: {e}", dir.display()))))?;
+    for table in manifest["tables"].as_array().into_iter().flatten() {
+        let name = table["name"].as_str().unwrap_or("?");
+        if table["file"].as_str().is_none() || table["rows"].as_u64().is_none() || table["sha256"].as_str().is_none() {
+            return Err((None, refused(format!("manifest entry of {name} lacks its file, rows or sha256"))));
+        }
+    }
     let mut feed = move |_i: usize, table: &Value, out: &mut dyn Write, meter: &mut Meter| -> Result<()> {
         let file = table["file"].as_str().unwrap_or_default();
-        if file.contains("..") || file.starts_with('/') {
-            return Err(refused(format!("manifest names a file outside the archive: {file}")));
+        let path = std::fs::canonicalize(root.join(file)).map_err(|e| refused(format!("archive file {file}: {e}")))?;
+        if !path.starts_with(&root) || !std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
+            return Err(refused(format!("manifest names {file}, which is not a file inside the archive")));
         }
-        let mut reader = BufReader::new(
-            std::fs::File::open(dir.join(file)).map_err(|e| refused(format!("archive file {file}: {e}")))?,
-        );
+        let mut reader =
+            BufReader::new(std::fs::File::open(&path).map_err(|e| refused(format!("archive file {file}: {e}")))?);
         pump(&mut reader, out, meter)?;
-        if table["sha256"].as_str().is_some_and(|sum| sum != meter.digest()) {
+        if table["sha256"].as_str() != Some(meter.digest().as_str()) {
             return Err(refused(format!("archive file {file} is damaged (its SHA-256 differs from the manifest's)")));
         }
         Ok(())
@@ -726,7 +822,10 @@ fn import_in(
         let rows = writer.finish()?;
         meter.bar.finish_and_clear();
         if expected.is_some_and(|e| e != rows) {
-            return Err(refused(format!("{name}: the archive's file holds {rows} rows, its manifest says {}", expected.unwrap_or(0))));
+            return Err(refused(format!(
+                "{name}: the archive's file holds {rows} rows, its manifest says {}",
+                expected.unwrap_or(0)
+            )));
         }
         ui.log(&format!("staged {name}: {rows} rows, {} bytes", meter.bytes));
         staged.push((i, ti, columns, rows));
@@ -761,10 +860,19 @@ fn import_in(
             if !key.iter().all(|k| columns.contains(k)) {
                 continue;
             }
-            let base = |k: &String| {
-                target.base_types.iter().find(|(c, _)| c == k).map(|(_, b)| b.clone()).unwrap_or_else(|| "text".into())
-            };
-            let on = key.iter().map(|k| format!("t.{0} = s.{0}::{1}", quote_ident(k), base(k))).collect::<Vec<_>>().join(" AND ");
+            let base =
+                |k: &String| target.base_types.iter().find(|(c, _)| c == k).map(|(_, b)| b.clone()).unwrap_or_default();
+            // A key of a type whose text input would run a domain's code (an array of domains, a
+            // composite, a range) is not checked here, as the importer: its unique index refuses
+            // a collision when the rows go in (exit 4, nothing written).
+            if key.iter().any(|k| base(k).is_empty()) {
+                continue;
+            }
+            let on = key
+                .iter()
+                .map(|k| format!("t.{0} = s.{0}::{1}", quote_ident(k), base(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
             let shown = key.iter().map(|k| format!("s.{}", quote_ident(k))).collect::<Vec<_>>().join(" || ',' || ");
             let row = t.query_one(
                 &format!(
@@ -802,7 +910,11 @@ fn import_in(
             p["table"].as_str().unwrap_or_default(),
             p["rows"],
             if p["remap"] == json!(true) { ", ids remapped" } else { "" },
-            if p["collisions"] != json!(0) { format!(", {} keys taken by other rows", p["collisions"]) } else { String::new() }
+            if p["collisions"] != json!(0) {
+                format!(", {} keys taken by other rows", p["collisions"])
+            } else {
+                String::new()
+            }
         ));
     }
     if total_collisions > 0 {
@@ -811,9 +923,12 @@ fn import_in(
             .iter()
             .flat_map(|p| {
                 let table = p["table"].as_str().unwrap_or_default().to_string();
-                p["collision_examples"].as_array().cloned().unwrap_or_default().into_iter().map(move |e| {
-                    format!("{table}: {}", e.as_str().unwrap_or_default())
-                })
+                p["collision_examples"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |e| format!("{table}: {}", e.as_str().unwrap_or_default()))
             })
             .collect();
         return Err(refused(format!(
@@ -862,11 +977,16 @@ fn import_in(
         for column in columns {
             let q = quote_ident(column);
             let referenced = target.refs.iter().find_map(|(c, table, _)| {
-                (c == column).then(|| targets.iter().position(|x| &x.name == table)).flatten().filter(|r| maps[*r].is_some() || remapped_elsewhere(&targets, options, *r))
+                (c == column)
+                    .then(|| targets.iter().position(|x| &x.name == table))
+                    .flatten()
+                    .filter(|r| maps[*r].is_some() || remapped_elsewhere(&targets, options, *r))
             });
             let map = match referenced {
                 Some(r) => Some((r, maps[r])),
-                None if maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str()) => Some((*ti, maps[*ti])),
+                None if maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str()) => {
+                    Some((*ti, maps[*ti]))
+                }
                 None => None,
             };
             let Some((r, map)) = map else { continue };
@@ -880,7 +1000,9 @@ fn import_in(
                         &[],
                     )?
                     .get(0),
-                None => t.query_one(&format!("SELECT count(*) FROM mt_stage_{i} s WHERE s.{q} IS NOT NULL"), &[])?.get(0),
+                None => {
+                    t.query_one(&format!("SELECT count(*) FROM mt_stage_{i} s WHERE s.{q} IS NOT NULL"), &[])?.get(0)
+                }
             };
             if dangling > 0 {
                 return Err(refused(format!(
@@ -910,23 +1032,30 @@ fn import_in(
             .get(0);
         bar.finish_and_clear();
         ui.log(&format!("inserted {}: {n} rows", target.name));
-        // Sequences past the imported ids (remapped ids came from the sequence itself).
+        // Sequences past every id in the table (remapped ids came from the sequence itself);
+        // the maximum of an indexed key is one index probe.
         for (column, sequence) in &target.sequences {
-            if !columns.contains(column) || (maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str())) {
+            if !columns.contains(column)
+                || (maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str()))
+            {
                 continue;
             }
             t.execute(
                 &format!(
-                    "SELECT pg_catalog.setval(pg_catalog.to_regclass($1), x.m) FROM (SELECT max(s.{}::bigint) AS m FROM mt_stage_{i} s) x \
+                    "SELECT pg_catalog.setval(pg_catalog.to_regclass($1), x.m) FROM (SELECT max(t.{})::bigint AS m FROM {} t) x \
                       WHERE x.m > coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($1)), 0)",
-                    quote_ident(column)
+                    quote_ident(column),
+                    target.name
                 ),
                 &[sequence],
             )?;
         }
         written.push((target.name.clone(), n as u64));
     }
-    let end = t.query("SELECT table_name, row_count, byte_count FROM multitenancy.tenant_import_end()", &[])?;
+    let end = t.query(
+        "SELECT table_name, row_count, byte_count FROM multitenancy.tenant_import_end($1)",
+        &[&options.recount],
+    )?;
     if options.activate {
         let status: String =
             t.query_one("SELECT status FROM multitenancy.tenants WHERE id = $1::text::uuid", &[&tenant.0])?.get(0);
@@ -974,37 +1103,73 @@ pub fn move_tenant(
 ) -> std::result::Result<Value, (Option<Value>, Failure)> {
     let plain = |e: Failure| (None, e);
     let mut source = connect(from).map_err(plain)?;
+    let pg = |e: postgres::Error| (None, Failure::from(e));
+    // The tenant at the source: (id, slug, status), if it is still there.
+    let at_source = |source: &mut Client| -> Result<Option<(String, String, String)>> {
+        let mut t = source.transaction()?;
+        become_operator(&mut t, &options.reason)?;
+        let row = t.query_opt(
+            "SELECT id::text, slug, status FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1",
+            &[&tenant],
+        )?;
+        t.rollback()?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    };
     let manifest = if dir.join("manifest.json").exists() {
         let manifest = read_manifest(dir).map_err(plain)?;
-        if manifest["tenant"]["slug"].as_str() != Some(tenant) && manifest["tenant"]["id"].as_str() != Some(tenant) {
-            return Err(plain(refused(format!("{} holds an archive of another tenant", dir.display()))));
+        // Only an archive this command wrote after suspending the tenant, of this very tenant
+        // (slug and id), with the tenant still suspended since: anything else could lose rows
+        // written after it, or purge another tenant.
+        if manifest["moved_from_status"].as_str().is_none() {
+            return Err(plain(refused(format!(
+                "{} holds an archive that mt-move move did not write; a move exports the tenant itself after \
+                 suspending it — give it another --archive directory",
+                dir.display()
+            ))));
+        }
+        let (id, slug) =
+            (manifest["tenant"]["id"].as_str().unwrap_or(""), manifest["tenant"]["slug"].as_str().unwrap_or(""));
+        match at_source(&mut source).map_err(plain)? {
+            Some((sid, sslug, status)) => {
+                if sid != id || sslug != slug {
+                    return Err(plain(refused(format!(
+                        "{} holds an archive of tenant {slug} ({id}), and the source's {tenant} is {sslug} ({sid})",
+                        dir.display()
+                    ))));
+                }
+                if status != "suspended" {
+                    return Err(plain(refused(format!(
+                        "tenant {sslug} is {status} at the source: it may have changed since the archive was written; \
+                         move it with a new --archive directory"
+                    ))));
+                }
+            }
+            None if tenant != slug && tenant != id => {
+                return Err(plain(refused(format!("{} holds an archive of another tenant ({slug})", dir.display()))));
+            }
+            None => {}
         }
         ui.log("archive already complete: export skipped");
         manifest
     } else {
         if options.dry_run {
-            return Err(plain(refused("a dry run of a move needs the archive: run mt-move export first, or drop --dry-run")));
+            return Err(plain(refused(
+                "a dry run of a move needs the archive: run mt-move export first, or drop --dry-run",
+            )));
         }
-        let was_active = {
-            let mut t = source.transaction().map_err(|e| plain(e.into()))?;
-            become_operator(&mut t, &options.reason).map_err(plain)?;
-            let status: Option<String> = t
-                .query_opt("SELECT status FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1", &[&tenant])
-                .map_err(|e| plain(e.into()))?
-                .map(|r| r.get(0));
-            let was_active = status.as_deref() == Some("active");
-            if was_active {
-                t.execute("SELECT multitenancy.tenant_suspend($1, $2)", &[&tenant, &format!("moving: {}", options.reason)])
-                    .map_err(|e| plain(e.into()))?;
-            }
-            t.commit().map_err(|e| plain(e.into()))?;
-            was_active
+        let status = at_source(&mut source).map_err(plain)?.map(|s| s.2);
+        let Some(status) = status else {
+            return Err(plain(refused(format!("tenant {tenant} does not exist at the source"))));
         };
-        let mut manifest = export(&mut source, tenant, dir, &options.reason, ui).map_err(plain)?;
-        manifest["moved_from_status"] = json!(if was_active { "active" } else { "suspended" });
-        let path = dir.join("manifest.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap_or_default()).map_err(|e| plain(e.into()))?;
-        manifest
+        if status == "active" {
+            let mut t = source.transaction().map_err(pg)?;
+            become_operator(&mut t, &options.reason).map_err(plain)?;
+            t.execute("SELECT multitenancy.tenant_suspend($1, $2)", &[&tenant, &format!("moving: {}", options.reason)])
+                .map_err(pg)?;
+            t.commit().map_err(pg)?;
+        }
+        let from = if status == "active" { "active" } else { status.as_str() };
+        export_with(&mut source, tenant, dir, &options.reason, ui, Some(from)).map_err(plain)?
     };
     options.activate = manifest["moved_from_status"].as_str() == Some("active");
     let mut target = connect(to).map_err(plain)?;
@@ -1035,14 +1200,55 @@ pub fn move_tenant(
         let mut t = source.transaction().map_err(|e| plain(e.into()))?;
         become_operator(&mut t, &options.reason).map_err(plain)?;
         let id: Option<String> = t
-            .query_opt("SELECT id::text FROM multitenancy.tenants WHERE id::text = $1", &[&manifest["tenant"]["id"].as_str()])
+            .query_opt(
+                "SELECT id::text FROM multitenancy.tenants WHERE id::text = $1",
+                &[&manifest["tenant"]["id"].as_str()],
+            )
             .map_err(|e| plain(e.into()))?
             .map(|r| r.get(0));
         if let Some(id) = id {
-            let slug: String = t
-                .query_one("SELECT slug FROM multitenancy.tenants WHERE id::text = $1", &[&id])
-                .map_err(|e| plain(e.into()))?
-                .get(0);
+            let (slug, status): (String, String) = {
+                let r = t
+                    .query_one("SELECT slug, status FROM multitenancy.tenants WHERE id::text = $1", &[&id])
+                    .map_err(|e| plain(e.into()))?;
+                (r.get(0), r.get(1))
+            };
+            // Purge only what the archive holds: the tenant still suspended, and as many rows in
+            // every table as the archive has.
+            if status != "suspended" {
+                return Err((
+                    Some(report),
+                    refused(format!("tenant {slug} is {status} at the source, not suspended: not purged")),
+                ));
+            }
+            let tables = t
+                .query("SELECT table_name::text FROM multitenancy.move_tables() ORDER BY load_order", &[])
+                .map_err(|e| plain(e.into()))?;
+            for row in tables {
+                let name: String = row.get(0);
+                let archived = manifest["tables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["name"].as_str() == Some(name.as_str()))
+                    .and_then(|x| x["rows"].as_i64())
+                    .unwrap_or(0);
+                let now: i64 = t
+                    .query_one(
+                        &format!("SELECT count(*) FROM {name} WHERE tenant_id OPERATOR(pg_catalog.=) $1::text::uuid"),
+                        &[&id],
+                    )
+                    .map_err(|e| plain(e.into()))?
+                    .get(0);
+                if now != archived {
+                    return Err((
+                        Some(report),
+                        refused(format!(
+                            "{name} holds {now} rows of tenant {slug} at the source and the archive {archived}: not purged"
+                        )),
+                    ));
+                }
+            }
             t.execute("SELECT multitenancy.tenant_delete($1)", &[&id]).map_err(|e| plain(e.into()))?;
             let purged: i64 = t
                 .query_one("SELECT multitenancy.tenant_purge($1, $2)", &[&id, &slug])
@@ -1104,15 +1310,16 @@ pub fn consolidate_one(
             .map_err(pg)?
             .get(0);
         t.rollback().map_err(pg)?;
-        (rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2))).collect::<Vec<_>>(), version)
+        (
+            rows.iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+                .collect::<Vec<_>>(),
+            version,
+        )
     };
     let mut src = connect(&source.conninfo).map_err(plain)?;
-    let mut s = src
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(pg)?;
+    let mut s =
+        src.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().map_err(pg)?;
     // Which source table each target table reads, and its columns.
     let mut manifest_tables = Vec::new();
     let mut sources = Vec::new();
@@ -1178,7 +1385,8 @@ pub fn consolidate_one(
     });
     let mut feed = |i: usize, table: &Value, out: &mut dyn Write, meter: &mut Meter| -> Result<()> {
         let columns = column_names(table).iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        let mut reader = s.copy_out(&format!("COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT csv, HEADER)", sources[i]))?;
+        let mut reader =
+            s.copy_out(&format!("COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT csv, HEADER)", sources[i]))?;
         pump(&mut reader, out, meter)
     };
     let mut report = import(target, &manifest, options, ui, &mut feed)?;

@@ -39,7 +39,7 @@ fn mover_grants() -> String {
         "DO $$ BEGIN CREATE ROLE {MOVER} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
          GRANT multitenancy_admin TO {MOVER};
          GRANT EXECUTE ON FUNCTION multitenancy.tenant_export(text), multitenancy.tenant_import_begin(jsonb, text, text),
-             multitenancy.tenant_import_rows(regclass, regclass), multitenancy.tenant_import_end(), multitenancy.move_tables(), multitenancy.import_check(jsonb),
+             multitenancy.tenant_import_rows(regclass, regclass), multitenancy.tenant_import_end(boolean), multitenancy.move_tables(), multitenancy.import_check(jsonb),
              multitenancy.tenant_suspend(text, text), multitenancy.tenant_activate(text),
              multitenancy.tenant_delete(text), multitenancy.tenant_purge(text, text) TO {MOVER};"
     )
@@ -175,7 +175,8 @@ fn assert_isolated_after_import(db: &TestDb, mine: &str, other: &str) {
     assert!(other_rows > 0, "ground truth: {other} has rows in the target");
     let mut app = db.app();
     let mut tx = begin_as(&mut app, mine);
-    let seen: Vec<String> = tx.query("SELECT name FROM customers ORDER BY name", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let seen: Vec<String> =
+        tx.query("SELECT name FROM customers ORDER BY name", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(seen, ["c1", "c2", "c3, with comma"], "{mine} sees exactly its imported customers");
     let foreign: i64 = tx
         .query_one(
@@ -216,11 +217,24 @@ fn export_import_round_trip_between_two_databases() {
     fill_far(&target, "gamma");
 
     let dir = archive_dir("roundtrip");
-    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
     // The archive is readable by ordinary tools: a manifest and CSV files with a header.
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], 1);
-    let tables: Vec<&str> = manifest["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let tables: Vec<&str> =
+        manifest["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(tables, ["public.customers", "public.events", "public.orders"], "parents before children");
     let customers = std::fs::read_to_string(dir.join(manifest["tables"][0]["file"].as_str().unwrap())).unwrap();
     assert!(customers.starts_with("id,name,tags,doc,big\n"), "{}", &customers[..80]);
@@ -242,10 +256,16 @@ fn export_import_round_trip_between_two_databases() {
     tx.rollback().unwrap();
 
     // Restore: the tenant's rows change at the target, then the archive replaces them.
-    target.superuser().batch_execute("DELETE FROM orders WHERE note IS NULL; UPDATE customers SET name = 'changed' WHERE name = 'c2'").unwrap();
+    target
+        .superuser()
+        .batch_execute("DELETE FROM orders WHERE note IS NULL; UPDATE customers SET name = 'changed' WHERE name = 'c2'")
+        .unwrap();
     assert_ne!(tenant_rows(&target, "acme"), expected);
     let gamma_before = tenant_rows(&target, "gamma");
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]), 0);
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]),
+        0
+    );
     assert_eq!(tenant_rows(&target, "acme"), expected, "restored as exported");
     assert_eq!(tenant_rows(&target, "gamma"), gamma_before, "the other tenant untouched by the restore");
     assert_healthy(&target);
@@ -254,12 +274,32 @@ fn export_import_round_trip_between_two_databases() {
     // keep-ids stops before writing, and remap gives new ids with every reference rewritten.
     let before = snapshot(&source);
     assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&source, MOVER), "--archive", dir.to_str().unwrap(), "--as", "acme-copy", "--skip-domains"]),
+        mt_move(&[
+            "import",
+            "--to",
+            &conninfo(&source, MOVER),
+            "--archive",
+            dir.to_str().unwrap(),
+            "--as",
+            "acme-copy",
+            "--skip-domains"
+        ]),
         multitenancy_move::EXIT_REFUSED
     );
     assert_eq!(snapshot(&source), before, "a collision changes nothing");
     assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&source, MOVER), "--archive", dir.to_str().unwrap(), "--as", "acme-copy", "--skip-domains", "--ids", "remap"]),
+        mt_move(&[
+            "import",
+            "--to",
+            &conninfo(&source, MOVER),
+            "--archive",
+            dir.to_str().unwrap(),
+            "--as",
+            "acme-copy",
+            "--skip-domains",
+            "--ids",
+            "remap"
+        ]),
         0
     );
     let pairs = |slug: &str| -> Vec<String> {
@@ -310,8 +350,11 @@ fn move_between_two_servers_is_safely_repeatable() {
     ];
     assert_eq!(mt_move(&args), 0);
     assert_eq!(tenant_rows(&target, "acme"), expected, "the rows arrived");
-    let status: String =
-        target.superuser().query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[]).unwrap().get(0);
+    let status: String = target
+        .superuser()
+        .query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(status, "active", "active again at the target");
     let mut su = source.superuser();
     let left: i64 = su
@@ -374,10 +417,15 @@ fn consolidation_of_databases_and_schemas_with_id_remapping() {
     su.batch_execute(&format!("CREATE DATABASE {schemas_db}")).unwrap();
     let mut db = server.connect(&schemas_db, SUPERUSER);
     for n in 1..=3 {
-        db.batch_execute(&format!("CREATE SCHEMA shop{n}; SET search_path = shop{n}; {LEGACY} {}", legacy_rows(&format!("s{n}"))))
-            .unwrap();
-        db.batch_execute(&format!("GRANT USAGE ON SCHEMA shop{n} TO {MOVER}; GRANT SELECT ON ALL TABLES IN SCHEMA shop{n} TO {MOVER}"))
-            .unwrap();
+        db.batch_execute(&format!(
+            "CREATE SCHEMA shop{n}; SET search_path = shop{n}; {LEGACY} {}",
+            legacy_rows(&format!("s{n}"))
+        ))
+        .unwrap();
+        db.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA shop{n} TO {MOVER}; GRANT SELECT ON ALL TABLES IN SCHEMA shop{n} TO {MOVER}"
+        ))
+        .unwrap();
         args.push("--schema".into());
         args.push(format!("s{n}=shop{n}"));
         sources.push((format!("s{n}"), format!("s{n}")));
@@ -399,15 +447,24 @@ fn consolidation_of_databases_and_schemas_with_id_remapping() {
     assert_eq!(mt_move(&argv(&real).iter().map(String::as_str).collect::<Vec<_>>()), 0);
 
     // The dry run's plan is what the real run did.
-    let read = |p: &PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let read =
+        |p: &PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let (dry, real) = (read(&dry_report), read(&real_report));
     assert_eq!(dry.as_array().unwrap().len(), 6);
     for (d, r) in dry.as_array().unwrap().iter().zip(real.as_array().unwrap()) {
         assert_eq!(d["tables"], r["tables"], "plan of {}", d["tenant"]);
-        let planned: Vec<(String, u64)> =
-            d["tables"].as_array().unwrap().iter().map(|t| (t["table"].as_str().unwrap().into(), t["rows"].as_u64().unwrap())).collect();
-        let written: Vec<(String, u64)> =
-            r["written"].as_array().unwrap().iter().map(|t| (t["table"].as_str().unwrap().into(), t["rows"].as_u64().unwrap())).collect();
+        let planned: Vec<(String, u64)> = d["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["table"].as_str().unwrap().into(), t["rows"].as_u64().unwrap()))
+            .collect();
+        let written: Vec<(String, u64)> = r["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["table"].as_str().unwrap().into(), t["rows"].as_u64().unwrap()))
+            .collect();
         assert_eq!(planned, written, "rows planned = rows written for {}", d["tenant"]);
         assert_eq!(d["tables"][0]["remap"], true);
     }
@@ -426,7 +483,11 @@ fn consolidation_of_databases_and_schemas_with_id_remapping() {
             .collect();
         assert_eq!(
             pairs,
-            [format!("{who}-1 <- {who} order of 1"), format!("{who}-3 <- {who} order of 3"), format!("{who}-3 <- {who} second of 3")],
+            [
+                format!("{who}-1 <- {who} order of 1"),
+                format!("{who}-3 <- {who} order of 3"),
+                format!("{who}-3 <- {who} second of 3")
+            ],
             "tenant {slug}"
         );
     }
@@ -436,7 +497,12 @@ fn consolidation_of_databases_and_schemas_with_id_remapping() {
     };
     assert!(next_c > max_c as i64, "customers' sequence past the maximum");
     let (max_o, next_o): (i64, i64) = {
-        let r = su.query_one("SELECT (SELECT max(id) FROM orders), nextval(pg_get_serial_sequence('orders', 'id')::regclass)", &[]).unwrap();
+        let r = su
+            .query_one(
+                "SELECT (SELECT max(id) FROM orders), nextval(pg_get_serial_sequence('orders', 'id')::regclass)",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert!(next_o > max_o, "orders' sequence past the maximum");
@@ -452,7 +518,18 @@ fn exported(tag: &str) -> (TestDb, PathBuf) {
     source.tenant("Acme", "acme");
     fill(&source, "acme");
     let dir = archive_dir(tag);
-    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
     (source, dir)
 }
 
@@ -463,7 +540,8 @@ fn an_import_over_quota_changes_nothing() {
     target.tenant("Gamma", "gamma");
     fill_far(&target, "gamma");
     // The archive's tenant is on plan 'small', which allows fewer rows here.
-    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     manifest["tenant"]["plan"] = "small".into();
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
     target.superuser().batch_execute("SELECT multitenancy.plan_set('small', limits => '{\"rows\": 5}')").unwrap();
@@ -480,7 +558,8 @@ fn an_import_over_quota_changes_nothing() {
 fn an_archive_of_a_newer_version_is_refused() {
     let (_source, dir) = exported("newer");
     let target = app_db(Server::shared(), "newer_dst");
-    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     manifest["extension_version"] = "99.0.0".into();
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
     let before = snapshot(&target);
@@ -512,11 +591,17 @@ fn a_target_missing_a_table_is_refused() {
          SELECT multitenancy.tenant_enable('customers');",
     )
     .unwrap();
-    tx.batch_execute(&format!("GRANT SELECT, INSERT ON customers TO {MOVER}; GRANT USAGE, SELECT, UPDATE ON customers_id_seq TO {MOVER}")).unwrap();
+    tx.batch_execute(&format!(
+        "GRANT SELECT, INSERT ON customers TO {MOVER}; GRANT USAGE, SELECT, UPDATE ON customers_id_seq TO {MOVER}"
+    ))
+    .unwrap();
     tx.commit().unwrap();
     let before = target
         .superuser()
-        .query_one("SELECT (SELECT count(*) FROM multitenancy.tenants) + (SELECT count(*) FROM multitenancy.audit_log)", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM multitenancy.tenants) + (SELECT count(*) FROM multitenancy.audit_log)",
+            &[],
+        )
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(
@@ -525,14 +610,21 @@ fn a_target_missing_a_table_is_refused() {
     );
     let after = target
         .superuser()
-        .query_one("SELECT (SELECT count(*) FROM multitenancy.tenants) + (SELECT count(*) FROM multitenancy.audit_log)", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM multitenancy.tenants) + (SELECT count(*) FROM multitenancy.audit_log)",
+            &[],
+        )
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(after, before, "nothing written");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let mut su = target.superuser();
     let mut tx = su.transaction().unwrap();
-    let error = expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&manifest]), &SqlState::UNDEFINED_TABLE);
+    let error = expect_sqlstate(
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&manifest]),
+        &SqlState::UNDEFINED_TABLE,
+    );
     assert!(error.detail().unwrap_or_default().contains("public.orders"), "{error:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -542,7 +634,8 @@ fn a_damaged_or_incomplete_archive_is_refused() {
     let (_source, dir) = exported("damaged");
     let target = app_db(Server::shared(), "damaged_dst");
     let before = snapshot(&target);
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let file = dir.join(manifest["tables"][2]["file"].as_str().unwrap());
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("n", "N")).unwrap();
@@ -570,14 +663,23 @@ fn a_connection_killed_mid_copy_leaves_the_target_unchanged() {
         .unwrap();
     tx.commit().unwrap();
     let dir = archive_dir("killed");
-    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
     let target = app_db(Server::shared(), "killed_dst");
     let before = snapshot(&target);
     let url = conninfo(&target, MOVER);
     let path = dir.clone();
-    let import = std::thread::spawn(move || {
-        mt_move(&["import", "--to", &url, "--archive", path.to_str().unwrap()])
-    });
+    let import = std::thread::spawn(move || mt_move(&["import", "--to", &url, "--archive", path.to_str().unwrap()]));
     // Kill the importer's connection while it streams COPY data.
     let mut su = target.superuser();
     let mut killed = false;
@@ -610,7 +712,8 @@ fn a_connection_killed_mid_copy_leaves_the_target_unchanged() {
 #[test]
 fn the_move_functions_are_for_operators_only() {
     let (source, dir) = exported("operators");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     // The application role may not call them at all (EXECUTE revoked from PUBLIC) ...
     let mut app = source.app();
     let mut tx = app.transaction().unwrap();
@@ -624,10 +727,16 @@ fn the_move_functions_are_for_operators_only() {
     expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_export('acme')", &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
     tx.rollback().unwrap();
     let mut tx = app.transaction().unwrap();
-    expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1, 'x')", &[&manifest]), &SqlState::INSUFFICIENT_PRIVILEGE);
+    expect_sqlstate(
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1, 'x')", &[&manifest]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
     tx.rollback().unwrap();
     // Outside a transaction block they would do nothing: refused.
-    expect_sqlstate(su.query_one("SELECT multitenancy.tenant_export('acme')", &[]), &SqlState::NO_ACTIVE_SQL_TRANSACTION);
+    expect_sqlstate(
+        su.query_one("SELECT multitenancy.tenant_export('acme')", &[]),
+        &SqlState::NO_ACTIVE_SQL_TRANSACTION,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -669,7 +778,17 @@ fn review_the_owners_code_never_runs_as_the_importer() {
     // As the superuser, and as the admin-mode mover.
     assert_eq!(mt_move(&["import", "--to", &conninfo(&target, SUPERUSER), "--archive", dir.to_str().unwrap()]), 0);
     assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--as", "acme2", "--ids", "remap"]),
+        mt_move(&[
+            "import",
+            "--to",
+            &conninfo(&target, MOVER),
+            "--archive",
+            dir.to_str().unwrap(),
+            "--as",
+            "acme2",
+            "--ids",
+            "remap"
+        ]),
         0
     );
     let seen: Vec<String> = target
@@ -688,10 +807,20 @@ fn review_the_owners_code_never_runs_as_the_importer() {
 }
 
 /// tenant_import_begin as the superuser, in a transaction that is rolled back.
-fn begin_refused(db: &TestDb, archive: &serde_json::Value, tenant: Option<&str>, mode: &str, code: &SqlState, fragment: &str) {
+fn begin_refused(
+    db: &TestDb,
+    archive: &serde_json::Value,
+    tenant: Option<&str>,
+    mode: &str,
+    code: &SqlState,
+    fragment: &str,
+) {
     let mut su = db.superuser();
     let mut tx = su.transaction().unwrap();
-    let error = expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1, $2, $3)", &[archive, &tenant, &mode]), code);
+    let error = expect_sqlstate(
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1, $2, $3)", &[archive, &tenant, &mode]),
+        code,
+    );
     let text = format!("{} {}", error.message(), error.detail().unwrap_or_default());
     assert!(text.contains(fragment), "expected {fragment:?} in {text:?}");
 }
@@ -700,9 +829,13 @@ fn begin_refused(db: &TestDb, archive: &serde_json::Value, tenant: Option<&str>,
 fn review_archive_registry_entries_are_checked() {
     let (source, dir) = exported("registry");
     source.superuser().batch_execute("SELECT multitenancy.domain_add('acme', 'shop.acme.test')").unwrap();
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let target = app_db(Server::shared(), "registry_dst");
-    target.superuser().batch_execute(&format!("ALTER DATABASE {} SET multitenancy.base_domain = 'saas.test'", target.name)).unwrap();
+    target
+        .superuser()
+        .batch_execute(&format!("ALTER DATABASE {} SET multitenancy.base_domain = 'saas.test'", target.name))
+        .unwrap();
     let with = |key: &str, value: serde_json::Value| {
         let mut m = manifest.clone();
         m[key] = value;
@@ -730,7 +863,8 @@ fn review_archive_registry_entries_are_checked() {
     begin_refused(&target, &bad_setting, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "BAD KEY!!");
     let bad_quota = with("quotas", serde_json::json!([{"key": "no such key!!", "quota": 5}]));
     begin_refused(&target, &bad_quota, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "no such key!!");
-    let negative = with("metered_usage", serde_json::json!([{"key": "api_calls", "period": "2026-11-01", "used": -1000000}]));
+    let negative =
+        with("metered_usage", serde_json::json!([{"key": "api_calls", "period": "2026-11-01", "used": -1000000}]));
     begin_refused(&target, &negative, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "api_calls");
     let mid_month = with("metered_usage", serde_json::json!([{"key": "api_calls", "period": "2026-11-15", "used": 1}]));
     begin_refused(&target, &mid_month, None, "new", &SqlState::INVALID_PARAMETER_VALUE, "api_calls");
@@ -740,14 +874,25 @@ fn review_archive_registry_entries_are_checked() {
 #[test]
 fn review_a_restore_replaces_only_the_tenant_it_names_and_keeps_an_owner() {
     let (_source, dir) = exported("replace");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     // Another database's "acme": same slug, another id.
     let target = app_db(Server::shared(), "replace_dst");
     target.tenant("Acme here", "acme");
     fill_far(&target, "acme");
-    target.superuser().batch_execute("SELECT multitenancy.member_add('acme', '11111111-1111-4111-8111-111111111111', 'owner')").unwrap();
+    target
+        .superuser()
+        .batch_execute("SELECT multitenancy.member_add('acme', '11111111-1111-4111-8111-111111111111', 'owner')")
+        .unwrap();
     let before = snapshot(&target);
-    begin_refused(&target, &manifest, None, "replace", &SqlState::UNDEFINED_OBJECT, &manifest["tenant"]["id"].as_str().unwrap()[..8]);
+    begin_refused(
+        &target,
+        &manifest,
+        None,
+        "replace",
+        &SqlState::UNDEFINED_OBJECT,
+        &manifest["tenant"]["id"].as_str().unwrap()[..8],
+    );
     assert_eq!(
         mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]),
         multitenancy_move::EXIT_REJECTED
@@ -758,7 +903,19 @@ fn review_a_restore_replaces_only_the_tenant_it_names_and_keeps_an_owner() {
     let mut with_owner = manifest.clone();
     with_owner["members"] = serde_json::json!([{"user_id": "33333333-3333-4333-8333-333333333333", "role": "owner"}]);
     std::fs::write(dir.join("manifest.json"), with_owner.to_string()).unwrap();
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace", "--as", "acme"]), 0);
+    assert_eq!(
+        mt_move(&[
+            "import",
+            "--to",
+            &conninfo(&target, MOVER),
+            "--archive",
+            dir.to_str().unwrap(),
+            "--replace",
+            "--as",
+            "acme"
+        ]),
+        0
+    );
     assert_eq!(tenant_rows(&target, "acme").len(), 9);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -777,7 +934,9 @@ fn review_a_restore_waits_for_the_tenants_writers() {
     writer.execute("INSERT INTO customers (name) VALUES ('concurrent write')", &[]).unwrap();
     let url = conninfo(&target, MOVER);
     let path = dir.clone();
-    let restore = std::thread::spawn(move || mt_move(&["import", "--to", &url, "--archive", path.to_str().unwrap(), "--replace"]));
+    let restore = std::thread::spawn(move || {
+        mt_move(&["import", "--to", &url, "--archive", path.to_str().unwrap(), "--replace"])
+    });
     let mut su = target.superuser();
     let mut waiting = false;
     for _ in 0..1000 {
@@ -805,7 +964,8 @@ fn review_a_restore_waits_for_the_tenants_writers() {
 #[test]
 fn review_a_rolled_back_import_end_takes_the_end_back() {
     let (_source, dir) = exported("savepoint");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let target = app_db(Server::shared(), "savepoint_dst");
     let mut su = target.superuser();
     let mut tx = su.transaction().unwrap();
@@ -817,7 +977,10 @@ fn review_a_rolled_back_import_end_takes_the_end_back() {
     other["tenant"]["slug"] = "other".into();
     other["tenant"]["id"] = serde_json::Value::Null;
     tx.batch_execute("SAVEPOINT t").unwrap();
-    expect_sqlstate(tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&other]), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+    expect_sqlstate(
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&other]),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+    );
     tx.batch_execute("ROLLBACK TO SAVEPOINT t").unwrap();
     let tenant: String = tx.query_one("SELECT multitenancy.current_tenant_id()::text", &[]).unwrap().get(0);
     assert_eq!(tenant, manifest["tenant"]["id"].as_str().unwrap());
@@ -835,15 +998,33 @@ fn review_an_export_only_reads_and_a_deleted_tenant_round_trips() {
     let mut su = source.superuser();
     let mut tx = su.transaction().unwrap();
     tx.query_one("SELECT multitenancy.tenant_export('acme')", &[]).unwrap();
-    let error = expect_sqlstate(tx.execute("INSERT INTO customers (name) VALUES ('written during an export')", &[]), &SqlState::READ_ONLY_SQL_TRANSACTION);
+    let error = expect_sqlstate(
+        tx.execute("INSERT INTO customers (name) VALUES ('written during an export')", &[]),
+        &SqlState::READ_ONLY_SQL_TRANSACTION,
+    );
     assert!(error.message().contains("exports a tenant"), "{error:?}");
     tx.rollback().unwrap();
     source.superuser().batch_execute("SELECT multitenancy.tenant_delete('acme')").unwrap();
     let dir = archive_dir("deleted");
-    assert_eq!(mt_move(&["export", "--from", &conninfo(&source, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
     let target = app_db(Server::shared(), "deleted_dst");
     assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
-    let status: String = target.superuser().query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[]).unwrap().get(0);
+    let status: String = target
+        .superuser()
+        .query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(status, "deleted");
     assert_eq!(tenant_rows(&target, "acme"), tenant_rows(&source, "acme"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -245,7 +245,9 @@ fn claims(setting: &CStr, tenant_claim: &CStr, user_claim: &CStr) -> Result<Raw>
 /// through this), and the first one is remembered.
 pub fn resolve() -> Result<Option<pgrx::Uuid>> {
     let raw = raw()?;
-    if let (Some(tenant), false) = (raw.tenant, matches!(raw.origin, Origin::Purge | Origin::Moving) || admin::admin_mode().is_some()) {
+    if let (Some(tenant), false) =
+        (raw.tenant, matches!(raw.origin, Origin::Purge | Origin::Moving) || admin::admin_mode().is_some())
+    {
         refuse_switch(tenant)?;
         remember(tenant);
     }

@@ -45,9 +45,12 @@ fn tenant_export(tenant: Option<&str>) -> pgrx::JsonB {
     let run = || {
         operator_in_transaction("multitenancy.tenant_export", "export a tenant")?;
         let tenant = access::tenant(tenant)?;
-        let manifest = access::change("tenant_export", Some(tenant.id), "SELECT multitenancy._tenant_export($1)", &[
-            tenant.id.into(),
-        ])?
+        let manifest = access::change(
+            "tenant_export",
+            Some(tenant.id),
+            "SELECT multitenancy._tenant_export($1)",
+            &[tenant.id.into()],
+        )?
         .ok_or_else(|| MtError::internal("moving::export", "no manifest"))?;
         context::enter_move(tenant.id, false)?;
         serde_json::from_str(&manifest).map(pgrx::JsonB).map_err(|e| MtError::internal("moving::export", e))
@@ -169,6 +172,12 @@ fn tenant_import_begin(
 }
 
 fn import_context() -> Result<context::Moving> {
+    if !access::is_operator()? {
+        return Err(MtError::OperatorsOnly {
+            action: "import a tenant",
+            why: "moving a tenant reads or writes every one of its rows and registry entries",
+        });
+    }
     context::moving().filter(|m| m.import).ok_or_else(|| MtError::MoveState {
         reason: "no import was begun in this transaction".into(),
         hint: "Call SELECT multitenancy.tenant_import_begin(<manifest>) first, in the same transaction.".into(),
@@ -204,8 +213,16 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
                     .into(),
             });
         }
+        // The owner reads it: nothing of the caller's may run then — no row level security, no
+        // parent or children, no rules, only text columns (no type, cast or domain of the caller's).
         let own_temp = Spi::get_one_with_args::<bool>(
-            "SELECT c.relkind = 'r' AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()                     AND c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)                FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            "SELECT c.relkind = 'r' AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
+                    AND c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) \
+                    AND NOT c.relrowsecurity AND NOT c.relforcerowsecurity AND NOT c.relhassubclass AND NOT c.relhasrules \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                                       AND NOT a.attisdropped AND a.atttypid OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype) \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) \
+               FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
             &[staging.into()],
         )
         .ctx("moving::import_rows staging")?
@@ -213,8 +230,13 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
         let staged = crate::catalog::Relation::lookup(staging)?;
         if !own_temp {
             return Err(MtError::InvalidArgument {
-                message: format!("{} is not a temporary table of this session owned by the caller", staged.sql()),
-                hint: "Stage the rows in CREATE TEMPORARY TABLE ... and COPY them there first.".into(),
+                message: format!(
+                    "{} is not a temporary table of this session owned by the caller with only text columns, \
+                     no row level security, rules, parent or children",
+                    staged.sql()
+                ),
+                hint: "Stage the rows in CREATE TEMPORARY TABLE ... (<column> text, ...) and COPY them there first."
+                    .into(),
             });
         }
         // The staged columns, each with the target column's type (NULL: not an importable column).
@@ -229,7 +251,10 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
                     .ctx("moving::import_rows columns")?;
                 let mut columns = Vec::new();
                 for row in rows {
-                    columns.push((row.get::<String>(1).ctx("name")?.unwrap_or_default(), row.get::<String>(2).ctx("type")?));
+                    columns.push((
+                        row.get::<String>(1).ctx("name")?.unwrap_or_default(),
+                        row.get::<String>(2).ctx("type")?,
+                    ));
                 }
                 Ok::<_, MtError>(columns)
             })
@@ -248,7 +273,7 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
         }
         let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
         let sql = format!(
-            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} AS s",
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} AS s",
             table.sql(),
             columns.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", "),
             columns
@@ -261,40 +286,36 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
         // The owner reads the staged rows (a GRANT on the caller's own temporary table, gone
         // with it at the end of the session or transaction).
         let owner = crate::registry::relation_owner(tbl)?;
-        Spi::run_with_args(
-            &format!(
-                "GRANT SELECT ON {} TO {}",
-                staged.sql(),
-                crate::registry::role_sql(owner)
-            ),
-            &[],
-        )
-        .ctx("moving::import_rows grant")?;
+        Spi::run_with_args(&format!("GRANT SELECT ON {} TO {}", staged.sql(), crate::registry::role_sql(owner)), &[])
+            .ctx("moving::import_rows grant")?;
         crate::registry::as_table_owner(tbl, || {
             context::admin::suspended(|| {
-                Spi::connect_mut(|client| client.update(&sql, None, &[]).map(|t| t.len() as i64).ctx("moving::import_rows"))
+                Spi::connect_mut(|client| {
+                    client.update(&sql, None, &[]).map(|t| t.len() as i64).ctx("moving::import_rows")
+                })
             })
         })
     };
     run().or_raise()
 }
 
-/// Finish the import begun with `tenant_import_begin`: set the tenant's counters from its rows
-/// and end its context. Returns the rows and bytes the tenant holds per physical table.
+/// Finish the import begun with `tenant_import_begin` and end its context. Returns the rows and
+/// bytes the tenant holds per physical table, from its counters (exact: the usage triggers
+/// counted every row written and deleted); with `recount`, the counters are first set from the
+/// rows themselves.
 #[pg_extern(volatile, parallel_unsafe)]
-fn tenant_import_end() -> TableIterator<
-    'static,
-    (name!(table_name, String), name!(row_count, i64), name!(byte_count, i64)),
-> {
+fn tenant_import_end(
+    recount: default!(Option<bool>, false),
+) -> TableIterator<'static, (name!(table_name, String), name!(row_count, i64), name!(byte_count, i64))> {
     let run = || {
         let moving = import_context()?;
         let rows = crate::registry::as_owner(|| {
             Spi::connect_mut(|client| {
                 let found = client
                     .update(
-                        "SELECT table_name::text, row_count, byte_count FROM multitenancy._tenant_import_end($1)",
+                        "SELECT table_name::text, row_count, byte_count FROM multitenancy._tenant_import_end($1, $2)",
                         None,
-                        &[moving.tenant.into()],
+                        &[moving.tenant.into(), recount.unwrap_or(false).into()],
                     )
                     .ctx("moving::import_end")?;
                 let mut rows = Vec::new();
@@ -308,10 +329,8 @@ fn tenant_import_end() -> TableIterator<
                 Ok::<_, MtError>(rows)
             })
         })?;
-        let tables: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|(table, rows, _)| (table.clone(), serde_json::json!(rows)))
-            .collect();
+        let tables: serde_json::Map<String, serde_json::Value> =
+            rows.iter().map(|(table, rows, _)| (table.clone(), serde_json::json!(rows))).collect();
         let total: i64 = rows.iter().map(|r| r.1).sum();
         access::record("tenant_import_end", Some(moving.tenant), serde_json::json!({"rows": total, "tables": tables}))?;
         context::leave_move();
