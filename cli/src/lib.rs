@@ -417,7 +417,8 @@ pub fn shown(conninfo: &str) -> String {
         .get_hosts()
         .iter()
         .map(|h| match h {
-            postgres::config::Host::Tcp(name) => name.clone(),
+            // (A password with an unescaped '@' would otherwise show in the host.)
+            postgres::config::Host::Tcp(name) => name.rsplit('@').next().unwrap_or_default().to_string(),
             postgres::config::Host::Unix(path) => path.display().to_string(),
         })
         .collect();

@@ -1029,3 +1029,288 @@ fn review_an_export_only_reads_and_a_deleted_tenant_round_trips() {
     assert_eq!(tenant_rows(&target, "acme"), tenant_rows(&source, "acme"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Second review.
+
+#[test]
+fn review2_the_staging_table_runs_nothing_of_the_importers_as_the_owner() {
+    let (_source, dir) = exported("staging");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let target = app_db(Server::shared(), "staging_dst");
+    let mut mover = target.connect(MOVER);
+    for (what, staging) in [
+        (
+            "a column of a type of the caller's, cast as the owner",
+            "CREATE TYPE pg_temp.boom AS (v text);
+             CREATE TEMP TABLE stg (name pg_temp.boom); INSERT INTO stg VALUES (ROW('z'));",
+        ),
+        ("a column that is not text", "CREATE TEMP TABLE stg (name int); INSERT INTO stg VALUES (1);"),
+        (
+            "row level security on the staging table",
+            "CREATE TEMP TABLE stg (name text); INSERT INTO stg VALUES ('z');
+             ALTER TABLE stg ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON stg USING (true);",
+        ),
+        (
+            "a child table",
+            "CREATE TEMP TABLE stg (name text); CREATE TEMP TABLE stg_child () INHERITS (stg);
+             INSERT INTO stg_child VALUES ('z');",
+        ),
+    ] {
+        let mut tx = mover.transaction().unwrap();
+        tx.execute("SELECT multitenancy.admin_begin('test', true)", &[]).unwrap();
+        tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&manifest]).unwrap();
+        tx.batch_execute(staging).unwrap();
+        let error = expect_sqlstate(
+            tx.query_one("SELECT multitenancy.tenant_import_rows('public.customers', 'pg_temp.stg')", &[]),
+            &SqlState::INVALID_PARAMETER_VALUE,
+        );
+        assert!(error.message().contains("only text columns"), "{what}: {error:?}");
+        tx.rollback().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review2_move_reuses_only_its_own_archive_of_the_same_tenant() {
+    let source = app_db(Server::shared(), "reuse_src");
+    source.tenant("Acme", "acme");
+    source.tenant("Globex", "globex");
+    fill(&source, "acme");
+    fill(&source, "globex");
+    let target = app_db(Server::shared(), "reuse_dst");
+    // A backup made with export, then the application writes on.
+    let dir = archive_dir("reuse");
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
+    let mut app = source.app();
+    let mut tx = begin_as(&mut app, "acme");
+    tx.execute("INSERT INTO customers (name) VALUES ('written after the backup')", &[]).unwrap();
+    tx.commit().unwrap();
+    let (source_before, target_before) = (snapshot(&source), snapshot(&target));
+    let args = |dir: &PathBuf| {
+        vec![
+            "move".to_string(),
+            "--from".into(),
+            conninfo(&source, MOVER),
+            "--to".into(),
+            conninfo(&target, MOVER),
+            "--tenant".into(),
+            "acme".into(),
+            "--archive".into(),
+            dir.to_str().unwrap().into(),
+        ]
+    };
+    let run = |dir: &PathBuf| mt_move(&args(dir).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(&dir), multitenancy_move::EXIT_REFUSED, "an export's archive is not a move's");
+    assert_eq!(snapshot(&source), source_before, "nothing suspended or purged at the source");
+    // A move's own archive with another tenant's id in it, acme suspended as a move leaves it.
+    source.superuser().batch_execute("SELECT multitenancy.tenant_suspend('acme', 'an earlier move')").unwrap();
+    let source_before = snapshot(&source);
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest["moved_from_status"] = "active".into();
+    manifest["tenant"]["id"] = source_tenant_id(&source, "globex").into();
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    assert_eq!(run(&dir), multitenancy_move::EXIT_REFUSED, "an archive of another tenant's id");
+    assert_eq!(snapshot(&source), source_before, "nothing suspended or purged at the source");
+    assert_eq!(snapshot(&target), target_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review2_archive_files_stay_inside_the_archive_and_are_hashed() {
+    let (_source, dir) = exported("symlink");
+    let target = app_db(Server::shared(), "symlink_dst");
+    let before = snapshot(&target);
+    // A file outside the archive, reached through a symbolic link, with the manifest's sums removed.
+    let outside = archive_dir("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.csv"), "name\nthe operator's secret\n").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("linked")).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest["tables"] = serde_json::json!([{
+        "name": "public.customers", "columns": [{"name": "name", "type": "text"}], "file": "linked/secret.csv",
+        "rows": 1, "sha256": format!("{:x}", sha2_of(b"name\nthe operator's secret\n"))
+    }]);
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    manifest["tables"][0]["file"] =
+        manifest["tables"][0]["file"].as_str().unwrap().replace("linked/", "data/../linked/").into();
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    // A file inside, without its sums.
+    std::fs::copy(outside.join("secret.csv"), dir.join("data/secret.csv")).unwrap();
+    manifest["tables"][0]["file"] = "data/secret.csv".into();
+    manifest["tables"][0].as_object_mut().unwrap().remove("sha256");
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    assert_eq!(
+        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        multitenancy_move::EXIT_REFUSED
+    );
+    assert_eq!(snapshot(&target), before);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&outside);
+}
+
+fn sha2_of(bytes: &[u8]) -> impl std::fmt::LowerHex {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+}
+
+#[test]
+fn review2_an_archive_from_outside_brings_only_rows() {
+    let (source, dir) = exported("outsider");
+    registry_extras(&source, "acme");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
+    let target = app_db(Server::shared(), "outsider_dst");
+    target.superuser().batch_execute("SELECT multitenancy.plan_set('small', limits => '{\"rows\": 100}')").unwrap();
+    assert_eq!(
+        mt_move(&[
+            "import",
+            "--to",
+            &conninfo(&target, MOVER),
+            "--archive",
+            dir.to_str().unwrap(),
+            "--without-registry",
+            "--plan",
+            "small"
+        ]),
+        0
+    );
+    assert_eq!(
+        registry_of(&target, "acme"),
+        [format!("tenant {} Acme active small {{}}", source_tenant_id(&source, "acme"))]
+    );
+    assert_eq!(tenant_rows(&target, "acme"), tenant_rows(&source, "acme"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review2_a_restore_by_id_needs_the_same_slug() {
+    let (_source, dir) = exported("sameslug");
+    let target = app_db(Server::shared(), "sameslug_dst");
+    target.tenant("Other", "other");
+    fill_far(&target, "other");
+    // The archive names acme with the id of "other" here.
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest["tenant"]["id"] = source_tenant_id(&target, "other").into();
+    let before = snapshot(&target);
+    begin_refused(
+        &target,
+        &manifest,
+        None,
+        "replace",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "has the id of tenant 'other'",
+    );
+    assert_eq!(snapshot(&target), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review2_the_collision_check_runs_no_domain_code_as_the_importer() {
+    let source = TestDb::on(Server::shared(), "domkey_src", "");
+    let target = TestDb::on(Server::shared(), "domkey_dst", "");
+    for db in [&source, &target] {
+        db.superuser().batch_execute(&mover_grants()).unwrap();
+        let mut owner = db.owner();
+        let mut tx = owner.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "CREATE SEQUENCE seen_by_{OWNER}; CREATE SEQUENCE seen_by_{MOVER}; CREATE SEQUENCE seen_by_{SUPERUSER}; CREATE SEQUENCE seen_by_{APP};
+             GRANT USAGE ON SEQUENCE seen_by_{OWNER}, seen_by_{MOVER}, seen_by_{SUPERUSER}, seen_by_{APP} TO PUBLIC;
+             -- Sequences are not transactional: they show who ran the check, also in a rolled-back import.
+             CREATE FUNCTION chk(text) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN PERFORM nextval(format('public.seen_by_%s', current_user)); RETURN true; END $$;
+             CREATE DOMAIN code AS text CHECK (public.chk(VALUE));
+             CREATE TABLE skus (codes code[] PRIMARY KEY, label text);
+             SELECT multitenancy.tenant_enable('skus');
+             GRANT SELECT, INSERT ON skus TO {APP}, {MOVER};"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    source.tenant("Acme", "acme");
+    target.tenant("Other", "other");
+    for (db, slug, label) in [(&source, "acme", "mine"), (&target, "other", "theirs")] {
+        let mut app = db.app();
+        let mut tx = begin_as(&mut app, slug);
+        tx.execute("INSERT INTO skus VALUES (ARRAY['x']::code[], $1)", &[&label]).unwrap();
+        tx.commit().unwrap();
+    }
+    let dir = archive_dir("domkey");
+    assert_eq!(
+        mt_move(&[
+            "export",
+            "--from",
+            &conninfo(&source, MOVER),
+            "--tenant",
+            "acme",
+            "--archive",
+            dir.to_str().unwrap()
+        ]),
+        0
+    );
+    for user in [SUPERUSER, MOVER] {
+        mt_move(&["import", "--to", &conninfo(&target, user), "--archive", dir.to_str().unwrap(), "--dry-run"]);
+        // The real import: the unique index refuses the taken key, nothing is written.
+        assert_eq!(
+            mt_move(&["import", "--to", &conninfo(&target, user), "--archive", dir.to_str().unwrap()]),
+            multitenancy_move::EXIT_REJECTED
+        );
+    }
+    let mut su = target.superuser();
+    let mut seen =
+        |role: &str| -> bool { su.query_one(&format!("SELECT is_called FROM seen_by_{role}"), &[]).unwrap().get(0) };
+    assert!(seen(OWNER), "the import cast the archive's values as the owner");
+    let (by_mover, by_superuser) = (seen(MOVER), seen(SUPERUSER));
+    assert!(
+        !by_mover && !by_superuser,
+        "the owner's domain check ran as the importer: mover {by_mover}, superuser {by_superuser}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review2_connection_strings_are_shown_without_passwords() {
+    for conninfo in [
+        "postgresql://u@h/db?password=SECRET1",
+        "postgresql://u:ab@SECRET2@host/db",
+        "host=h user=u password = SECRET3 dbname=db",
+        "host=h user=u password='SECRET4 x' dbname=db",
+    ] {
+        let shown = multitenancy_move::shown(conninfo);
+        assert!(!shown.contains("SECRET"), "{conninfo} shown as {shown}");
+    }
+    assert_eq!(multitenancy_move::shown("host=h port=5 user=u password=x dbname=db"), "host=h port=5 dbname=db user=u");
+}
