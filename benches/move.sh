@@ -10,10 +10,9 @@
 #                under run.sh); tenant b has a tenth as many, in the same table
 #   --rounds N   rounds per direction (default 3; under run.sh its --rounds)
 #
-# Standalone, it builds the extension in release mode and installs it into PostgreSQL 15, and
-# starts a server of its own as run.sh does (as postgres, in $MT_MOVE_DIR, default /tmp/movebench,
-# port $MT_MOVE_PORT, default 5497). Either way it builds mt-move (cargo build --release -p
-# multitenancy-move).
+# Standalone, it runs benches/run.sh --only move, which builds the extension in release mode,
+# installs it into PostgreSQL 15 and starts its server. It builds mt-move (cargo build --release
+# -p multitenancy-move).
 #
 # Database movebench: the extension and one table, items (id bigserial primary key, name text,
 # qty int, tags text[], doc jsonb, note text), created and tenant-enabled in one transaction;
@@ -199,7 +198,7 @@ move_check() {
     fi
 }
 
-# Standalone: build, install, start a server of its own, run, stop.
+# Standalone: benches/run.sh --only move, which builds, installs and starts the server.
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     cd "$(dirname "$0")/.."
@@ -212,34 +211,5 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
             *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
         esac
     done
-    . scripts/paths.sh
-    BIN=$("$PG15_CONFIG" --bindir)
-    PORT=${MT_MOVE_PORT:-5497}
-    DIR=${MT_MOVE_DIR:-/tmp/movebench}
-    say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
-    as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}'; }
-    median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-    RESULTS="$DIR/results.md"
-    row() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
-
-    scripts/setup.sh
-    say "building multitenancy (release) and installing it into PostgreSQL 15"
-    cargo pgrx install --release --pg-config "$PG15_CONFIG" 2>&1 | grep -E "^error|Finished" >&2 || true
-
-    say "starting PostgreSQL 15 on 127.0.0.1:$PORT (data in $DIR)"
-    if [ -f "$DIR/data/postmaster.pid" ]; then as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null || true; fi
-    rm -rf "$DIR"
-    mkdir -p "$DIR"
-    [ "$(id -u)" -ne 0 ] || chown postgres: "$DIR"
-    as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
-    # The settings of run.sh's server (jit off, synchronous_commit off, rare checkpoints).
-    as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o "-p $PORT -k $DIR \
-        -c listen_addresses=127.0.0.1 -c shared_buffers=1GB -c max_connections=64 -c jit=off \
-        -c synchronous_commit=off -c checkpoint_timeout=30min -c max_wal_size=8GB" start >/dev/null
-    trap 'as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1 || true' EXIT
-    : >"$RESULTS"
-    run_move
-    row "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), $(nproc) cores."
-    say "results: $RESULTS"
+    MT_MOVE_ROWS=$MOVE_ROWS exec benches/run.sh --only move --rounds "$ROUNDS"
 fi

@@ -240,29 +240,16 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
             let options = Options {
                 slug: as_slug.clone(),
                 replace: *replace,
-                ids: *ids,
-                dry_run: *dry_run,
-                reason: cli.reason.clone(),
-                activate: false,
                 skip_domains: *skip_domains,
                 without_registry: without_registry.then(|| plan.clone()),
                 recount: *recount,
+                ..Options::new(*ids, *dry_run, &cli.reason)
             };
             let report = import_archive(&mut client, archive, &options, ui);
             finish(report, reports)
         }
         Command::Move { from, to, tenant, as_slug, archive, keep_source, ids, dry_run } => {
-            let options = Options {
-                slug: as_slug.clone(),
-                replace: false,
-                ids: *ids,
-                dry_run: *dry_run,
-                reason: cli.reason.clone(),
-                activate: false,
-                skip_domains: false,
-                without_registry: None,
-                recount: false,
-            };
+            let options = Options { slug: as_slug.clone(), ..Options::new(*ids, *dry_run, &cli.reason) };
             let report = move_tenant(from, to, tenant, archive, *keep_source, options, ui);
             finish(report, reports)
         }
@@ -279,17 +266,7 @@ fn run(cli: &Cli, ui: &Ui, reports: &mut Vec<Value>) -> Result<()> {
                     .ok_or_else(|| Failure { code: EXIT_USAGE, message: "--schema needs --schemas-from".into() })?;
                 sources.push(Source { slug, conninfo, schema: Some(schema) });
             }
-            let options = Options {
-                slug: None,
-                replace: false,
-                ids: *ids,
-                dry_run: *dry_run,
-                reason: cli.reason.clone(),
-                activate: false,
-                skip_domains: false,
-                without_registry: None,
-                recount: false,
-            };
+            let options = Options::new(*ids, *dry_run, &cli.reason);
             let mut target = connect(to)?;
             let mut failure = None;
             for source in &sources {
@@ -638,6 +615,23 @@ pub struct Options {
     pub recount: bool,
 }
 
+impl Options {
+    /// A new tenant from the archive as it is, ids as `ids`.
+    pub fn new(ids: Ids, dry_run: bool, reason: &str) -> Options {
+        Options {
+            slug: None,
+            replace: false,
+            ids,
+            dry_run,
+            reason: reason.to_string(),
+            activate: false,
+            skip_domains: false,
+            without_registry: None,
+            recount: false,
+        }
+    }
+}
+
 /// A target table as `move_tables()` describes it.
 struct Target {
     name: String,
@@ -667,42 +661,24 @@ fn targets(t: &mut Transaction<'_>) -> Result<Vec<Target>> {
             Target {
                 name: r.get(0),
                 columns: column_names(&json!({ "columns": columns })),
-                base_types: columns
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| {
-                        (
-                            c["name"].as_str().unwrap_or_default().to_string(),
-                            c["base_type"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect(),
+                base_types: fields(&columns, ["name", "base_type"]).into_iter().map(|[c, t]| (c, t)).collect(),
                 remap_column: r.get(2),
                 remap_sequence: r.get(3),
-                refs: refs
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|x| {
-                        let s = |k: &str| x[k].as_str().unwrap_or_default().to_string();
-                        (s("column"), s("table"), s("ref_column"))
-                    })
-                    .collect(),
-                sequences: sequences
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|x| {
-                        (
-                            x["column"].as_str().unwrap_or_default().to_string(),
-                            x["sequence"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect(),
+                refs: fields(&refs, ["column", "table", "ref_column"]).into_iter().map(|[c, t, r]| (c, t, r)).collect(),
+                sequences: fields(&sequences, ["column", "sequence"]).into_iter().map(|[c, s]| (c, s)).collect(),
             }
         })
         .collect())
+}
+
+/// The string fields `keys` of every object in the JSON array `array` ("" where absent).
+fn fields<const N: usize>(array: &Value, keys: [&str; N]) -> Vec<[String; N]> {
+    array
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| keys.map(|k| x[k].as_str().unwrap_or_default().to_string()))
+        .collect()
 }
 
 /// Where an import's rows come from: writes table `index` of the manifest as COPY CSV (with a

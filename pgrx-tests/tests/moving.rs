@@ -90,6 +90,27 @@ fn archive_dir(tag: &str) -> PathBuf {
     dir
 }
 
+fn read_manifest(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn write_manifest(dir: &std::path::Path, manifest: &serde_json::Value) {
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+}
+
+/// `mt-move export` of tenant `acme` of `db` as the mover into `dir`.
+fn export_acme(db: &TestDb, dir: &std::path::Path) -> i32 {
+    mt_move(&["export", "--from", &conninfo(db, MOVER), "--tenant", "acme", "--archive", dir.to_str().unwrap()])
+}
+
+/// `mt-move import` of `dir` into `db` as `user`, with `extra` options.
+fn import_as(db: &TestDb, user: &str, dir: &std::path::Path, extra: &[&str]) -> i32 {
+    let (to, archive) = (conninfo(db, user), dir.to_str().unwrap().to_string());
+    let mut args = vec!["import", "--to", &to, "--archive", &archive];
+    args.extend_from_slice(extra);
+    mt_move(&args)
+}
+
 /// Run mt-move; returns the exit code.
 fn mt_move(args: &[&str]) -> i32 {
     let mut argv = vec!["mt-move".to_string(), "--quiet".to_string()];
@@ -217,21 +238,9 @@ fn export_import_round_trip_between_two_databases() {
     fill_far(&target, "gamma");
 
     let dir = archive_dir("roundtrip");
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     // The archive is readable by ordinary tools: a manifest and CSV files with a header.
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     assert_eq!(manifest["format"], 1);
     let tables: Vec<&str> =
         manifest["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -240,7 +249,7 @@ fn export_import_round_trip_between_two_databases() {
     assert!(customers.starts_with("id,name,tags,doc,big\n"), "{}", &customers[..80]);
     assert!(!customers.contains(&source_tenant_id(&source, "beta")), "no other tenant's id in the archive");
 
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), 0);
     let expected = tenant_rows(&source, "acme");
     assert_eq!(expected.len(), 3 + 4 + 2);
     assert_eq!(tenant_rows(&target, "acme"), expected, "every row of every table, as in the source");
@@ -262,10 +271,7 @@ fn export_import_round_trip_between_two_databases() {
         .unwrap();
     assert_ne!(tenant_rows(&target, "acme"), expected);
     let gamma_before = tenant_rows(&target, "gamma");
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]),
-        0
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &["--replace"]), 0);
     assert_eq!(tenant_rows(&target, "acme"), expected, "restored as exported");
     assert_eq!(tenant_rows(&target, "gamma"), gamma_before, "the other tenant untouched by the restore");
     assert_healthy(&target);
@@ -274,34 +280,11 @@ fn export_import_round_trip_between_two_databases() {
     // keep-ids stops before writing, and remap gives new ids with every reference rewritten.
     let before = snapshot(&source);
     assert_eq!(
-        mt_move(&[
-            "import",
-            "--to",
-            &conninfo(&source, MOVER),
-            "--archive",
-            dir.to_str().unwrap(),
-            "--as",
-            "acme-copy",
-            "--skip-domains"
-        ]),
+        import_as(&source, MOVER, &dir, &["--as", "acme-copy", "--skip-domains"]),
         multitenancy_move::EXIT_REFUSED
     );
     assert_eq!(snapshot(&source), before, "a collision changes nothing");
-    assert_eq!(
-        mt_move(&[
-            "import",
-            "--to",
-            &conninfo(&source, MOVER),
-            "--archive",
-            dir.to_str().unwrap(),
-            "--as",
-            "acme-copy",
-            "--skip-domains",
-            "--ids",
-            "remap"
-        ]),
-        0
-    );
+    assert_eq!(import_as(&source, MOVER, &dir, &["--as", "acme-copy", "--skip-domains", "--ids", "remap"]), 0);
     let pairs = |slug: &str| -> Vec<String> {
         source
             .superuser()
@@ -518,18 +501,7 @@ fn exported(tag: &str) -> (TestDb, PathBuf) {
     source.tenant("Acme", "acme");
     fill(&source, "acme");
     let dir = archive_dir(tag);
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     (source, dir)
 }
 
@@ -540,16 +512,12 @@ fn an_import_over_quota_changes_nothing() {
     target.tenant("Gamma", "gamma");
     fill_far(&target, "gamma");
     // The archive's tenant is on plan 'small', which allows fewer rows here.
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = read_manifest(&dir);
     manifest["tenant"]["plan"] = "small".into();
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    write_manifest(&dir, &manifest);
     target.superuser().batch_execute("SELECT multitenancy.plan_set('small', limits => '{\"rows\": 5}')").unwrap();
     let before = snapshot(&target);
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REJECTED
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REJECTED);
     assert_eq!(snapshot(&target), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -558,15 +526,11 @@ fn an_import_over_quota_changes_nothing() {
 fn an_archive_of_a_newer_version_is_refused() {
     let (_source, dir) = exported("newer");
     let target = app_db(Server::shared(), "newer_dst");
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = read_manifest(&dir);
     manifest["extension_version"] = "99.0.0".into();
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    write_manifest(&dir, &manifest);
     let before = snapshot(&target);
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REFUSED
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     assert_eq!(snapshot(&target), before);
     // The same refusal, in SQL: its reason and SQLSTATE.
     let mut su = target.superuser();
@@ -604,10 +568,7 @@ fn a_target_missing_a_table_is_refused() {
         )
         .unwrap()
         .get::<_, i64>(0);
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REFUSED
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     let after = target
         .superuser()
         .query_one(
@@ -617,8 +578,7 @@ fn a_target_missing_a_table_is_refused() {
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(after, before, "nothing written");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     let mut su = target.superuser();
     let mut tx = su.transaction().unwrap();
     let error = expect_sqlstate(
@@ -634,18 +594,14 @@ fn a_damaged_or_incomplete_archive_is_refused() {
     let (_source, dir) = exported("damaged");
     let target = app_db(Server::shared(), "damaged_dst");
     let before = snapshot(&target);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     let file = dir.join(manifest["tables"][2]["file"].as_str().unwrap());
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("n", "N")).unwrap();
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REFUSED
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     std::fs::remove_file(dir.join("manifest.json")).unwrap();
     assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
+        import_as(&target, MOVER, &dir, &[]),
         multitenancy_move::EXIT_REFUSED,
         "no manifest: an interrupted export"
     );
@@ -663,18 +619,7 @@ fn a_connection_killed_mid_copy_leaves_the_target_unchanged() {
         .unwrap();
     tx.commit().unwrap();
     let dir = archive_dir("killed");
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     let target = app_db(Server::shared(), "killed_dst");
     let before = snapshot(&target);
     let url = conninfo(&target, MOVER);
@@ -703,7 +648,7 @@ fn a_connection_killed_mid_copy_leaves_the_target_unchanged() {
     assert_ne!(code, 0, "the import reports the failure");
     assert_eq!(snapshot(&target), before, "nothing of the killed import remains");
     // And the archive still imports completely afterwards.
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), 0);
     let n: i64 = target.superuser().query_one("SELECT count(*) FROM customers", &[]).unwrap().get(0);
     assert_eq!(n, 300000);
     let _ = std::fs::remove_dir_all(&dir);
@@ -712,8 +657,7 @@ fn a_connection_killed_mid_copy_leaves_the_target_unchanged() {
 #[test]
 fn the_move_functions_are_for_operators_only() {
     let (source, dir) = exported("operators");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     // The application role may not call them at all (EXECUTE revoked from PUBLIC) ...
     let mut app = source.app();
     let mut tx = app.transaction().unwrap();
@@ -776,21 +720,8 @@ fn review_the_owners_code_never_runs_as_the_importer() {
     tx.batch_execute(SPY).unwrap();
     tx.commit().unwrap();
     // As the superuser, and as the admin-mode mover.
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, SUPERUSER), "--archive", dir.to_str().unwrap()]), 0);
-    assert_eq!(
-        mt_move(&[
-            "import",
-            "--to",
-            &conninfo(&target, MOVER),
-            "--archive",
-            dir.to_str().unwrap(),
-            "--as",
-            "acme2",
-            "--ids",
-            "remap"
-        ]),
-        0
-    );
+    assert_eq!(import_as(&target, SUPERUSER, &dir, &[]), 0);
+    assert_eq!(import_as(&target, MOVER, &dir, &["--as", "acme2", "--ids", "remap"]), 0);
     let seen: Vec<String> = target
         .superuser()
         .query(
@@ -829,8 +760,7 @@ fn begin_refused(
 fn review_archive_registry_entries_are_checked() {
     let (source, dir) = exported("registry");
     source.superuser().batch_execute("SELECT multitenancy.domain_add('acme', 'shop.acme.test')").unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     let target = app_db(Server::shared(), "registry_dst");
     target
         .superuser()
@@ -874,8 +804,7 @@ fn review_archive_registry_entries_are_checked() {
 #[test]
 fn review_a_restore_replaces_only_the_tenant_it_names_and_keeps_an_owner() {
     let (_source, dir) = exported("replace");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     // Another database's "acme": same slug, another id.
     let target = app_db(Server::shared(), "replace_dst");
     target.tenant("Acme here", "acme");
@@ -893,29 +822,14 @@ fn review_a_restore_replaces_only_the_tenant_it_names_and_keeps_an_owner() {
         &SqlState::UNDEFINED_OBJECT,
         &manifest["tenant"]["id"].as_str().unwrap()[..8],
     );
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap(), "--replace"]),
-        multitenancy_move::EXIT_REJECTED
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &["--replace"]), multitenancy_move::EXIT_REJECTED);
     assert_eq!(snapshot(&target), before, "the local acme is untouched");
     // Named explicitly it is replaced, but not left without the owner it had.
     begin_refused(&target, &manifest, Some("acme"), "replace", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "owner");
     let mut with_owner = manifest.clone();
     with_owner["members"] = serde_json::json!([{"user_id": "33333333-3333-4333-8333-333333333333", "role": "owner"}]);
-    std::fs::write(dir.join("manifest.json"), with_owner.to_string()).unwrap();
-    assert_eq!(
-        mt_move(&[
-            "import",
-            "--to",
-            &conninfo(&target, MOVER),
-            "--archive",
-            dir.to_str().unwrap(),
-            "--replace",
-            "--as",
-            "acme"
-        ]),
-        0
-    );
+    write_manifest(&dir, &with_owner);
+    assert_eq!(import_as(&target, MOVER, &dir, &["--replace", "--as", "acme"]), 0);
     assert_eq!(tenant_rows(&target, "acme").len(), 9);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -924,7 +838,7 @@ fn review_a_restore_replaces_only_the_tenant_it_names_and_keeps_an_owner() {
 fn review_a_restore_waits_for_the_tenants_writers() {
     let (_source, dir) = exported("writers");
     let target = app_db(Server::shared(), "writers_dst");
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), 0);
     let expected = tenant_rows(&target, "acme");
     // Only customers left (their DELETE is the restore's first), and a writer of the tenant
     // adding one, not committed yet.
@@ -964,8 +878,7 @@ fn review_a_restore_waits_for_the_tenants_writers() {
 #[test]
 fn review_a_rolled_back_import_end_takes_the_end_back() {
     let (_source, dir) = exported("savepoint");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     let target = app_db(Server::shared(), "savepoint_dst");
     let mut su = target.superuser();
     let mut tx = su.transaction().unwrap();
@@ -1006,20 +919,9 @@ fn review_an_export_only_reads_and_a_deleted_tenant_round_trips() {
     tx.rollback().unwrap();
     source.superuser().batch_execute("SELECT multitenancy.tenant_delete('acme')").unwrap();
     let dir = archive_dir("deleted");
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     let target = app_db(Server::shared(), "deleted_dst");
-    assert_eq!(mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]), 0);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), 0);
     let status: String = target
         .superuser()
         .query_one("SELECT status FROM multitenancy.tenants WHERE slug = 'acme'", &[])
@@ -1035,8 +937,7 @@ fn review_an_export_only_reads_and_a_deleted_tenant_round_trips() {
 #[test]
 fn review2_the_staging_table_runs_nothing_of_the_importers_as_the_owner() {
     let (_source, dir) = exported("staging");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_manifest(&dir);
     let target = app_db(Server::shared(), "staging_dst");
     let mut mover = target.connect(MOVER);
     for (what, staging) in [
@@ -1081,18 +982,7 @@ fn review2_move_reuses_only_its_own_archive_of_the_same_tenant() {
     let target = app_db(Server::shared(), "reuse_dst");
     // A backup made with export, then the application writes on.
     let dir = archive_dir("reuse");
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     let mut app = source.app();
     let mut tx = begin_as(&mut app, "acme");
     tx.execute("INSERT INTO customers (name) VALUES ('written after the backup')", &[]).unwrap();
@@ -1117,11 +1007,10 @@ fn review2_move_reuses_only_its_own_archive_of_the_same_tenant() {
     // A move's own archive with another tenant's id in it, acme suspended as a move leaves it.
     source.superuser().batch_execute("SELECT multitenancy.tenant_suspend('acme', 'an earlier move')").unwrap();
     let source_before = snapshot(&source);
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = read_manifest(&dir);
     manifest["moved_from_status"] = "active".into();
     manifest["tenant"]["id"] = source_tenant_id(&source, "globex").into();
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    write_manifest(&dir, &manifest);
     assert_eq!(run(&dir), multitenancy_move::EXIT_REFUSED, "an archive of another tenant's id");
     assert_eq!(snapshot(&source), source_before, "nothing suspended or purged at the source");
     assert_eq!(snapshot(&target), target_before);
@@ -1138,33 +1027,23 @@ fn review2_archive_files_stay_inside_the_archive_and_are_hashed() {
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("secret.csv"), "name\nthe operator's secret\n").unwrap();
     std::os::unix::fs::symlink(&outside, dir.join("linked")).unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = read_manifest(&dir);
     manifest["tables"] = serde_json::json!([{
         "name": "public.customers", "columns": [{"name": "name", "type": "text"}], "file": "linked/secret.csv",
         "rows": 1, "sha256": format!("{:x}", sha2_of(b"name\nthe operator's secret\n"))
     }]);
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REFUSED
-    );
+    write_manifest(&dir, &manifest);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     manifest["tables"][0]["file"] =
         manifest["tables"][0]["file"].as_str().unwrap().replace("linked/", "data/../linked/").into();
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REFUSED
-    );
+    write_manifest(&dir, &manifest);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     // A file inside, without its sums.
     std::fs::copy(outside.join("secret.csv"), dir.join("data/secret.csv")).unwrap();
     manifest["tables"][0]["file"] = "data/secret.csv".into();
     manifest["tables"][0].as_object_mut().unwrap().remove("sha256");
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
-    assert_eq!(
-        mt_move(&["import", "--to", &conninfo(&target, MOVER), "--archive", dir.to_str().unwrap()]),
-        multitenancy_move::EXIT_REFUSED
-    );
+    write_manifest(&dir, &manifest);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     assert_eq!(snapshot(&target), before);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&outside);
@@ -1180,33 +1059,10 @@ fn review2_an_archive_from_outside_brings_only_rows() {
     let (source, dir) = exported("outsider");
     registry_extras(&source, "acme");
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     let target = app_db(Server::shared(), "outsider_dst");
     target.superuser().batch_execute("SELECT multitenancy.plan_set('small', limits => '{\"rows\": 100}')").unwrap();
-    assert_eq!(
-        mt_move(&[
-            "import",
-            "--to",
-            &conninfo(&target, MOVER),
-            "--archive",
-            dir.to_str().unwrap(),
-            "--without-registry",
-            "--plan",
-            "small"
-        ]),
-        0
-    );
+    assert_eq!(import_as(&target, MOVER, &dir, &["--without-registry", "--plan", "small"]), 0);
     assert_eq!(
         registry_of(&target, "acme"),
         [format!("tenant {} Acme active small {{}}", source_tenant_id(&source, "acme"))]
@@ -1222,8 +1078,7 @@ fn review2_a_restore_by_id_needs_the_same_slug() {
     target.tenant("Other", "other");
     fill_far(&target, "other");
     // The archive names acme with the id of "other" here.
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = read_manifest(&dir);
     manifest["tenant"]["id"] = source_tenant_id(&target, "other").into();
     let before = snapshot(&target);
     begin_refused(
@@ -1269,25 +1124,11 @@ fn review2_the_collision_check_runs_no_domain_code_as_the_importer() {
         tx.commit().unwrap();
     }
     let dir = archive_dir("domkey");
-    assert_eq!(
-        mt_move(&[
-            "export",
-            "--from",
-            &conninfo(&source, MOVER),
-            "--tenant",
-            "acme",
-            "--archive",
-            dir.to_str().unwrap()
-        ]),
-        0
-    );
+    assert_eq!(export_acme(&source, &dir), 0);
     for user in [SUPERUSER, MOVER] {
-        mt_move(&["import", "--to", &conninfo(&target, user), "--archive", dir.to_str().unwrap(), "--dry-run"]);
+        import_as(&target, user, &dir, &["--dry-run"]);
         // The real import: the unique index refuses the taken key, nothing is written.
-        assert_eq!(
-            mt_move(&["import", "--to", &conninfo(&target, user), "--archive", dir.to_str().unwrap()]),
-            multitenancy_move::EXIT_REJECTED
-        );
+        assert_eq!(import_as(&target, user, &dir, &[]), multitenancy_move::EXIT_REJECTED);
     }
     let mut su = target.superuser();
     let mut seen =
@@ -1313,4 +1154,68 @@ fn review2_connection_strings_are_shown_without_passwords() {
         assert!(!shown.contains("SECRET"), "{conninfo} shown as {shown}");
     }
     assert_eq!(multitenancy_move::shown("host=h port=5 user=u password=x dbname=db"), "host=h port=5 dbname=db user=u");
+}
+
+#[test]
+fn column_differences_are_filled_or_refused_never_lost() {
+    let (source, dir) = exported("columns");
+    // The target's migrations added two columns (one nullable, one with a default).
+    let target = app_db(Server::shared(), "columns_dst");
+    let mut owner = target.owner();
+    owner
+        .batch_execute("ALTER TABLE customers ADD COLUMN vip boolean, ADD COLUMN tier text NOT NULL DEFAULT 'basic'")
+        .unwrap();
+    let report: Vec<String> = target
+        .superuser()
+        .query("SELECT severity || ': ' || problem FROM multitenancy.import_check($1)", &[&read_manifest(&dir)])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        report,
+        [
+            "info: column tier of table public.customers is not in the archive: imported rows get its default",
+            "info: column vip of table public.customers is not in the archive: imported rows get NULL",
+        ]
+    );
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), 0);
+    let filled: Vec<String> = target
+        .superuser()
+        .query("SELECT DISTINCT coalesce(vip::text, 'NULL') || ' ' || tier FROM customers", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(filled, ["NULL basic"]);
+    assert_eq!(tenant_rows(&target, "acme"), tenant_rows(&source, "acme"));
+
+    // A target that dropped a column the archive has, or changed its type: refused, with the
+    // report, and nothing written.
+    for (tag, ddl, problem) in [
+        (
+            "dropped",
+            "ALTER TABLE customers DROP COLUMN doc",
+            "column doc of the archive is not in table public.customers",
+        ),
+        (
+            "retyped",
+            "ALTER TABLE customers ALTER COLUMN big TYPE varchar(10)",
+            "column big of table public.customers is character varying(10) here and text in the archive",
+        ),
+    ] {
+        let other = app_db(Server::shared(), &format!("columns_{tag}"));
+        other.owner().batch_execute(ddl).unwrap();
+        let before = snapshot(&other);
+        assert_eq!(import_as(&other, MOVER, &dir, &[]), multitenancy_move::EXIT_REFUSED, "{tag}");
+        assert_eq!(snapshot(&other), before, "{tag}");
+        let mut su = other.superuser();
+        let mut tx = su.transaction().unwrap();
+        let error = expect_sqlstate(
+            tx.query_one("SELECT multitenancy.tenant_import_begin($1)", &[&read_manifest(&dir)]),
+            &SqlState::DATATYPE_MISMATCH,
+        );
+        assert!(error.detail().unwrap_or_default().contains(problem), "{tag}: {error:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
