@@ -116,6 +116,8 @@ REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_rows(regclass, regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_keys(regclass, regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_sequences(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end(boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

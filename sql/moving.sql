@@ -5,9 +5,7 @@
 
 -- The enabled tables a tenant's rows live in, parents before children (foreign keys between
 -- enabled tables), with what an export and an import need to know about each: the columns the
--- archive carries (all but tenant_id and generated columns; with each its type and, when
--- casting text to it runs no domain's code, the base type — NULL for composites, ranges and
--- arrays of domains), the primary key's integer column an import may remap (a key without tenant_id, filled
+-- archive carries (all but tenant_id and generated columns, with their types), the primary key's integer column an import may remap (a key without tenant_id, filled
 -- from a sequence), the foreign keys to enabled tables, and every sequence-filled column. Partitions and inheritance children are
 -- read and written through their parent and are not listed. Catalog reads only.
 CREATE FUNCTION multitenancy.move_tables()
@@ -29,7 +27,8 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN multitenancy.enabled_tables p ON p.relid::oid = i.inhparent
                         WHERE i.inhrelid = e.relid::oid);
     -- Parents first: a table is ready when every enabled table it references is placed. A cycle
-    -- of foreign keys places the rest in name order (their keys must then be deferrable).
+    -- of foreign keys places the rest in name order (an import of them fails: README "Moving
+    -- tenants", limits).
     WHILE cardinality(v_done) < cardinality(v_tables) LOOP
         SELECT coalesce(array_agg(t ORDER BY t::regclass::text), '{}') INTO v_ready
           FROM unnest(v_tables) t
@@ -46,14 +45,7 @@ BEGIN
             load_order := v_pos;
             table_name := v_t::regclass;
             SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
-                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '',
-                                                         'base_type', (WITH RECURSIVE b(t) AS (
-                                                                           SELECT a.atttypid
-                                                                           UNION ALL SELECT y.typbasetype FROM b JOIN pg_type y ON y.oid = b.t
-                                                                            WHERE y.typtype = 'd')
-                                                                       SELECT format_type(b.t, NULL) FROM b JOIN pg_type y ON y.oid = b.t
-                                                                         LEFT JOIN pg_type e ON e.oid = y.typelem
-                                                                        WHERE y.typtype = 'b' AND (e.oid IS NULL OR e.typtype = 'b')))
+                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '')
                                       ORDER BY a.attnum), '[]')
               INTO columns
               FROM pg_attribute a

@@ -419,6 +419,20 @@ pub fn shown(conninfo: &str) -> String {
 /// Operators: superusers and members of the extension's owner act as themselves; members of
 /// multitenancy_admin enter audited admin write mode for the transaction.
 fn become_operator(t: &mut Transaction<'_>, reason: &str) -> Result<()> {
+    operator(t, reason, true)
+}
+
+/// [`become_operator`] for a transaction that only reads: read-only admin mode, or a read-only
+/// transaction for DBAs — whatever code runs while it reads enabled tables (a table owner's
+/// policy functions run as the reader) can write nothing.
+fn become_reader(t: &mut Transaction<'_>, reason: &str) -> Result<()> {
+    operator(t, reason, false)
+}
+
+fn operator(t: &mut Transaction<'_>, reason: &str, write: bool) -> Result<()> {
+    // Every name in the program's SQL is qualified or from the catalog; the search path is
+    // pinned anyway, also where a pooler dropped the connection's startup options.
+    t.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")?;
     let row = t.query_opt(
         "SELECT r.rolsuper OR pg_catalog.pg_has_role(e.extowner, 'USAGE') \
            FROM pg_catalog.pg_roles r, pg_catalog.pg_extension e \
@@ -429,7 +443,9 @@ fn become_operator(t: &mut Transaction<'_>, reason: &str) -> Result<()> {
         return Err(refused("the multitenancy extension is not installed in this database"));
     };
     if !row.get::<_, bool>(0) {
-        t.execute("SELECT multitenancy.admin_begin($1, true)", &[&reason])?;
+        t.execute("SELECT multitenancy.admin_begin($1, $2)", &[&reason, &write])?;
+    } else if !write {
+        t.batch_execute("SET LOCAL transaction_read_only = on")?;
     }
     Ok(())
 }
@@ -538,7 +554,8 @@ fn export_with(
             .query_one(
                 "SELECT coalesce(sum(u.row_count), 0)::bigint FROM multitenancy.table_usage u \
                   WHERE u.tenant_id OPERATOR(pg_catalog.=) multitenancy.current_tenant_id() \
-                    AND u.relid::oid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) p)",
+                    AND u.relid::oid IN (SELECT pg_catalog.to_regclass($1)::oid UNION ALL \
+                                SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) p)",
                 &[&name],
             )?
             .get(0);
@@ -636,19 +653,15 @@ impl Options {
 struct Target {
     name: String,
     columns: Vec<String>,
-    /// (column, its type with domains resolved to their base type)
-    base_types: Vec<(String, String)>,
     remap_column: Option<String>,
     remap_sequence: Option<String>,
     /// (column, referenced table, referenced column)
     refs: Vec<(String, String, String)>,
-    /// (column, sequence)
-    sequences: Vec<(String, String)>,
 }
 
 fn targets(t: &mut Transaction<'_>) -> Result<Vec<Target>> {
     let rows = t.query(
-        "SELECT table_name::text, columns, remap_column, remap_sequence::text, refs, sequences \
+        "SELECT table_name::text, columns, remap_column, remap_sequence::text, refs \
            FROM multitenancy.move_tables() ORDER BY load_order",
         &[],
     )?;
@@ -657,15 +670,12 @@ fn targets(t: &mut Transaction<'_>) -> Result<Vec<Target>> {
         .map(|r| {
             let columns: Value = r.get(1);
             let refs: Value = r.get(4);
-            let sequences: Value = r.get(5);
             Target {
                 name: r.get(0),
                 columns: column_names(&json!({ "columns": columns })),
-                base_types: fields(&columns, ["name", "base_type"]).into_iter().map(|[c, t]| (c, t)).collect(),
                 remap_column: r.get(2),
                 remap_sequence: r.get(3),
                 refs: fields(&refs, ["column", "table", "ref_column"]).into_iter().map(|[c, t, r]| (c, t, r)).collect(),
-                sequences: fields(&sequences, ["column", "sequence"]).into_iter().map(|[c, s]| (c, s)).collect(),
             }
         })
         .collect())
@@ -819,52 +829,19 @@ fn import_in(
     for (order, (i, ti, columns, rows)) in staged.iter().enumerate() {
         let target = &targets[*ti];
         let remap = remapped(*ti, columns);
-        let keys = t.query(
-            "SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.i) FROM pg_catalog.pg_index x \
-              CROSS JOIN LATERAL pg_catalog.unnest(x.indkey) WITH ORDINALITY k(attnum, i) \
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
-              WHERE x.indrelid = pg_catalog.to_regclass($1) AND x.indisunique AND x.indpred IS NULL AND x.indexprs IS NULL \
-              GROUP BY x.indexrelid HAVING NOT pg_catalog.bool_or(a.attname = 'tenant_id')",
-            &[&target.name],
-        )?;
+        // Keys another tenant already has, checked by the extension as the table's owner.
+        let skip = if remap { target.remap_column.clone() } else { None };
         let mut collisions = 0i64;
         let mut examples = Vec::<String>::new();
-        for key in keys {
-            let key: Vec<String> = key.get(0);
-            if remap && key.iter().any(|k| Some(k) == target.remap_column.as_ref()) {
-                continue;
-            }
-            if !key.iter().all(|k| columns.contains(k)) {
-                continue;
-            }
-            let base =
-                |k: &String| target.base_types.iter().find(|(c, _)| c == k).map(|(_, b)| b.clone()).unwrap_or_default();
-            // A key of a type whose text input would run a domain's code (an array of domains, a
-            // composite, a range) is not checked here, as the importer: its unique index refuses
-            // a collision when the rows go in (exit 4, nothing written).
-            if key.iter().any(|k| base(k).is_empty()) {
-                continue;
-            }
-            let on = key
-                .iter()
-                .map(|k| format!("t.{0} = s.{0}::{1}", quote_ident(k), base(k)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            let shown = key.iter().map(|k| format!("s.{}", quote_ident(k))).collect::<Vec<_>>().join(" || ',' || ");
-            let row = t.query_one(
-                &format!(
-                    "SELECT count(*), (pg_catalog.array_agg({shown}))[1:3] FROM mt_stage_{i} s \
-                      WHERE EXISTS (SELECT 1 FROM {} t WHERE {on})",
-                    target.name
-                ),
-                &[],
-            )?;
-            let n: i64 = row.get(0);
-            if n > 0 {
-                collisions += n;
-                let ex: Option<Vec<Option<String>>> = row.get(1);
-                examples.extend(ex.into_iter().flatten().flatten().map(|v| format!("({}) = ({v})", key.join(", "))));
-            }
+        for row in t.query(
+            "SELECT key, collisions, examples FROM multitenancy.tenant_import_keys(pg_catalog.to_regclass($1), \
+                    pg_catalog.to_regclass($2), $3)",
+            &[&target.name, &format!("pg_temp.mt_stage_{i}"), &skip],
+        )? {
+            let key: String = row.get(0);
+            collisions += row.get::<_, i64>(1);
+            let found: Vec<Option<String>> = row.get(2);
+            examples.extend(found.into_iter().flatten().map(|v| format!("({key}) = ({v})")));
         }
         total_collisions += collisions;
         plan.push(json!({
@@ -927,14 +904,7 @@ fn import_in(
             let column = quote_ident(target.remap_column.as_deref().unwrap_or_default());
             // New ids come after every id the table holds (a sequence can lag behind rows
             // written with explicit ids).
-            t.execute(
-                &format!(
-                    "SELECT pg_catalog.setval(pg_catalog.to_regclass($1), x.m) FROM (SELECT max(t.{column})::bigint AS m FROM {} t) x \
-                      WHERE x.m > coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($1)), 0)",
-                    target.name
-                ),
-                &[&target.remap_sequence],
-            )?;
+            t.execute("SELECT multitenancy.tenant_import_sequences(pg_catalog.to_regclass($1))", &[&target.name])?;
             t.batch_execute(&format!(
                 "CREATE TEMPORARY TABLE mt_map_{i} (old_id bigint PRIMARY KEY, new_id bigint NOT NULL) ON COMMIT DROP"
             ))?;
@@ -996,7 +966,7 @@ fn import_in(
         }
     }
     let mut written = Vec::new();
-    for (i, ti, columns, _) in &staged {
+    for (i, ti, _, _) in &staged {
         let target = &targets[*ti];
         let bar = ui.bar(&format!("insert {}", target.name), None);
         // As the table's owner, through the tenant's row level security (the extension's
@@ -1009,24 +979,8 @@ fn import_in(
             .get(0);
         bar.finish_and_clear();
         ui.log(&format!("inserted {}: {n} rows", target.name));
-        // Sequences past every id in the table (remapped ids came from the sequence itself);
-        // the maximum of an indexed key is one index probe.
-        for (column, sequence) in &target.sequences {
-            if !columns.contains(column)
-                || (maps[*ti].is_some() && target.remap_column.as_deref() == Some(column.as_str()))
-            {
-                continue;
-            }
-            t.execute(
-                &format!(
-                    "SELECT pg_catalog.setval(pg_catalog.to_regclass($1), x.m) FROM (SELECT max(t.{})::bigint AS m FROM {} t) x \
-                      WHERE x.m > coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($1)), 0)",
-                    quote_ident(column),
-                    target.name
-                ),
-                &[sequence],
-            )?;
-        }
+        // Sequences past every id in the table.
+        t.execute("SELECT multitenancy.tenant_import_sequences(pg_catalog.to_regclass($1))", &[&target.name])?;
         written.push((target.name.clone(), n as u64));
     }
     let end = t.query(
@@ -1084,7 +1038,7 @@ pub fn move_tenant(
     // The tenant at the source: (id, slug, status), if it is still there.
     let at_source = |source: &mut Client| -> Result<Option<(String, String, String)>> {
         let mut t = source.transaction()?;
-        become_operator(&mut t, &options.reason)?;
+        become_reader(&mut t, &options.reason)?;
         let row = t.query_opt(
             "SELECT id::text, slug, status FROM multitenancy.tenants WHERE slug = $1 OR id::text = $1",
             &[&tenant],
@@ -1153,7 +1107,7 @@ pub fn move_tenant(
     let archive_id = manifest["archive_id"].as_str().unwrap_or_default().to_string();
     let done = {
         let mut t = target.transaction().map_err(|e| plain(e.into()))?;
-        become_operator(&mut t, &options.reason).map_err(plain)?;
+        become_reader(&mut t, &options.reason).map_err(plain)?;
         let n: i64 = t
             .query_one(
                 "SELECT count(*) FROM multitenancy.audit_log WHERE action = 'tenant_import' AND details->>'archive' = $1",
@@ -1210,10 +1164,15 @@ pub fn move_tenant(
                     .find(|x| x["name"].as_str() == Some(name.as_str()))
                     .and_then(|x| x["rows"].as_i64())
                     .unwrap_or(0);
+                // From the tenant's counters (exact; reading the table would run its owner's
+                // policies as the mover).
                 let now: i64 = t
                     .query_one(
-                        &format!("SELECT count(*) FROM {name} WHERE tenant_id OPERATOR(pg_catalog.=) $1::text::uuid"),
-                        &[&id],
+                        "SELECT coalesce(sum(u.row_count), 0)::bigint FROM multitenancy._usage_counters() u \
+                          WHERE u.tenant_id = $1::text::uuid \
+                            AND u.relid::oid IN (SELECT pg_catalog.to_regclass($2)::oid UNION ALL \
+                                SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($2)) p)",
+                        &[&id, &name],
                     )
                     .map_err(|e| plain(e.into()))?
                     .get(0);
@@ -1273,7 +1232,7 @@ pub fn consolidate_one(
     // The target's tables, and the extension version the manifest claims.
     let (tables, version) = {
         let mut t = target.transaction().map_err(pg)?;
-        become_operator(&mut t, &options.reason).map_err(plain)?;
+        become_reader(&mut t, &options.reason).map_err(plain)?;
         let rows = t
             .query(
                 "SELECT m.table_name::text, n.nspname::text, c.relname::text FROM multitenancy.move_tables() m \

@@ -39,7 +39,8 @@ fn mover_grants() -> String {
         "DO $$ BEGIN CREATE ROLE {MOVER} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
          GRANT multitenancy_admin TO {MOVER};
          GRANT EXECUTE ON FUNCTION multitenancy.tenant_export(text), multitenancy.tenant_import_begin(jsonb, text, text),
-             multitenancy.tenant_import_rows(regclass, regclass), multitenancy.tenant_import_end(boolean), multitenancy.move_tables(), multitenancy.import_check(jsonb),
+             multitenancy.tenant_import_rows(regclass, regclass), multitenancy.tenant_import_keys(regclass, regclass, text),
+             multitenancy.tenant_import_sequences(regclass), multitenancy.tenant_import_end(boolean), multitenancy.move_tables(), multitenancy.import_check(jsonb),
              multitenancy.tenant_suspend(text, text), multitenancy.tenant_activate(text),
              multitenancy.tenant_delete(text), multitenancy.tenant_purge(text, text) TO {MOVER};"
     )
@@ -911,11 +912,17 @@ fn review_an_export_only_reads_and_a_deleted_tenant_round_trips() {
     let mut su = source.superuser();
     let mut tx = su.transaction().unwrap();
     tx.query_one("SELECT multitenancy.tenant_export('acme')", &[]).unwrap();
-    let error = expect_sqlstate(
+    // The rest of the transaction is read-only: no table, no registry write.
+    tx.batch_execute("SAVEPOINT s").unwrap();
+    expect_sqlstate(
         tx.execute("INSERT INTO customers (name) VALUES ('written during an export')", &[]),
         &SqlState::READ_ONLY_SQL_TRANSACTION,
     );
-    assert!(error.message().contains("exports a tenant"), "{error:?}");
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    expect_sqlstate(
+        tx.execute("SELECT multitenancy.member_add('acme', '11111111-1111-4111-8111-111111111111')", &[]),
+        &SqlState::READ_ONLY_SQL_TRANSACTION,
+    );
     tx.rollback().unwrap();
     source.superuser().batch_execute("SELECT multitenancy.tenant_delete('acme')").unwrap();
     let dir = archive_dir("deleted");
@@ -951,6 +958,22 @@ fn review2_the_staging_table_runs_nothing_of_the_importers_as_the_owner() {
             "row level security on the staging table",
             "CREATE TEMP TABLE stg (name text); INSERT INTO stg VALUES ('z');
              ALTER TABLE stg ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON stg USING (true);",
+        ),
+        (
+            "an index with an expression of the caller's",
+            "CREATE FUNCTION pg_temp.k() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT '' $$;
+             CREATE TEMP TABLE stg (name text); INSERT INTO stg VALUES ('z'); CREATE INDEX ON stg ((name || pg_temp.k()));",
+        ),
+        (
+            "a statistics object with an expression of the caller's",
+            "CREATE FUNCTION pg_temp.k() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT '' $$;
+             CREATE TEMP TABLE stg (name text, big text); INSERT INTO stg VALUES ('z', 'y');
+             CREATE STATISTICS pg_temp.s ON (name || pg_temp.k()), big FROM stg;",
+        ),
+        (
+            "a generated column",
+            "CREATE TEMP TABLE stg (name text, big text GENERATED ALWAYS AS (name || 'x') STORED);
+             INSERT INTO stg (name) VALUES ('z');",
         ),
         (
             "a child table",
@@ -1127,13 +1150,13 @@ fn review2_the_collision_check_runs_no_domain_code_as_the_importer() {
     assert_eq!(export_acme(&source, &dir), 0);
     for user in [SUPERUSER, MOVER] {
         import_as(&target, user, &dir, &["--dry-run"]);
-        // The real import: the unique index refuses the taken key, nothing is written.
-        assert_eq!(import_as(&target, user, &dir, &[]), multitenancy_move::EXIT_REJECTED);
+        // The real import: the key is taken, nothing is written.
+        assert_eq!(import_as(&target, user, &dir, &[]), multitenancy_move::EXIT_REFUSED);
     }
     let mut su = target.superuser();
     let mut seen =
         |role: &str| -> bool { su.query_one(&format!("SELECT is_called FROM seen_by_{role}"), &[]).unwrap().get(0) };
-    assert!(seen(OWNER), "the import cast the archive's values as the owner");
+    assert!(seen(OWNER), "the collision check cast the archive's values as the owner");
     let (by_mover, by_superuser) = (seen(MOVER), seen(SUPERUSER));
     assert!(
         !by_mover && !by_superuser,
@@ -1216,6 +1239,53 @@ fn column_differences_are_filled_or_refused_never_lost() {
             &SqlState::DATATYPE_MISMATCH,
         );
         assert!(error.detail().unwrap_or_default().contains(problem), "{tag}: {error:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Third review.
+
+/// A restrictive policy of the owner's calling a function of the owner's (no row values: the
+/// guard accepts it): it runs as whoever reads the table. It tries to make a member of another
+/// tenant; a sequence (not transactional) records whether the write worked. (Without the export's
+/// read-only transaction, the mover's export made the member: mutation-checked.)
+const POLICY_SPY: &str = "
+    CREATE SEQUENCE policy_wrote;
+    GRANT USAGE ON SEQUENCE policy_wrote TO PUBLIC;
+    CREATE FUNCTION spyq() RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        BEGIN
+            PERFORM multitenancy.member_add('victim', '99999999-9999-4999-8999-999999999999', 'owner');
+            PERFORM nextval('public.policy_wrote');
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+        RETURN true;
+    END $$;
+    CREATE POLICY spy ON customers AS RESTRICTIVE USING (public.spyq());";
+
+#[test]
+fn review3_an_owners_policy_writes_nothing_with_the_movers_rights() {
+    let source = app_db(Server::shared(), "policy_src");
+    let target = app_db(Server::shared(), "policy_dst");
+    for db in [&source, &target] {
+        db.tenant("Victim", "victim");
+        let mut owner = db.owner();
+        let mut tx = owner.transaction().unwrap();
+        tx.batch_execute(POLICY_SPY).unwrap();
+        tx.commit().unwrap();
+    }
+    source.tenant("Acme", "acme");
+    fill(&source, "acme");
+    let dir = archive_dir("policy");
+    assert_eq!(export_acme(&source, &dir), 0);
+    assert_eq!(import_as(&target, MOVER, &dir, &[]), 0);
+    assert_eq!(tenant_rows(&target, "acme"), tenant_rows(&source, "acme"));
+    for (what, db) in [("export", &source), ("import", &target)] {
+        let mut su = db.superuser();
+        let wrote: bool = su.query_one("SELECT is_called FROM policy_wrote", &[]).unwrap().get(0);
+        let members: i64 = su.query_one("SELECT count(*) FROM multitenancy.members", &[]).unwrap().get(0);
+        assert!(!wrote && members == 0, "{what}: the owner's policy wrote with the mover's rights");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

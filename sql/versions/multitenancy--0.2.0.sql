@@ -255,64 +255,6 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/registry/tenants.rs:186
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:57
--- requires:
---   bootstrap
-
--- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
-
-CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
-    END IF;
-    -- The audit row names the key and never holds the secret.
-    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
-END
-$$;
-
-CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_retired_at timestamptz;
-BEGIN
-    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
-    END IF;
-    IF v_retired_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
-    RETURN jsonb_build_object('name', p_name);
-END
-$$;
-
--- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
-CREATE FUNCTION multitenancy.signing_key_list()
-RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
-      FROM multitenancy.signing_keys k
-     ORDER BY k.created_at, k.name
-$$;
-COMMENT ON FUNCTION multitenancy.signing_key_list() IS
-    'Signing keys (name, created, retired, active), without their secrets.';
-/* </end connected objects> */
-
-/* <begin connected objects> */
 -- src/tables/guard.rs:598
 -- requires:
 --   bootstrap
@@ -321,22 +263,6 @@ COMMENT ON FUNCTION multitenancy.signing_key_list() IS
 CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
 VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/quotas.rs:261
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -401,6 +327,80 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
      WHERE p.framework = pg_catalog.lower($1)
      ORDER BY p.pattern
 $$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:261
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:57
+-- requires:
+--   bootstrap
+
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
+
+CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
+    END IF;
+    -- The audit row names the key and never holds the secret.
+    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
+END
+$$;
+
+CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_retired_at timestamptz;
+BEGIN
+    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
+    END IF;
+    IF v_retired_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
+
+-- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
+CREATE FUNCTION multitenancy.signing_key_list()
+RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
+      FROM multitenancy.signing_keys k
+     ORDER BY k.created_at, k.name
+$$;
+COMMENT ON FUNCTION multitenancy.signing_key_list() IS
+    'Signing keys (name, created, retired, active), without their secrets.';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/registry/tenants.rs:186
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -691,113 +691,176 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:47
+-- src/lib.rs:42
 -- requires:
 --   tenants
+--   current_tenant_id
 --   tenants::access::_readable_tenant
---   gucs::_base_domain
 
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
+-- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
+-- per-tenant settings. Internal functions as described in sql/tenants.sql.
 
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+    v_from text;
 BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_status THEN
+        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
     END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    IF p_status = 'suspended' AND v_from <> 'active' THEN
+        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
     END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+    UPDATE multitenancy.tenants
+       SET status = p_status,
+           status_reason = p_reason
+     WHERE id = p_tenant;
+    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
 END
 $$;
 
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_row multitenancy.domains;
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_status text;
+    v_deleted jsonb;
 BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_status <> 'deleted' THEN
+        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
     END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
+        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
     END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
 END
 $$;
 
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.tenants;
 BEGIN
     PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
+        RETURN NULL;
     END IF;
-    RETURN jsonb_build_object('domain', p_domain);
+    BEGIN
+        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
+    END;
+    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
+                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
 END
 $$;
 
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
+CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
+    END IF;
+    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_plan THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
+END
 $$;
 
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
+CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.plans;
+BEGIN
+    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
+        PERFORM multitenancy._raise('plan_not_objects', '{}');
+    END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
+    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
+    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.plans (name, limits, features)
+    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
+    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
+                              'created', v_old.name IS NULL);
+END
+$$;
+
+CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old jsonb;
+BEGIN
+    IF p_key IS NULL THEN
+        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
+    END IF;
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old IS NOT DISTINCT FROM p_value THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants
+       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
+                           ELSE settings || jsonb_build_object(p_key, p_value) END
+     WHERE id = p_tenant;
+    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
+END
+$$;
+
+CREATE FUNCTION multitenancy.setting_list(tenant text)
+RETURNS TABLE (key text, value jsonb, source text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
+         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
+    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
+    UNION ALL
+    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
+     WHERE NOT (SELECT t.settings ? d.key FROM t)
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
+      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
+     WHERE t.id = multitenancy.current_tenant_id()
+$$;
+
+CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
 $$;
 /* </end connected objects> */
 
@@ -1127,180 +1190,6 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:42
--- requires:
---   tenants
---   current_tenant_id
---   tenants::access::_readable_tenant
-
--- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
--- per-tenant settings. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_status THEN
-        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
-    END IF;
-    IF p_status = 'suspended' AND v_from <> 'active' THEN
-        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
-    END IF;
-    UPDATE multitenancy.tenants
-       SET status = p_status,
-           status_reason = p_reason
-     WHERE id = p_tenant;
-    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_status text;
-    v_deleted jsonb;
-BEGIN
-    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_status <> 'deleted' THEN
-        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
-    END IF;
-    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
-        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
-    END IF;
-    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
-    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
-    -- Counted rows of this transaction not yet written are gone with the counters.
-    PERFORM multitenancy._usage_settle(p_tenant);
-    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
-    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
-                              'tables', v_deleted->'tables');
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.tenants;
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
-        RETURN NULL;
-    END IF;
-    BEGIN
-        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
-    EXCEPTION WHEN unique_violation THEN
-        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
-    END;
-    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
-                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
-        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
-    END IF;
-    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_plan THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
-    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
-END
-$$;
-
-CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.plans;
-BEGIN
-    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
-        PERFORM multitenancy._raise('plan_not_objects', '{}');
-    END IF;
-    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
-    -- unlimited.
-    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
-                WHERE NOT (jsonb_typeof(l.value) = 'null'
-                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
-                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
-        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
-    END IF;
-    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
-      FROM jsonb_each(coalesce(p_limits, '{}')) l;
-    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
-    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO multitenancy.plans (name, limits, features)
-    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
-    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
-    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
-                              'created', v_old.name IS NULL);
-END
-$$;
-
-CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old jsonb;
-BEGIN
-    IF p_key IS NULL THEN
-        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
-    END IF;
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old IS NOT DISTINCT FROM p_value THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants
-       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
-                           ELSE settings || jsonb_build_object(p_key, p_value) END
-     WHERE id = p_tenant;
-    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
-END
-$$;
-
-CREATE FUNCTION multitenancy.setting_list(tenant text)
-RETURNS TABLE (key text, value jsonb, source text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
-         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
-    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
-    UNION ALL
-    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
-     WHERE NOT (SELECT t.settings ? d.key FROM t)
-    ORDER BY 1
-$$;
-
-CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
-      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
-     WHERE t.id = multitenancy.current_tenant_id()
-$$;
-
-CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
 -- src/lib.rs:59
 -- requires:
 --   lifecycle
@@ -1313,9 +1202,7 @@ $$;
 
 -- The enabled tables a tenant's rows live in, parents before children (foreign keys between
 -- enabled tables), with what an export and an import need to know about each: the columns the
--- archive carries (all but tenant_id and generated columns; with each its type and, when
--- casting text to it runs no domain's code, the base type — NULL for composites, ranges and
--- arrays of domains), the primary key's integer column an import may remap (a key without tenant_id, filled
+-- archive carries (all but tenant_id and generated columns, with their types), the primary key's integer column an import may remap (a key without tenant_id, filled
 -- from a sequence), the foreign keys to enabled tables, and every sequence-filled column. Partitions and inheritance children are
 -- read and written through their parent and are not listed. Catalog reads only.
 CREATE FUNCTION multitenancy.move_tables()
@@ -1337,7 +1224,8 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN multitenancy.enabled_tables p ON p.relid::oid = i.inhparent
                         WHERE i.inhrelid = e.relid::oid);
     -- Parents first: a table is ready when every enabled table it references is placed. A cycle
-    -- of foreign keys places the rest in name order (their keys must then be deferrable).
+    -- of foreign keys places the rest in name order (an import of them fails: README "Moving
+    -- tenants", limits).
     WHILE cardinality(v_done) < cardinality(v_tables) LOOP
         SELECT coalesce(array_agg(t ORDER BY t::regclass::text), '{}') INTO v_ready
           FROM unnest(v_tables) t
@@ -1354,14 +1242,7 @@ BEGIN
             load_order := v_pos;
             table_name := v_t::regclass;
             SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
-                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '',
-                                                         'base_type', (WITH RECURSIVE b(t) AS (
-                                                                           SELECT a.atttypid
-                                                                           UNION ALL SELECT y.typbasetype FROM b JOIN pg_type y ON y.oid = b.t
-                                                                            WHERE y.typtype = 'd')
-                                                                       SELECT format_type(b.t, NULL) FROM b JOIN pg_type y ON y.oid = b.t
-                                                                         LEFT JOIN pg_type e ON e.oid = y.typelem
-                                                                        WHERE y.typtype = 'b' AND (e.oid IS NULL OR e.typtype = 'b')))
+                                                         'not_null', a.attnotnull, 'has_default', a.atthasdef OR a.attidentity <> '')
                                       ORDER BY a.attnum), '[]')
               INTO columns
               FROM pg_attribute a
@@ -1810,6 +1691,117 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/lib.rs:47
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/context/mod.rs:584
 -- multitenancy::context::current_user_id_or_null
 CREATE  FUNCTION "current_user_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
@@ -2138,7 +2130,7 @@ AS 'MODULE_PATHNAME', 'tenant_export_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:130
+-- src/tenants/moving.rs:135
 -- multitenancy::tenants::moving::tenant_import_begin
 CREATE  FUNCTION "tenant_import_begin"(
 	"archive" jsonb, /* Option < pgrx :: JsonB > */
@@ -2151,7 +2143,7 @@ AS 'MODULE_PATHNAME', 'tenant_import_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:306
+-- src/tenants/moving.rs:487
 -- multitenancy::tenants::moving::tenant_import_end
 CREATE  FUNCTION "tenant_import_end"(
 	"recount" bool DEFAULT false /* Option < bool > */
@@ -2166,7 +2158,24 @@ AS 'MODULE_PATHNAME', 'tenant_import_end_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:194
+-- src/tenants/moving.rs:352
+-- multitenancy::tenants::moving::tenant_import_keys
+CREATE  FUNCTION "tenant_import_keys"(
+	"tbl" regclass, /* Option < crate :: catalog :: Regclass > */
+	"staging" regclass, /* Option < crate :: catalog :: Regclass > */
+	"skip_column" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"key" TEXT,  /* String */
+	"collisions" bigint,  /* i64 */
+	"examples" TEXT[]  /* Vec < Option < String > > */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_import_keys_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tenants/moving.rs:329
 -- multitenancy::tenants::moving::tenant_import_rows
 CREATE  FUNCTION "tenant_import_rows"(
 	"tbl" regclass, /* Option < crate :: catalog :: Regclass > */
@@ -2175,6 +2184,17 @@ CREATE  FUNCTION "tenant_import_rows"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_import_rows_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tenants/moving.rs:434
+-- multitenancy::tenants::moving::tenant_import_sequences
+CREATE  FUNCTION "tenant_import_sequences"(
+	"tbl" regclass /* Option < crate :: catalog :: Regclass > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_import_sequences_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2470,6 +2490,8 @@ REVOKE EXECUTE ON FUNCTION multitenancy.quota_reset(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_export(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_begin(jsonb, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_rows(regclass, regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_keys(regclass, regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_sequences(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end(boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;

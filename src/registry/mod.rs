@@ -176,6 +176,30 @@ impl Drop for SecurityContext {
     }
 }
 
+/// While alive, row level security is not forced on tables' owners (`SECURITY_NOFORCE_RLS`, as
+/// PostgreSQL's own foreign-key checks run). On an ERROR the (sub)transaction abort restores
+/// the security context instead.
+pub struct NoForceRls {
+    _context: SecurityContext,
+}
+
+impl NoForceRls {
+    pub fn enter() -> NoForceRls {
+        NoForceRls { _context: SecurityContext::enter(None, pg_sys::SECURITY_NOFORCE_RLS) }
+    }
+}
+
+impl Drop for NoForceRls {
+    fn drop(&mut self) {
+        // Every cached plan plans again (the context itself is restored by the field's drop,
+        // right after). PostgreSQL's plan cache keys row level security on the role and
+        // `row_security`, not on SECURITY_NOFORCE_RLS: a plan the owner's code cached in this
+        // window would skip FORCE when reused.
+        // SAFETY: marks the backend's cached plans invalid.
+        unsafe { pg_sys::ResetPlanCache() };
+    }
+}
+
 /// Run `f` as the owner of a table, the way PostgreSQL's maintenance commands do: in a
 /// security-restricted operation, with `search_path` pinned, and with every setting the owner's
 /// code changes discarded afterwards ([`discarding_settings`]). For statements that fire the

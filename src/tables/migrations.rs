@@ -127,7 +127,7 @@ pub unsafe fn around_utility(
     // runs with it too. Nothing in the catalog changes, so the guard sees the tables as they
     // are. `plan` admits only statements that add or validate foreign keys (and plain columns):
     // no default, USING expression or check of the owner's runs in this window.
-    let _noforce = NoForceRls::enter();
+    let _noforce = registry::NoForceRls::enter();
     guard::statement(plan.vetted, || run(pstmt, read_only_tree));
     Ok(())
 }
@@ -165,29 +165,6 @@ unsafe fn refuse_unchecked(stmt: *mut pg_sys::Node) -> Result<()> {
                guard checks what it creates."
             .into(),
     })
-}
-
-/// While alive, row level security is not forced on the tables' owner (see `around_utility`).
-/// On an ERROR the (sub)transaction abort restores the security context instead.
-struct NoForceRls {
-    _context: registry::SecurityContext,
-}
-
-impl NoForceRls {
-    fn enter() -> NoForceRls {
-        NoForceRls { _context: registry::SecurityContext::enter(None, pg_sys::SECURITY_NOFORCE_RLS) }
-    }
-}
-
-impl Drop for NoForceRls {
-    fn drop(&mut self) {
-        // Every cached plan plans again (the context itself is restored by the field's drop,
-        // right after). PostgreSQL's plan cache keys row level security on the role and
-        // `row_security`, not on SECURITY_NOFORCE_RLS: a plan the owner's code cached in this
-        // window (none should run, see `plan`) would skip FORCE when reused.
-        // SAFETY: marks the backend's cached plans invalid.
-        unsafe { pg_sys::ResetPlanCache() };
-    }
 }
 
 /// `DROP INDEX`, before it runs: each named index is resolved, checked to be its owner's, and

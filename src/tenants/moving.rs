@@ -53,6 +53,11 @@ fn tenant_export(tenant: Option<&str>) -> pgrx::JsonB {
         )?
         .ok_or_else(|| MtError::internal("moving::export", "no manifest"))?;
         context::enter_move(tenant.id, false)?;
+        // The rest of the transaction only reads (PostgreSQL refuses to switch back): no code
+        // that runs while the tables are read — a table owner's policy functions included —
+        // writes anything with the exporter's rights.
+        Spi::run("SELECT pg_catalog.set_config('transaction_read_only', 'on', true)")
+            .ctx("moving::export read only")?;
         serde_json::from_str(&manifest).map(pgrx::JsonB).map_err(|e| MtError::internal("moving::export", e))
     };
     run().or_raise()
@@ -184,55 +189,72 @@ fn import_context() -> Result<context::Moving> {
     })
 }
 
-/// Write the rows of `staging` (a temporary table of this session, owned by the caller, whose
-/// columns are named like columns of `tbl`, of any type: their text is cast to the column's
-/// type) into `tbl`, an enabled table, for the tenant being imported. The INSERT runs as the
-/// table's owner in a security-restricted operation, without admin mode — as `tenant_purge`'s
-/// DELETEs do: the owner's triggers, defaults, checks and casts never run with the importer's
-/// rights (a superuser's, an admin's), and the owner's forced row level security checks every
-/// row against the tenant. Returns the rows written.
-#[pg_extern(volatile, parallel_unsafe)]
-fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<crate::catalog::Regclass>) -> i64 {
-    let run = || {
-        import_context()?;
-        let tbl = tbl.ok_or(MtError::NullArgument { argument: "tbl" })?.0;
-        let staging = staging.ok_or(MtError::NullArgument { argument: "staging" })?.0;
-        let table = crate::catalog::Relation::lookup(tbl)?;
-        let listed = crate::registry::as_owner(|| {
-            Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM multitenancy.move_tables() m WHERE m.table_name OPERATOR(pg_catalog.=) $1)",
-                &[tbl.into()],
-            )
-            .ctx("moving::import_rows listed")
-        })?
-        .unwrap_or(false);
-        if !listed {
-            return Err(MtError::InvalidArgument {
-                message: format!("{} is not a table tenants are imported into", table.sql()),
-                hint: "Import into the tenant-enabled tables of multitenancy.move_tables() (partitions through their parent)."
+/// An enabled table rows are imported into, and the caller's staging table of them.
+struct Staged {
+    table: crate::catalog::Relation,
+    staged: crate::catalog::Relation,
+    /// The staged columns with the target column's type.
+    columns: Vec<(String, String)>,
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `tbl` must be a table tenants are imported into (listed by `move_tables()`).
+fn import_table(tbl: Option<crate::catalog::Regclass>) -> Result<crate::catalog::Relation> {
+    let tbl = tbl.ok_or(MtError::NullArgument { argument: "tbl" })?.0;
+    let table = crate::catalog::Relation::lookup(tbl)?;
+    let listed = crate::registry::as_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM multitenancy.move_tables() m WHERE m.table_name OPERATOR(pg_catalog.=) $1)",
+            &[tbl.into()],
+        )
+        .ctx("moving::import_table")
+    })?
+    .unwrap_or(false);
+    if !listed {
+        return Err(MtError::InvalidArgument {
+            message: format!("{} is not a table tenants are imported into", table.sql()),
+            hint:
+                "Import into the tenant-enabled tables of multitenancy.move_tables() (partitions through their parent)."
                     .into(),
-            });
-        }
-        // The owner reads it: nothing of the caller's may run then — no row level security, no
-        // parent or children, no rules, only text columns (no type, cast or domain of the caller's).
-        let own_temp = Spi::get_one_with_args::<bool>(
+        });
+    }
+    Ok(table)
+}
+
+impl Staged {
+    /// Check `staging` for the table's owner to read: the caller's own temporary table in which
+    /// nothing of the caller's can run — only text columns (no type, cast or domain of the
+    /// caller's), none generated, no row level security, rules, indexes, statistics objects,
+    /// parent or children — whose columns are importable columns of `tbl`.
+    fn check(tbl: Option<crate::catalog::Regclass>, staging: Option<crate::catalog::Regclass>) -> Result<Staged> {
+        import_context()?;
+        let table = import_table(tbl)?;
+        let staging = staging.ok_or(MtError::NullArgument { argument: "staging" })?.0;
+        let plain = Spi::get_one_with_args::<bool>(
             "SELECT c.relkind = 'r' AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
                     AND c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) \
                     AND NOT c.relrowsecurity AND NOT c.relforcerowsecurity AND NOT c.relhassubclass AND NOT c.relhasrules \
+                    AND NOT c.relhasindex \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
-                                       AND NOT a.attisdropped AND a.atttypid OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype) \
+                                       AND NOT a.attisdropped \
+                                       AND (a.atttypid OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype \
+                                            OR a.attgenerated OPERATOR(pg_catalog.<>) '')) \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_statistic_ext x WHERE x.stxrelid = c.oid) \
                FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
             &[staging.into()],
         )
-        .ctx("moving::import_rows staging")?
+        .ctx("moving::staging")?
         .unwrap_or(false);
         let staged = crate::catalog::Relation::lookup(staging)?;
-        if !own_temp {
+        if !plain {
             return Err(MtError::InvalidArgument {
                 message: format!(
-                    "{} is not a temporary table of this session owned by the caller with only text columns, \
-                     no row level security, rules, parent or children",
+                    "{} is not a temporary table of this session owned by the caller with only text columns \
+                     and no generated columns, row level security, rules, indexes, statistics, parent or children",
                     staged.sql()
                 ),
                 hint: "Stage the rows in CREATE TEMPORARY TABLE ... (<column> text, ...) and COPY them there first."
@@ -244,11 +266,16 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
             Spi::connect(|client| {
                 let rows = client
                     .select(
-                        "SELECT s.attname::text, CASE WHEN t.attgenerated = '' AND t.attname <> 'tenant_id'                                  THEN pg_catalog.format_type(t.atttypid, t.atttypmod) END                            FROM pg_catalog.pg_attribute s                            LEFT JOIN pg_catalog.pg_attribute t ON t.attrelid = $1 AND t.attname = s.attname                                  AND t.attnum > 0 AND NOT t.attisdropped                           WHERE s.attrelid = $2 AND s.attnum > 0 AND NOT s.attisdropped ORDER BY s.attnum",
+                        "SELECT s.attname::text, CASE WHEN t.attgenerated = '' AND t.attname <> 'tenant_id' \
+                                 THEN pg_catalog.format_type(t.atttypid, t.atttypmod) END \
+                           FROM pg_catalog.pg_attribute s \
+                           LEFT JOIN pg_catalog.pg_attribute t ON t.attrelid = $1 AND t.attname = s.attname \
+                                 AND t.attnum > 0 AND NOT t.attisdropped \
+                          WHERE s.attrelid = $2 AND s.attnum > 0 AND NOT s.attisdropped ORDER BY s.attnum",
                         None,
-                        &[tbl.into(), staging.into()],
+                        &[table.oid.into(), staging.into()],
                     )
-                    .ctx("moving::import_rows columns")?;
+                    .ctx("moving::staged columns")?;
                 let mut columns = Vec::new();
                 for row in rows {
                     columns.push((
@@ -271,30 +298,184 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
                 hint: "Stage the table's columns.".into(),
             });
         }
-        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let columns = columns.into_iter().map(|(n, ty)| (n, ty.unwrap_or_default())).collect();
+        Ok(Staged { table, staged, columns })
+    }
+
+    /// Run `f` as the table's owner, who may read the staged rows (a GRANT on the caller's own
+    /// temporary table, gone with it): see [`as_table_owner`].
+    fn as_owner<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let owner = crate::registry::relation_owner(self.table.oid)?;
+        Spi::run_with_args(
+            &format!("GRANT SELECT ON {} TO {}", self.staged.sql(), crate::registry::role_sql(owner)),
+            &[],
+        )
+        .ctx("moving::grant staged")?;
+        as_table_owner(self.table.oid, f)
+    }
+}
+
+/// Run `f` as the owner of `table` in a security-restricted operation without admin mode — as
+/// `tenant_purge`'s DELETEs run: the owner's triggers, defaults, checks, casts and policies never
+/// run with the importer's rights (a superuser's, an admin's), and see the imported tenant only.
+fn as_table_owner<R>(table: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    crate::registry::as_table_owner(table, || context::admin::suspended(f))
+}
+
+/// Write the rows of `staging` (see [`Staged::check`]) into `tbl`, an enabled table, for the
+/// tenant being imported: their text cast to each column's type, as the table's owner (see
+/// [`as_table_owner`]), through the owner's forced row level security, which checks every row
+/// against the tenant. Returns the rows written.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<crate::catalog::Regclass>) -> i64 {
+    let run = || {
+        let staged = Staged::check(tbl, staging)?;
         let sql = format!(
             "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} AS s",
-            table.sql(),
-            columns.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", "),
-            columns
-                .iter()
-                .map(|(n, ty)| format!("s.{}::{}", quote(n), ty.as_deref().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(", "),
-            staged.sql()
+            staged.table.sql(),
+            staged.columns.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", "),
+            staged.columns.iter().map(|(n, ty)| format!("s.{}::{ty}", quote(n))).collect::<Vec<_>>().join(", "),
+            staged.staged.sql()
         );
-        // The owner reads the staged rows (a GRANT on the caller's own temporary table, gone
-        // with it at the end of the session or transaction).
-        let owner = crate::registry::relation_owner(tbl)?;
-        Spi::run_with_args(&format!("GRANT SELECT ON {} TO {}", staged.sql(), crate::registry::role_sql(owner)), &[])
-            .ctx("moving::import_rows grant")?;
-        crate::registry::as_table_owner(tbl, || {
-            context::admin::suspended(|| {
-                Spi::connect_mut(|client| {
-                    client.update(&sql, None, &[]).map(|t| t.len() as i64).ctx("moving::import_rows")
-                })
-            })
+        staged.as_owner(|| {
+            Spi::connect_mut(|client| client.update(&sql, None, &[]).map(|t| t.len() as i64).ctx("moving::import_rows"))
         })
+    };
+    run().or_raise()
+}
+
+/// The staged rows of `staging` whose key is taken in `tbl`, per unique key of `tbl` without
+/// `tenant_id` whose columns are all staged (keys with `skip_column`, an id the import remaps,
+/// are left out): the key's columns, how many staged rows collide and up to three examples.
+/// Read as the table's owner with FORCE not applying to it (every tenant's keys count; no
+/// policy runs), the staged values cast by the owner.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_import_keys(
+    tbl: Option<crate::catalog::Regclass>,
+    staging: Option<crate::catalog::Regclass>,
+    skip_column: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(key, String), name!(collisions, i64), name!(examples, Vec<Option<String>>))> {
+    let run = || {
+        let staged = Staged::check(tbl, staging)?;
+        // Each unique key: its columns with their types and the equality of the index's operator
+        // class, schema-qualified.
+        let keys = crate::registry::with_pinned_search_path(|| {
+            Spi::connect(|client| {
+                let rows = client
+                    .select(
+                        "SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.i), \
+                                pg_catalog.array_agg(pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname) ORDER BY k.i) \
+                           FROM pg_catalog.pg_index x \
+                          CROSS JOIN LATERAL pg_catalog.unnest(x.indkey) WITH ORDINALITY k(attnum, i) \
+                           JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+                           JOIN pg_catalog.pg_opclass c ON c.oid = x.indclass[k.i - 1] \
+                           JOIN pg_catalog.pg_amop m ON m.amopfamily = c.opcfamily AND m.amopstrategy = 3 \
+                                AND m.amoplefttype = c.opcintype AND m.amoprighttype = c.opcintype \
+                           JOIN pg_catalog.pg_operator o ON o.oid = m.amopopr \
+                           JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+                          WHERE x.indrelid = $1 AND x.indisunique AND x.indpred IS NULL AND x.indexprs IS NULL \
+                          GROUP BY x.indexrelid HAVING NOT pg_catalog.bool_or(a.attname = 'tenant_id') ORDER BY x.indexrelid",
+                        None,
+                        &[staged.table.oid.into()],
+                    )
+                    .ctx("moving::keys")?;
+                let mut keys = Vec::new();
+                for row in rows {
+                    keys.push((
+                        row.get::<Vec<String>>(1).ctx("columns")?.unwrap_or_default(),
+                        row.get::<Vec<String>>(2).ctx("operators")?.unwrap_or_default(),
+                    ));
+                }
+                Ok::<_, MtError>(keys)
+            })
+        })?;
+        let type_of = |c: &String| staged.columns.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone());
+        let mut found = Vec::new();
+        for (columns, operators) in keys {
+            if columns.iter().any(|c| Some(c.as_str()) == skip_column || type_of(c).is_none()) {
+                continue;
+            }
+            let on = columns
+                .iter()
+                .zip(&operators)
+                .map(|(c, op)| format!("t.{0} {op} s.{0}::{1}", quote(c), type_of(c).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let shown = columns.iter().map(|c| format!("s.{}", quote(c))).collect::<Vec<_>>().join(" || ',' || ");
+            let sql = format!(
+                "SELECT pg_catalog.count(*), (pg_catalog.array_agg({shown}))[1:3] FROM ONLY {} AS s \
+                  WHERE EXISTS (SELECT 1 FROM {} AS t WHERE {on})",
+                staged.staged.sql(),
+                staged.table.sql()
+            );
+            let (n, examples) = staged.as_owner(|| {
+                let _unforced = crate::registry::NoForceRls::enter();
+                Spi::connect(|client| {
+                    let row = client.select(&sql, Some(1), &[]).ctx("moving::collisions")?.first();
+                    Ok::<_, MtError>((
+                        row.get::<i64>(1).ctx("count")?.unwrap_or(0),
+                        row.get::<Vec<Option<String>>>(2).ctx("examples")?.unwrap_or_default(),
+                    ))
+                })
+            })?;
+            if n > 0 {
+                found.push((columns.join(", "), n, examples));
+            }
+        }
+        Ok(found)
+    };
+    TableIterator::new(run().or_raise())
+}
+
+/// Advance every sequence that fills a column of `tbl` past the column's highest value in the
+/// table (all tenants' rows: read as the owner with FORCE not applying to it, one index probe
+/// for an indexed column). For an import, before remapping ids from a sequence and after
+/// writing rows with their ids. Returns how many sequences moved.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tenant_import_sequences(tbl: Option<crate::catalog::Regclass>) -> i64 {
+    let run = || {
+        import_context()?;
+        let table = import_table(tbl)?;
+        let sequences = crate::registry::with_pinned_search_path(|| {
+            Spi::connect(|client| {
+                let rows = client
+                    .select(
+                        "SELECT a.attname::text, d.objid::pg_catalog.regclass::text FROM pg_catalog.pg_depend d \
+                           JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+                           JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+                          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                            AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                            AND d.refobjid = $1 AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
+                        None,
+                        &[table.oid.into()],
+                    )
+                    .ctx("moving::sequences")?;
+                let mut sequences = Vec::new();
+                for row in rows {
+                    sequences.push((
+                        row.get::<String>(1).ctx("column")?.unwrap_or_default(),
+                        row.get::<String>(2).ctx("sequence")?.unwrap_or_default(),
+                    ));
+                }
+                Ok::<_, MtError>(sequences)
+            })
+        })?;
+        let mut moved = 0;
+        for (column, sequence) in sequences {
+            let sql = format!(
+                "SELECT pg_catalog.setval('{seq}'::pg_catalog.regclass, x.m) \
+                   FROM (SELECT pg_catalog.max(t.{col})::bigint AS m FROM {tbl} AS t) x \
+                  WHERE x.m > coalesce(pg_catalog.pg_sequence_last_value('{seq}'::pg_catalog.regclass), 0)",
+                seq = sequence.replace('\'', "''"),
+                col = quote(&column),
+                tbl = table.sql()
+            );
+            moved += as_table_owner(table.oid, || {
+                let _unforced = crate::registry::NoForceRls::enter();
+                Spi::connect_mut(|client| client.update(&sql, None, &[]).map(|t| t.len() as i64).ctx("moving::setval"))
+            })?;
+        }
+        Ok(moved)
     };
     run().or_raise()
 }
