@@ -1270,10 +1270,8 @@ fn review3_an_owners_policy_writes_nothing_with_the_movers_rights() {
     let target = app_db(Server::shared(), "policy_dst");
     for db in [&source, &target] {
         db.tenant("Victim", "victim");
-        let mut owner = db.owner();
-        let mut tx = owner.transaction().unwrap();
-        tx.batch_execute(POLICY_SPY).unwrap();
-        tx.commit().unwrap();
+        // The guard refuses such a policy now (below); it was made before, or with the guard off.
+        db.legacy(POLICY_SPY);
     }
     source.tenant("Acme", "acme");
     fill(&source, "acme");
@@ -1288,4 +1286,40 @@ fn review3_an_owners_policy_writes_nothing_with_the_movers_rights() {
         assert!(!wrote && members == 0, "{what}: the owner's policy wrote with the mover's rights");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn review3_the_guard_refuses_policies_that_run_the_owners_code() {
+    let db = app_db(Server::shared(), "policy_guard");
+    let mut owner = db.owner();
+    owner
+        .batch_execute(
+            "CREATE FUNCTION spyq() RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+             CREATE DOMAIN checked AS text CHECK (public.spyq());",
+        )
+        .unwrap();
+    for policy in [
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (public.spyq())",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE FOR INSERT WITH CHECK (public.spyq())",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING ('x'::public.checked IS NOT NULL)",
+    ] {
+        let error = expect_sqlstate(owner.batch_execute(policy), &SqlState::INSUFFICIENT_PRIVILEGE);
+        assert!(error.message().contains("LEAKPROOF"), "{policy}: {error:?}");
+    }
+    // Built-in and the extension's functions are fine.
+    owner
+        .batch_execute(
+            "CREATE POLICY admins ON customers AS RESTRICTIVE FOR DELETE
+                 USING (multitenancy.has_role('admin') OR current_setting('app.batch', true) = 'on')",
+        )
+        .unwrap();
+    // Made with the guard off, verify() reports it.
+    db.legacy("CREATE POLICY spy ON customers AS RESTRICTIVE USING (public.spyq())");
+    let problems: Vec<_> = db.verify().into_iter().filter(|p| p.severity == "error").collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.problem.contains("policy spy calls a function that is neither LEAKPROOF nor built in")),
+        "{problems:?}"
+    );
 }

@@ -223,6 +223,12 @@ pub enum Deviation {
     LeakyPolicy {
         name: String,
     },
+    /// A policy of the owner's that calls a function (directly, as an operator, or as a domain's
+    /// check) that is neither LEAKPROOF nor PostgreSQL's or the extension's: policies run as
+    /// whoever queries the table — support staff in admin mode, with their rights, included.
+    PolicyRunsOwnerCode {
+        name: String,
+    },
     /// The table's key scope is `tenant` and its primary key lacks tenant_id.
     PrimaryKeyScope,
     /// A foreign key with tenant_id whose ON DELETE / ON UPDATE SET NULL or SET DEFAULT covers
@@ -266,6 +272,10 @@ impl Deviation {
                 "policy {name} passes row values to a function that is not LEAKPROOF, which can run before the \
                  isolation policy and see other tenants' rows"
             ),
+            Deviation::PolicyRunsOwnerCode { name } => format!(
+                "policy {name} calls a function that is neither LEAKPROOF nor built in, which runs as whoever reads \
+                 the table: in admin mode with the admin's rights and every tenant's rows in view"
+            ),
             Deviation::TenantChangingAction { name } => format!(
                 "foreign key {name} sets tenant_id in its ON DELETE / ON UPDATE action (SET NULL or SET DEFAULT): \
                  deleting a parent row would move the child rows of another tenant"
@@ -298,6 +308,12 @@ impl Deviation {
                  (a superuser may mark a function LEAKPROOF once it cannot reveal its arguments, not even in an error).",
                 pgrx::spi::quote_identifier(name)
             ),
+            Deviation::PolicyRunsOwnerCode { name } => format!(
+                "DROP POLICY {} ON {table}, or write it with built-in functions and operators and the extension's \
+                 (multitenancy.has_role(), current_user_id(), ...), or have a superuser mark the function LEAKPROOF \
+                 once it reveals nothing and changes nothing.",
+                pgrx::spi::quote_identifier(name)
+            ),
             Deviation::TenantChangingAction { name } => format!(
                 "Drop foreign key {} of {table} and add it again with SET NULL / SET DEFAULT limited to its own columns \
                  (ON DELETE SET NULL (<columns>), PostgreSQL 15 and later; the extension writes it that way when it \
@@ -327,6 +343,7 @@ impl Deviation {
             | Deviation::ParentNotEnabled { .. }
             | Deviation::Rule { .. }
             | Deviation::LeakyPolicy { .. }
+            | Deviation::PolicyRunsOwnerCode { .. }
             | Deviation::TenantChangingAction { .. }
             | Deviation::PrimaryKeyScope => return None,
             Deviation::ColumnNullable => {
@@ -526,19 +543,41 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
             });
         }
 
+        // The owner's policies: the functions each depends on (its USING and WITH CHECK, as
+        // PostgreSQL records them) that are neither LEAKPROOF nor in pg_catalog or the
+        // extension's schema — called directly, as an operator, or as a domain's check.
         let policies = client
             .select(
-                "SELECT p.polname::text, p.polqual::text FROM pg_catalog.pg_policy p \
-                  WHERE p.polrelid = $1 AND p.polqual IS NOT NULL AND p.polname <> ALL ($2) ORDER BY 1",
+                "SELECT p.polname::text, p.polqual::text, EXISTS ( \
+                        SELECT 1 FROM pg_catalog.pg_depend d \
+                          LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+                               AND o.oid = d.refobjid \
+                          LEFT JOIN pg_catalog.pg_type t ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+                               AND t.oid = d.refobjid AND t.typtype = 'd' \
+                          LEFT JOIN pg_catalog.pg_constraint c ON c.contypid = t.oid \
+                          LEFT JOIN pg_catalog.pg_depend cd ON cd.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                               AND cd.objid = c.oid AND cd.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                          JOIN pg_catalog.pg_proc f ON f.oid = CASE \
+                               WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
+                               WHEN o.oid IS NOT NULL THEN o.oprcode::pg_catalog.oid \
+                               ELSE cd.refobjid END \
+                         WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
+                           AND NOT f.proleakproof \
+                           AND f.pronamespace <> ALL (ARRAY['pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid, \
+                                                            'multitenancy'::pg_catalog.regnamespace::pg_catalog.oid])) \
+                   FROM pg_catalog.pg_policy p \
+                  WHERE p.polrelid = $1 AND p.polname <> ALL ($2) ORDER BY 1",
                 None,
                 &[rel.oid.into(), POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into()],
             )
             .ctx("spec::inspect owner policies")?;
         for row in policies {
             let name = row.get::<String>(1).ctx("polname")?.unwrap_or_default();
-            let qual = row.get::<String>(2).ctx("polqual")?.unwrap_or_default();
-            if leaks_row_values(&qual) {
+            let qual = row.get::<String>(2).ctx("polqual")?;
+            if qual.is_some_and(|qual| leaks_row_values(&qual)) {
                 found.push(Deviation::LeakyPolicy { name });
+            } else if row.get::<bool>(3).ctx("owner code")?.unwrap_or(false) {
+                found.push(Deviation::PolicyRunsOwnerCode { name });
             }
         }
         Ok::<_, crate::error::MtError>(())
