@@ -160,11 +160,9 @@ DECLARE
     v_total bigint := 0;
 BEGIN
     -- Count first: rows that foreign keys cascade to are counted in their own table.
-    FOR v_table IN WITH RECURSIVE t(relid) AS (
-                        SELECT relid::oid FROM multitenancy.enabled_tables
-                        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-                    SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
-                     WHERE c.relkind = 'r' ORDER BY 1 LOOP
+    FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
+                    CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
+                     JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
         v_rows := multitenancy._purge_rows(v_table, p_tenant, false);
         v_tables := v_tables || jsonb_build_object(v_table::text, v_rows);
         v_total := v_total + v_rows;
@@ -361,11 +359,9 @@ BEGIN
         PERFORM multitenancy._usage_settle(p_tenant);
         PERFORM multitenancy._usage_lock(p_tenant);
         DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
-        FOR v_table IN WITH RECURSIVE t(relid) AS (
-                            SELECT relid::oid FROM multitenancy.enabled_tables
-                            UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-                        SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
-                         WHERE c.relkind = 'r' ORDER BY 1 LOOP
+        FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
+                        CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
+                         JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
             EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
                            'WHERE t.tenant_id = $1', v_table)
                INTO v_rows, v_bytes USING p_tenant;

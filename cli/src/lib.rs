@@ -779,11 +779,10 @@ fn import_in(
     let mut t = client.transaction()?;
     become_operator(&mut t, &options.reason)?;
     let mode = if options.replace { "replace" } else { "new" };
-    let tenant: uuid_text::Uuid = uuid_text::Uuid(
-        t.query_one("SELECT multitenancy.tenant_import_begin($1, $2, $3)::text", &[manifest, &options.slug, &mode])?
-            .get(0),
-    );
-    ui.log(&format!("importing into tenant {} ({mode})", tenant.0));
+    let tenant: String = t
+        .query_one("SELECT multitenancy.tenant_import_begin($1, $2, $3)::text", &[manifest, &options.slug, &mode])?
+        .get(0);
+    ui.log(&format!("importing into tenant {} ({mode})", tenant));
     let targets = targets(&mut t)?;
     let archive_tables = manifest["tables"].as_array().cloned().unwrap_or_default();
     // Stage every table of the archive (COPY into a temporary table).
@@ -818,10 +817,9 @@ fn import_in(
         staged.push((i, ti, columns, rows));
     }
     staged.sort_by_key(|s| s.1);
+    // A staged table is remapped when its remappable key is among its columns.
     let remapped = |ti: usize, columns: &Vec<String>| -> bool {
-        options.ids == Ids::Remap
-            && targets[ti].remap_column.as_ref().is_some_and(|c| columns.contains(c))
-            && targets[ti].remap_sequence.is_some()
+        remappable(&targets[ti], options) && targets[ti].remap_column.as_ref().is_some_and(|c| columns.contains(c))
     };
     // The plan: per table, rows, remapping and keys another tenant already has.
     let mut total_collisions = 0i64;
@@ -856,7 +854,7 @@ fn import_in(
     }
     report["tables"] = Value::Array(plan.clone());
     report["collisions"] = json!(total_collisions);
-    report["tenant_id"] = json!(tenant.0);
+    report["tenant_id"] = json!(tenant);
     for p in &plan {
         ui.log(&format!(
             "plan: {} {}: {} rows{}{}",
@@ -927,7 +925,7 @@ fn import_in(
                 (c == column)
                     .then(|| targets.iter().position(|x| &x.name == table))
                     .flatten()
-                    .filter(|r| maps[*r].is_some() || remapped_elsewhere(&targets, options, *r))
+                    .filter(|r| maps[*r].is_some() || remappable(&targets[*r], options))
             });
             let map = match referenced {
                 Some(r) => Some((r, maps[r])),
@@ -989,9 +987,9 @@ fn import_in(
     )?;
     if options.activate {
         let status: String =
-            t.query_one("SELECT status FROM multitenancy.tenants WHERE id = $1::text::uuid", &[&tenant.0])?.get(0);
+            t.query_one("SELECT status FROM multitenancy.tenants WHERE id = $1::text::uuid", &[&tenant])?.get(0);
         if status != "active" {
-            t.execute("SELECT multitenancy.tenant_activate($1)", &[&tenant.0])?;
+            t.execute("SELECT multitenancy.tenant_activate($1)", &[&tenant])?;
         }
     }
     t.commit()?;
@@ -1001,19 +999,14 @@ fn import_in(
             .map(|r| json!({"table": r.get::<_, String>(0), "rows": r.get::<_, i64>(1), "bytes": r.get::<_, i64>(2)}))
             .collect(),
     );
-    ui.log(&format!("imported tenant {}", tenant.0));
+    ui.log(&format!("imported tenant {}", tenant));
     Ok(())
 }
 
-/// A table whose ids this import remaps although the archive has no rows of it (its map is
-/// empty: every reference to it dangles).
-fn remapped_elsewhere(targets: &[Target], options: &Options, r: usize) -> bool {
-    options.ids == Ids::Remap && targets[r].remap_column.is_some() && targets[r].remap_sequence.is_some()
-}
-
-mod uuid_text {
-    /// A tenant id as text.
-    pub struct Uuid(pub String);
+/// Whether this import gives the table's rows new ids (its map is empty when the archive has no
+/// rows of it: every reference to it then dangles).
+fn remappable(target: &Target, options: &Options) -> bool {
+    options.ids == Ids::Remap && target.remap_column.is_some() && target.remap_sequence.is_some()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -255,6 +255,70 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/lib.rs:57
+-- requires:
+--   bootstrap
+
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
+
+CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
+    END IF;
+    -- The audit row names the key and never holds the secret.
+    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
+END
+$$;
+
+CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_retired_at timestamptz;
+BEGIN
+    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
+    END IF;
+    IF v_retired_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
+
+-- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
+CREATE FUNCTION multitenancy.signing_key_list()
+RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
+      FROM multitenancy.signing_keys k
+     ORDER BY k.created_at, k.name
+$$;
+COMMENT ON FUNCTION multitenancy.signing_key_list() IS
+    'Signing keys (name, created, retired, active), without their secrets.';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:261
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/tables/guard.rs:598
 -- requires:
 --   bootstrap
@@ -327,70 +391,6 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
      WHERE p.framework = pg_catalog.lower($1)
      ORDER BY p.pattern
 $$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/quotas.rs:261
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:57
--- requires:
---   bootstrap
-
--- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
-
-CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
-    END IF;
-    -- The audit row names the key and never holds the secret.
-    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
-END
-$$;
-
-CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_retired_at timestamptz;
-BEGIN
-    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
-    END IF;
-    IF v_retired_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
-    RETURN jsonb_build_object('name', p_name);
-END
-$$;
-
--- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
-CREATE FUNCTION multitenancy.signing_key_list()
-RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
-      FROM multitenancy.signing_keys k
-     ORDER BY k.created_at, k.name
-$$;
-COMMENT ON FUNCTION multitenancy.signing_key_list() IS
-    'Signing keys (name, created, retired, active), without their secrets.';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -603,7 +603,7 @@ AS 'MODULE_PATHNAME', 'admin_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:565
+-- src/context/mod.rs:572
 -- multitenancy::context::current_tenant_id
 CREATE  FUNCTION "current_tenant_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -612,7 +612,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:572
+-- src/context/mod.rs:579
 -- multitenancy::context::current_tenant_id_or_null
 CREATE  FUNCTION "current_tenant_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -621,7 +621,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_or_null_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:578
+-- src/context/mod.rs:585
 -- multitenancy::context::current_user_id
 CREATE  FUNCTION "current_user_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -687,6 +687,117 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy.members m JOIN multitenancy.tenants t ON t.id = m.tenant_id
      WHERE m.user_id = multitenancy.current_user_id() AND t.status <> 'deleted'
      ORDER BY t.slug
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:47
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
 $$;
 /* </end connected objects> */
 
@@ -1357,11 +1468,9 @@ DECLARE
     v_total bigint := 0;
 BEGIN
     -- Count first: rows that foreign keys cascade to are counted in their own table.
-    FOR v_table IN WITH RECURSIVE t(relid) AS (
-                        SELECT relid::oid FROM multitenancy.enabled_tables
-                        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-                    SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
-                     WHERE c.relkind = 'r' ORDER BY 1 LOOP
+    FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
+                    CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
+                     JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
         v_rows := multitenancy._purge_rows(v_table, p_tenant, false);
         v_tables := v_tables || jsonb_build_object(v_table::text, v_rows);
         v_total := v_total + v_rows;
@@ -1558,11 +1667,9 @@ BEGIN
         PERFORM multitenancy._usage_settle(p_tenant);
         PERFORM multitenancy._usage_lock(p_tenant);
         DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
-        FOR v_table IN WITH RECURSIVE t(relid) AS (
-                            SELECT relid::oid FROM multitenancy.enabled_tables
-                            UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-                        SELECT DISTINCT t.relid::regclass FROM t JOIN pg_class c ON c.oid = t.relid
-                         WHERE c.relkind = 'r' ORDER BY 1 LOOP
+        FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
+                        CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
+                         JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
             EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
                            'WHERE t.tenant_id = $1', v_table)
                INTO v_rows, v_bytes USING p_tenant;
@@ -1691,118 +1798,7 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:47
--- requires:
---   tenants
---   tenants::access::_readable_tenant
---   gucs::_base_domain
-
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
-
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
-    END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_row multitenancy.domains;
-BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('domain', p_domain);
-END
-$$;
-
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
-$$;
-
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/context/mod.rs:584
+-- src/context/mod.rs:591
 -- multitenancy::context::current_user_id_or_null
 CREATE  FUNCTION "current_user_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -2119,7 +2115,7 @@ AS 'MODULE_PATHNAME', 'tenant_exempt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:43
+-- src/tenants/moving.rs:53
 -- multitenancy::tenants::moving::tenant_export
 CREATE  FUNCTION "tenant_export"(
 	"tenant" TEXT /* Option < & str > */
@@ -2130,7 +2126,7 @@ AS 'MODULE_PATHNAME', 'tenant_export_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:135
+-- src/tenants/moving.rs:145
 -- multitenancy::tenants::moving::tenant_import_begin
 CREATE  FUNCTION "tenant_import_begin"(
 	"archive" jsonb, /* Option < pgrx :: JsonB > */
@@ -2143,7 +2139,7 @@ AS 'MODULE_PATHNAME', 'tenant_import_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:487
+-- src/tenants/moving.rs:499
 -- multitenancy::tenants::moving::tenant_import_end
 CREATE  FUNCTION "tenant_import_end"(
 	"recount" bool DEFAULT false /* Option < bool > */
@@ -2175,7 +2171,7 @@ AS 'MODULE_PATHNAME', 'tenant_import_keys_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:329
+-- src/tenants/moving.rs:324
 -- multitenancy::tenants::moving::tenant_import_rows
 CREATE  FUNCTION "tenant_import_rows"(
 	"tbl" regclass, /* Option < crate :: catalog :: Regclass > */
@@ -2187,7 +2183,7 @@ AS 'MODULE_PATHNAME', 'tenant_import_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tenants/moving.rs:434
+-- src/tenants/moving.rs:446
 -- multitenancy::tenants::moving::tenant_import_sequences
 CREATE  FUNCTION "tenant_import_sequences"(
 	"tbl" regclass /* Option < crate :: catalog :: Regclass > */
@@ -2245,7 +2241,7 @@ AS 'MODULE_PATHNAME', 'tenant_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:594
+-- src/context/mod.rs:601
 -- multitenancy::context::tenant_set
 CREATE  FUNCTION "tenant_set"(
 	"tenant" TEXT /* Option < & str > */
@@ -2256,7 +2252,7 @@ AS 'MODULE_PATHNAME', 'tenant_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:600
+-- src/context/mod.rs:607
 -- multitenancy::context::tenant_set_by_host
 CREATE  FUNCTION "tenant_set_by_host"(
 	"host" TEXT /* Option < & str > */

@@ -325,16 +325,23 @@ pub fn moving() -> Option<Moving> {
 /// transaction, and the tenant's status is not checked: a suspended or deleted tenant can be
 /// exported, and a suspended one imported.
 pub fn enter_move(tenant: pgrx::Uuid, import: bool) -> Result<()> {
-    if let Some(current) = moving().or(MOVE_ENDED.with(Cell::get).map(|e| e.0)) {
-        return Err(MtError::MoveState {
-            reason: format!("this transaction already moves tenant {}", current.tenant),
-            hint: "Export or import one tenant per transaction.".into(),
-        });
-    }
+    refuse_second_move()?;
     // SAFETY: reads transaction state.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     MOVING.with(|m| m.set(Some(Moving { tenant, import, level })));
     Ok(())
+}
+
+/// A transaction moves one tenant: refused once it began moving one (also after
+/// `tenant_import_end`). For the move functions to ask before they change anything.
+pub fn refuse_second_move() -> Result<()> {
+    match moving().or(MOVE_ENDED.with(Cell::get).map(|e| e.0)) {
+        Some(current) => Err(MtError::MoveState {
+            reason: format!("this transaction already moves tenant {}", current.tenant),
+            hint: "Export or import one tenant per transaction.".into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// End the import of [`enter_move`] before the transaction ends (`tenant_import_end`). The

@@ -7,28 +7,28 @@
 //!   quota overrides, metered usage, tables and columns) and makes the tenant the context for
 //!   the rest of the transaction, in any status: the exporter then reads each table under row
 //!   level security, as the application would, and sees that tenant's rows only.
+//!   The rest of that transaction is read-only.
 //! - `tenant_import_begin(archive, tenant, mode)` checks the archive (format, extension version,
-//!   tables and columns: `import_check`), creates the tenant (or, for a restore, deletes the
-//!   tenant's rows and registry entries) and makes it the context: the importer's INSERTs then
-//!   get `tenant_id` from the column default, pass the isolation policy's WITH CHECK, and are
-//!   counted and held to the tenant's quotas by the usual triggers — the sanctioned write path
-//!   is the ordinary one. `tenant_import_end()` sets the tenant's counters from its rows and
-//!   ends the context.
+//!   tables and columns: `import_check`, registry entries), creates the tenant (or, for a
+//!   restore, deletes the tenant's rows and registry entries) and makes it the context.
+//!   `tenant_import_rows` then writes the rows the importer staged as text, as each table's
+//!   owner: they get `tenant_id` from the column default, pass the isolation policy's WITH
+//!   CHECK, and are counted and held to the tenant's quotas by the usual triggers.
+//!   `tenant_import_keys` and `tenant_import_sequences` read every tenant's keys as the owner;
+//!   `tenant_import_end()` ends the context.
 //!
-//! Each writes one audit row (`tenant_export`, `tenant_import`, `tenant_import_end`).
+//! Export and the import's begin and end write one audit row each (`tenant_export`,
+//! `tenant_import`, `tenant_import_end`).
 use crate::context;
 use crate::error::{MtError, OrRaise, Result, SpiContext};
 use crate::tenants::access;
 use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
 
 /// The newest archive format this version reads and writes.
 const FORMAT: i64 = 1;
 
-fn operator_in_transaction(function: &'static str, action: &'static str) -> Result<()> {
-    // SAFETY: reads transaction state.
-    if !unsafe { pg_sys::IsTransactionBlock() } {
-        return Err(MtError::NotInTransactionBlock { function });
-    }
+fn require_operator(action: &'static str) -> Result<()> {
     if !access::is_operator()? {
         return Err(MtError::OperatorsOnly {
             action,
@@ -36,6 +36,16 @@ fn operator_in_transaction(function: &'static str, action: &'static str) -> Resu
         });
     }
     Ok(())
+}
+
+/// An operator, in a transaction block that moves no tenant yet.
+fn operator_in_transaction(function: &'static str, action: &'static str) -> Result<()> {
+    // SAFETY: reads transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return Err(MtError::NotInTransactionBlock { function });
+    }
+    require_operator(action)?;
+    context::refuse_second_move()
 }
 
 /// Export one tenant: its registry entries and the tables' columns as the archive's manifest;
@@ -151,12 +161,6 @@ fn tenant_import_begin(
                 })
             }
         };
-        if let Some(current) = context::moving() {
-            return Err(MtError::MoveState {
-                reason: format!("this transaction already moves tenant {}", current.tenant),
-                hint: "Export or import one tenant per transaction.".into(),
-            });
-        }
         check_archive(&archive)?;
         let slug = tenant.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
         if let Some(slug) = &slug {
@@ -177,12 +181,7 @@ fn tenant_import_begin(
 }
 
 fn import_context() -> Result<context::Moving> {
-    if !access::is_operator()? {
-        return Err(MtError::OperatorsOnly {
-            action: "import a tenant",
-            why: "moving a tenant reads or writes every one of its rows and registry entries",
-        });
-    }
+    require_operator("import a tenant")?;
     context::moving().filter(|m| m.import).ok_or_else(|| MtError::MoveState {
         reason: "no import was begun in this transaction".into(),
         hint: "Call SELECT multitenancy.tenant_import_begin(<manifest>) first, in the same transaction.".into(),
@@ -195,10 +194,6 @@ struct Staged {
     staged: crate::catalog::Relation,
     /// The staged columns with the target column's type.
     columns: Vec<(String, String)>,
-}
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `tbl` must be a table tenants are imported into (listed by `move_tables()`).
@@ -333,8 +328,13 @@ fn tenant_import_rows(tbl: Option<crate::catalog::Regclass>, staging: Option<cra
         let sql = format!(
             "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} AS s",
             staged.table.sql(),
-            staged.columns.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", "),
-            staged.columns.iter().map(|(n, ty)| format!("s.{}::{ty}", quote(n))).collect::<Vec<_>>().join(", "),
+            staged.columns.iter().map(|(n, _)| quote_identifier(n)).collect::<Vec<_>>().join(", "),
+            staged
+                .columns
+                .iter()
+                .map(|(n, ty)| format!("s.{}::{ty}", quote_identifier(n)))
+                .collect::<Vec<_>>()
+                .join(", "),
             staged.staged.sql()
         );
         staged.as_owner(|| {
@@ -390,38 +390,50 @@ fn tenant_import_keys(
             })
         })?;
         let type_of = |c: &String| staged.columns.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone());
+        let checks: Vec<(String, String)> = keys
+            .into_iter()
+            .filter(|(columns, _)| !columns.iter().any(|c| Some(c.as_str()) == skip_column || type_of(c).is_none()))
+            .map(|(columns, operators)| {
+                let on = columns
+                    .iter()
+                    .zip(&operators)
+                    .map(|(c, op)| {
+                        format!("t.{0} {op} s.{0}::{1}", quote_identifier(c), type_of(c).unwrap_or_default())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let shown = columns
+                    .iter()
+                    .map(|c| format!("s.{}", quote_identifier(c)))
+                    .collect::<Vec<_>>()
+                    .join(" || ',' || ");
+                let sql = format!(
+                    "SELECT pg_catalog.count(*), (pg_catalog.array_agg({shown}))[1:3] FROM ONLY {} AS s \
+                      WHERE EXISTS (SELECT 1 FROM {} AS t WHERE {on})",
+                    staged.staged.sql(),
+                    staged.table.sql()
+                );
+                (columns.join(", "), sql)
+            })
+            .collect();
         let mut found = Vec::new();
-        for (columns, operators) in keys {
-            if columns.iter().any(|c| Some(c.as_str()) == skip_column || type_of(c).is_none()) {
-                continue;
-            }
-            let on = columns
-                .iter()
-                .zip(&operators)
-                .map(|(c, op)| format!("t.{0} {op} s.{0}::{1}", quote(c), type_of(c).unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            let shown = columns.iter().map(|c| format!("s.{}", quote(c))).collect::<Vec<_>>().join(" || ',' || ");
-            let sql = format!(
-                "SELECT pg_catalog.count(*), (pg_catalog.array_agg({shown}))[1:3] FROM ONLY {} AS s \
-                  WHERE EXISTS (SELECT 1 FROM {} AS t WHERE {on})",
-                staged.staged.sql(),
-                staged.table.sql()
-            );
-            let (n, examples) = staged.as_owner(|| {
-                let _unforced = crate::registry::NoForceRls::enter();
-                Spi::connect(|client| {
-                    let row = client.select(&sql, Some(1), &[]).ctx("moving::collisions")?.first();
-                    Ok::<_, MtError>((
-                        row.get::<i64>(1).ctx("count")?.unwrap_or(0),
-                        row.get::<Vec<Option<String>>>(2).ctx("examples")?.unwrap_or_default(),
-                    ))
-                })
-            })?;
-            if n > 0 {
-                found.push((columns.join(", "), n, examples));
-            }
-        }
+        staged.as_owner(|| {
+            let _unforced = crate::registry::NoForceRls::enter();
+            Spi::connect(|client| {
+                for (key, sql) in &checks {
+                    let row = client.select(sql, Some(1), &[]).ctx("moving::collisions")?.first();
+                    let n = row.get::<i64>(1).ctx("count")?.unwrap_or(0);
+                    if n > 0 {
+                        found.push((
+                            key.clone(),
+                            n,
+                            row.get::<Vec<Option<String>>>(2).ctx("examples")?.unwrap_or_default(),
+                        ));
+                    }
+                }
+                Ok::<_, MtError>(())
+            })
+        })?;
         Ok(found)
     };
     TableIterator::new(run().or_raise())
@@ -467,7 +479,7 @@ fn tenant_import_sequences(tbl: Option<crate::catalog::Regclass>) -> i64 {
                    FROM (SELECT pg_catalog.max(t.{col})::bigint AS m FROM {tbl} AS t) x \
                   WHERE x.m > coalesce(pg_catalog.pg_sequence_last_value('{seq}'::pg_catalog.regclass), 0)",
                 seq = sequence.replace('\'', "''"),
-                col = quote(&column),
+                col = quote_identifier(&column),
                 tbl = table.sql()
             );
             moved += as_table_owner(table.oid, || {
