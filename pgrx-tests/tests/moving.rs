@@ -1298,10 +1298,21 @@ fn review3_the_guard_refuses_policies_that_run_the_owners_code() {
              CREATE DOMAIN checked AS text CHECK (public.spyq());",
         )
         .unwrap();
+    owner.batch_execute("CREATE TYPE pair AS (c public.checked); CREATE TYPE span AS RANGE (subtype = text)").unwrap();
     for policy in [
         "CREATE POLICY spy ON customers AS RESTRICTIVE USING (public.spyq())",
         "CREATE POLICY spy ON customers AS RESTRICTIVE FOR INSERT WITH CHECK (public.spyq())",
         "CREATE POLICY spy ON customers AS RESTRICTIVE USING ('x'::public.checked IS NOT NULL)",
+        // Second look (an attacker's review of this rule): the extension's functions that write,
+        // built-ins that run a query or change the session, and types over a domain.
+        "CREATE POLICY spy ON customers AS RESTRICTIVE \
+             USING (multitenancy.member_add('victim', '99999999-9999-4999-8999-999999999999', 'owner')::text = '')",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (query_to_xml('SELECT public.spyq()', false, false, '') IS NOT NULL)",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (table_to_xml('public.orders', false, false, '') IS NOT NULL)",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (set_config('search_path', 'public', false) IS NOT NULL)",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (('{' || length(current_user) || '}')::public.checked[] IS NOT NULL)",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (('(' || current_user || ')')::public.pair IS NOT NULL)",
+        "CREATE POLICY spy ON customers AS RESTRICTIVE USING (('[' || current_user || ',z)')::public.span IS NOT NULL)",
     ] {
         let error = expect_sqlstate(owner.batch_execute(policy), &SqlState::INSUFFICIENT_PRIVILEGE);
         assert!(error.message().contains("LEAKPROOF"), "{policy}: {error:?}");
@@ -1319,7 +1330,7 @@ fn review3_the_guard_refuses_policies_that_run_the_owners_code() {
     assert!(
         problems
             .iter()
-            .any(|p| p.problem.contains("policy spy calls a function that is neither LEAKPROOF nor built in")),
+            .any(|p| p.problem.contains("policy spy calls a function or uses a type that is neither LEAKPROOF")),
         "{problems:?}"
     );
 }

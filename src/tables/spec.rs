@@ -273,8 +273,9 @@ impl Deviation {
                  isolation policy and see other tenants' rows"
             ),
             Deviation::PolicyRunsOwnerCode { name } => format!(
-                "policy {name} calls a function that is neither LEAKPROOF nor built in, which runs as whoever reads \
-                 the table: in admin mode with the admin's rights and every tenant's rows in view"
+                "policy {name} calls a function or uses a type that is neither LEAKPROOF nor built in and read-only, \
+                 which runs as whoever reads the table: in admin mode with the admin's rights and every tenant's rows \
+                 in view"
             ),
             Deviation::TenantChangingAction { name } => format!(
                 "foreign key {name} sets tenant_id in its ON DELETE / ON UPDATE action (SET NULL or SET DEFAULT): \
@@ -309,9 +310,9 @@ impl Deviation {
                 pgrx::spi::quote_identifier(name)
             ),
             Deviation::PolicyRunsOwnerCode { name } => format!(
-                "DROP POLICY {} ON {table}, or write it with built-in functions and operators and the extension's \
-                 (multitenancy.has_role(), current_user_id(), ...), or have a superuser mark the function LEAKPROOF \
-                 once it reveals nothing and changes nothing.",
+                "DROP POLICY {} ON {table}, or write it with built-in types, operators and functions that are not \
+                 VOLATILE and the extension's context functions (multitenancy.has_role(), current_user_id(), ...), or \
+                 have a superuser mark the function LEAKPROOF once it reveals nothing and changes nothing.",
                 pgrx::spi::quote_identifier(name)
             ),
             Deviation::TenantChangingAction { name } => format!(
@@ -543,32 +544,38 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
             });
         }
 
-        // The owner's policies: the functions each depends on (its USING and WITH CHECK, as
-        // PostgreSQL records them) that are neither LEAKPROOF nor in pg_catalog or the
-        // extension's schema — called directly, as an operator, or as a domain's check.
+        // The owner's policies, and whether one (its USING or WITH CHECK) calls a function —
+        // directly, as an operator, aggregate or window function; read from the expression, as
+        // PostgreSQL records no dependency on built-ins — that may run or change something with
+        // the reader's rights: one that is not LEAKPROOF, unless it is a built-in that is not
+        // VOLATILE and runs no query (the XML exports do), or one of the extension's read-only
+        // context functions; or uses a type that is not built in (the input of a domain, or of
+        // an array, composite or range over one, runs its checks).
         let policies = client
             .select(
                 "SELECT p.polname::text, p.polqual::text, EXISTS ( \
+                        SELECT 1 FROM pg_catalog.regexp_matches( \
+                                 coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, ''), \
+                                 ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m(id) \
+                          JOIN pg_catalog.pg_proc f ON f.oid = m.id[1]::pg_catalog.oid \
+                         WHERE NOT f.proleakproof \
+                           AND NOT (f.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND f.provolatile <> 'v' \
+                                    AND f.proname !~ 'xml') \
+                           AND NOT (f.pronamespace = 'multitenancy'::pg_catalog.regnamespace AND f.proname = ANY ($3))) \
+                     OR EXISTS ( \
                         SELECT 1 FROM pg_catalog.pg_depend d \
-                          LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
-                               AND o.oid = d.refobjid \
-                          LEFT JOIN pg_catalog.pg_type t ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
-                               AND t.oid = d.refobjid AND t.typtype = 'd' \
-                          LEFT JOIN pg_catalog.pg_constraint c ON c.contypid = t.oid \
-                          LEFT JOIN pg_catalog.pg_depend cd ON cd.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-                               AND cd.objid = c.oid AND cd.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-                          JOIN pg_catalog.pg_proc f ON f.oid = CASE \
-                               WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
-                               WHEN o.oid IS NOT NULL THEN o.oprcode::pg_catalog.oid \
-                               ELSE cd.refobjid END \
+                          JOIN pg_catalog.pg_type t ON t.oid = d.refobjid \
                          WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
-                           AND NOT f.proleakproof \
-                           AND f.pronamespace <> ALL (ARRAY['pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid, \
-                                                            'multitenancy'::pg_catalog.regnamespace::pg_catalog.oid])) \
+                           AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+                           AND t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace) \
                    FROM pg_catalog.pg_policy p \
                   WHERE p.polrelid = $1 AND p.polname <> ALL ($2) ORDER BY 1",
                 None,
-                &[rel.oid.into(), POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into()],
+                &[
+                    rel.oid.into(),
+                    POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into(),
+                    POLICY_FUNCTIONS.to_vec().into(),
+                ],
             )
             .ctx("spec::inspect owner policies")?;
         for row in policies {
@@ -598,6 +605,23 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
     }
     Ok(found)
 }
+
+/// The extension's functions an owner's policy may call: they read the context and the
+/// registry, and change nothing.
+const POLICY_FUNCTIONS: [&str; 12] = [
+    "current_tenant_id",
+    "current_tenant_id_or_null",
+    "current_user_id",
+    "current_user_id_or_null",
+    "has_role",
+    "tenant_role",
+    "is_member",
+    "setting_get",
+    "feature_enabled",
+    "domain_normalize",
+    "_admin_mode",
+    "_installed",
+];
 
 /// Whether an expression (a node tree as `pg_policy.polqual` stores it) passes a column value to
 /// a function or operator that is not LEAKPROOF — PostgreSQL's own test for what may run before
