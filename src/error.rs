@@ -21,6 +21,12 @@ pub enum MtError {
         current: String,
         requested: String,
     },
+    /// A plan made with one tenant as its constant was about to run for another
+    /// (`context::planning::check`): a context change the extension did not see.
+    PlanForAnotherTenant {
+        planned: String,
+        current: String,
+    },
     /// `multitenancy.tenant_id` holds something that is not a uuid.
     MalformedContext {
         value: String,
@@ -372,7 +378,8 @@ impl MtError {
             | MtError::NoSignedContext { .. }
             | MtError::NoClaimsContext { .. }
             | MtError::InvalidClaims { .. }
-            | MtError::ContextFixed { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            | MtError::ContextFixed { .. }
+            | MtError::PlanForAnotherTenant { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             MtError::TooManyTokens => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             MtError::NoSigningKey | MtError::SignedNeedsPreload => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::NotAuthorized { .. } | MtError::NotAdmin { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -473,6 +480,9 @@ impl MtError {
             }
             MtError::InvalidClaims { setting, reason } => format!("invalid tenant context: {setting} {reason}"),
             MtError::ContextFixed { by } => format!("multitenancy.tenant_set() cannot choose the tenant: {by}"),
+            MtError::PlanForAnotherTenant { planned, current } => format!(
+                "this statement was planned for tenant {planned} and cannot run for tenant {current}"
+            ),
             MtError::TenantNotFound { tenant } => format!("tenant \"{}\" does not exist", clip(tenant)),
             MtError::TenantNotActive { slug, status } => {
                 format!("tenant \"{slug}\" is {status}")
@@ -839,6 +849,10 @@ impl MtError {
             MtError::InvalidClaims { setting, .. } => format!(
                 "{setting} must hold a JSON object such as {{\"tenant_id\": \"<tenant uuid or slug>\", \"sub\": \"<user uuid>\"}}."
             ),
+            MtError::PlanForAnotherTenant { .. } => "The tenant context changed in a way multitenancy did not see \
+                 while the plan was kept; the plan has been discarded. Run the statement again: it is planned \
+                 for the current tenant."
+                .into(),
             MtError::ContextFixed { .. } => "Set the context the way this role is configured to: a signed token \
                  (multitenancy.tenant_set_signed) or the framework's claims (multitenancy.claims_setting)."
                 .into(),

@@ -66,6 +66,36 @@ pub fn preloaded() -> bool {
 }
 
 type StringCheckHook = unsafe extern "C-unwind" fn(*mut *mut c_char, *mut *mut c_void, pg_sys::GucSource::Type) -> bool;
+type StringAssignHook = unsafe extern "C-unwind" fn(*const c_char, *mut c_void);
+type TenantListener = fn(Option<pgrx::Uuid>);
+
+thread_local! {
+    /// Told the tenant named by every assignment of `multitenancy.tenant_id` and of the signed
+    /// context (`None`: no tenant or not a uuid): the planner's tenant constants follow it
+    /// (`context::planning`, a layer above, registers itself here).
+    static ON_TENANT_SETTING: std::cell::Cell<Option<TenantListener>> = const { std::cell::Cell::new(None) };
+}
+
+/// Register the function told of every assignment of a tenant setting (see `ON_TENANT_SETTING`).
+pub fn on_tenant_setting(f: TenantListener) {
+    ON_TENANT_SETTING.with(|o| o.set(Some(f)));
+}
+
+/// The assign hook of `multitenancy.tenant_id` and the signed context (whose value begins with
+/// the tenant's uuid). Assign hooks must not fail: parsing is all it does.
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_tenant_setting(newval: *const c_char, _extra: *mut c_void) {
+    let Some(f) = ON_TENANT_SETTING.with(std::cell::Cell::get) else { return };
+    // SAFETY: PostgreSQL passes the new value, NULL or NUL-terminated.
+    let tenant = if unsafe { is_unset(newval) } {
+        None
+    } else {
+        let value = unsafe { CStr::from_ptr(newval) }.to_bytes();
+        let tenant = value.split(|&b| b == b' ').next().unwrap_or(value);
+        crate::uuid::parse_bytes(tenant)
+    };
+    f(tenant);
+}
 
 /// What pgrx's `GucRegistry::define_string_guc` does, plus the check hook it does not take.
 fn define_checked_string(
@@ -75,7 +105,7 @@ fn define_checked_string(
     setting: &'static GucSetting<Option<CString>>,
     context: pg_sys::GucContext::Type,
     flags: u32,
-    check: StringCheckHook,
+    (check, assign): (StringCheckHook, Option<StringAssignHook>),
 ) {
     // SAFETY: registers a custom variable backed by a static for the life of the backend; the
     // strings are 'static.
@@ -89,7 +119,7 @@ fn define_checked_string(
             context,
             flags as i32,
             Some(check),
-            None,
+            assign,
             None,
         );
     }
@@ -106,7 +136,7 @@ pub fn init() {
         &TENANT_ID,
         pg_sys::GucContext::PGC_USERSET,
         pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
-        check_tenant_id,
+        (check_tenant_id, Some(assign_tenant_setting)),
     );
     define_checked_string(
         c"multitenancy.user_id",
@@ -117,7 +147,7 @@ pub fn init() {
         &USER_ID,
         pg_sys::GucContext::PGC_USERSET,
         pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
-        check_user_id,
+        (check_user_id, None),
     );
     pgrx::GucRegistry::define_bool_guc(
         c"multitenancy.require_signed",
@@ -178,7 +208,7 @@ pub fn init() {
             | pg_sys::GUC_NOT_IN_SAMPLE
             | pg_sys::GUC_DISALLOW_IN_FILE
             | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
-        check_signed_context,
+        (check_signed_context, Some(assign_tenant_setting)),
     );
     pgrx::GucRegistry::define_string_guc(
         c"multitenancy.base_domain",

@@ -1,15 +1,19 @@
 //! The executor-side hooks, in one place: utility statements pass the signed-session guard
 //! (`context::signed::check_utility`) and are adjusted for frameworks' migrations
 //! (`tables::migrations::around_utility`); analysed queries get their `ON CONFLICT` target
-//! adjusted (`tables::migrations::on_conflict`). Installed in `_PG_init`, whether the library
+//! adjusted (`tables::migrations::on_conflict`); the planner replaces the context reads with the
+//! tenant as a constant, and every plan that carries one is checked where it starts
+//! (`context::planning`). Installed in `_PG_init`, whether the library
 //! is preloaded or not (see `tables::migrations` for what that means for the first statement).
-use crate::context::signed;
+use crate::context::{planning, signed};
 use crate::error::OrRaise;
 use crate::tables::migrations;
 use pgrx::prelude::*;
 
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 static mut PREV_POST_PARSE_ANALYZE: pg_sys::post_parse_analyze_hook_type = None;
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
 /// Called once from `_PG_init`.
 pub fn init() {
@@ -19,6 +23,10 @@ pub fn init() {
         pg_sys::ProcessUtility_hook = Some(process_utility);
         PREV_POST_PARSE_ANALYZE = pg_sys::post_parse_analyze_hook;
         pg_sys::post_parse_analyze_hook = Some(post_parse_analyze);
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
     }
 }
 
@@ -58,4 +66,32 @@ unsafe extern "C-unwind" fn post_parse_analyze(
         pg_sys::ffi::pg_guard_ffi_boundary(|| prev(pstate, query, jstate));
     }
     migrations::on_conflict(query).or_raise();
+}
+
+/// The tenant constant goes in before the next planner in the chain (Citus, say) sees the query.
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: std::ffi::c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    let tenant = planning::substitute(parse);
+    let plan = match PREV_PLANNER {
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound_params)),
+        None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+    };
+    if let Some(tenant) = tenant {
+        planning::mark(plan, tenant);
+    }
+    plan
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    planning::check((*query_desc).plannedstmt, eflags);
+    match PREV_EXECUTOR_START {
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
+        None => pg_sys::standard_ExecutorStart(query_desc, eflags),
+    }
 }

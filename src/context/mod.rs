@@ -4,6 +4,7 @@
 //! sources: the plain settings and framework claims (here), a verified token ([`signed`]), and
 //! audited admin mode ([`admin`]).
 pub mod admin;
+pub mod planning;
 pub mod signed;
 
 use crate::error::{MtError, OrRaise, Result, SpiContext};
@@ -73,6 +74,7 @@ thread_local! {
 
 /// Called from `_PG_init` before the settings are defined.
 pub fn init() {
+    planning::init();
     if !gucs::preloaded() && !gucs::value_of(c"multitenancy.require_signed").is_null() {
         REQUIRE_SIGNED_UNTRUSTED.with(|u| u.set(true));
     }
@@ -299,9 +301,11 @@ pub fn with_maintenance_context<R>(tenant: pgrx::Uuid, f: impl FnOnce() -> R) ->
     impl Drop for Restore {
         fn drop(&mut self) {
             PURGING.with(|p| p.set(self.0));
+            planning::context_changed();
         }
     }
     let _restore = Restore(PURGING.with(|p| p.replace(Some(tenant))));
+    planning::context_changed();
     admin::suspended(f)
 }
 
@@ -329,6 +333,7 @@ pub fn enter_move(tenant: pgrx::Uuid, import: bool) -> Result<()> {
     // SAFETY: reads transaction state.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     MOVING.with(|m| m.set(Some(Moving { tenant, import, level })));
+    planning::context_changed();
     Ok(())
 }
 
@@ -369,6 +374,7 @@ pub fn subtransaction_ended(level: i32, committed: bool) {
     let Some(moving) = moving() else { return };
     if !committed && level <= moving.level {
         MOVING.with(|m| m.set(None));
+        planning::context_changed();
     } else if committed && level == moving.level {
         MOVING.with(|m| m.set(Some(Moving { level: level - 1, ..moving })));
     }
@@ -376,6 +382,7 @@ pub fn subtransaction_ended(level: i32, committed: bool) {
 
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
+    planning::transaction_ended();
     PURGING.with(|p| p.set(None));
     MOVING.with(|m| m.set(None));
     MOVE_ENDED.with(|e| e.set(None));
@@ -445,6 +452,16 @@ fn checked() -> Result<Checked> {
     let done = Checked { tenant, user, admin, role, generation, transaction };
     CHECKED.with(|c| c.set(Some(done)));
     passed(done)
+}
+
+/// The checked tenant of the current transaction for the planner ([`planning`]), and whether it
+/// comes from a setting whose changes the extension sees as they happen (`multitenancy.tenant_id`,
+/// the signed context). `None` when there is no usable context: the query then reads the context
+/// when it runs and fails there, as it did before the planner knew the tenant.
+pub fn for_planning() -> Option<(pgrx::Uuid, bool)> {
+    let origin = raw().ok()?.origin;
+    let tenant = checked().ok()?.tenant;
+    Some((tenant, matches!(origin, Origin::Settings | Origin::Signed)))
 }
 
 /// The tenant of the current transaction; no context is an error (fail closed), and so is a
