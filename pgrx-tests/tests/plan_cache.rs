@@ -282,3 +282,45 @@ fn a_kept_plan_does_not_run_without_a_context() {
     app.batch_execute(&format!("SET multitenancy.tenant_id = '{}'", o.a)).unwrap();
     expect_sqlstate(app.query(&statement, &[&"none"]), NO_CONTEXT);
 }
+
+/// PL/pgSQL evaluates a query of no table ("simple expression": `v := current_tenant_id()`,
+/// `RETURN current_tenant_id()`) from its cached plan without starting an executor: such a query
+/// keeps reading the context when it runs. Found by the review: a tenant constant there carried
+/// the previous transaction's tenant into a transaction with no context (or a suspended tenant),
+/// and a superuser's SECURITY DEFINER helper that filters by it returned the previous tenant's
+/// rows.
+#[test]
+fn plpgsql_simple_expressions_read_the_context_when_they_run() {
+    let o = orders("plan_cache_simple_expressions");
+    let mut su = o.db.superuser();
+    su.batch_execute(&format!(
+        "CREATE FUNCTION public.my_tenant() RETURNS uuid LANGUAGE plpgsql STABLE AS
+             $$ BEGIN RETURN multitenancy.current_tenant_id(); END $$;
+         -- An application helper that filters by the context itself (it bypasses RLS).
+         CREATE FUNCTION public.order_items() RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+             SET search_path = pg_catalog, public AS
+             $$ DECLARE v uuid := multitenancy.current_tenant_id();
+                BEGIN RETURN (SELECT string_agg(item, ',' ORDER BY item) FROM public.orders WHERE tenant_id = v); END $$;
+         GRANT EXECUTE ON FUNCTION public.my_tenant(), public.order_items() TO {APP};"
+    ))
+    .unwrap();
+    let mut app = o.db.app();
+    let mut tx = begin_as(&mut app, "acme");
+    for _ in 0..3 {
+        let mine: String = tx.query_one("SELECT public.my_tenant()::text", &[]).unwrap().get(0);
+        assert_eq!(mine, o.a);
+        let items: String = tx.query_one("SELECT public.order_items()", &[]).unwrap().get(0);
+        assert!(items.starts_with("acme-"), "{items}");
+    }
+    tx.commit().unwrap();
+    // Next transaction, no context: 28000, not A's tenant or rows.
+    for sql in ["SELECT public.my_tenant()", "SELECT public.order_items()"] {
+        let mut tx = app.transaction().unwrap();
+        expect_sqlstate(tx.query_one(sql, &[]), NO_CONTEXT);
+    }
+    // A's context again, but A is suspended meanwhile: 28000.
+    su.batch_execute("SELECT multitenancy.tenant_suspend('acme', 'plan cache test')").unwrap();
+    let mut tx = app.transaction().unwrap();
+    tx.execute("SELECT set_config('multitenancy.tenant_id', $1, true)", &[&o.a]).unwrap();
+    expect_sqlstate(tx.query_one("SELECT public.my_tenant()", &[]), NO_CONTEXT);
+}

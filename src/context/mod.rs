@@ -356,6 +356,7 @@ pub fn leave_move() {
         // SAFETY: reads transaction state.
         let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
         MOVE_ENDED.with(|e| e.set(Some((moving, level))));
+        planning::context_changed();
     }
 }
 
@@ -367,6 +368,7 @@ pub fn subtransaction_ended(level: i32, committed: bool) {
         if !committed && level <= ended {
             MOVE_ENDED.with(|e| e.set(None));
             MOVING.with(|m| m.set(Some(moving)));
+            planning::context_changed();
         } else if committed && level == ended {
             MOVE_ENDED.with(|e| e.set(Some((moving, level - 1))));
         }

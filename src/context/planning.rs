@@ -9,6 +9,10 @@
 //! it always did. The plan is then the plan of `WHERE tenant_id = '<uuid>'`, with its estimates,
 //! and another planner hook chained after this one (Citus) sees the constant.
 //!
+//! A query that reads no table and has no sub-select is left alone: PL/pgSQL evaluates such a
+//! query (a "simple expression") from its cached plan without starting an executor, where the
+//! check below could not see it.
+//!
 //! A plan with a constant must never run for another tenant. Two mechanisms:
 //! - **Invalidation.** Such a plan carries a `PlanInvalItem` on `current_tenant_id`'s `pg_proc`
 //!   row. When the context moves to another tenant than the one plans were made for, this
@@ -325,6 +329,13 @@ pub fn substitute(parse: *mut pg_sys::Query) -> Option<(pgrx::Uuid, bool)> {
         return None;
     }
     let (function, _) = function()?;
+    // SAFETY: reads the top of the query tree.
+    if unsafe { (*parse).rtable.is_null() && !(*parse).hasSubLinks } {
+        // A query of no table and no sub-select: PL/pgSQL runs such a query ("simple
+        // expression", `v := current_tenant_id()`) from its cached plan without ExecutorStart,
+        // so a constant there would escape `check`. It gains nothing from one anyway.
+        return None;
+    }
     let mut walk = Walk { function, tenant: None, replaced: false };
     // SAFETY: the planner's own copy of the query tree, which the planner scribbles on anyway.
     unsafe { pg_sys::query_tree_walker(parse, Some(walker), (&raw mut walk).cast(), 0) };
