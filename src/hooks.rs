@@ -76,7 +76,7 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: std::ffi::c_int,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    let tenant = planning::substitute(parse);
+    let tenant = planning::substitute(parse, bound_params);
     let plan = match PREV_PLANNER {
         Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound_params)),
         None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),

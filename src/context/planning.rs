@@ -14,11 +14,12 @@
 //! check below could not see it.
 //!
 //! A plan with a constant must never run for another tenant. Two mechanisms:
-//! - **Invalidation.** Such a plan carries a `PlanInvalItem` on `current_tenant_id`'s `pg_proc`
-//!   row. When the context moves to another tenant than the one plans were made for, this
-//!   backend fires that syscache invalidation locally ([`context_changed`]), and PostgreSQL's plan
-//!   cache replans every cached plan that carries it (prepared statements, SQL and PL/pgSQL
-//!   functions' plans) before its next use. The moves are seen where they happen: an assignment
+//! - **Invalidation.** Such a plan carries `PlanInvalItem`s (a `pg_proc` hash of its own,
+//!   [`MARK`], then the tenant). When the context moves to another tenant than the one plans
+//!   were made for, this backend fires that syscache invalidation locally ([`context_changed`]),
+//!   and PostgreSQL's plan cache replans every cached plan that carries it (prepared statements,
+//!   SQL and PL/pgSQL functions' plans) before its next use; plans that read the context at run
+//!   time are not touched. The moves are seen where they happen: an assignment
 //!   of `multitenancy.tenant_id` or of the signed context, a purge's or a move's context, and —
 //!   for contexts this extension does not own the setting of (claims) — the end of every
 //!   transaction that planned with one.
@@ -37,8 +38,7 @@ thread_local! {
     /// (`Some(None)`: the extension is not installed here). Cleared by any `pg_proc` invalidation
     /// this backend did not fire itself.
     static FUNCTION: Cell<Option<Option<(pg_sys::Oid, u32)>>> = const { Cell::new(None) };
-    /// The tenant the plans made since the last invalidation carry, the hash to invalidate them
-    /// with, and whether the context came from a setting whose changes this extension sees
+    /// The tenant the plans made since the last invalidation carry, and whether the context came from a setting whose changes this extension sees
     /// (`multitenancy.tenant_id`, the signed context).
     static PLANNED_FOR: Cell<Option<Planned>> = const { Cell::new(None) };
     /// This backend is firing its own invalidation (the cached oid stays valid).
@@ -46,12 +46,32 @@ thread_local! {
     /// The context is being resolved for the planner: plans made meanwhile (the registry lookup's
     /// own queries) are left alone.
     static RESOLVING: Cell<bool> = const { Cell::new(false) };
+    /// The last tenant this session planned for or had set, and how many transactions ended
+    /// since the tenant last changed (a new session counts as steady).
+    static LAST_TENANT: Cell<Option<pgrx::Uuid>> = const { Cell::new(None) };
+    static SINCE_SWITCH: Cell<u32> = const { Cell::new(u32::MAX) };
+    /// A generic plan was made without the constant because the session was switching tenants.
+    static GENERIC_WITHOUT_CONSTANT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Transactions of one tenant after which a session counts as steady again (see [`substitute`]).
+const STEADY_AFTER: u32 = 8;
+
+fn steady() -> bool {
+    SINCE_SWITCH.with(Cell::get) >= STEADY_AFTER
+}
+
+/// The session acts for `tenant` (a setting names it, or a plan is made for it): a different
+/// tenant than before is a switch.
+fn acting_for(tenant: pgrx::Uuid) {
+    if LAST_TENANT.with(|l| l.replace(Some(tenant))).is_some_and(|last| last != tenant) {
+        SINCE_SWITCH.with(|s| s.set(0));
+    }
 }
 
 #[derive(Clone, Copy)]
 struct Planned {
     tenant: pgrx::Uuid,
-    hash: u32,
     seen: bool,
 }
 
@@ -132,7 +152,7 @@ fn may_execute(oid: pg_sys::Oid) -> bool {
 /// Invalidate every cached plan made with a tenant constant (they are replanned before their
 /// next use) — when the context may have moved to another tenant.
 fn invalidate() {
-    if let Some(planned) = PLANNED_FOR.with(|p| p.take()) {
+    if PLANNED_FOR.with(|p| p.take()).is_some() {
         struct Done;
         impl Drop for Done {
             fn drop(&mut self) {
@@ -141,10 +161,26 @@ fn invalidate() {
         }
         FIRING.with(|f| f.set(true));
         let _done = Done;
-        // SAFETY: runs this backend's syscache callbacks for one pg_proc hash: the plan cache
-        // marks the plans that carry it invalid. No catalog access, safe during abort.
-        unsafe { pg_sys::CallSyscacheCallbacks(PROCOID, planned.hash) };
+        // SAFETY: runs this backend's syscache callbacks for one pg_proc hash, the one only
+        // plans with a constant carry (see [`MARK`]): the plan cache marks them invalid; plans
+        // that read the context at run time stay. No catalog access, safe during abort.
+        unsafe { pg_sys::CallSyscacheCallbacks(PROCOID, MARK) };
     }
+}
+
+/// Invalidate the plans that depend on `current_tenant_id` by PostgreSQL's own record (generic
+/// plans that read the context at run time), so that they are made again with the constant.
+fn invalidate_generic(hash: u32) {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            FIRING.with(|f| f.set(false));
+        }
+    }
+    FIRING.with(|f| f.set(true));
+    let _done = Done;
+    // SAFETY: as in invalidate().
+    unsafe { pg_sys::CallSyscacheCallbacks(PROCOID, hash) };
 }
 
 /// The context may have changed in a way no setting assignment shows (a purge's or a move's
@@ -157,10 +193,10 @@ pub fn context_changed() {
 /// than the one it names are invalidated. No tenant (RESET, the end of the transaction) needs
 /// nothing: a plan with a constant then fails [`check`] as the initPlan would have failed.
 fn setting_changed(tenant: Option<pgrx::Uuid>) {
-    if let (Some(tenant), Some(planned)) = (tenant, PLANNED_FOR.with(Cell::get)) {
-        if planned.tenant != tenant {
-            invalidate();
-        }
+    let Some(tenant) = tenant else { return };
+    acting_for(tenant);
+    if PLANNED_FOR.with(Cell::get).is_some_and(|planned| planned.tenant != tenant) {
+        invalidate();
     }
 }
 
@@ -169,6 +205,16 @@ fn setting_changed(tenant: Option<pgrx::Uuid>) {
 pub fn transaction_ended() {
     if PLANNED_FOR.with(Cell::get).is_some_and(|p| !p.seen) {
         invalidate();
+    }
+    let since = SINCE_SWITCH.with(|s| {
+        s.set(s.get().saturating_add(1));
+        s.get()
+    });
+    // Steady again: the generic plans made while switching are made again, with the constant.
+    if since == STEADY_AFTER && GENERIC_WITHOUT_CONSTANT.with(|g| g.replace(false)) {
+        if let Some(Some((_, hash))) = FUNCTION.with(Cell::get) {
+            invalidate_generic(hash);
+        }
     }
 }
 
@@ -224,57 +270,44 @@ fn is_context_sublink(node: *mut pg_sys::Node, function: pg_sys::Oid) -> bool {
 
 struct Walk {
     function: pg_sys::Oid,
-    /// The tenant, once resolved (`Some(None)`: no usable context; nothing is replaced).
-    tenant: Option<Option<(pgrx::Uuid, bool)>>,
-    replaced: bool,
+    /// Where the context is read: list cells and target entries holding such a node.
+    slots: Vec<*mut *mut c_void>,
+    /// The query has parameters ($1): planned without their values, the plan is a generic one.
+    params: bool,
 }
 
 impl Walk {
-    /// The constant for `node` if it reads the context and the context resolves.
-    fn constant_for(&mut self, node: *mut pg_sys::Node) -> Option<*mut pg_sys::Node> {
-        if !is_call(node, self.function) && !is_context_sublink(node, self.function) {
-            return None;
-        }
-        if self.tenant.is_none() {
-            self.tenant = Some(resolve(self.function));
-        }
-        let (tenant, _) = self.tenant.flatten()?;
-        self.replaced = true;
-        // SAFETY: builds a by-reference uuid constant in the planner's memory context.
-        unsafe {
-            let bytes = pg_sys::palloc(16).cast::<u8>();
-            std::ptr::copy_nonoverlapping(tenant.as_bytes().as_ptr(), bytes, 16);
-            Some(
-                pg_sys::makeConst(
-                    pg_sys::UUIDOID,
-                    -1,
-                    pg_sys::InvalidOid,
-                    16,
-                    pg_sys::Datum::from(bytes),
-                    false,
-                    false,
-                )
-                .cast(),
-            )
+    fn look_at(&mut self, slot: *mut *mut c_void) {
+        // SAFETY: a slot of the tree being planned.
+        let node = unsafe { *slot }.cast::<pg_sys::Node>();
+        if is_call(node, self.function) || is_context_sublink(node, self.function) {
+            self.slots.push(slot);
         }
     }
 
-    fn replace_in_list(&mut self, list: *mut pg_sys::List) {
+    fn look_at_list(&mut self, list: *mut pg_sys::List) {
         if list.is_null() {
             return;
         }
-        // SAFETY: a pointer list of the tree being planned; cells are replaced in place.
+        // SAFETY: a pointer list of the tree being planned, not changed during the walk.
         unsafe {
             if (*list).type_ != pg_sys::NodeTag::T_List {
                 return;
             }
             for i in 0..(*list).length as usize {
-                let cell = (*list).elements.add(i);
-                if let Some(constant) = self.constant_for((*cell).ptr_value.cast()) {
-                    (*cell).ptr_value = constant.cast();
-                }
+                self.look_at(&raw mut (*(*list).elements.add(i)).ptr_value);
             }
         }
+    }
+}
+
+/// A by-reference uuid constant in the planner's memory context.
+fn constant(tenant: pgrx::Uuid) -> *mut c_void {
+    // SAFETY: palloc'd copy of the 16 bytes, and a Const node over it.
+    unsafe {
+        let bytes = pg_sys::palloc(16).cast::<u8>();
+        std::ptr::copy_nonoverlapping(tenant.as_bytes().as_ptr(), bytes, 16);
+        pg_sys::makeConst(pg_sys::UUIDOID, -1, pg_sys::InvalidOid, 16, pg_sys::Datum::from(bytes), false, false).cast()
     }
 }
 
@@ -304,16 +337,16 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
         use pg_sys::NodeTag::*;
         match (*node).type_ {
             T_Query => return pg_sys::query_tree_walker(node.cast(), Some(walker), context, 0),
-            T_List => walk.replace_in_list(node.cast()),
-            T_OpExpr | T_DistinctExpr | T_NullIfExpr => walk.replace_in_list((*node.cast::<pg_sys::OpExpr>()).args),
-            T_ScalarArrayOpExpr => walk.replace_in_list((*node.cast::<pg_sys::ScalarArrayOpExpr>()).args),
-            T_FuncExpr => walk.replace_in_list((*node.cast::<pg_sys::FuncExpr>()).args),
-            T_BoolExpr => walk.replace_in_list((*node.cast::<pg_sys::BoolExpr>()).args),
-            T_CoalesceExpr => walk.replace_in_list((*node.cast::<pg_sys::CoalesceExpr>()).args),
-            T_TargetEntry => {
-                let entry = node.cast::<pg_sys::TargetEntry>();
-                if let Some(constant) = walk.constant_for((*entry).expr.cast()) {
-                    (*entry).expr = constant.cast();
+            T_List => walk.look_at_list(node.cast()),
+            T_OpExpr | T_DistinctExpr | T_NullIfExpr => walk.look_at_list((*node.cast::<pg_sys::OpExpr>()).args),
+            T_ScalarArrayOpExpr => walk.look_at_list((*node.cast::<pg_sys::ScalarArrayOpExpr>()).args),
+            T_FuncExpr => walk.look_at_list((*node.cast::<pg_sys::FuncExpr>()).args),
+            T_BoolExpr => walk.look_at_list((*node.cast::<pg_sys::BoolExpr>()).args),
+            T_CoalesceExpr => walk.look_at_list((*node.cast::<pg_sys::CoalesceExpr>()).args),
+            T_TargetEntry => walk.look_at((&raw mut (*node.cast::<pg_sys::TargetEntry>()).expr).cast()),
+            T_Param => {
+                if (*node.cast::<pg_sys::Param>()).paramkind == pg_sys::ParamKind::PARAM_EXTERN {
+                    walk.params = true;
                 }
             }
             _ => {}
@@ -324,7 +357,13 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
 
 /// Before planning: replace the context reads of `parse` with the tenant constant. Returns what
 /// [`mark`] needs after planning, or `None` when nothing was replaced.
-pub fn substitute(parse: *mut pg_sys::Query) -> Option<(pgrx::Uuid, bool)> {
+///
+/// A generic plan (a statement with parameters planned without their values, which the plan
+/// cache keeps and reuses) gets the constant only in a session that has kept its tenant for
+/// [`STEADY_AFTER`] transactions: a session that switches tenants (a pooled connection, one
+/// request per transaction) keeps one plan that reads the context when it runs, instead of
+/// planning again after every switch.
+pub fn substitute(parse: *mut pg_sys::Query, bound_params: pg_sys::ParamListInfo) -> Option<(pgrx::Uuid, bool)> {
     if RESOLVING.with(Cell::get) {
         return None;
     }
@@ -336,14 +375,22 @@ pub fn substitute(parse: *mut pg_sys::Query) -> Option<(pgrx::Uuid, bool)> {
         // so a constant there would escape `check`. It gains nothing from one anyway.
         return None;
     }
-    let mut walk = Walk { function, tenant: None, replaced: false };
+    let mut walk = Walk { function, slots: Vec::new(), params: false };
     // SAFETY: the planner's own copy of the query tree, which the planner scribbles on anyway.
     unsafe { pg_sys::query_tree_walker(parse, Some(walker), (&raw mut walk).cast(), 0) };
-    if walk.replaced {
-        walk.tenant.flatten()
-    } else {
-        None
+    if walk.slots.is_empty() {
+        return None;
     }
+    if walk.params && bound_params.is_null() && !steady() {
+        GENERIC_WITHOUT_CONSTANT.with(|g| g.set(true));
+        return None;
+    }
+    let (tenant, seen) = resolve(function)?;
+    for slot in walk.slots {
+        // SAFETY: the slots found above, in the tree being planned.
+        unsafe { *slot = constant(tenant) };
+    }
+    Some((tenant, seen))
 }
 
 fn inval_item(hash: u32) -> *mut c_void {
@@ -360,6 +407,7 @@ fn inval_item(hash: u32) -> *mut c_void {
 /// After planning: make the plan depend on the tenant (see the module documentation).
 pub fn mark(plan: *mut pg_sys::PlannedStmt, (tenant, seen): (pgrx::Uuid, bool)) {
     let Some((_, hash)) = function() else { return };
+    acting_for(tenant);
     if let Some(planned) = PLANNED_FOR.with(Cell::get) {
         if planned.tenant != tenant {
             // Plans for another tenant may still be valid: the invariant is one tenant at a time.
@@ -368,7 +416,7 @@ pub fn mark(plan: *mut pg_sys::PlannedStmt, (tenant, seen): (pgrx::Uuid, bool)) 
     }
     PLANNED_FOR.with(|p| {
         let seen = seen && p.get().is_none_or(|planned| planned.seen);
-        p.set(Some(Planned { tenant, hash, seen }))
+        p.set(Some(Planned { tenant, seen }))
     });
     let bytes = tenant.as_bytes();
     // SAFETY: appends nodes to the plan's list, in the planner's memory context.
