@@ -85,7 +85,7 @@ BEGIN
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
                 AND p.proname NOT IN ('_admin_mode', '_installed', '_readable_tenant', '_role_rank',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
-                                      '_usage_counters', '_usage_totals')
+                                      '_usage_counters', '_usage_totals', '_usage_report', '_usage_live')
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

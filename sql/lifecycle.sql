@@ -85,6 +85,7 @@ BEGIN
         RETURN NULL;
     END IF;
     UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    PERFORM multitenancy._usage_reconcile(p_tenant);
     RETURN jsonb_build_object('from', v_from, 'to', p_plan);
 END
 $$;
@@ -114,6 +115,10 @@ BEGIN
     INSERT INTO multitenancy.plans (name, limits, features)
     VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
     ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
+    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
+        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
+    END IF;
     RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
                               'created', v_old.name IS NULL);
 END

@@ -348,32 +348,16 @@ CREATE FUNCTION multitenancy._tenant_import_end(p_tenant uuid, p_recount boolean
 RETURNS TABLE (table_name regclass, row_count bigint, byte_count bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
-DECLARE
-    v_table regclass;
-    v_rows bigint;
-    v_bytes bigint;
-    v_total_rows bigint := 0;
-    v_total_bytes bigint := 0;
 BEGIN
     IF p_recount THEN
+        -- Counters dropped and, if the tenant is counted (it has a rows or bytes limit), set
+        -- from the rows again.
         PERFORM multitenancy._usage_settle(p_tenant);
         PERFORM multitenancy._usage_lock(p_tenant);
         DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
-        FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
-                        CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
-                         JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
-            EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-                           'WHERE t.tenant_id = $1', v_table)
-               INTO v_rows, v_bytes USING p_tenant;
-            IF v_rows > 0 THEN
-                PERFORM multitenancy._usage_set(p_tenant, v_table, v_rows, v_bytes);
-                v_total_rows := v_total_rows + v_rows;
-                v_total_bytes := v_total_bytes + v_bytes;
-            END IF;
-        END LOOP;
-        PERFORM multitenancy._usage_set(p_tenant, 0::oid::regclass, v_total_rows, v_total_bytes);
+        PERFORM multitenancy._usage_reconcile(p_tenant);
     END IF;
-    RETURN QUERY SELECT c.relid, c.row_count, c.byte_count FROM multitenancy._usage_counters() c
-                  WHERE c.tenant_id = p_tenant AND c.row_count <> 0 ORDER BY c.relid::text;
+    RETURN QUERY SELECT c.relid::regclass, c.row_count, c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                  WHERE c.tenant_id = p_tenant AND c.relid <> 0 AND c.row_count <> 0 ORDER BY c.relid::regclass::text;
 END
 $$;

@@ -384,33 +384,17 @@ CREATE FUNCTION multitenancy._tenant_import_end(p_tenant uuid, p_recount boolean
 RETURNS TABLE (table_name regclass, row_count bigint, byte_count bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
-DECLARE
-    v_table regclass;
-    v_rows bigint;
-    v_bytes bigint;
-    v_total_rows bigint := 0;
-    v_total_bytes bigint := 0;
 BEGIN
     IF p_recount THEN
+        -- Counters dropped and, if the tenant is counted (it has a rows or bytes limit), set
+        -- from the rows again.
         PERFORM multitenancy._usage_settle(p_tenant);
         PERFORM multitenancy._usage_lock(p_tenant);
         DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
-        FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
-                        CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
-                         JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
-            EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-                           'WHERE t.tenant_id = $1', v_table)
-               INTO v_rows, v_bytes USING p_tenant;
-            IF v_rows > 0 THEN
-                PERFORM multitenancy._usage_set(p_tenant, v_table, v_rows, v_bytes);
-                v_total_rows := v_total_rows + v_rows;
-                v_total_bytes := v_total_bytes + v_bytes;
-            END IF;
-        END LOOP;
-        PERFORM multitenancy._usage_set(p_tenant, 0::oid::regclass, v_total_rows, v_total_bytes);
+        PERFORM multitenancy._usage_reconcile(p_tenant);
     END IF;
-    RETURN QUERY SELECT c.relid, c.row_count, c.byte_count FROM multitenancy._usage_counters() c
-                  WHERE c.tenant_id = p_tenant AND c.row_count <> 0 ORDER BY c.relid::text;
+    RETURN QUERY SELECT c.relid::regclass, c.row_count, c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                  WHERE c.tenant_id = p_tenant AND c.relid <> 0 AND c.row_count <> 0 ORDER BY c.relid::regclass::text;
 END
 $$;
 
@@ -510,3 +494,276 @@ REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_sequences(regclass) FROM P
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_import_end(boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.move_tables() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.import_check(jsonb) FROM PUBLIC;
+
+-- Usage is counted only for tenants with a rows, bytes or rows:<table> limit; the others' usage
+-- is read from the tables when asked (src/quotas.rs, "Counting"). Tenants without such a limit
+-- lose their counters here.
+CREATE  FUNCTION "_usage_live"(
+	"tenant" uuid /* Option < pgrx :: Uuid > */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx :: Uuid */
+	"relid" oid,  /* pg_sys :: Oid */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_live_wrapper';
+CREATE  FUNCTION "_usage_reconcile"(
+	"tenant" uuid /* pgrx :: Uuid */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_reconcile_wrapper';
+
+CREATE FUNCTION multitenancy._usage_actual_in(p_table regclass, p_tenants uuid[])
+RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
+        'WHERE t.tenant_id = ANY ($1) GROUP BY t.tenant_id', p_table) USING p_tenants;
+END
+$$;
+
+CREATE FUNCTION multitenancy._usage_report(p_tenant uuid)
+RETURNS TABLE (tenant_id uuid, relid oid, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH live AS MATERIALIZED (SELECT * FROM multitenancy._usage_live(p_tenant)),
+         unwritten AS MATERIALIZED (SELECT * FROM multitenancy._usage_unwritten() w
+                                     WHERE p_tenant IS NULL OR w.tenant_id = p_tenant)
+    SELECT c.tenant_id, c.relid, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+             WHERE p_tenant IS NULL OR u.tenant_id = p_tenant
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT w.tenant_id, 0, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT l.tenant_id, l.relid, l.row_count, l.byte_count FROM live l
+            UNION ALL
+            SELECT l.tenant_id, 0, l.row_count, l.byte_count FROM live l) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy._quota_set(p_tenant uuid, p_key text, p_quota bigint, p_set boolean) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.quotas;
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_old FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
+    IF NOT p_set THEN
+        IF v_old.key IS NULL THEN
+            RETURN NULL;
+        END IF;
+        DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
+        PERFORM multitenancy._usage_reconcile(p_tenant);
+        RETURN jsonb_build_object('key', p_key, 'previous', v_old.quota);
+    END IF;
+    IF v_old.key IS NOT NULL AND v_old.quota IS NOT DISTINCT FROM p_quota THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.quotas (tenant_id, key, quota) VALUES (p_tenant, p_key, p_quota)
+    ON CONFLICT (tenant_id, key) DO UPDATE SET quota = EXCLUDED.quota, set_at = now();
+    PERFORM multitenancy._usage_reconcile(p_tenant);
+    RETURN jsonb_build_object('key', p_key, 'quota', p_quota, 'previous', v_old.quota,
+                              'had_override', v_old.key IS NOT NULL);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy._usage(p_tenant uuid, p_key text)
+RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+             WHEN p_key = 'members' THEN
+                 (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
+             WHEN p_key = 'rows' THEN
+                 coalesce((SELECT c.row_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
+             WHEN p_key = 'bytes' THEN
+                 coalesce((SELECT c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
+             WHEN p_key LIKE 'rows:%' THEN
+                 (SELECT coalesce(sum(u.row_count), 0)::bigint
+                    FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
+                    JOIN multitenancy._usage_report(p_tenant) u ON u.tenant_id = p_tenant AND u.relid = s.relid)
+             ELSE
+                 coalesce((SELECT m.used FROM multitenancy.metered_usage m
+                            WHERE m.tenant_id = p_tenant AND m.key = p_key
+                              AND m.period = multitenancy._period_start(now())), 0)
+           END,
+           multitenancy._quota(p_tenant, p_key),
+           CASE WHEN metered THEN multitenancy._period_start(now()) END,
+           CASE WHEN metered THEN (multitenancy._period_start(now()) + interval '1 month')::date END
+      FROM (SELECT multitenancy._quota_is_metered(p_key) AS metered) k
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy.tenant_stats()
+RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH report AS MATERIALIZED (SELECT * FROM multitenancy._usage_report(NULL)),
+         counters AS (SELECT r.tenant_id, r.relid::regclass AS relid, r.row_count, r.byte_count
+                        FROM report r WHERE r.relid <> 0),
+         totals AS (SELECT r.tenant_id, r.row_count, r.byte_count FROM report r WHERE r.relid = 0)
+    SELECT t.id, t.slug, NULL::regclass,
+           coalesce((SELECT c.row_count FROM totals c WHERE c.tenant_id = t.id), 0),
+           coalesce((SELECT c.byte_count FROM totals c WHERE c.tenant_id = t.id), 0),
+           (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = t.id),
+           (SELECT coalesce(jsonb_object_agg(mu.key, mu.used), '{}') FROM multitenancy.metered_usage mu
+             WHERE mu.tenant_id = t.id AND mu.period = multitenancy._period_start(now()))
+      FROM multitenancy.tenants t
+    UNION ALL
+    SELECT c.tenant_id, t.slug, c.relid, c.row_count, c.byte_count, NULL, NULL
+      FROM counters c JOIN multitenancy.tenants t ON t.id = c.tenant_id
+    ORDER BY 2, 3 NULLS FIRST
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy.usage_drift()
+RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
+               bytes_counted bigint, bytes_actual bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- Tenants without a limit that needs counting have no counters to drift.
+    WITH counted AS (SELECT u.tenant_id FROM multitenancy._usage_totals() u),
+    actual AS (
+        SELECT a.tenant_id, e.relid, a.row_count, a.byte_count
+          FROM multitenancy.enabled_tables e
+          JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
+         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
+         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)),
+    per_table AS (
+        SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
+               coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
+               coalesce(u.byte_count, 0) AS bc, coalesce(a.byte_count, 0) AS ba
+          FROM actual a FULL JOIN multitenancy._usage_counters() u ON u.tenant_id = a.tenant_id AND u.relid = a.relid),
+    totals AS (
+        SELECT coalesce(s.tenant_id, u.tenant_id) AS tenant_id, NULL::regclass AS relid,
+               coalesce(u.row_count, 0) AS rc, coalesce(s.r, 0)::bigint AS ra,
+               coalesce(u.byte_count, 0) AS bc, coalesce(s.b, 0)::bigint AS ba
+          FROM (SELECT a.tenant_id, sum(a.row_count) AS r, sum(a.byte_count) AS b FROM actual a GROUP BY 1) s
+          FULL JOIN multitenancy._usage_totals() u ON u.tenant_id = s.tenant_id)
+    SELECT * FROM (SELECT * FROM per_table UNION ALL SELECT * FROM totals) d
+     WHERE d.rc <> d.ra OR d.bc <> d.ba
+     ORDER BY 1, 2 NULLS FIRST
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy.usage_recompute()
+RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
+               bytes_counted bigint, bytes_actual bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_table regclass;
+    d record;
+BEGIN
+    -- What this transaction counted and has not written is in the tables already.
+    PERFORM multitenancy._usage_settle(NULL);
+    FOR v_table IN SELECT e.relid FROM multitenancy.enabled_tables e JOIN pg_class c ON c.oid = e.relid
+                    WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
+        EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
+    END LOOP;
+    -- Counters for exactly the tenants with a limit that needs them (set from the tables).
+    PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
+    FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
+            DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = d.tenant_id AND u.relid = d.table_name;
+        ELSE
+            PERFORM multitenancy._usage_set(d.tenant_id, coalesce(d.table_name, 0::oid::regclass),
+                                            d.rows_actual, d.bytes_actual);
+        END IF;
+        tenant_id := d.tenant_id;
+        table_name := d.table_name;
+        rows_counted := d.rows_counted;
+        rows_actual := d.rows_actual;
+        bytes_counted := d.bytes_counted;
+        bytes_actual := d.bytes_actual;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy._usage_recount(p_table regclass) RETURNS bigint
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    v_changed bigint := 0;
+BEGIN
+    EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', p_table);
+    FOR d IN SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id,
+                    coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count,
+                    coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
+                    coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
+               FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
+                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)) a
+               FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
+              ORDER BY 1 LOOP
+        CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
+        VALUES (d.tenant_id, 0::oid::regclass, d.rows_delta, d.bytes_delta)
+        ON CONFLICT (tenant_id, relid) DO UPDATE
+           SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count;
+        PERFORM multitenancy._usage_set(d.tenant_id, p_table, d.row_count, d.byte_count);
+        v_changed := v_changed + 1;
+    END LOOP;
+    RETURN v_changed;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
+    END IF;
+    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_plan THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    PERFORM multitenancy._usage_reconcile(p_tenant);
+    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.plans;
+BEGIN
+    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
+        PERFORM multitenancy._raise('plan_not_objects', '{}');
+    END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
+    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
+    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.plans (name, limits, features)
+    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
+    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
+    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
+        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
+    END IF;
+    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
+                              'created', v_old.name IS NULL);
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION multitenancy._usage_actual_in(regclass, uuid[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._usage_reconcile(uuid) FROM PUBLIC;
+SELECT multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;

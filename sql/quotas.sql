@@ -74,6 +74,7 @@ BEGIN
             RETURN NULL;
         END IF;
         DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
+        PERFORM multitenancy._usage_reconcile(p_tenant);
         RETURN jsonb_build_object('key', p_key, 'previous', v_old.quota);
     END IF;
     IF v_old.key IS NOT NULL AND v_old.quota IS NOT DISTINCT FROM p_quota THEN
@@ -81,6 +82,7 @@ BEGIN
     END IF;
     INSERT INTO multitenancy.quotas (tenant_id, key, quota) VALUES (p_tenant, p_key, p_quota)
     ON CONFLICT (tenant_id, key) DO UPDATE SET quota = EXCLUDED.quota, set_at = now();
+    PERFORM multitenancy._usage_reconcile(p_tenant);
     RETURN jsonb_build_object('key', p_key, 'quota', p_quota, 'previous', v_old.quota,
                               'had_override', v_old.key IS NOT NULL);
 END
@@ -107,7 +109,9 @@ $$;
 
 -- The stored counters plus what this session's transaction has counted and not yet written
 -- (src/quotas.rs writes a held tenant's counts at commit): per table, and per tenant in total.
--- Row level security on table_usage applies to the caller.
+-- Row level security on table_usage applies to the caller. Only tenants with a rows, bytes or
+-- rows:<table> limit have counters (src/quotas.rs, "Counting"); _usage_report below answers for
+-- every tenant.
 CREATE FUNCTION multitenancy._usage_counters()
 RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -129,6 +133,42 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      GROUP BY c.tenant_id
 $$;
 
+-- What a table holds of some tenants, read as the registry owner (see _usage_actual): per
+-- tenant that has rows in it. STABLE: with the caller's snapshot (src/quotas.rs passes the
+-- latest when it starts counting a tenant).
+CREATE FUNCTION multitenancy._usage_actual_in(p_table regclass, p_tenants uuid[])
+RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
+        'WHERE t.tenant_id = ANY ($1) GROUP BY t.tenant_id', p_table) USING p_tenants;
+END
+$$;
+
+-- Usage of every tenant the caller may see (p_tenant NULL) or of one, per table (relid) and in
+-- total (relid 0): the counters of counted tenants with what this transaction has not written
+-- yet, and for the others what the tables hold, counted now (_usage_live, src/quotas.rs).
+CREATE FUNCTION multitenancy._usage_report(p_tenant uuid)
+RETURNS TABLE (tenant_id uuid, relid oid, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH live AS MATERIALIZED (SELECT * FROM multitenancy._usage_live(p_tenant)),
+         unwritten AS MATERIALIZED (SELECT * FROM multitenancy._usage_unwritten() w
+                                     WHERE p_tenant IS NULL OR w.tenant_id = p_tenant)
+    SELECT c.tenant_id, c.relid, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+             WHERE p_tenant IS NULL OR u.tenant_id = p_tenant
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT w.tenant_id, 0, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT l.tenant_id, l.relid, l.row_count, l.byte_count FROM live l
+            UNION ALL
+            SELECT l.tenant_id, 0, l.row_count, l.byte_count FROM live l) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
 -- What a tenant uses of a key, its limit, and (metered keys) the current period.
 CREATE FUNCTION multitenancy._usage(p_tenant uuid, p_key text)
 RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
@@ -137,13 +177,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHEN p_key = 'members' THEN
                  (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
              WHEN p_key = 'rows' THEN
-                 coalesce((SELECT c.row_count FROM multitenancy._usage_totals() c WHERE c.tenant_id = p_tenant), 0)
+                 coalesce((SELECT c.row_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
              WHEN p_key = 'bytes' THEN
-                 coalesce((SELECT c.byte_count FROM multitenancy._usage_totals() c WHERE c.tenant_id = p_tenant), 0)
+                 coalesce((SELECT c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
              WHEN p_key LIKE 'rows:%' THEN
                  (SELECT coalesce(sum(u.row_count), 0)::bigint
                     FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
-                    JOIN multitenancy._usage_counters() u ON u.tenant_id = p_tenant AND u.relid = s.relid)
+                    JOIN multitenancy._usage_report(p_tenant) u ON u.tenant_id = p_tenant AND u.relid = s.relid)
              ELSE
                  coalesce((SELECT m.used FROM multitenancy.metered_usage m
                             WHERE m.tenant_id = p_tenant AND m.key = p_key
@@ -164,8 +206,10 @@ $$;
 CREATE FUNCTION multitenancy.tenant_stats()
 RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH counters AS (SELECT * FROM multitenancy._usage_counters()),
-         totals AS (SELECT * FROM multitenancy._usage_totals())
+    WITH report AS MATERIALIZED (SELECT * FROM multitenancy._usage_report(NULL)),
+         counters AS (SELECT r.tenant_id, r.relid::regclass AS relid, r.row_count, r.byte_count
+                        FROM report r WHERE r.relid <> 0),
+         totals AS (SELECT r.tenant_id, r.row_count, r.byte_count FROM report r WHERE r.relid = 0)
     SELECT t.id, t.slug, NULL::regclass,
            coalesce((SELECT c.row_count FROM totals c WHERE c.tenant_id = t.id), 0),
            coalesce((SELECT c.byte_count FROM totals c WHERE c.tenant_id = t.id), 0),
@@ -198,11 +242,14 @@ CREATE FUNCTION multitenancy.usage_drift()
 RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
                bytes_counted bigint, bytes_actual bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH actual AS (
+    -- Tenants without a limit that needs counting have no counters to drift.
+    WITH counted AS (SELECT u.tenant_id FROM multitenancy._usage_totals() u),
+    actual AS (
         SELECT a.tenant_id, e.relid, a.row_count, a.byte_count
           FROM multitenancy.enabled_tables e
           JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
-         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a),
+         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
+         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)),
     per_table AS (
         SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
                coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
@@ -244,6 +291,8 @@ BEGIN
                     WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
     END LOOP;
+    -- Counters for exactly the tenants with a limit that needs them (set from the tables).
+    PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
     FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
         PERFORM multitenancy._usage_lock(d.tenant_id);
         IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
@@ -277,7 +326,8 @@ BEGIN
                     coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count,
                     coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
                     coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
-               FROM multitenancy._usage_actual(p_table) a
+               FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
+                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)) a
                FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
               ORDER BY 1 LOOP
         CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;

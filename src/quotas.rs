@@ -4,7 +4,15 @@
 //! Counting: every tenant-enabled table has two triggers (declared in [`crate::tables::spec`], so the
 //! guard and `verify()` keep them there). An AFTER ROW trigger adds each written row's tenant,
 //! table and size to a per-backend list — no SQL per row. An AFTER STATEMENT trigger then checks
-//! the statement's counts per tenant. A transaction's first counted write of a tenant takes the
+//! the statement's counts per tenant.
+//!
+//! Only tenants with a `rows`, `bytes` or `rows:<table>` limit are counted: nothing else needs
+//! the counters. A tenant without one costs its writers one shared lock ([`counting`]) and no
+//! write; its usage is counted from the tables when someone asks (`_usage_live`, an index scan
+//! per table). When a limit arrives (`quota_set`, a plan change, a plan's new limits), the
+//! tenant's counters are set from the tables in the same transaction ([`_usage_reconcile`]),
+//! after its writers without counting have finished; when the last such limit goes, the counters
+//! go. For a counted tenant: a transaction's first counted write of a tenant takes the
 //! tenant's counting lock ([`lock_tenant`]: writers of one tenant queue there, writers of other
 //! tenants never meet) and adds to the tenant's `table_usage` rows (the table's and the totals
 //! row) in one UPDATE that returns the totals; later statements of the transaction are checked
@@ -40,6 +48,13 @@ struct Limits {
     bytes: Option<i64>,
     /// `rows:<table>`: the table (and its partitions / children) and its limit.
     tables: Vec<(pg_sys::Oid, i64)>,
+}
+
+impl Limits {
+    /// Whether the tenant's rows and bytes are counted: only a limit needs the counters.
+    fn counted(&self) -> bool {
+        self.rows.is_some() || self.bytes.is_some() || !self.tables.is_empty()
+    }
 }
 
 /// (tenant, table oid) -> (rows, bytes).
@@ -375,7 +390,14 @@ thread_local! {
 
 pub fn init() {
     // SAFETY: registers a callback for the life of the backend; it only touches CHECKED.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            Some(functions_changed),
+            pg_sys::Datum::from(0),
+        );
+    }
 }
 
 #[pg_guard]
@@ -505,6 +527,18 @@ unsafe fn plans() -> Result<[pg_sys::SPIPlanPtr; 3]> {
     Ok(plans.map(|p| p as pg_sys::SPIPlanPtr))
 }
 
+/// (table, rows, bytes).
+type TableCount = (pg_sys::Oid, i64, i64);
+
+/// What [`add`] did.
+enum Added {
+    /// Added to the counters: the tenant's totals now.
+    To((i64, i64)),
+    /// The tenant had no counters (it was not counted until now): they were set from the tables,
+    /// with everything this transaction wrote in them — nothing of it is to be added any more.
+    Recounted((i64, i64)),
+}
+
 /// Add to the counters of (tenant, table) and return the tenant's new totals.
 ///
 /// The caller holds the tenant's lock ([`lock_tenant`]), so nobody else changes the tenant's
@@ -512,7 +546,16 @@ unsafe fn plans() -> Result<[pg_sys::SPIPlanPtr; 3]> {
 /// PostgreSQL's foreign-key checks do: what was committed before the lock was granted is seen
 /// also in a REPEATABLE READ or SERIALIZABLE transaction, so the totals are exact at every
 /// isolation level.
-fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<(i64, i64)> {
+fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<Added> {
+    if let Some(totals) = add_to_counters(tenant, table, rows, bytes)? {
+        return Ok(Added::To(totals));
+    }
+    let totals = start_counting(tenant)?;
+    Ok(Added::Recounted(totals))
+}
+
+/// [`add`] to existing counters; `None` when the tenant has none.
+fn add_to_counters(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<Option<(i64, i64)>> {
     registry::as_owner_qualified(|| {
         // SAFETY: plain SPI use between SPI_connect and SPI_finish; an ERROR inside unwinds
         // through pgrx's guard and the abort cleans SPI up.
@@ -555,17 +598,245 @@ fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<
             if rc != pg_sys::SPI_OK_UPDATE_RETURNING as i32 {
                 return Err(MtError::internal("quotas", format!("counter update returned {rc}")));
             }
-            let found = if pg_sys::SPI_processed == 2 {
-                totals()
-            } else {
-                run(create_plan);
-                run(totals_plan);
-                totals()
+            let found = match pg_sys::SPI_processed {
+                2 => totals(),
+                // No totals row: the tenant has no counters.
+                0 if !counts_everyone() => None,
+                _ => {
+                    run(create_plan);
+                    run(totals_plan);
+                    Some(totals().ok_or_else(|| MtError::internal("quotas", "no totals row"))?)
+                }
             };
             pg_sys::SPI_finish();
-            found.ok_or_else(|| MtError::internal("quotas", "no totals row"))
+            Ok(found)
         }
     })
+}
+
+/// Run one statement as the registry owner with the latest snapshot (see [`add`]); the rows it
+/// returned, each as the int8 values of its columns (NULL as 0).
+fn latest(sql: &str, types: &mut [pg_sys::Oid], args: &mut [pg_sys::Datum]) -> Result<Vec<Vec<i64>>> {
+    registry::as_owner_qualified(|| {
+        // SAFETY: plain SPI use between SPI_connect and SPI_finish, as in add_to_counters.
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                return Err(MtError::internal("quotas", "SPI_connect failed"));
+            }
+            let sql = std::ffi::CString::new(sql).expect("no NUL in our SQL");
+            let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if plan.is_null() {
+                return Err(MtError::internal("quotas", "cannot prepare a counter statement"));
+            }
+            let nulls = std::ffi::CString::new(" ".repeat(args.len())).expect("spaces");
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                args.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                false,
+                true,
+                0,
+            );
+            if rc < 0 {
+                return Err(MtError::internal("quotas", format!("counter statement returned {rc}")));
+            }
+            let mut rows = Vec::new();
+            if !pg_sys::SPI_tuptable.is_null() {
+                let table = &*pg_sys::SPI_tuptable;
+                let columns = (*table.tupdesc).natts;
+                for i in 0..pg_sys::SPI_processed as usize {
+                    let row = *table.vals.add(i);
+                    let mut values = Vec::new();
+                    for column in 1..=columns {
+                        let mut null = false;
+                        let value = pg_sys::SPI_getbinval(row, table.tupdesc, column, &mut null);
+                        values.push(if null { 0 } else { value.value() as i64 });
+                    }
+                    rows.push(values);
+                }
+            }
+            pg_sys::SPI_finish();
+            Ok(rows)
+        }
+    })
+}
+
+/// What every enabled table holds of the tenant, as of now (committed rows and this
+/// transaction's): (table oid, rows, bytes) of the tables it has rows in.
+fn count_tenant(tenant: pgrx::Uuid) -> Result<Vec<TableCount>> {
+    let uuid = tenant.into_datum().expect("a uuid datum");
+    let rows = latest(
+        "SELECT e.relid::pg_catalog.oid::pg_catalog.int8, a.row_count, a.byte_count \
+           FROM multitenancy.enabled_tables e \
+           JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relid::pg_catalog.oid \
+                                     AND c.relkind OPERATOR(pg_catalog.=) 'r' \
+          CROSS JOIN LATERAL multitenancy._usage_actual_in(e.relid, ARRAY[$1]) a",
+        &mut [pg_sys::UUIDOID],
+        &mut [uuid],
+    )?;
+    Ok(rows.into_iter().map(|r| (pg_sys::Oid::from(r[0] as u32), r[1], r[2])).collect())
+}
+
+/// Set a tenant's counters from the tables (the tenant's counting lock held, exclusive): the
+/// start of counting it. What this transaction counted of it and did not write is in the tables.
+/// Returns the totals.
+fn start_counting(tenant: pgrx::Uuid) -> Result<(i64, i64)> {
+    let counts = count_tenant(tenant)?;
+    let totals = counts.iter().fold((0, 0), |t, c| (t.0 + c.1, t.1 + c.2));
+    write_counters(tenant, Some((&counts, totals)))?;
+    cancel_unwritten(None, Some(tenant));
+    Ok(totals)
+}
+
+/// Replace the tenant's counters with `counts` and `totals` (`None`: no counters, the tenant is
+/// not counted).
+fn write_counters(tenant: pgrx::Uuid, counts: Option<(&[TableCount], (i64, i64))>) -> Result<()> {
+    let uuid = tenant.into_datum().expect("a uuid datum");
+    latest(
+        "DELETE FROM multitenancy.table_usage u WHERE u.tenant_id OPERATOR(pg_catalog.=) $1",
+        &mut [pg_sys::UUIDOID],
+        &mut [uuid],
+    )?;
+    let Some((counts, totals)) = counts else { return Ok(()) };
+    let mut relids: Vec<i64> = vec![0];
+    let mut rows: Vec<i64> = vec![totals.0];
+    let mut bytes: Vec<i64> = vec![totals.1];
+    for &(table, r, b) in counts {
+        relids.push(i64::from(table.to_u32()));
+        rows.push(r);
+        bytes.push(b);
+    }
+    latest(
+        "INSERT INTO multitenancy.table_usage (tenant_id, relid, row_count, byte_count) \
+         SELECT $1, x.r::pg_catalog.oid::pg_catalog.regclass, x.c, x.b \
+           FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS x(r, c, b)",
+        &mut [pg_sys::UUIDOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        &mut [
+            uuid,
+            relids.into_datum().expect("an array"),
+            rows.into_datum().expect("an array"),
+            bytes.into_datum().expect("an array"),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Whether the tenant has a limit that needs counting, as of now (after waiting for its counting
+/// lock; the latest snapshot also in REPEATABLE READ), not from the cache.
+fn counted_now(tenant: pgrx::Uuid) -> Result<bool> {
+    let uuid = tenant.into_datum().expect("a uuid datum");
+    let rows = latest(
+        "SELECT pg_catalog.count(*)::pg_catalog.int8 FROM multitenancy._quotas($1) q \
+          WHERE q.quota IS NOT NULL \
+            AND (q.key OPERATOR(pg_catalog.=) ANY ('{rows,bytes}'::pg_catalog.text[]) \
+                 OR (q.key OPERATOR(pg_catalog.~~) 'rows:%' \
+                     AND pg_catalog.to_regclass(pg_catalog.substr(q.key, 6)) IS NOT NULL))",
+        &mut [pg_sys::UUIDOID],
+        &mut [uuid],
+    )?;
+    Ok(rows.first().is_some_and(|r| r[0] > 0))
+}
+
+/// `multitenancy._usage_live(tenant)`: usage of the tenants that are not counted (no counters:
+/// no limit needs them), counted from the tables now: of every such tenant the caller may see
+/// (row level security on the registry: an application its own tenant, a DBA all; `tenant` NULL)
+/// or of one, (tenant, table, rows, bytes) per table it has rows in. The tables are read as the
+/// registry owner, like the counters it replaces, with the caller's snapshot; it costs what
+/// those tenants' rows cost (an index scan on `tenant_id` per table).
+#[pg_extern(stable, parallel_unsafe)]
+fn _usage_live(
+    tenant: Option<pgrx::Uuid>,
+) -> TableIterator<
+    'static,
+    (name!(tenant_id, pgrx::Uuid), name!(relid, pg_sys::Oid), name!(row_count, i64), name!(byte_count, i64)),
+> {
+    TableIterator::new(live(tenant).or_raise())
+}
+
+fn live(tenant: Option<pgrx::Uuid>) -> Result<Vec<(pgrx::Uuid, pg_sys::Oid, i64, i64)>> {
+    // As the caller, whose row level security on the registry decides which tenants it sees.
+    let tenants: Vec<pgrx::Uuid> = registry::with_pinned_search_path(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT t.id FROM multitenancy.tenants t \
+                      WHERE ($1::uuid IS NULL OR t.id = $1) \
+                        AND NOT EXISTS (SELECT 1 FROM multitenancy.table_usage u \
+                                         WHERE u.tenant_id = t.id AND u.relid = 0::oid::regclass)",
+                    None,
+                    &[tenant.into()],
+                )
+                .ctx("quotas::live")?
+                .filter_map(|row| row.get::<pgrx::Uuid>(1).ctx("id").transpose())
+                .collect::<Result<Vec<_>>>()
+        })
+    })?;
+    if tenants.is_empty() {
+        return Ok(Vec::new());
+    }
+    registry::as_owner(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT a.tenant_id, e.relid::oid, a.row_count, a.byte_count \
+                       FROM multitenancy.enabled_tables e \
+                       JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r' \
+                      CROSS JOIN LATERAL multitenancy._usage_actual_in(e.relid, $1) a",
+                    None,
+                    &[tenants.into()],
+                )
+                .ctx("quotas::live")?
+                .filter_map(|row| {
+                    let tenant = match row.get::<pgrx::Uuid>(1).ctx("tenant") {
+                        Ok(Some(tenant)) => tenant,
+                        Ok(None) => return None,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    Some(Ok((
+                        tenant,
+                        row.get::<pg_sys::Oid>(2).ctx("relid").ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                        row.get::<i64>(3).ctx("rows").ok().flatten().unwrap_or(0),
+                        row.get::<i64>(4).ctx("bytes").ok().flatten().unwrap_or(0),
+                    )))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+    })
+}
+
+/// `multitenancy._usage_reconcile(tenant)`: after a change of the tenant's limits (quota_set,
+/// quota_reset, a plan change, a plan's new limits), start or stop counting it, under its
+/// counting lock: a tenant that now has a `rows`, `bytes` or `rows:<table>` limit and no counters
+/// gets them from the tables (its writers without counting have finished: they hold the lock in
+/// a mode this waits for); one that has none any more loses them. Returns whether it changed
+/// anything.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _usage_reconcile(tenant: pgrx::Uuid) -> bool {
+    reconcile(tenant).or_raise()
+}
+
+fn reconcile(tenant: pgrx::Uuid) -> Result<bool> {
+    lock_tenant(tenant)?;
+    let counted = counted_now(tenant)?;
+    let uuid = tenant.into_datum().expect("a uuid datum");
+    let has_counters = !latest(
+        "SELECT 1::pg_catalog.int8 FROM multitenancy.table_usage u \
+          WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 \
+            AND u.relid OPERATOR(pg_catalog.=) 0::pg_catalog.oid::pg_catalog.regclass",
+        &mut [pg_sys::UUIDOID],
+        &mut [uuid],
+    )?
+    .is_empty();
+    match (counted, has_counters) {
+        (true, false) => start_counting(tenant).map(|_| true),
+        (false, true) => {
+            cancel_unwritten(None, Some(tenant));
+            write_counters(tenant, None).map(|_| true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Take the tenant's counting lock until the transaction ends: every transaction that counts
@@ -573,23 +844,110 @@ fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<
 /// other tenants never meet. A heavyweight lock on a (table_usage, hash of the tenant) object
 /// pair: cheaper than a row lock (no WAL), visible in pg_locks, seen by the deadlock detector.
 pub fn lock_tenant(tenant: pgrx::Uuid) -> Result<()> {
+    lock_tenant_in(tenant, pg_sys::ExclusiveLock).map(|_| ())
+}
+
+/// The tenant's counting lock tag: a (table_usage, hash of the tenant) object pair.
+fn tenant_lock_tag(tenant: pgrx::Uuid) -> Result<pg_sys::LOCKTAG> {
     let b = tenant.as_bytes();
     let hash = (0..4).fold(0u32, |h, i| h ^ u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]));
     let class = registry::relid(c"table_usage")?;
-    // SAFETY: builds a lock tag as SET_LOCKTAG_OBJECT does and takes the lock for the
-    // transaction (released when it ends, or with a rolled-back subtransaction that took it).
-    unsafe {
-        let tag = pg_sys::LOCKTAG {
-            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
-            locktag_field2: class.to_u32(),
-            locktag_field3: hash,
-            locktag_field4: 0,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
-            locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
-        };
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false);
-    }
+    Ok(pg_sys::LOCKTAG {
+        // SAFETY: a backend global.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: class.to_u32(),
+        locktag_field3: hash,
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    })
+}
+
+/// Take the tenant's counting lock in `mode` for the transaction (released when it ends, or with
+/// a rolled-back subtransaction that took it). Returns whether this call took it (`false`: the
+/// transaction held it already).
+fn lock_tenant_in(tenant: pgrx::Uuid, mode: u32) -> Result<bool> {
+    let tag = tenant_lock_tag(tenant)?;
+    // SAFETY: takes a regular lock as LockDatabaseObject does.
+    let result = unsafe { pg_sys::LockAcquire(&tag, mode as i32, false, false) };
+    Ok(result != pg_sys::LockAcquireResult::LOCKACQUIRE_ALREADY_HELD
+        && result != pg_sys::LockAcquireResult::LOCKACQUIRE_ALREADY_CLEAR)
+}
+
+fn unlock_tenant_in(tenant: pgrx::Uuid, mode: u32) -> Result<()> {
+    let tag = tenant_lock_tag(tenant)?;
+    // SAFETY: releases one hold of a lock this transaction took above.
+    unsafe { pg_sys::LockRelease(&tag, mode as i32, false) };
     Ok(())
+}
+
+/// Whether this transaction counts the tenant's rows, with the lock that goes with the answer
+/// taken (until the transaction ends):
+/// - a tenant with a `rows`, `bytes` or `rows:<table>` limit is counted: its counting lock
+///   ([`lock_tenant`], exclusive), then the counters;
+/// - a tenant without one is not, and its writers take the same lock in ROW EXCLUSIVE mode,
+///   which they share with each other and which waits for, and makes wait, whoever starts or
+///   stops counting the tenant ([`_usage_reconcile`], exclusive). So when a limit arrives, the
+///   recount sees every uncounted writer's rows committed, and writers that come after it count.
+///
+/// A lock granted after a wait may come after a registry change (a limit set or removed): the
+/// limits are then read again, as of now.
+fn counting(tenant: pgrx::Uuid) -> Result<bool> {
+    if counts_everyone() {
+        lock_tenant(tenant)?;
+        return Ok(true);
+    }
+    let generation = tenants::current_generation();
+    if !limits_of(tenant)?.counted() {
+        let newly = lock_tenant_in(tenant, pg_sys::RowExclusiveLock)?;
+        if tenants::current_generation() == generation || !counted_now(tenant)? {
+            return Ok(false);
+        }
+        // A limit arrived while this statement ran. Not holding the shared mode while waiting
+        // for the exclusive one keeps two such writers from deadlocking.
+        if newly {
+            unlock_tenant_in(tenant, pg_sys::RowExclusiveLock)?;
+        }
+    }
+    lock_tenant(tenant)?;
+    if tenants::current_generation() != generation {
+        // The limit may have gone while this statement waited: then not counted (the lock stays
+        // until the end).
+        return counted_now(tenant);
+    }
+    Ok(true)
+}
+
+thread_local! {
+    /// Whether the installed SQL predates counting only limited tenants (see [`counts_everyone`]);
+    /// cleared by any change of `pg_proc`.
+    static COUNTS_EVERYONE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether every tenant is counted, as version 0.1.0's SQL expects (its reports read only the
+/// counters): the library was replaced and `ALTER EXTENSION multitenancy UPDATE` has not run yet.
+/// Told by `_usage_reconcile` missing, which counts more, never less.
+fn counts_everyone() -> bool {
+    if let Some(known) = COUNTS_EVERYONE.with(std::cell::Cell::get) {
+        return known;
+    }
+    // SAFETY: a syscache lookup by name in a transaction; the name list is palloc'd.
+    let missing = unsafe {
+        let names = pg_sys::list_make2_impl(
+            pg_sys::NodeTag::T_List,
+            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"multitenancy".as_ptr())).cast() },
+            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"_usage_reconcile".as_ptr())).cast() },
+        );
+        let arg = pg_sys::UUIDOID;
+        pg_sys::LookupFuncName(names, 1, &arg, true) == pg_sys::InvalidOid
+    };
+    COUNTS_EVERYONE.with(|c| c.set(Some(missing)));
+    missing
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn functions_changed(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    COUNTS_EVERYONE.with(|c| c.set(None));
 }
 
 /// `multitenancy._usage_lock(tenant)`: [`lock_tenant`], for the SQL functions that set counters.
@@ -630,10 +988,19 @@ fn end_of_statement() -> Result<()> {
         let (stored_rows, stored_bytes) = match held {
             Some(held) => (held.rows + rows, held.bytes + bytes),
             None => {
-                lock_tenant(id)?;
+                if !counting(id)? {
+                    continue;
+                }
                 let mut totals = (0, 0);
                 for &(table, table_rows, table_bytes) in &tables {
-                    totals = add(id, table, table_rows, table_bytes)?;
+                    match add(id, table, table_rows, table_bytes)? {
+                        Added::To(now) => totals = now,
+                        // The counters were set from the tables, this statement's rows included.
+                        Added::Recounted(now) => {
+                            totals = now;
+                            break;
+                        }
+                    }
                 }
                 totals
             }
@@ -715,7 +1082,9 @@ fn write_unwritten(deltas: Deltas) -> Result<()> {
     for (tenant, tables) in by_tenant(deltas) {
         let id = pgrx::Uuid::from_bytes(tenant);
         for (table, rows, bytes) in tables {
-            add(id, table, rows, bytes)?;
+            if let Added::Recounted(_) = add(id, table, rows, bytes)? {
+                break;
+            }
         }
     }
     Ok(())
@@ -740,7 +1109,22 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
     if let Some(limits) = hit {
         return Ok(limits);
     }
-    let limits = registry::as_owner(|| {
+    let limits = read_limits(tenant)?;
+    // Kept only if no registry change arrived meanwhile, and not from an older snapshot.
+    if tenants::current_generation() == generation && tenants::lookups_are_current() {
+        LIMITS.with(|l| {
+            let mut cache = l.borrow_mut();
+            if cache.0 == generation && cache.1.len() < 10_000 {
+                cache.1.insert(*tenant.as_bytes(), limits.clone());
+            }
+        });
+    }
+    Ok(limits)
+}
+
+/// The limits of a tenant as the registry holds them (with the active snapshot).
+fn read_limits(tenant: pgrx::Uuid) -> Result<Limits> {
+    registry::as_owner(|| {
         Spi::connect(|client| {
             let rows = client
                 .select(
@@ -766,17 +1150,7 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
             }
             Ok::<_, MtError>(limits)
         })
-    })?;
-    // Kept only if no registry change arrived meanwhile, and not from an older snapshot.
-    if tenants::current_generation() == generation && tenants::lookups_are_current() {
-        LIMITS.with(|l| {
-            let mut cache = l.borrow_mut();
-            if cache.0 == generation && cache.1.len() < 10_000 {
-                cache.1.insert(*tenant.as_bytes(), limits.clone());
-            }
-        });
-    }
-    Ok(limits)
+    })
 }
 
 /// The stored counters are about to be set from the tables themselves (all tables, or one):

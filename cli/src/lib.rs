@@ -552,7 +552,8 @@ fn export_with(
         let file = format!("data/{:03}_{}.csv", i + 1, name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         let expected: i64 = t
             .query_one(
-                "SELECT coalesce(sum(u.row_count), 0)::bigint FROM multitenancy.table_usage u \
+                "SELECT coalesce(sum(u.row_count), 0)::bigint \
+                   FROM multitenancy._usage_report(multitenancy.current_tenant_id()) u \
                   WHERE u.tenant_id OPERATOR(pg_catalog.=) multitenancy.current_tenant_id() \
                     AND u.relid::oid IN (SELECT pg_catalog.to_regclass($1)::oid UNION ALL \
                                 SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) p)",
@@ -1157,11 +1158,12 @@ pub fn move_tenant(
                     .find(|x| x["name"].as_str() == Some(name.as_str()))
                     .and_then(|x| x["rows"].as_i64())
                     .unwrap_or(0);
-                // From the tenant's counters (exact; reading the table would run its owner's
-                // policies as the mover).
+                // From the tenant's usage (its counters, or counted now by the registry owner;
+                // reading the table as the mover would run its owner's policies).
                 let now: i64 = t
                     .query_one(
-                        "SELECT coalesce(sum(u.row_count), 0)::bigint FROM multitenancy._usage_counters() u \
+                        "SELECT coalesce(sum(u.row_count), 0)::bigint \
+                           FROM multitenancy._usage_report($1::text::uuid) u \
                           WHERE u.tenant_id = $1::text::uuid \
                             AND u.relid::oid IN (SELECT pg_catalog.to_regclass($2)::oid UNION ALL \
                                 SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($2)) p)",

@@ -212,8 +212,21 @@ fn show(client: &mut impl postgres::GenericClient, name: &str) -> String {
 /// own and writes rows with other tenants' ids — to inflate tenant B's counters, to push its own
 /// below zero (rows inserted before the triggers, deleted after), and to hold B's counting lock
 /// while B writes. The app cannot make a permanent table for this (no CREATE on public).
+/// Both tenants are counted (only a rows or bytes limit makes a tenant's usage counted): the
+/// counters these attacks go for exist.
+fn counted(o: &Orders) {
+    o.db.superuser()
+        .batch_execute(
+            "SELECT multitenancy.quota_set('acme', 'rows', 1000000);
+             SELECT multitenancy.quota_set('globex', 'rows', 1000000);",
+        )
+        .unwrap();
+    assert_eq!(counted_rows(&o.db, &o.b), o.true_count(&o.b), "precondition: tenant B is counted");
+}
+
 fn counting_triggers_on_a_temp_table(o: &Orders) {
     let db = &o.db;
+    counted(o);
     assert_eq!(drift(db), Vec::<String>::new(), "precondition: the counters are exact before the attack");
     let mut app = db.app();
     let can_create: bool = app.query_one("SELECT has_schema_privilege('public', 'CREATE')", &[]).unwrap().get(0);
@@ -420,6 +433,7 @@ mod app_role {
     #[test]
     fn counting_triggers_on_a_table_that_is_not_enabled_count_nothing() {
         let o = Orders::new("attack_usage_permanent");
+        counted(&o);
         o.db.superuser().batch_execute(&format!("CREATE SCHEMA scratch AUTHORIZATION {OWNER}")).unwrap();
         let mut owner = o.db.owner();
         owner

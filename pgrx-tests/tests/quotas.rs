@@ -66,6 +66,14 @@ fn shop(tag: &str, limits: &str) -> Shop {
     Shop { db, a, b }
 }
 
+/// Make the tenants (slugs) counted: only a `rows`, `bytes` or `rows:<table>` limit keeps
+/// counters (without one, usage is counted from the tables when asked). A limit no test reaches.
+fn counted(su: &mut Client, slugs: &[&str]) {
+    for slug in slugs {
+        su.execute("SELECT multitenancy.quota_set($1, 'rows', 1000000000)", &[slug]).unwrap();
+    }
+}
+
 /// `plan_set(name, limits, '{}')` as the DBA.
 #[track_caller]
 fn set_plan(su: &mut Client, name: &str, limits: &str) {
@@ -491,6 +499,7 @@ fn rolled_back_inserts_give_their_capacity_back() {
 fn the_bytes_limit_refuses_growing_inserts_and_updates_and_allows_shrinking() {
     let s = shop("quota_bytes", "{}");
     let mut su = s.db.superuser();
+    counted(&mut su, &["acme", "globex"]);
     let mut app = s.db.app();
     let ten = "x".repeat(10);
 
@@ -1023,6 +1032,7 @@ fn the_counters_follow_enable_truncate_disable_and_drop() {
     let (a, b) = (o.a.clone(), o.b.clone());
     let db = &o.db;
     let mut su = db.superuser();
+    counted(&mut su, &["acme", "globex"]);
     let mut owner = db.owner();
     let mut app = db.app();
     assert_eq!(totals(&mut su, &a), Some(actual(&mut su, "orders", &a)), "precondition: orders is counted");
@@ -1105,6 +1115,7 @@ fn the_counters_follow_enable_truncate_disable_and_drop() {
 fn the_guard_keeps_the_counting_triggers_and_recompute_repairs_what_went_uncounted() {
     let o = Orders::new("quota_guard_triggers");
     let mut su = o.db.superuser();
+    counted(&mut su, &["acme", "globex"]);
     let mut owner = o.db.owner();
     let mut app = o.db.app();
     assert_eq!(usage_triggers(&mut su, "orders"), BOTH_TRIGGERS_ON, "precondition");
@@ -1172,6 +1183,7 @@ fn partitions_are_counted_separately_and_limited_together() {
     let a = db.tenant("Acme", "acme");
     let b = db.tenant("Globex", "globex");
     let mut su = db.superuser();
+    counted(&mut su, &["acme", "globex"]);
     let mut owner = db.owner();
     owner
         .batch_execute(&format!(
@@ -1296,6 +1308,7 @@ fn tenant_purge_leaves_no_counters_quotas_or_metered_usage() {
 fn an_exception_block_in_an_application_trigger_keeps_the_statements_counts() {
     let o = Orders::new("quota_subxact_in_trigger");
     let mut su = o.db.superuser();
+    counted(&mut su, &["acme", "globex"]);
     o.db.owner()
         .batch_execute(
             "CREATE FUNCTION orders_audit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -1319,4 +1332,155 @@ fn an_exception_block_in_an_application_trigger_keeps_the_statements_counts() {
     assert_eq!(truth.0, o.rows_a + 4, "ground truth: the four rows are there");
     assert_eq!(totals(&mut su, &o.a), Some(truth), "every row is counted");
     assert_no_drift(&mut su, "after statements whose triggers rolled back subtransactions");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counting only where a limit needs it (issue 21)
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the tenant has counters (its totals row), read as the superuser.
+fn has_counters(su: &mut Client, tenant_id: &str) -> bool {
+    totals(su, tenant_id).is_some()
+}
+
+/// `quota_check(key)`'s `used` for `slug`, as the app.
+fn used(app: &mut Client, slug: &str, key: &str) -> i64 {
+    check(app, slug, key).0
+}
+
+/// A tenant without a rows, bytes or rows:<table> limit writes no counters; what it uses is
+/// counted from the tables when asked — exactly, for the app (its own tenant) and the DBA (every
+/// tenant, tenant_stats()).
+#[test]
+fn tenants_without_a_limit_write_no_counters_and_are_counted_when_asked() {
+    let o = Orders::with_rows("quota_uncounted", 3, 2);
+    let mut su = o.db.superuser();
+    let mut app = o.db.app();
+    add_orders(&mut app, "acme", 4).unwrap();
+    delete_one_order(&mut app, "globex");
+    for tenant in [&o.a, &o.b] {
+        assert!(!has_counters(&mut su, tenant), "no counters without a limit");
+        assert_eq!(per_table(&mut su, tenant), Vec::new(), "no counters without a limit");
+    }
+    let (rows_a, bytes_a) = actual(&mut su, "orders", &o.a);
+    let (rows_b, bytes_b) = actual(&mut su, "orders", &o.b);
+    assert_eq!((rows_a, rows_b), (7, 1), "ground truth");
+    assert_eq!(used(&mut app, "acme", "rows"), rows_a);
+    assert_eq!(used(&mut app, "acme", "bytes"), bytes_a);
+    assert_eq!(used(&mut app, "globex", "rows"), rows_b);
+    assert_eq!(used(&mut app, "acme", "rows:orders"), rows_a);
+    // tenant_stats(): the DBA sees every tenant's usage, the app its own.
+    let stats = |client: &mut Client| -> Vec<(String, i64, i64)> {
+        client
+            .query(
+                "SELECT slug, rows, bytes FROM multitenancy.tenant_stats() WHERE table_name IS NULL ORDER BY slug",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    assert_eq!(stats(&mut su), [("acme".into(), rows_a, bytes_a), ("globex".into(), rows_b, bytes_b)]);
+    let mut tx = begin_as(&mut app, "globex");
+    let own: Vec<(String, i64)> = tx
+        .query("SELECT slug, rows FROM multitenancy.tenant_stats() WHERE table_name IS NULL", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(own, [("globex".to_string(), rows_b)], "the app sees its own tenant only");
+    // Its own uncommitted rows count too.
+    tx.execute("INSERT INTO orders (item) VALUES ('pending')", &[]).unwrap();
+    assert_eq!(check_in(&mut tx, "rows").0, rows_b + 1);
+    tx.rollback().unwrap();
+    assert_no_drift(&mut su, "uncounted tenants have no counters to drift");
+}
+
+/// A limit introduced (quota_set, a plan change, a plan's new limits) recounts the tenant from
+/// the tables in the same transaction, and is enforced exactly from the next row on; a limit
+/// removed drops the counters.
+#[test]
+fn a_limit_starts_counting_from_the_tables_and_its_removal_stops_it() {
+    let s = shop("quota_start_stop", "{}");
+    let mut su = s.db.superuser();
+    let mut app = s.db.app();
+    add_orders(&mut app, "acme", 5).unwrap();
+    add_orders(&mut app, "globex", 2).unwrap();
+    assert!(!has_counters(&mut su, &s.a), "no limit, no counters");
+    quota_set(&mut su, "acme", "rows", Some(6));
+    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)), "counted from the tables at once");
+    assert!(!has_counters(&mut su, &s.b), "the other tenant is not counted");
+    assert_no_drift(&mut su, "after the recount");
+    add_orders(&mut app, "acme", 1).unwrap();
+    let error = expect_sqlstate(add_orders(&mut app, "acme", 1), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    assert!(error.message().contains("rows"), "{error:?}");
+    add_orders(&mut app, "globex", 10).unwrap();
+    // Removed: no counters, no limit, usage still exact.
+    quota_set(&mut su, "acme", "rows", None);
+    assert!(!has_counters(&mut su, &s.a), "counters dropped with the last limit that needed them");
+    add_orders(&mut app, "acme", 3).unwrap();
+    assert_eq!(used(&mut app, "acme", "rows"), actual(&mut su, "orders", &s.a).0);
+    // A plan's limits: every tenant on the plan is counted, and stops being counted with them.
+    set_plan(&mut su, "small", r#"{"bytes": 100000000}"#);
+    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)));
+    assert_eq!(totals(&mut su, &s.b), Some(actual(&mut su, "orders", &s.b)));
+    assert_no_drift(&mut su, "plan limits");
+    set_plan(&mut su, "small", "{}");
+    assert!(!has_counters(&mut su, &s.a) && !has_counters(&mut su, &s.b), "plan without limits");
+}
+
+/// Writers without counting hold their tenant's counting lock in a shared mode until they end: a
+/// limit set meanwhile waits for them and counts their rows; a writer that waited for a limit
+/// being set counts (and is checked) from then on. Either order leaves the counters exact.
+#[test]
+fn a_limit_set_while_uncounted_writers_are_in_flight_leaves_exact_counters() {
+    let s = shop("quota_start_race", "{}");
+    let mut su = s.db.superuser();
+    let mut app = s.db.app();
+    add_orders(&mut app, "acme", 3).unwrap();
+
+    // 1. The writer first: the limit waits for it.
+    let mut writer = s.db.app();
+    let mut tx = begin_as(&mut writer, "acme");
+    tx.execute("INSERT INTO orders (item) SELECT 'w' || g FROM generate_series(1, 2) g", &[]).unwrap();
+    let db_name = s.db.name.clone();
+    let setter = {
+        let server = s.db.server();
+        std::thread::spawn(move || {
+            let mut su = server.connect(&db_name, SUPERUSER);
+            su.execute("SELECT multitenancy.quota_set('acme', 'rows', 100)", &[]).map(|_| ())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!setter.is_finished(), "quota_set waits for the writer that does not count");
+    tx.commit().unwrap();
+    setter.join().unwrap().unwrap();
+    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)), "the writer's rows are counted");
+    assert_eq!(totals(&mut su, &s.a).unwrap().0, 5);
+    quota_set(&mut su, "acme", "rows", None);
+
+    // 2. The limit first (uncommitted): the writer waits, then counts and is checked against it.
+    let mut dba = s.db.superuser();
+    let mut setting = dba.transaction().unwrap();
+    let now = actual(&mut su, "orders", &s.a).0;
+    setting.execute("SELECT multitenancy.quota_set('acme', 'rows', $1)", &[&now]).unwrap();
+    let db_name = s.db.name.clone();
+    let writer = {
+        let server = s.db.server();
+        std::thread::spawn(move || {
+            let mut app = server.connect(&db_name, APP);
+            let mut tx = begin_as(&mut app, "acme");
+            tx.execute("INSERT INTO orders (item) VALUES ('one too many')", &[])?;
+            tx.commit()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!writer.is_finished(), "the writer waits for the limit being set");
+    setting.commit().unwrap();
+    let result = writer.join().unwrap();
+    expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)));
+    assert_eq!(actual(&mut su, "orders", &s.a).0, now, "the row past the limit was refused");
+    assert_no_drift(&mut su, "after both races");
 }

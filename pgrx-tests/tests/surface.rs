@@ -313,6 +313,7 @@ fn plausible(function: &str, param: &Param, fx: &Fixture) -> Option<String> {
         "date" => literal("2026-01-15", "date"),
         "record" => "ROW(1, 'x'::text, true)".into(),
         "text[]" => "ARRAY['acme']::text[]".into(),
+        "uuid[]" => format!("ARRAY[{}]::uuid[]", literal(&fx.acme, "uuid")),
         _ => return None,
     })
 }

@@ -514,6 +514,10 @@ fn recompute_repairs_corrupted_counters() {
     let (db, ids) = fixture("stats_recompute", &["acme", "globex", "initech", "umbrella"]);
     let (a, b, c, d) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     let mut su = db.superuser();
+    // Counters exist for tenants with a rows or bytes limit: all four here.
+    for slug in ["acme", "globex", "initech", "umbrella"] {
+        su.execute("SELECT multitenancy.quota_set($1, 'bytes', 1000000000)", &[&slug]).unwrap();
+    }
     let mut app = db.app();
     for (i, slug) in ["acme", "globex", "initech", "umbrella"].into_iter().enumerate() {
         let n = i + 2;

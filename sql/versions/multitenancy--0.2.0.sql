@@ -255,6 +255,91 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/registry/tenants.rs:186
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:276
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tables/guard.rs:598
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:57
+-- requires:
+--   bootstrap
+
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
+
+CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
+    END IF;
+    -- The audit row names the key and never holds the secret.
+    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
+END
+$$;
+
+CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_retired_at timestamptz;
+BEGIN
+    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
+    END IF;
+    IF v_retired_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
+
+-- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
+CREATE FUNCTION multitenancy.signing_key_list()
+RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
+      FROM multitenancy.signing_keys k
+     ORDER BY k.created_at, k.name
+$$;
+COMMENT ON FUNCTION multitenancy.signing_key_list() IS
+    'Signing keys (name, created, retired, active), without their secrets.';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/lib.rs:58
 -- requires:
 --   bootstrap
@@ -316,91 +401,6 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
      WHERE p.framework = pg_catalog.lower($1)
      ORDER BY p.pattern
 $$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/quotas.rs:261
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:57
--- requires:
---   bootstrap
-
--- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
-
-CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
-    END IF;
-    -- The audit row names the key and never holds the secret.
-    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
-END
-$$;
-
-CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_retired_at timestamptz;
-BEGIN
-    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
-    END IF;
-    IF v_retired_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
-    RETURN jsonb_build_object('name', p_name);
-END
-$$;
-
--- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
-CREATE FUNCTION multitenancy.signing_key_list()
-RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
-      FROM multitenancy.signing_keys k
-     ORDER BY k.created_at, k.name
-$$;
-COMMENT ON FUNCTION multitenancy.signing_key_list() IS
-    'Signing keys (name, created, retired, active), without their secrets.';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/registry/tenants.rs:186
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/tables/guard.rs:598
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
-VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -473,7 +473,7 @@ AS 'MODULE_PATHNAME', '_purge_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:827
+-- src/quotas.rs:1201
 -- multitenancy::quotas::_quota_exceeded
 CREATE  FUNCTION "_quota_exceeded"(
 	"tenant" uuid, /* pgrx :: Uuid */
@@ -488,7 +488,7 @@ AS 'MODULE_PATHNAME', '_quota_exceeded_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:31
+-- src/quotas.rs:39
 -- multitenancy::quotas::_quota_is_metered
 CREATE  FUNCTION "_quota_is_metered"(
 	"key" TEXT /* & str */
@@ -555,7 +555,23 @@ AS 'MODULE_PATHNAME', '_slug_valid_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:596
+-- src/quotas.rs:748
+-- multitenancy::quotas::_usage_live
+CREATE  FUNCTION "_usage_live"(
+	"tenant" uuid /* Option < pgrx :: Uuid > */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx :: Uuid */
+	"relid" oid,  /* pg_sys :: Oid */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_live_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:954
 -- multitenancy::quotas::_usage_lock
 CREATE  FUNCTION "_usage_lock"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -566,7 +582,18 @@ AS 'MODULE_PATHNAME', '_usage_lock_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:817
+-- src/quotas.rs:815
+-- multitenancy::quotas::_usage_reconcile
+CREATE  FUNCTION "_usage_reconcile"(
+	"tenant" uuid /* pgrx :: Uuid */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_reconcile_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:1191
 -- multitenancy::quotas::_usage_settle
 CREATE  FUNCTION "_usage_settle"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -577,7 +604,7 @@ AS 'MODULE_PATHNAME', '_usage_settle_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:187
+-- src/quotas.rs:202
 -- multitenancy::quotas::_usage_unwritten
 CREATE  FUNCTION "_usage_unwritten"() RETURNS TABLE (
 	"tenant_id" uuid,  /* pgrx :: Uuid */
@@ -603,7 +630,7 @@ AS 'MODULE_PATHNAME', 'admin_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:589
+-- src/context/mod.rs:591
 -- multitenancy::context::current_tenant_id
 CREATE  FUNCTION "current_tenant_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -612,7 +639,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:596
+-- src/context/mod.rs:598
 -- multitenancy::context::current_tenant_id_or_null
 CREATE  FUNCTION "current_tenant_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -621,7 +648,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_or_null_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:602
+-- src/context/mod.rs:604
 -- multitenancy::context::current_user_id
 CREATE  FUNCTION "current_user_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -687,6 +714,185 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy.members m JOIN multitenancy.tenants t ON t.id = m.tenant_id
      WHERE m.user_id = multitenancy.current_user_id() AND t.status <> 'deleted'
      ORDER BY t.slug
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:42
+-- requires:
+--   tenants
+--   current_tenant_id
+--   tenants::access::_readable_tenant
+
+-- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
+-- per-tenant settings. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_status THEN
+        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
+    END IF;
+    IF p_status = 'suspended' AND v_from <> 'active' THEN
+        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
+    END IF;
+    UPDATE multitenancy.tenants
+       SET status = p_status,
+           status_reason = p_reason
+     WHERE id = p_tenant;
+    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_status text;
+    v_deleted jsonb;
+BEGIN
+    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_status <> 'deleted' THEN
+        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
+    END IF;
+    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
+        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
+    END IF;
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.tenants;
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
+    END;
+    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
+                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
+    END IF;
+    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_plan THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    PERFORM multitenancy._usage_reconcile(p_tenant);
+    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
+END
+$$;
+
+CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.plans;
+BEGIN
+    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
+        PERFORM multitenancy._raise('plan_not_objects', '{}');
+    END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
+    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
+    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.plans (name, limits, features)
+    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
+    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
+    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
+        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
+    END IF;
+    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
+                              'created', v_old.name IS NULL);
+END
+$$;
+
+CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old jsonb;
+BEGIN
+    IF p_key IS NULL THEN
+        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
+    END IF;
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old IS NOT DISTINCT FROM p_value THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants
+       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
+                           ELSE settings || jsonb_build_object(p_key, p_value) END
+     WHERE id = p_tenant;
+    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
+END
+$$;
+
+CREATE FUNCTION multitenancy.setting_list(tenant text)
+RETURNS TABLE (key text, value jsonb, source text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
+         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
+    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
+    UNION ALL
+    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
+     WHERE NOT (SELECT t.settings ? d.key FROM t)
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
+      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
+     WHERE t.id = multitenancy.current_tenant_id()
+$$;
+
+CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
 $$;
 /* </end connected objects> */
 
@@ -797,180 +1003,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy.members m
      WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
      ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:42
--- requires:
---   tenants
---   current_tenant_id
---   tenants::access::_readable_tenant
-
--- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
--- per-tenant settings. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_status THEN
-        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
-    END IF;
-    IF p_status = 'suspended' AND v_from <> 'active' THEN
-        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
-    END IF;
-    UPDATE multitenancy.tenants
-       SET status = p_status,
-           status_reason = p_reason
-     WHERE id = p_tenant;
-    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_status text;
-    v_deleted jsonb;
-BEGIN
-    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_status <> 'deleted' THEN
-        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
-    END IF;
-    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
-        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
-    END IF;
-    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
-    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
-    -- Counted rows of this transaction not yet written are gone with the counters.
-    PERFORM multitenancy._usage_settle(p_tenant);
-    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
-    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
-                              'tables', v_deleted->'tables');
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.tenants;
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
-        RETURN NULL;
-    END IF;
-    BEGIN
-        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
-    EXCEPTION WHEN unique_violation THEN
-        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
-    END;
-    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
-                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
-        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
-    END IF;
-    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_plan THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
-    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
-END
-$$;
-
-CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.plans;
-BEGIN
-    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
-        PERFORM multitenancy._raise('plan_not_objects', '{}');
-    END IF;
-    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
-    -- unlimited.
-    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
-                WHERE NOT (jsonb_typeof(l.value) = 'null'
-                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
-                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
-        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
-    END IF;
-    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
-      FROM jsonb_each(coalesce(p_limits, '{}')) l;
-    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
-    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO multitenancy.plans (name, limits, features)
-    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
-    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
-    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
-                              'created', v_old.name IS NULL);
-END
-$$;
-
-CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old jsonb;
-BEGIN
-    IF p_key IS NULL THEN
-        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
-    END IF;
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old IS NOT DISTINCT FROM p_value THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants
-       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
-                           ELSE settings || jsonb_build_object(p_key, p_value) END
-     WHERE id = p_tenant;
-    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
-END
-$$;
-
-CREATE FUNCTION multitenancy.setting_list(tenant text)
-RETURNS TABLE (key text, value jsonb, source text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
-         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
-    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
-    UNION ALL
-    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
-     WHERE NOT (SELECT t.settings ? d.key FROM t)
-    ORDER BY 1
-$$;
-
-CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
-      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
-     WHERE t.id = multitenancy.current_tenant_id()
-$$;
-
-CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
 $$;
 /* </end connected objects> */
 
@@ -1170,6 +1202,7 @@ BEGIN
             RETURN NULL;
         END IF;
         DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
+        PERFORM multitenancy._usage_reconcile(p_tenant);
         RETURN jsonb_build_object('key', p_key, 'previous', v_old.quota);
     END IF;
     IF v_old.key IS NOT NULL AND v_old.quota IS NOT DISTINCT FROM p_quota THEN
@@ -1177,6 +1210,7 @@ BEGIN
     END IF;
     INSERT INTO multitenancy.quotas (tenant_id, key, quota) VALUES (p_tenant, p_key, p_quota)
     ON CONFLICT (tenant_id, key) DO UPDATE SET quota = EXCLUDED.quota, set_at = now();
+    PERFORM multitenancy._usage_reconcile(p_tenant);
     RETURN jsonb_build_object('key', p_key, 'quota', p_quota, 'previous', v_old.quota,
                               'had_override', v_old.key IS NOT NULL);
 END
@@ -1203,7 +1237,9 @@ $$;
 
 -- The stored counters plus what this session's transaction has counted and not yet written
 -- (src/quotas.rs writes a held tenant's counts at commit): per table, and per tenant in total.
--- Row level security on table_usage applies to the caller.
+-- Row level security on table_usage applies to the caller. Only tenants with a rows, bytes or
+-- rows:<table> limit have counters (src/quotas.rs, "Counting"); _usage_report below answers for
+-- every tenant.
 CREATE FUNCTION multitenancy._usage_counters()
 RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1225,6 +1261,42 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      GROUP BY c.tenant_id
 $$;
 
+-- What a table holds of some tenants, read as the registry owner (see _usage_actual): per
+-- tenant that has rows in it. STABLE: with the caller's snapshot (src/quotas.rs passes the
+-- latest when it starts counting a tenant).
+CREATE FUNCTION multitenancy._usage_actual_in(p_table regclass, p_tenants uuid[])
+RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
+        'WHERE t.tenant_id = ANY ($1) GROUP BY t.tenant_id', p_table) USING p_tenants;
+END
+$$;
+
+-- Usage of every tenant the caller may see (p_tenant NULL) or of one, per table (relid) and in
+-- total (relid 0): the counters of counted tenants with what this transaction has not written
+-- yet, and for the others what the tables hold, counted now (_usage_live, src/quotas.rs).
+CREATE FUNCTION multitenancy._usage_report(p_tenant uuid)
+RETURNS TABLE (tenant_id uuid, relid oid, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH live AS MATERIALIZED (SELECT * FROM multitenancy._usage_live(p_tenant)),
+         unwritten AS MATERIALIZED (SELECT * FROM multitenancy._usage_unwritten() w
+                                     WHERE p_tenant IS NULL OR w.tenant_id = p_tenant)
+    SELECT c.tenant_id, c.relid, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+             WHERE p_tenant IS NULL OR u.tenant_id = p_tenant
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT w.tenant_id, 0, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT l.tenant_id, l.relid, l.row_count, l.byte_count FROM live l
+            UNION ALL
+            SELECT l.tenant_id, 0, l.row_count, l.byte_count FROM live l) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
 -- What a tenant uses of a key, its limit, and (metered keys) the current period.
 CREATE FUNCTION multitenancy._usage(p_tenant uuid, p_key text)
 RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
@@ -1233,13 +1305,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHEN p_key = 'members' THEN
                  (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
              WHEN p_key = 'rows' THEN
-                 coalesce((SELECT c.row_count FROM multitenancy._usage_totals() c WHERE c.tenant_id = p_tenant), 0)
+                 coalesce((SELECT c.row_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
              WHEN p_key = 'bytes' THEN
-                 coalesce((SELECT c.byte_count FROM multitenancy._usage_totals() c WHERE c.tenant_id = p_tenant), 0)
+                 coalesce((SELECT c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
              WHEN p_key LIKE 'rows:%' THEN
                  (SELECT coalesce(sum(u.row_count), 0)::bigint
                     FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
-                    JOIN multitenancy._usage_counters() u ON u.tenant_id = p_tenant AND u.relid = s.relid)
+                    JOIN multitenancy._usage_report(p_tenant) u ON u.tenant_id = p_tenant AND u.relid = s.relid)
              ELSE
                  coalesce((SELECT m.used FROM multitenancy.metered_usage m
                             WHERE m.tenant_id = p_tenant AND m.key = p_key
@@ -1260,8 +1334,10 @@ $$;
 CREATE FUNCTION multitenancy.tenant_stats()
 RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH counters AS (SELECT * FROM multitenancy._usage_counters()),
-         totals AS (SELECT * FROM multitenancy._usage_totals())
+    WITH report AS MATERIALIZED (SELECT * FROM multitenancy._usage_report(NULL)),
+         counters AS (SELECT r.tenant_id, r.relid::regclass AS relid, r.row_count, r.byte_count
+                        FROM report r WHERE r.relid <> 0),
+         totals AS (SELECT r.tenant_id, r.row_count, r.byte_count FROM report r WHERE r.relid = 0)
     SELECT t.id, t.slug, NULL::regclass,
            coalesce((SELECT c.row_count FROM totals c WHERE c.tenant_id = t.id), 0),
            coalesce((SELECT c.byte_count FROM totals c WHERE c.tenant_id = t.id), 0),
@@ -1294,11 +1370,14 @@ CREATE FUNCTION multitenancy.usage_drift()
 RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
                bytes_counted bigint, bytes_actual bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH actual AS (
+    -- Tenants without a limit that needs counting have no counters to drift.
+    WITH counted AS (SELECT u.tenant_id FROM multitenancy._usage_totals() u),
+    actual AS (
         SELECT a.tenant_id, e.relid, a.row_count, a.byte_count
           FROM multitenancy.enabled_tables e
           JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
-         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a),
+         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
+         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)),
     per_table AS (
         SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
                coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
@@ -1340,6 +1419,8 @@ BEGIN
                     WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
     END LOOP;
+    -- Counters for exactly the tenants with a limit that needs them (set from the tables).
+    PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
     FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
         PERFORM multitenancy._usage_lock(d.tenant_id);
         IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
@@ -1373,7 +1454,8 @@ BEGIN
                     coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count,
                     coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
                     coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
-               FROM multitenancy._usage_actual(p_table) a
+               FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
+                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)) a
                FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
               ORDER BY 1 LOOP
         CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;
@@ -1766,39 +1848,23 @@ CREATE FUNCTION multitenancy._tenant_import_end(p_tenant uuid, p_recount boolean
 RETURNS TABLE (table_name regclass, row_count bigint, byte_count bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
-DECLARE
-    v_table regclass;
-    v_rows bigint;
-    v_bytes bigint;
-    v_total_rows bigint := 0;
-    v_total_bytes bigint := 0;
 BEGIN
     IF p_recount THEN
+        -- Counters dropped and, if the tenant is counted (it has a rows or bytes limit), set
+        -- from the rows again.
         PERFORM multitenancy._usage_settle(p_tenant);
         PERFORM multitenancy._usage_lock(p_tenant);
         DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = p_tenant;
-        FOR v_table IN SELECT DISTINCT u.t FROM multitenancy.enabled_tables e
-                        CROSS JOIN LATERAL multitenancy._usage_tables(e.relid) u(t)
-                         JOIN pg_class c ON c.oid = u.t WHERE c.relkind = 'r' ORDER BY 1 LOOP
-            EXECUTE format('SELECT count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-                           'WHERE t.tenant_id = $1', v_table)
-               INTO v_rows, v_bytes USING p_tenant;
-            IF v_rows > 0 THEN
-                PERFORM multitenancy._usage_set(p_tenant, v_table, v_rows, v_bytes);
-                v_total_rows := v_total_rows + v_rows;
-                v_total_bytes := v_total_bytes + v_bytes;
-            END IF;
-        END LOOP;
-        PERFORM multitenancy._usage_set(p_tenant, 0::oid::regclass, v_total_rows, v_total_bytes);
+        PERFORM multitenancy._usage_reconcile(p_tenant);
     END IF;
-    RETURN QUERY SELECT c.relid, c.row_count, c.byte_count FROM multitenancy._usage_counters() c
-                  WHERE c.tenant_id = p_tenant AND c.row_count <> 0 ORDER BY c.relid::text;
+    RETURN QUERY SELECT c.relid::regclass, c.row_count, c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                  WHERE c.tenant_id = p_tenant AND c.relid <> 0 AND c.row_count <> 0 ORDER BY c.relid::regclass::text;
 END
 $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:608
+-- src/context/mod.rs:610
 -- multitenancy::context::current_user_id_or_null
 CREATE  FUNCTION "current_user_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -1940,7 +2006,7 @@ AS 'MODULE_PATHNAME', 'plan_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:959
+-- src/quotas.rs:1333
 -- multitenancy::quotas::quota_check
 CREATE  FUNCTION "quota_check"(
 	"key" TEXT /* Option < & str > */
@@ -1955,7 +2021,7 @@ AS 'MODULE_PATHNAME', 'quota_check_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:883
+-- src/quotas.rs:1257
 -- multitenancy::quotas::quota_reset
 CREATE  FUNCTION "quota_reset"(
 	"tenant" TEXT, /* Option < & str > */
@@ -1967,7 +2033,7 @@ AS 'MODULE_PATHNAME', 'quota_reset_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:861
+-- src/quotas.rs:1235
 -- multitenancy::quotas::quota_set
 CREATE  FUNCTION "quota_set"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2241,7 +2307,7 @@ AS 'MODULE_PATHNAME', 'tenant_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:618
+-- src/context/mod.rs:620
 -- multitenancy::context::tenant_set
 CREATE  FUNCTION "tenant_set"(
 	"tenant" TEXT /* Option < & str > */
@@ -2252,7 +2318,7 @@ AS 'MODULE_PATHNAME', 'tenant_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:624
+-- src/context/mod.rs:626
 -- multitenancy::context::tenant_set_by_host
 CREATE  FUNCTION "tenant_set_by_host"(
 	"host" TEXT /* Option < & str > */
@@ -2323,7 +2389,7 @@ AS 'MODULE_PATHNAME', 'tenant_unexempt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:970
+-- src/quotas.rs:1344
 -- multitenancy::quotas::usage_get
 CREATE  FUNCTION "usage_get"(
 	"key" TEXT /* Option < & str > */
@@ -2339,7 +2405,7 @@ AS 'MODULE_PATHNAME', 'usage_get_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:900
+-- src/quotas.rs:1274
 -- multitenancy::quotas::usage_record
 CREATE  FUNCTION "usage_record"(
 	"key" TEXT, /* Option < & str > */
@@ -2455,7 +2521,7 @@ BEGIN
               WHERE p.pronamespace = 'multitenancy'::regnamespace AND p.proname LIKE '\_%'
                 AND p.proname NOT IN ('_admin_mode', '_installed', '_readable_tenant', '_role_rank',
                                       '_usage_row', '_usage_statement', '_period_start', '_usage_unwritten',
-                                      '_usage_counters', '_usage_totals')
+                                      '_usage_counters', '_usage_totals', '_usage_report', '_usage_live')
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

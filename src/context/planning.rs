@@ -344,10 +344,8 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
             T_BoolExpr => walk.look_at_list((*node.cast::<pg_sys::BoolExpr>()).args),
             T_CoalesceExpr => walk.look_at_list((*node.cast::<pg_sys::CoalesceExpr>()).args),
             T_TargetEntry => walk.look_at((&raw mut (*node.cast::<pg_sys::TargetEntry>()).expr).cast()),
-            T_Param => {
-                if (*node.cast::<pg_sys::Param>()).paramkind == pg_sys::ParamKind::PARAM_EXTERN {
-                    walk.params = true;
-                }
+            T_Param if (*node.cast::<pg_sys::Param>()).paramkind == pg_sys::ParamKind::PARAM_EXTERN => {
+                walk.params = true;
             }
             _ => {}
         }
