@@ -334,6 +334,8 @@ BEGIN
     INSERT INTO multitenancy.metered_usage (tenant_id, key, period, used)
     SELECT v_id, u->>'key', (u->>'period')::date, (u->>'used')::bigint
       FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u;
+    -- The archive's plan and quotas decide whether the tenant is counted from now on.
+    PERFORM multitenancy._usage_reconcile(v_id);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'result', v_id, 'tenant_id', v_id, 'slug', v_slug, 'mode', p_mode, 'archive', p_archive->>'archive_id',
         'source_tenant', v_t->>'id', 'source_slug', v_t->>'slug', 'rows_deleted', v_deleted->'rows'));

@@ -370,6 +370,8 @@ BEGIN
     INSERT INTO multitenancy.metered_usage (tenant_id, key, period, used)
     SELECT v_id, u->>'key', (u->>'period')::date, (u->>'used')::bigint
       FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u;
+    -- The archive's plan and quotas decide whether the tenant is counted from now on.
+    PERFORM multitenancy._usage_reconcile(v_id);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'result', v_id, 'tenant_id', v_id, 'slug', v_slug, 'mode', p_mode, 'archive', p_archive->>'archive_id',
         'source_tenant', v_t->>'id', 'source_slug', v_t->>'slug', 'rows_deleted', v_deleted->'rows'));
@@ -515,16 +517,35 @@ CREATE  FUNCTION "_usage_reconcile"(
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_usage_reconcile_wrapper';
+CREATE  FUNCTION "_usage_start"(
+	"tenant" uuid /* pgrx :: Uuid */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_start_wrapper';
 
-CREATE FUNCTION multitenancy._usage_actual_in(p_table regclass, p_tenants uuid[])
-RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-        'WHERE t.tenant_id = ANY ($1) GROUP BY t.tenant_id', p_table) USING p_tenants;
-END
-$$;
+CREATE  FUNCTION "_usage_actual_in"(
+	"p_table" regclass, /* crate :: catalog :: Regclass */
+	"p_tenants" uuid[] /* Vec < pgrx :: Uuid > */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx :: Uuid */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STRICT STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_actual_in_wrapper';
+
+CREATE OR REPLACE FUNCTION "_usage_actual"(
+	"p_table" regclass /* crate :: catalog :: Regclass */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx :: Uuid */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STRICT STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_actual_wrapper';
 
 CREATE FUNCTION multitenancy._usage_report(p_tenant uuid)
 RETURNS TABLE (tenant_id uuid, relid oid, row_count bigint, byte_count bigint)
@@ -630,7 +651,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM multitenancy.enabled_tables e
           JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
          CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
-         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)),
+         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)
+           AND a.tenant_id IN (SELECT id FROM multitenancy.tenants)),
     per_table AS (
         SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
                coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
@@ -663,7 +685,7 @@ BEGIN
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
     END LOOP;
     -- Counters for exactly the tenants with a limit that needs them (set from the tables).
-    PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
+    PERFORM multitenancy._usage_reconcile(t.id), multitenancy._usage_start(t.id) FROM multitenancy.tenants t ORDER BY t.id;
     FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
         PERFORM multitenancy._usage_lock(d.tenant_id);
         IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
@@ -695,7 +717,8 @@ BEGIN
                     coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
                     coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
                FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
-                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)) a
+                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)
+                        AND x.tenant_id IN (SELECT id FROM multitenancy.tenants)) a
                FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
               ORDER BY 1 LOOP
         CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;
@@ -766,4 +789,6 @@ $$;
 
 REVOKE EXECUTE ON FUNCTION multitenancy._usage_actual_in(regclass, uuid[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy._usage_reconcile(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._usage_start(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy._usage_actual(regclass) FROM PUBLIC;
 SELECT multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;

@@ -133,19 +133,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      GROUP BY c.tenant_id
 $$;
 
--- What a table holds of some tenants, read as the registry owner (see _usage_actual): per
--- tenant that has rows in it. STABLE: with the caller's snapshot (src/quotas.rs passes the
--- latest when it starts counting a tenant).
-CREATE FUNCTION multitenancy._usage_actual_in(p_table regclass, p_tenants uuid[])
-RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-        'WHERE t.tenant_id = ANY ($1) GROUP BY t.tenant_id', p_table) USING p_tenants;
-END
-$$;
-
 -- Usage of every tenant the caller may see (p_tenant NULL) or of one, per table (relid) and in
 -- total (relid 0): the counters of counted tenants with what this transaction has not written
 -- yet, and for the others what the tables hold, counted now (_usage_live, src/quotas.rs).
@@ -223,18 +210,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ORDER BY 2, 3 NULLS FIRST
 $$;
 
--- What a table holds per tenant, read as the registry owner: row_security = off makes a role
--- that row level security would filter fail instead of miscounting. STABLE: it reads with the
--- caller's snapshot, so usage_drift() compares tables and counters at one moment.
-CREATE FUNCTION multitenancy._usage_actual(p_table regclass)
-RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint '
-        'FROM ONLY %s AS t WHERE t.tenant_id IN (SELECT id FROM multitenancy.tenants) GROUP BY t.tenant_id', p_table);
-END
-$$;
+-- What a table holds per tenant: _usage_actual(regclass) and _usage_actual_in(regclass, uuid[])
+-- in src/quotas.rs, counted as the table's owner (its index expressions are its owner's code).
 
 -- Where counters and tables disagree: per tenant and table, and per tenant in total
 -- (table_name NULL). Empty when every counter is exact.
@@ -249,7 +226,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM multitenancy.enabled_tables e
           JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
          CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
-         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)),
+         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)
+           AND a.tenant_id IN (SELECT id FROM multitenancy.tenants)),
     per_table AS (
         SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
                coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
@@ -292,7 +270,7 @@ BEGIN
         EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
     END LOOP;
     -- Counters for exactly the tenants with a limit that needs them (set from the tables).
-    PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
+    PERFORM multitenancy._usage_reconcile(t.id), multitenancy._usage_start(t.id) FROM multitenancy.tenants t ORDER BY t.id;
     FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
         PERFORM multitenancy._usage_lock(d.tenant_id);
         IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
@@ -327,7 +305,8 @@ BEGIN
                     coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
                     coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
                FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
-                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)) a
+                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)
+                        AND x.tenant_id IN (SELECT id FROM multitenancy.tenants)) a
                FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
               ORDER BY 1 LOOP
         CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;

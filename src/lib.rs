@@ -52,7 +52,18 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/quotas.sql",
     name = "quotas",
-    requires = ["tenants", "quotas_counting", current_tenant_id, quotas::_usage_unwritten, quotas::_usage_lock]
+    requires = [
+        "tenants",
+        "quotas_counting",
+        current_tenant_id,
+        quotas::_usage_unwritten,
+        quotas::_usage_lock,
+        quotas::_usage_actual,
+        quotas::_usage_actual_in,
+        quotas::_usage_live,
+        quotas::_usage_reconcile,
+        quotas::_usage_start
+    ]
 );
 extension_sql_file!("../sql/signing.sql", name = "signing", requires = ["bootstrap"]);
 extension_sql_file!("../sql/tables.sql", name = "tables", requires = ["bootstrap"]);

@@ -9,10 +9,9 @@
 //! Only tenants with a `rows`, `bytes` or `rows:<table>` limit are counted: nothing else needs
 //! the counters. A tenant without one costs its writers one shared lock ([`counting`]) and no
 //! write; its usage is counted from the tables when someone asks (`_usage_live`, an index scan
-//! per table). When a limit arrives (`quota_set`, a plan change, a plan's new limits), the
-//! tenant's counters are set from the tables in the same transaction ([`_usage_reconcile`]),
-//! after its writers without counting have finished; when the last such limit goes, the counters
-//! go. For a counted tenant: a transaction's first counted write of a tenant takes the
+//! per table). When a limit arrives, the tenant's first counted write sets its counters from the
+//! tables ([`start_counting`]) under the exclusive counting lock, after its writers without
+//! counting have finished; when the last such limit goes, the counters go ([`_usage_reconcile`]). For a counted tenant: a transaction's first counted write of a tenant takes the
 //! tenant's counting lock ([`lock_tenant`]: writers of one tenant queue there, writers of other
 //! tenants never meet) and adds to the tenant's `table_usage` rows (the table's and the totals
 //! row) in one UPDATE that returns the totals; later statements of the transaction are checked
@@ -48,12 +47,15 @@ struct Limits {
     bytes: Option<i64>,
     /// `rows:<table>`: the table (and its partitions / children) and its limit.
     tables: Vec<(pg_sys::Oid, i64)>,
+    /// A `rows:<table>` limit exists, also one whose table does not resolve now (renamed or
+    /// moved: its counters must stay exact for when it resolves again).
+    table_keys: bool,
 }
 
 impl Limits {
     /// Whether the tenant's rows and bytes are counted: only a limit needs the counters.
     fn counted(&self) -> bool {
-        self.rows.is_some() || self.bytes.is_some() || !self.tables.is_empty()
+        self.rows.is_some() || self.bytes.is_some() || self.table_keys
     }
 }
 
@@ -402,6 +404,9 @@ pub fn init() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // The limits cache holds `rows:<table>` keys resolved to tables: DDL that renames or moves a
+    // table changes what they name (found by review).
+    LIMITS.with(|l| l.borrow_mut().0 = u64::MAX);
     CHECKED.with(|c| {
         let mut checked = c.borrow_mut();
         if relid == pg_sys::InvalidOid {
@@ -537,6 +542,8 @@ enum Added {
     /// The tenant had no counters (it was not counted until now): they were set from the tables,
     /// with everything this transaction wrote in them — nothing of it is to be added any more.
     Recounted((i64, i64)),
+    /// The tenant has no counters and no limit that needs them: nothing counted.
+    NotCounted,
 }
 
 /// Add to the counters of (tenant, table) and return the tenant's new totals.
@@ -549,6 +556,11 @@ enum Added {
 fn add(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64) -> Result<Added> {
     if let Some(totals) = add_to_counters(tenant, table, rows, bytes)? {
         return Ok(Added::To(totals));
+    }
+    // Counters are started only for a tenant that needs them as of now (never from a stale
+    // view of its limits: counters a limit does not need would go stale unseen).
+    if !counted_now(tenant)? {
+        return Ok(Added::NotCounted);
     }
     let totals = start_counting(tenant)?;
     Ok(Added::Recounted(totals))
@@ -663,20 +675,128 @@ fn latest(sql: &str, types: &mut [pg_sys::Oid], args: &mut [pg_sys::Datum]) -> R
     })
 }
 
+/// The enabled tables that hold rows (physical tables: partitions, not their parents).
+fn physical_enabled_tables() -> Result<Vec<pg_sys::Oid>> {
+    registry::as_owner(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT e.relid::oid FROM multitenancy.enabled_tables e \
+                       JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r' ORDER BY 1",
+                    None,
+                    &[],
+                )
+                .ctx("quotas::physical_enabled_tables")?
+                .filter_map(|row| row.get::<pg_sys::Oid>(1).ctx("relid").transpose())
+                .collect::<Result<Vec<_>>>()
+        })
+    })
+}
+
+/// (tenant, rows, bytes).
+type TenantCount = (pgrx::Uuid, i64, i64);
+
+/// What `table` (a physical enabled table) holds of `tenants` (every tenant: `None`), per tenant
+/// with rows in it; `latest`: with the latest snapshot (see [`add`]), else the current one.
+///
+/// Counted as the table's owner, in a security-restricted operation with FORCE not applying to
+/// it (it sees every row; no policy runs), with settings discarded afterwards: planning the count
+/// loads the table's index predicates and expressions and may run the owner's functions in them,
+/// which must never run with the rights of whoever asks (the registry owner, a superuser) —
+/// found by review: an IMMUTABLE function in an index predicate made its owner superuser through
+/// `tenant_stats()`.
+fn count_table(table: pg_sys::Oid, tenants: Option<&[pgrx::Uuid]>, latest: bool) -> Result<Vec<TenantCount>> {
+    let rel = crate::catalog::Relation::lookup(table)?;
+    let sql = format!(
+        "SELECT t.tenant_id, pg_catalog.count(*)::pg_catalog.int8, \
+                COALESCE(pg_catalog.sum(multitenancy.row_bytes(t)), 0)::pg_catalog.int8 \
+           FROM ONLY {} AS t {} GROUP BY t.tenant_id",
+        rel.sql(),
+        if tenants.is_some() { "WHERE t.tenant_id OPERATOR(pg_catalog.=) ANY ($1)" } else { "" }
+    );
+    let array = tenants.map(|t| t.to_vec().into_datum().expect("an array"));
+    registry::as_table_owner(table, || {
+        let _unforced = registry::NoForceRls::enter();
+        crate::context::admin::suspended(|| {
+            // SAFETY: plain SPI use between SPI_connect and SPI_finish, as in add_to_counters;
+            // the uuid values are copied out before SPI_finish.
+            unsafe {
+                if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                    return Err(MtError::internal("quotas", "SPI_connect failed"));
+                }
+                let sql = std::ffi::CString::new(sql).expect("no NUL in our SQL");
+                let mut types = [pg_sys::UUIDARRAYOID];
+                let mut args = [array.unwrap_or(pg_sys::Datum::from(0))];
+                let nargs = if tenants.is_some() { 1 } else { 0 };
+                let plan = pg_sys::SPI_prepare(sql.as_ptr(), nargs, types.as_mut_ptr());
+                if plan.is_null() {
+                    return Err(MtError::internal("quotas", "cannot prepare the count of a table"));
+                }
+                let snapshot = if latest { pg_sys::GetLatestSnapshot() } else { pg_sys::GetActiveSnapshot() };
+                let rc = pg_sys::SPI_execute_snapshot(
+                    plan,
+                    args.as_mut_ptr(),
+                    c" ".as_ptr(),
+                    snapshot,
+                    std::ptr::null_mut(),
+                    !latest,
+                    true,
+                    0,
+                );
+                if rc != pg_sys::SPI_OK_SELECT as i32 {
+                    return Err(MtError::internal("quotas", format!("the count of a table returned {rc}")));
+                }
+                let table = &*pg_sys::SPI_tuptable;
+                let mut counts = Vec::new();
+                for i in 0..pg_sys::SPI_processed as usize {
+                    let row = *table.vals.add(i);
+                    let mut null = false;
+                    let id = pg_sys::SPI_getbinval(row, table.tupdesc, 1, &mut null);
+                    if null {
+                        continue;
+                    }
+                    let mut bytes = [0u8; 16];
+                    std::ptr::copy_nonoverlapping(id.cast_mut_ptr::<u8>(), bytes.as_mut_ptr(), 16);
+                    let rows = pg_sys::SPI_getbinval(row, table.tupdesc, 2, &mut null).value() as i64;
+                    let size = pg_sys::SPI_getbinval(row, table.tupdesc, 3, &mut null).value() as i64;
+                    counts.push((pgrx::Uuid::from_bytes(bytes), rows, size));
+                }
+                pg_sys::SPI_finish();
+                Ok(counts)
+            }
+        })
+    })
+}
+
+/// `multitenancy._usage_actual(table)`: what a physical enabled table holds per tenant, counted as
+/// its owner (see [`count_table`]), with the caller's snapshot. For usage_drift() and the recount
+/// of tenant_enable.
+#[pg_extern(stable, strict, parallel_unsafe)]
+fn _usage_actual(
+    p_table: crate::catalog::Regclass,
+) -> TableIterator<'static, (name!(tenant_id, pgrx::Uuid), name!(row_count, i64), name!(byte_count, i64))> {
+    TableIterator::new(count_table(p_table.0, None, false).or_raise())
+}
+
+/// `multitenancy._usage_actual_in(table, tenants)`: [`_usage_actual`] for some tenants.
+#[pg_extern(stable, strict, parallel_unsafe)]
+fn _usage_actual_in(
+    p_table: crate::catalog::Regclass,
+    p_tenants: Vec<pgrx::Uuid>,
+) -> TableIterator<'static, (name!(tenant_id, pgrx::Uuid), name!(row_count, i64), name!(byte_count, i64))> {
+    TableIterator::new(count_table(p_table.0, Some(&p_tenants), false).or_raise())
+}
+
 /// What every enabled table holds of the tenant, as of now (committed rows and this
 /// transaction's): (table oid, rows, bytes) of the tables it has rows in.
 fn count_tenant(tenant: pgrx::Uuid) -> Result<Vec<TableCount>> {
-    let uuid = tenant.into_datum().expect("a uuid datum");
-    let rows = latest(
-        "SELECT e.relid::pg_catalog.oid::pg_catalog.int8, a.row_count, a.byte_count \
-           FROM multitenancy.enabled_tables e \
-           JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relid::pg_catalog.oid \
-                                     AND c.relkind OPERATOR(pg_catalog.=) 'r' \
-          CROSS JOIN LATERAL multitenancy._usage_actual_in(e.relid, ARRAY[$1]) a",
-        &mut [pg_sys::UUIDOID],
-        &mut [uuid],
-    )?;
-    Ok(rows.into_iter().map(|r| (pg_sys::Oid::from(r[0] as u32), r[1], r[2])).collect())
+    let mut counts = Vec::new();
+    for table in physical_enabled_tables()? {
+        for (_, rows, bytes) in count_table(table, Some(&[tenant]), true)? {
+            counts.push((table, rows, bytes));
+        }
+    }
+    Ok(counts)
 }
 
 /// Set a tenant's counters from the tables (the tenant's counting lock held, exclusive): the
@@ -723,28 +843,54 @@ fn write_counters(tenant: pgrx::Uuid, counts: Option<(&[TableCount], (i64, i64))
     Ok(())
 }
 
-/// Whether the tenant has a limit that needs counting, as of now (after waiting for its counting
-/// lock; the latest snapshot also in REPEATABLE READ), not from the cache.
-fn counted_now(tenant: pgrx::Uuid) -> Result<bool> {
+/// The limits of a tenant as of now (after waiting for its counting lock; the latest snapshot,
+/// also under REPEATABLE READ and SERIALIZABLE, whose transaction snapshot may predate a limit),
+/// not from the cache.
+fn limits_now(tenant: pgrx::Uuid) -> Result<Limits> {
     let uuid = tenant.into_datum().expect("a uuid datum");
     let rows = latest(
-        "SELECT pg_catalog.count(*)::pg_catalog.int8 FROM multitenancy._quotas($1) q \
+        "SELECT CASE q.key WHEN 'rows' THEN 1 WHEN 'bytes' THEN 2 ELSE 3 END::pg_catalog.int8, q.quota, \
+                COALESCE(pg_catalog.to_regclass(pg_catalog.substr(q.key, 6))::pg_catalog.oid::pg_catalog.int8, 0) \
+           FROM multitenancy._quotas($1) q \
           WHERE q.quota IS NOT NULL \
             AND (q.key OPERATOR(pg_catalog.=) ANY ('{rows,bytes}'::pg_catalog.text[]) \
-                 OR (q.key OPERATOR(pg_catalog.~~) 'rows:%' \
-                     AND pg_catalog.to_regclass(pg_catalog.substr(q.key, 6)) IS NOT NULL))",
+                 OR q.key OPERATOR(pg_catalog.~~) 'rows:%')",
         &mut [pg_sys::UUIDOID],
         &mut [uuid],
     )?;
-    Ok(rows.first().is_some_and(|r| r[0] > 0))
+    let mut limits = Limits::default();
+    for row in rows {
+        match row[0] {
+            1 => limits.rows = Some(row[1]),
+            2 => limits.bytes = Some(row[1]),
+            _ => {
+                limits.table_keys = true;
+                if row[2] != 0 {
+                    limits.tables.push((pg_sys::Oid::from(row[2] as u32), row[1]));
+                }
+            }
+        }
+    }
+    Ok(limits)
+}
+
+fn counted_now(tenant: pgrx::Uuid) -> Result<bool> {
+    limits_now(tenant).map(|l| l.counted())
+}
+
+/// Whether this transaction's snapshot may predate committed changes (REPEATABLE READ and
+/// SERIALIZABLE): limits are then read as of now ([`limits_now`]).
+fn old_snapshot() -> bool {
+    // SAFETY: reads the transaction's isolation level.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
 /// `multitenancy._usage_live(tenant)`: usage of the tenants that are not counted (no counters:
 /// no limit needs them), counted from the tables now: of every such tenant the caller may see
 /// (row level security on the registry: an application its own tenant, a DBA all; `tenant` NULL)
-/// or of one, (tenant, table, rows, bytes) per table it has rows in. The tables are read as the
-/// registry owner, like the counters it replaces, with the caller's snapshot; it costs what
-/// those tenants' rows cost (an index scan on `tenant_id` per table).
+/// or of one, (tenant, table, rows, bytes) per table it has rows in. Each table is read as its
+/// owner ([`count_table`]), with the caller's snapshot; it costs what those tenants' rows cost
+/// (an index scan on `tenant_id` per table).
 #[pg_extern(stable, parallel_unsafe)]
 fn _usage_live(
     tenant: Option<pgrx::Uuid>,
@@ -776,67 +922,74 @@ fn live(tenant: Option<pgrx::Uuid>) -> Result<Vec<(pgrx::Uuid, pg_sys::Oid, i64,
     if tenants.is_empty() {
         return Ok(Vec::new());
     }
-    registry::as_owner(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT a.tenant_id, e.relid::oid, a.row_count, a.byte_count \
-                       FROM multitenancy.enabled_tables e \
-                       JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r' \
-                      CROSS JOIN LATERAL multitenancy._usage_actual_in(e.relid, $1) a",
-                    None,
-                    &[tenants.into()],
-                )
-                .ctx("quotas::live")?
-                .filter_map(|row| {
-                    let tenant = match row.get::<pgrx::Uuid>(1).ctx("tenant") {
-                        Ok(Some(tenant)) => tenant,
-                        Ok(None) => return None,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    Some(Ok((
-                        tenant,
-                        row.get::<pg_sys::Oid>(2).ctx("relid").ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                        row.get::<i64>(3).ctx("rows").ok().flatten().unwrap_or(0),
-                        row.get::<i64>(4).ctx("bytes").ok().flatten().unwrap_or(0),
-                    )))
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-    })
+    let mut live = Vec::new();
+    for table in physical_enabled_tables()? {
+        for (tenant, rows, bytes) in count_table(table, Some(&tenants), false)? {
+            live.push((tenant, table, rows, bytes));
+        }
+    }
+    Ok(live)
 }
 
 /// `multitenancy._usage_reconcile(tenant)`: after a change of the tenant's limits (quota_set,
-/// quota_reset, a plan change, a plan's new limits), start or stop counting it, under its
-/// counting lock: a tenant that now has a `rows`, `bytes` or `rows:<table>` limit and no counters
-/// gets them from the tables (its writers without counting have finished: they hold the lock in
-/// a mode this waits for); one that has none any more loses them. Returns whether it changed
-/// anything.
+/// quota_reset, a plan change, a plan's new limits, an import), stop counting a tenant that has
+/// no `rows`, `bytes` or `rows:<table>` limit any more: its counters go, under its counting lock.
+/// (A tenant that needs counters gets them at its first counted write.) Returns whether it
+/// changed anything.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _usage_reconcile(tenant: pgrx::Uuid) -> bool {
     reconcile(tenant).or_raise()
 }
 
 fn reconcile(tenant: pgrx::Uuid) -> Result<bool> {
+    // Only stopping is done here. A tenant that is counted and has no counters gets them at its
+    // first counted write ([`add`]: under the exclusive counting lock, which waits for the
+    // writers that were not counting, from the tables as of then) and is reported from the tables
+    // until then — so introducing a limit locks nobody (review: plan_set on a plan of 50 000
+    // tenants locked each of them, past max_locks_per_transaction). The caller holds the
+    // tenant's or the plan's row lock, so its limits do not change meanwhile.
+    if counted_now(tenant)? || !has_counters(tenant)? {
+        return Ok(false);
+    }
+    // Counters no limit needs: dropped under the exclusive lock (after the writers that count),
+    // so that none are left to go stale and be trusted when a limit comes back.
     lock_tenant(tenant)?;
-    let counted = counted_now(tenant)?;
+    if counted_now(tenant)? || !has_counters(tenant)? {
+        return Ok(false);
+    }
+    cancel_unwritten(None, Some(tenant));
+    write_counters(tenant, None).map(|_| true)
+}
+
+/// `multitenancy._usage_start(tenant)`: give a tenant whose limits need counters and that has
+/// none its counters now, from the tables, under its exclusive counting lock (`usage_recompute`;
+/// otherwise its first counted write does it). Returns whether it did.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _usage_start(tenant: pgrx::Uuid) -> bool {
+    let start = || -> Result<bool> {
+        if !counted_now(tenant)? || has_counters(tenant)? {
+            return Ok(false);
+        }
+        lock_tenant(tenant)?;
+        if !counted_now(tenant)? || has_counters(tenant)? {
+            return Ok(false);
+        }
+        start_counting(tenant).map(|_| true)
+    };
+    start().or_raise()
+}
+
+/// Whether the tenant has counters (its totals row), as of now.
+fn has_counters(tenant: pgrx::Uuid) -> Result<bool> {
     let uuid = tenant.into_datum().expect("a uuid datum");
-    let has_counters = !latest(
+    Ok(!latest(
         "SELECT 1::pg_catalog.int8 FROM multitenancy.table_usage u \
           WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 \
             AND u.relid OPERATOR(pg_catalog.=) 0::pg_catalog.oid::pg_catalog.regclass",
         &mut [pg_sys::UUIDOID],
         &mut [uuid],
     )?
-    .is_empty();
-    match (counted, has_counters) {
-        (true, false) => start_counting(tenant).map(|_| true),
-        (false, true) => {
-            cancel_unwritten(None, Some(tenant));
-            write_counters(tenant, None).map(|_| true)
-        }
-        _ => Ok(false),
-    }
+    .is_empty())
 }
 
 /// Take the tenant's counting lock until the transaction ends: every transaction that counts
@@ -887,8 +1040,9 @@ fn unlock_tenant_in(tenant: pgrx::Uuid, mode: u32) -> Result<()> {
 ///   ([`lock_tenant`], exclusive), then the counters;
 /// - a tenant without one is not, and its writers take the same lock in ROW EXCLUSIVE mode,
 ///   which they share with each other and which waits for, and makes wait, whoever starts or
-///   stops counting the tenant ([`_usage_reconcile`], exclusive). So when a limit arrives, the
-///   recount sees every uncounted writer's rows committed, and writers that come after it count.
+///   stops counting the tenant (exclusive: the first counted write, [`_usage_reconcile`]). So
+///   when a limit arrives, the recount sees every uncounted writer's rows committed, and writers
+///   that come after it count.
 ///
 /// A lock granted after a wait may come after a registry change (a limit set or removed): the
 /// limits are then read again, as of now.
@@ -898,9 +1052,15 @@ fn counting(tenant: pgrx::Uuid) -> Result<bool> {
         return Ok(true);
     }
     let generation = tenants::current_generation();
+    // Under REPEATABLE READ and SERIALIZABLE the limits read with the transaction's snapshot may
+    // predate a limit set (or removed) since: found by review, such a writer passed a limit set
+    // during its transaction. Once the lock is held, nobody starts or stops counting the tenant
+    // until this transaction ends, so one read as of now per tenant and transaction decides.
+    let old_snapshot = old_snapshot();
     if !limits_of(tenant)?.counted() {
         let newly = lock_tenant_in(tenant, pg_sys::RowExclusiveLock)?;
-        if tenants::current_generation() == generation || !counted_now(tenant)? {
+        let recheck = tenants::current_generation() != generation || (old_snapshot && newly);
+        if !recheck || !counted_now(tenant)? {
             return Ok(false);
         }
         // A limit arrived while this statement ran. Not holding the shared mode while waiting
@@ -910,9 +1070,9 @@ fn counting(tenant: pgrx::Uuid) -> Result<bool> {
         }
     }
     lock_tenant(tenant)?;
-    if tenants::current_generation() != generation {
-        // The limit may have gone while this statement waited: then not counted (the lock stays
-        // until the end).
+    if tenants::current_generation() != generation || old_snapshot {
+        // The limit may have gone while this statement waited (or before an old snapshot): then
+        // not counted (the lock stays until the end).
         return counted_now(tenant);
     }
     Ok(true)
@@ -991,23 +1151,30 @@ fn end_of_statement() -> Result<()> {
                 if !counting(id)? {
                     continue;
                 }
-                let mut totals = (0, 0);
+                let mut totals = Some((0, 0));
                 for &(table, table_rows, table_bytes) in &tables {
                     match add(id, table, table_rows, table_bytes)? {
-                        Added::To(now) => totals = now,
+                        Added::To(now) => totals = Some(now),
                         // The counters were set from the tables, this statement's rows included.
                         Added::Recounted(now) => {
-                            totals = now;
+                            totals = Some(now);
+                            break;
+                        }
+                        Added::NotCounted => {
+                            totals = None;
                             break;
                         }
                     }
                 }
-                totals
+                match totals {
+                    Some(totals) => totals,
+                    None => continue,
+                }
             }
         };
         let (total_rows, total_bytes) = (stored_rows + rows_since, stored_bytes + bytes_since);
         if rows > 0 || bytes > 0 {
-            let limits = limits_of(id)?;
+            let limits = if old_snapshot() { limits_now(id)? } else { limits_of(id)? };
             if let Some(quota) = limits.rows.filter(|q| rows > 0 && total_rows > *q) {
                 return Err(exceeded(id, "rows", total_rows - rows, rows, quota));
             }
@@ -1082,7 +1249,7 @@ fn write_unwritten(deltas: Deltas) -> Result<()> {
     for (tenant, tables) in by_tenant(deltas) {
         let id = pgrx::Uuid::from_bytes(tenant);
         for (table, rows, bytes) in tables {
-            if let Added::Recounted(_) = add(id, table, rows, bytes)? {
+            if let Added::Recounted(_) | Added::NotCounted = add(id, table, rows, bytes)? {
                 break;
             }
         }
@@ -1142,6 +1309,7 @@ fn read_limits(tenant: pgrx::Uuid) -> Result<Limits> {
                     "rows" => limits.rows = Some(quota),
                     "bytes" => limits.bytes = Some(quota),
                     _ => {
+                        limits.table_keys = true;
                         if let Some(table) = row.get::<pg_sys::Oid>(3).ctx("table")? {
                             limits.tables.push((table, quota));
                         }

@@ -218,7 +218,8 @@ fn counted(o: &Orders) {
     o.db.superuser()
         .batch_execute(
             "SELECT multitenancy.quota_set('acme', 'rows', 1000000);
-             SELECT multitenancy.quota_set('globex', 'rows', 1000000);",
+             SELECT multitenancy.quota_set('globex', 'rows', 1000000);
+             SELECT count(*) FROM multitenancy.usage_recompute();",
         )
         .unwrap();
     assert_eq!(counted_rows(&o.db, &o.b), o.true_count(&o.b), "precondition: tenant B is counted");

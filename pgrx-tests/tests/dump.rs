@@ -247,6 +247,8 @@ fn dump_and_restore_keep_members_domains_settings_and_audit() {
     su.execute("SELECT multitenancy.domain_verify('shop.acme-corp.test', $1)", &[&token]).unwrap();
     su.query_one("SELECT multitenancy.domain_add('globex', 'shop.globex-corp.test')", &[]).unwrap();
 
+    // Counters for the tenants whose limits need them, now (else at their first write).
+    su.batch_execute("SELECT count(*) FROM multitenancy.usage_recompute()").unwrap();
     // Preconditions: the source has what the comparison is about.
     for (sql, expected) in [
         ("SELECT count(*) FROM multitenancy.members", 3),

@@ -54,12 +54,20 @@ fn rows_with_item(su: &mut Client, item: &str) -> i64 {
     su.query_one("SELECT count(*) FROM orders WHERE item = $1", &[&item]).unwrap().get(0)
 }
 
-/// The counters of a tenant (as superuser): its totals row in `table_usage` (relid 0).
+/// The counted usage of a tenant (as superuser): its totals row in `table_usage` (relid 0) once
+/// it has counters (a tenant with a limit gets them at its first write), counted from the tables
+/// before that.
 fn counted(su: &mut Client, tenant_id: &str) -> (i64, i64) {
     let row = su
-        .query_one("SELECT row_count, byte_count FROM multitenancy.table_usage WHERE tenant_id = $1::text::uuid AND relid = 0::oid::regclass", &[
-            &tenant_id,
-        ])
+        .query_one(
+            "SELECT coalesce((SELECT row_count FROM multitenancy.table_usage
+                               WHERE tenant_id = $1::text::uuid AND relid = 0::oid::regclass),
+                             (SELECT row_count FROM multitenancy._usage_report($1::text::uuid) WHERE relid = 0), 0),
+                    coalesce((SELECT byte_count FROM multitenancy.table_usage
+                               WHERE tenant_id = $1::text::uuid AND relid = 0::oid::regclass),
+                             (SELECT byte_count FROM multitenancy._usage_report($1::text::uuid) WHERE relid = 0), 0)",
+            &[&tenant_id],
+        )
         .unwrap_or_else(|e| panic!("the counters of {tenant_id}: {e}"));
     (row.get(0), row.get(1))
 }

@@ -72,6 +72,8 @@ fn counted(su: &mut Client, slugs: &[&str]) {
     for slug in slugs {
         su.execute("SELECT multitenancy.quota_set($1, 'rows', 1000000000)", &[slug]).unwrap();
     }
+    // Counters now rather than at each tenant's first write.
+    su.execute("SELECT count(*) FROM multitenancy.usage_recompute()", &[]).unwrap();
 }
 
 /// `plan_set(name, limits, '{}')` as the DBA.
@@ -915,6 +917,8 @@ fn the_app_cannot_manage_quotas_or_write_usage_and_sees_only_its_own_tenant() {
         quota_set(&mut su, slug, "rows", Some(100));
         quota_set(&mut su, slug, "api_calls", Some(50));
     }
+    // Counters now (a limit that needs them gives them at the first write otherwise).
+    su.execute("SELECT count(*) FROM multitenancy.usage_recompute()", &[]).unwrap();
     const USAGE: [&str; 3] = ["multitenancy.table_usage", "multitenancy.quotas", "multitenancy.metered_usage"];
     let digests = |su: &mut Client| USAGE.map(|t| digest(su, t));
     let before = digests(&mut su);
@@ -1409,10 +1413,15 @@ fn a_limit_starts_counting_from_the_tables_and_its_removal_stops_it() {
     add_orders(&mut app, "globex", 2).unwrap();
     assert!(!has_counters(&mut su, &s.a), "no limit, no counters");
     quota_set(&mut su, "acme", "rows", Some(6));
-    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)), "counted from the tables at once");
+    assert_eq!(used(&mut app, "acme", "rows"), 5, "reported exactly from the tables until the first write");
+    add_orders(&mut app, "acme", 1).unwrap();
+    assert_eq!(
+        totals(&mut su, &s.a),
+        Some(actual(&mut su, "orders", &s.a)),
+        "counted from the tables at the first write"
+    );
     assert!(!has_counters(&mut su, &s.b), "the other tenant is not counted");
     assert_no_drift(&mut su, "after the recount");
-    add_orders(&mut app, "acme", 1).unwrap();
     let error = expect_sqlstate(add_orders(&mut app, "acme", 1), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
     assert!(error.message().contains("rows"), "{error:?}");
     add_orders(&mut app, "globex", 10).unwrap();
@@ -1421,8 +1430,11 @@ fn a_limit_starts_counting_from_the_tables_and_its_removal_stops_it() {
     assert!(!has_counters(&mut su, &s.a), "counters dropped with the last limit that needed them");
     add_orders(&mut app, "acme", 3).unwrap();
     assert_eq!(used(&mut app, "acme", "rows"), actual(&mut su, "orders", &s.a).0);
-    // A plan's limits: every tenant on the plan is counted, and stops being counted with them.
+    // A plan's limits: every tenant on the plan is counted (from its next write), and stops
+    // being counted with them.
     set_plan(&mut su, "small", r#"{"bytes": 100000000}"#);
+    add_orders(&mut app, "acme", 1).unwrap();
+    add_orders(&mut app, "globex", 1).unwrap();
     assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)));
     assert_eq!(totals(&mut su, &s.b), Some(actual(&mut su, "orders", &s.b)));
     assert_no_drift(&mut su, "plan limits");
@@ -1440,47 +1452,167 @@ fn a_limit_set_while_uncounted_writers_are_in_flight_leaves_exact_counters() {
     let mut app = s.db.app();
     add_orders(&mut app, "acme", 3).unwrap();
 
-    // 1. The writer first: the limit waits for it.
+    // 1. The writer first, the limit set meanwhile: the first counted writer waits for the
+    // writer that did not count, and its recount includes that writer's rows.
     let mut writer = s.db.app();
     let mut tx = begin_as(&mut writer, "acme");
     tx.execute("INSERT INTO orders (item) SELECT 'w' || g FROM generate_series(1, 2) g", &[]).unwrap();
+    quota_set(&mut su, "acme", "rows", Some(6));
     let db_name = s.db.name.clone();
-    let setter = {
-        let server = s.db.server();
-        std::thread::spawn(move || {
-            let mut su = server.connect(&db_name, SUPERUSER);
-            su.execute("SELECT multitenancy.quota_set('acme', 'rows', 100)", &[]).map(|_| ())
-        })
-    };
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(!setter.is_finished(), "quota_set waits for the writer that does not count");
-    tx.commit().unwrap();
-    setter.join().unwrap().unwrap();
-    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)), "the writer's rows are counted");
-    assert_eq!(totals(&mut su, &s.a).unwrap().0, 5);
-    quota_set(&mut su, "acme", "rows", None);
-
-    // 2. The limit first (uncommitted): the writer waits, then counts and is checked against it.
-    let mut dba = s.db.superuser();
-    let mut setting = dba.transaction().unwrap();
-    let now = actual(&mut su, "orders", &s.a).0;
-    setting.execute("SELECT multitenancy.quota_set('acme', 'rows', $1)", &[&now]).unwrap();
-    let db_name = s.db.name.clone();
-    let writer = {
+    let counted_writer = {
         let server = s.db.server();
         std::thread::spawn(move || {
             let mut app = server.connect(&db_name, APP);
             let mut tx = begin_as(&mut app, "acme");
-            tx.execute("INSERT INTO orders (item) VALUES ('one too many')", &[])?;
+            tx.execute("INSERT INTO orders (item) SELECT 'c' || g FROM generate_series(1, 2) g", &[])?;
             tx.commit()
         })
     };
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(!writer.is_finished(), "the writer waits for the limit being set");
+    assert!(!counted_writer.is_finished(), "the first counted writer waits for the writer that does not count");
+    tx.commit().unwrap();
+    // 3 + 2 rows, then 2 more: past 6.
+    expect_sqlstate(counted_writer.join().unwrap(), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    add_orders(&mut app, "acme", 1).unwrap();
+    assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)), "the writer's rows are counted");
+    assert_eq!(totals(&mut su, &s.a).unwrap().0, 6);
+    quota_set(&mut su, "acme", "rows", None);
+
+    // 2. The limit set but not committed: a writer meanwhile does not count (its row comes
+    // before the limit, as if the limit had been set after it); the next write recounts, with
+    // that row, and is refused.
+    let mut dba = s.db.superuser();
+    let mut setting = dba.transaction().unwrap();
+    let now = actual(&mut su, "orders", &s.a).0;
+    setting.execute("SELECT multitenancy.quota_set('acme', 'rows', $1)", &[&now]).unwrap();
+    add_orders(&mut app, "acme", 1).unwrap();
     setting.commit().unwrap();
-    let result = writer.join().unwrap();
-    expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    expect_sqlstate(add_orders(&mut app, "acme", 1), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    assert_eq!(check(&mut app, "acme", "rows").0, now + 1);
+    add_orders(&mut app, "globex", 1).unwrap();
+    delete_one_order(&mut app, "acme");
     assert_eq!(totals(&mut su, &s.a), Some(actual(&mut su, "orders", &s.a)));
-    assert_eq!(actual(&mut su, "orders", &s.a).0, now, "the row past the limit was refused");
     assert_no_drift(&mut su, "after both races");
+}
+
+// Review findings (issue 21, second review): each test fails on the code before its fix.
+
+/// Counting a table plans a query on it, and planning loads the table's index predicates and
+/// expressions — the owner's code. Found by review: an IMMUTABLE function in an index predicate
+/// ran as the registry owner (a superuser) when the app asked for its usage (tenant_stats,
+/// quota_check), when a DBA ran usage_drift, and in tenant_enable's recount; it could make its
+/// owner a superuser. Now every count runs as the table's owner.
+#[test]
+fn review_counting_a_table_never_runs_its_owners_code_as_someone_else() {
+    let o = Orders::with_rows("quota_review_index_code", 3, 2);
+    o.db.owner()
+        .batch_execute(
+            "CREATE FUNCTION public.whoami(int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
+                 $$ BEGIN RAISE NOTICE 'index code runs as %', current_user; RETURN true; END $$;
+             CREATE INDEX orders_whoami ON orders (id) WHERE public.whoami(1);
+             CREATE TABLE more (id bigint PRIMARY KEY, tenant_id uuid NOT NULL);
+             CREATE INDEX more_whoami ON more (id) WHERE public.whoami(2);",
+        )
+        .unwrap();
+    let mut su = o.db.superuser();
+    su.batch_execute(&format!("INSERT INTO more VALUES (1, '{}')", o.a)).unwrap();
+    su.batch_execute("SELECT multitenancy.quota_set('acme', 'rows', 1000)").unwrap();
+    let (mut app, app_notices) = o.db.connect_with_notices(APP);
+    let (mut dba, dba_notices) = o.db.connect_with_notices(SUPERUSER);
+    let (mut owner, owner_notices) = o.db.connect_with_notices(OWNER);
+    // Usage counted when asked (globex has no limit), by the app and by the DBA.
+    let mut tx = begin_as(&mut app, "globex");
+    tx.query("SELECT * FROM multitenancy.tenant_stats()", &[]).unwrap();
+    tx.query("SELECT * FROM multitenancy.quota_check('rows')", &[]).unwrap();
+    tx.commit().unwrap();
+    dba.query("SELECT * FROM multitenancy.tenant_stats()", &[]).unwrap();
+    dba.query("SELECT * FROM multitenancy.usage_drift()", &[]).unwrap();
+    // tenant_enable's recount of a table with rows of a counted tenant.
+    owner.batch_execute("SELECT multitenancy.tenant_enable('more')").unwrap();
+    let notices: Vec<String> = [app_notices.take(), dba_notices.take(), owner_notices.take()]
+        .into_iter()
+        .flatten()
+        .filter(|n| n.contains("index code runs as"))
+        .collect();
+    assert!(
+        notices.iter().any(|n| n.contains("index code runs as")),
+        "the owner's index code ran in these paths (so this test can fail): {notices:?}"
+    );
+    for notice in &notices {
+        assert!(notice.ends_with(&format!("runs as {OWNER}")), "the owner's code ran as another role: {notice}");
+    }
+}
+
+/// Found by review: a REPEATABLE READ writer read the tenant's limits with its transaction's
+/// snapshot, which predated a limit set during the transaction, and wrote past it uncounted.
+#[test]
+fn review_a_repeatable_read_writer_is_held_to_a_limit_set_during_its_transaction() {
+    let o = Orders::with_rows("quota_review_rr", 3, 2);
+    let mut su = o.db.superuser();
+    let mut app = o.db.app();
+    let mut tx = app.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
+    tx.query_one("SELECT count(*) FROM orders", &[]).unwrap();
+    su.execute("SELECT multitenancy.quota_set('acme', 'rows', 3)", &[]).unwrap();
+    let result = tx.execute("INSERT INTO orders (item) VALUES ('past the limit')", &[]);
+    expect_sqlstate(result, &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    drop(tx);
+    assert_eq!(actual(&mut su, "orders", &o.a).0, 3);
+    assert_no_drift(&mut su, "after the refused write");
+    // And one that starts before a limit is removed creates no counters the limit does not need.
+    quota_set(&mut su, "globex", "rows", Some(100));
+    let mut tx = app.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_set('globex')", &[]).unwrap();
+    tx.query_one("SELECT count(*) FROM orders", &[]).unwrap();
+    quota_set(&mut su, "globex", "rows", None);
+    tx.execute("INSERT INTO orders (item) VALUES ('after the limit went')", &[]).unwrap();
+    tx.commit().unwrap();
+    assert!(!has_counters(&mut su, &o.b), "no counters without a limit");
+    add_orders(&mut app, "globex", 4).unwrap();
+    quota_set(&mut su, "globex", "rows", Some(100));
+    add_orders(&mut app, "globex", 1).unwrap();
+    assert_eq!(totals(&mut su, &o.b).map(|t| t.0), Some(actual(&mut su, "orders", &o.b).0));
+    assert_no_drift(&mut su, "a limit that came back");
+}
+
+/// Found by review: a `rows:<table>` limit whose table was renamed stopped counting its tenant
+/// (the key no longer resolved) while the counters stayed, and when the name came back the stale
+/// counters were enforced. A rows:<table> limit keeps its tenant counted, resolved or not.
+#[test]
+fn review_a_table_limit_keeps_counting_while_its_table_is_renamed() {
+    let o = Orders::with_rows("quota_review_rename", 2, 1);
+    let mut su = o.db.superuser();
+    let mut app = o.db.app();
+    quota_set(&mut su, "acme", "rows:public.orders", Some(3));
+    o.db.owner().batch_execute("ALTER TABLE orders RENAME TO orders_renamed").unwrap();
+    run_as(&mut app, "acme", "INSERT INTO orders_renamed (item) SELECT 'x' || g FROM generate_series(1, 5) g").unwrap();
+    o.db.owner().batch_execute("ALTER TABLE orders_renamed RENAME TO orders").unwrap();
+    assert_no_drift(&mut su, "after the rename and back");
+    assert_eq!(check(&mut app, "acme", "rows:public.orders").0, 7);
+    expect_sqlstate(add_orders(&mut app, "acme", 1), &SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+}
+
+/// Found by review: plan_set locked every tenant of the plan, also when no tenant started or
+/// stopped being counted (a limit's new value), past max_locks_per_transaction on a big plan.
+#[test]
+fn review_changing_a_limits_value_locks_no_tenant() {
+    let db = TestDb::new("quota_review_plan_locks");
+    let mut su = db.superuser();
+    set_plan(&mut su, "big", r#"{"rows": 1000}"#);
+    su.batch_execute(
+        "INSERT INTO multitenancy.tenants (name, slug, plan) SELECT 'T' || g, 't' || g, 'big' FROM generate_series(1, 300) g",
+    )
+    .unwrap();
+    let mut tx = su.transaction().unwrap();
+    tx.execute("SELECT multitenancy.plan_set('big', '{\"rows\": 2000}', '{}')", &[]).unwrap();
+    let locks: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'object'
+                AND classid = 'multitenancy.table_usage'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert!(locks < 10, "a new value of an existing limit takes no counting locks ({locks} taken)");
 }

@@ -255,92 +255,7 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/registry/tenants.rs:186
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/quotas.rs:276
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/tables/guard.rs:598
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
-VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:57
--- requires:
---   bootstrap
-
--- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
-
-CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
-    END IF;
-    -- The audit row names the key and never holds the secret.
-    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
-END
-$$;
-
-CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_retired_at timestamptz;
-BEGIN
-    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
-    END IF;
-    IF v_retired_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
-    RETURN jsonb_build_object('name', p_name);
-END
-$$;
-
--- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
-CREATE FUNCTION multitenancy.signing_key_list()
-RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
-      FROM multitenancy.signing_keys k
-     ORDER BY k.created_at, k.name
-$$;
-COMMENT ON FUNCTION multitenancy.signing_key_list() IS
-    'Signing keys (name, created, retired, active), without their secrets.';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:58
+-- src/lib.rs:69
 -- requires:
 --   bootstrap
 
@@ -401,6 +316,91 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
      WHERE p.framework = pg_catalog.lower($1)
      ORDER BY p.pattern
 $$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:278
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/registry/tenants.rs:186
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tables/guard.rs:598
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:68
+-- requires:
+--   bootstrap
+
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
+
+CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
+    END IF;
+    -- The audit row names the key and never holds the secret.
+    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
+END
+$$;
+
+CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_retired_at timestamptz;
+BEGIN
+    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
+    END IF;
+    IF v_retired_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
+
+-- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
+CREATE FUNCTION multitenancy.signing_key_list()
+RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
+      FROM multitenancy.signing_keys k
+     ORDER BY k.created_at, k.name
+$$;
+COMMENT ON FUNCTION multitenancy.signing_key_list() IS
+    'Signing keys (name, created, retired, active), without their secrets.';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -473,7 +473,7 @@ AS 'MODULE_PATHNAME', '_purge_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1201
+-- src/quotas.rs:1369
 -- multitenancy::quotas::_quota_exceeded
 CREATE  FUNCTION "_quota_exceeded"(
 	"tenant" uuid, /* pgrx :: Uuid */
@@ -488,7 +488,7 @@ AS 'MODULE_PATHNAME', '_quota_exceeded_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:39
+-- src/quotas.rs:38
 -- multitenancy::quotas::_quota_is_metered
 CREATE  FUNCTION "_quota_is_metered"(
 	"key" TEXT /* & str */
@@ -555,7 +555,38 @@ AS 'MODULE_PATHNAME', '_slug_valid_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:748
+-- src/quotas.rs:774
+-- multitenancy::quotas::_usage_actual
+CREATE  FUNCTION "_usage_actual"(
+	"p_table" regclass /* crate :: catalog :: Regclass */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx :: Uuid */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STRICT STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_actual_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:782
+-- multitenancy::quotas::_usage_actual_in
+CREATE  FUNCTION "_usage_actual_in"(
+	"p_table" regclass, /* crate :: catalog :: Regclass */
+	"p_tenants" uuid[] /* Vec < pgrx :: Uuid > */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx :: Uuid */
+	"row_count" bigint,  /* i64 */
+	"byte_count" bigint  /* i64 */
+)
+STRICT STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_actual_in_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:894
 -- multitenancy::quotas::_usage_live
 CREATE  FUNCTION "_usage_live"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -571,7 +602,7 @@ AS 'MODULE_PATHNAME', '_usage_live_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:954
+-- src/quotas.rs:1114
 -- multitenancy::quotas::_usage_lock
 CREATE  FUNCTION "_usage_lock"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -582,7 +613,7 @@ AS 'MODULE_PATHNAME', '_usage_lock_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:815
+-- src/quotas.rs:939
 -- multitenancy::quotas::_usage_reconcile
 CREATE  FUNCTION "_usage_reconcile"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -593,7 +624,7 @@ AS 'MODULE_PATHNAME', '_usage_reconcile_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1191
+-- src/quotas.rs:1359
 -- multitenancy::quotas::_usage_settle
 CREATE  FUNCTION "_usage_settle"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -604,7 +635,18 @@ AS 'MODULE_PATHNAME', '_usage_settle_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:202
+-- src/quotas.rs:967
+-- multitenancy::quotas::_usage_start
+CREATE  FUNCTION "_usage_start"(
+	"tenant" uuid /* pgrx :: Uuid */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_usage_start_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/quotas.rs:204
 -- multitenancy::quotas::_usage_unwritten
 CREATE  FUNCTION "_usage_unwritten"() RETURNS TABLE (
 	"tenant_id" uuid,  /* pgrx :: Uuid */
@@ -714,6 +756,586 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy.members m JOIN multitenancy.tenants t ON t.id = m.tenant_id
      WHERE m.user_id = multitenancy.current_user_id() AND t.status <> 'deleted'
      ORDER BY t.slug
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:41
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+
+-- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
+-- listing them. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
+                                         p_by uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_quota bigint;
+    v_members bigint;
+BEGIN
+    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
+    END IF;
+    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
+    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
+    END IF;
+    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
+    v_quota := multitenancy._quota(p_tenant, 'members');
+    IF v_quota IS NOT NULL THEN
+        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
+        IF v_members > v_quota THEN
+            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
+                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
+        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
+    END IF;
+END
+$$;
+
+-- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
+-- when the user is not a member.
+CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    slug := multitenancy._lock_tenant(p_tenant);
+    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
+    IF role IS NULL THEN
+        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = 'owner' THEN
+        IF p_may_manage_owners IS NOT TRUE THEN
+            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
+        END IF;
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
+    END IF;
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = p_role THEN
+        RETURN NULL;
+    END IF;
+    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
+    END IF;
+    IF v_role = 'owner' THEN
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
+    END IF;
+    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy.member_list(tenant text)
+RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.user_id, m.role, m.joined_at, m.invited_by
+      FROM multitenancy.members m
+     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:52
+-- requires:
+--   tenants
+--   quotas_counting
+--   current_tenant_id
+--   quotas::_usage_unwritten
+--   quotas::_usage_lock
+--   quotas::_usage_actual
+--   quotas::_usage_actual_in
+--   quotas::_usage_live
+--   quotas::_usage_reconcile
+--   quotas::_usage_start
+
+-- multitenancy quotas and usage: limit resolution, metering, reports, recounting.
+-- The counting triggers and the enforcement of the rows / bytes limits are in src/quotas.rs.
+
+-- The metering period (a calendar month, UTC) that `at` falls in, by its first day.
+CREATE FUNCTION multitenancy._period_start(at timestamptz) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT date_trunc('month', at AT TIME ZONE 'UTC')::date
+$$;
+
+-- A quota key, checked and in its stored form: 'members', 'rows', 'bytes', 'rows:<table>' of a
+-- tenant-enabled table (schema-qualified), or the name of a metered counter.
+CREATE FUNCTION multitenancy._quota_key(p_key text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_key text := btrim(coalesce(p_key, ''));
+    v_table regclass;
+BEGIN
+    IF v_key ~ '^[a-z][a-z0-9_.-]{0,62}$' THEN
+        RETURN v_key;
+    END IF;
+    IF v_key LIKE 'rows:%' THEN
+        BEGIN
+            v_table := to_regclass(substr(v_key, 6));
+        EXCEPTION WHEN OTHERS THEN
+            v_table := NULL;
+        END;
+        IF v_table IS NULL OR NOT EXISTS (SELECT 1 FROM multitenancy.enabled_tables e WHERE e.relid = v_table) THEN
+            PERFORM multitenancy._raise('quota_key_no_table', ARRAY[p_key]);
+        END IF;
+        RETURN 'rows:' || v_table::text;
+    END IF;
+    PERFORM multitenancy._raise('invalid_quota_key', ARRAY[p_key]);
+END
+$$;
+
+-- A table and every table under it (partitions, inheritance children), the set a
+-- 'rows:<table>' limit counts.
+CREATE FUNCTION multitenancy._usage_tables(p_table regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE t(relid) AS (
+        SELECT p_table::oid
+        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
+    SELECT relid::regclass FROM t
+$$;
+
+-- The limits of a tenant: its override if it has one (NULL quota: unlimited), else its plan's.
+-- A key without a row is unlimited.
+CREATE FUNCTION multitenancy._quotas(p_tenant uuid) RETURNS TABLE (key text, quota bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(o.key, p.key), CASE WHEN o.key IS NOT NULL THEN o.quota ELSE p.quota END
+      FROM (SELECT l.key, CASE WHEN jsonb_typeof(l.value) = 'number' THEN (l.value #>> '{}')::numeric::bigint END AS quota
+              FROM multitenancy.tenants t
+              JOIN multitenancy.plans pl ON pl.name = t.plan
+             CROSS JOIN LATERAL jsonb_each(pl.limits) l
+             WHERE t.id = p_tenant) p
+      FULL JOIN (SELECT q.key, q.quota FROM multitenancy.quotas q WHERE q.tenant_id = p_tenant) o ON o.key = p.key
+$$;
+
+CREATE FUNCTION multitenancy._quota(p_tenant uuid, p_key text) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT q.quota FROM multitenancy._quotas(p_tenant) q WHERE q.key = p_key
+$$;
+
+-- quota_set (p_set) and quota_reset (NOT p_set). NULL: nothing changed.
+CREATE FUNCTION multitenancy._quota_set(p_tenant uuid, p_key text, p_quota bigint, p_set boolean) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.quotas;
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_old FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
+    IF NOT p_set THEN
+        IF v_old.key IS NULL THEN
+            RETURN NULL;
+        END IF;
+        DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
+        PERFORM multitenancy._usage_reconcile(p_tenant);
+        RETURN jsonb_build_object('key', p_key, 'previous', v_old.quota);
+    END IF;
+    IF v_old.key IS NOT NULL AND v_old.quota IS NOT DISTINCT FROM p_quota THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.quotas (tenant_id, key, quota) VALUES (p_tenant, p_key, p_quota)
+    ON CONFLICT (tenant_id, key) DO UPDATE SET quota = EXCLUDED.quota, set_at = now();
+    PERFORM multitenancy._usage_reconcile(p_tenant);
+    RETURN jsonb_build_object('key', p_key, 'quota', p_quota, 'previous', v_old.quota,
+                              'had_override', v_old.key IS NOT NULL);
+END
+$$;
+
+-- usage_record: add to this month's counter, under its row lock; refuse past the limit.
+CREATE FUNCTION multitenancy._usage_record(p_tenant uuid, p_key text, p_amount bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_used bigint;
+    v_quota bigint;
+BEGIN
+    INSERT INTO multitenancy.metered_usage AS m (tenant_id, key, period, used)
+    VALUES (p_tenant, p_key, multitenancy._period_start(now()), p_amount)
+    ON CONFLICT (tenant_id, key, period) DO UPDATE SET used = m.used + EXCLUDED.used, updated_at = now()
+    RETURNING m.used INTO v_used;
+    v_quota := multitenancy._quota(p_tenant, p_key);
+    IF v_used > v_quota THEN
+        PERFORM multitenancy._quota_exceeded(p_tenant, p_key, v_used - p_amount, p_amount, v_quota);
+    END IF;
+    RETURN v_used;
+END
+$$;
+
+-- The stored counters plus what this session's transaction has counted and not yet written
+-- (src/quotas.rs writes a held tenant's counts at commit): per table, and per tenant in total.
+-- Row level security on table_usage applies to the caller. Only tenants with a rows, bytes or
+-- rows:<table> limit have counters (src/quotas.rs, "Counting"); _usage_report below answers for
+-- every tenant.
+CREATE FUNCTION multitenancy._usage_counters()
+RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.tenant_id, c.relid::regclass, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+             WHERE u.relid::oid <> 0
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
+CREATE FUNCTION multitenancy._usage_totals()
+RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.tenant_id, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.row_count, u.byte_count FROM multitenancy.table_usage u WHERE u.relid::oid = 0
+            UNION ALL
+            SELECT w.tenant_id, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
+     GROUP BY c.tenant_id
+$$;
+
+-- Usage of every tenant the caller may see (p_tenant NULL) or of one, per table (relid) and in
+-- total (relid 0): the counters of counted tenants with what this transaction has not written
+-- yet, and for the others what the tables hold, counted now (_usage_live, src/quotas.rs).
+CREATE FUNCTION multitenancy._usage_report(p_tenant uuid)
+RETURNS TABLE (tenant_id uuid, relid oid, row_count bigint, byte_count bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH live AS MATERIALIZED (SELECT * FROM multitenancy._usage_live(p_tenant)),
+         unwritten AS MATERIALIZED (SELECT * FROM multitenancy._usage_unwritten() w
+                                     WHERE p_tenant IS NULL OR w.tenant_id = p_tenant)
+    SELECT c.tenant_id, c.relid, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
+      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
+             WHERE p_tenant IS NULL OR u.tenant_id = p_tenant
+            UNION ALL
+            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT w.tenant_id, 0, w.rows, w.bytes FROM unwritten w
+            UNION ALL
+            SELECT l.tenant_id, l.relid, l.row_count, l.byte_count FROM live l
+            UNION ALL
+            SELECT l.tenant_id, 0, l.row_count, l.byte_count FROM live l) c
+     GROUP BY c.tenant_id, c.relid
+$$;
+
+-- What a tenant uses of a key, its limit, and (metered keys) the current period.
+CREATE FUNCTION multitenancy._usage(p_tenant uuid, p_key text)
+RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+             WHEN p_key = 'members' THEN
+                 (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
+             WHEN p_key = 'rows' THEN
+                 coalesce((SELECT c.row_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
+             WHEN p_key = 'bytes' THEN
+                 coalesce((SELECT c.byte_count FROM multitenancy._usage_report(p_tenant) c
+                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
+             WHEN p_key LIKE 'rows:%' THEN
+                 (SELECT coalesce(sum(u.row_count), 0)::bigint
+                    FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
+                    JOIN multitenancy._usage_report(p_tenant) u ON u.tenant_id = p_tenant AND u.relid = s.relid)
+             ELSE
+                 coalesce((SELECT m.used FROM multitenancy.metered_usage m
+                            WHERE m.tenant_id = p_tenant AND m.key = p_key
+                              AND m.period = multitenancy._period_start(now())), 0)
+           END,
+           multitenancy._quota(p_tenant, p_key),
+           CASE WHEN metered THEN multitenancy._period_start(now()) END,
+           CASE WHEN metered THEN (multitenancy._period_start(now()) + interval '1 month')::date END
+      FROM (SELECT multitenancy._quota_is_metered(p_key) AS metered) k
+$$;
+
+-- quota_check(key) and usage_get(key) are in src/quotas.rs: a 'rows:<table>' key names its table
+-- with the caller's search_path.
+
+-- The dashboard: per tenant one row of totals (table_name NULL: rows, bytes, members, this
+-- month's metered usage) and one row per tenant-enabled table it has rows in. SECURITY
+-- INVOKER: row level security on the registry shows an application its own tenant, a DBA all.
+CREATE FUNCTION multitenancy.tenant_stats()
+RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH report AS MATERIALIZED (SELECT * FROM multitenancy._usage_report(NULL)),
+         counters AS (SELECT r.tenant_id, r.relid::regclass AS relid, r.row_count, r.byte_count
+                        FROM report r WHERE r.relid <> 0),
+         totals AS (SELECT r.tenant_id, r.row_count, r.byte_count FROM report r WHERE r.relid = 0)
+    SELECT t.id, t.slug, NULL::regclass,
+           coalesce((SELECT c.row_count FROM totals c WHERE c.tenant_id = t.id), 0),
+           coalesce((SELECT c.byte_count FROM totals c WHERE c.tenant_id = t.id), 0),
+           (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = t.id),
+           (SELECT coalesce(jsonb_object_agg(mu.key, mu.used), '{}') FROM multitenancy.metered_usage mu
+             WHERE mu.tenant_id = t.id AND mu.period = multitenancy._period_start(now()))
+      FROM multitenancy.tenants t
+    UNION ALL
+    SELECT c.tenant_id, t.slug, c.relid, c.row_count, c.byte_count, NULL, NULL
+      FROM counters c JOIN multitenancy.tenants t ON t.id = c.tenant_id
+    ORDER BY 2, 3 NULLS FIRST
+$$;
+
+-- What a table holds per tenant: _usage_actual(regclass) and _usage_actual_in(regclass, uuid[])
+-- in src/quotas.rs, counted as the table's owner (its index expressions are its owner's code).
+
+-- Where counters and tables disagree: per tenant and table, and per tenant in total
+-- (table_name NULL). Empty when every counter is exact.
+CREATE FUNCTION multitenancy.usage_drift()
+RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
+               bytes_counted bigint, bytes_actual bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- Tenants without a limit that needs counting have no counters to drift.
+    WITH counted AS (SELECT u.tenant_id FROM multitenancy._usage_totals() u),
+    actual AS (
+        SELECT a.tenant_id, e.relid, a.row_count, a.byte_count
+          FROM multitenancy.enabled_tables e
+          JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
+         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
+         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)
+           AND a.tenant_id IN (SELECT id FROM multitenancy.tenants)),
+    per_table AS (
+        SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
+               coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
+               coalesce(u.byte_count, 0) AS bc, coalesce(a.byte_count, 0) AS ba
+          FROM actual a FULL JOIN multitenancy._usage_counters() u ON u.tenant_id = a.tenant_id AND u.relid = a.relid),
+    totals AS (
+        SELECT coalesce(s.tenant_id, u.tenant_id) AS tenant_id, NULL::regclass AS relid,
+               coalesce(u.row_count, 0) AS rc, coalesce(s.r, 0)::bigint AS ra,
+               coalesce(u.byte_count, 0) AS bc, coalesce(s.b, 0)::bigint AS ba
+          FROM (SELECT a.tenant_id, sum(a.row_count) AS r, sum(a.byte_count) AS b FROM actual a GROUP BY 1) s
+          FULL JOIN multitenancy._usage_totals() u ON u.tenant_id = s.tenant_id)
+    SELECT * FROM (SELECT * FROM per_table UNION ALL SELECT * FROM totals) d
+     WHERE d.rc <> d.ra OR d.bc <> d.ba
+     ORDER BY 1, 2 NULLS FIRST
+$$;
+
+-- Set one counter row (relid 0: the tenant's totals) to absolute values.
+CREATE FUNCTION multitenancy._usage_set(p_tenant uuid, p_relid regclass, p_rows bigint, p_bytes bigint)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
+    VALUES (p_tenant, p_relid, p_rows, p_bytes)
+    ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count
+$$;
+
+-- Set every counter to what the tables hold (after a bulk load with triggers off, say), and
+-- return what was wrong. Takes SHARE locks on the tenant-enabled tables: writers wait.
+CREATE FUNCTION multitenancy.usage_recompute()
+RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
+               bytes_counted bigint, bytes_actual bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_table regclass;
+    d record;
+BEGIN
+    -- What this transaction counted and has not written is in the tables already.
+    PERFORM multitenancy._usage_settle(NULL);
+    FOR v_table IN SELECT e.relid FROM multitenancy.enabled_tables e JOIN pg_class c ON c.oid = e.relid
+                    WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
+        EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
+    END LOOP;
+    -- Counters for exactly the tenants with a limit that needs them (set from the tables).
+    PERFORM multitenancy._usage_reconcile(t.id), multitenancy._usage_start(t.id) FROM multitenancy.tenants t ORDER BY t.id;
+    FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
+            DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = d.tenant_id AND u.relid = d.table_name;
+        ELSE
+            PERFORM multitenancy._usage_set(d.tenant_id, coalesce(d.table_name, 0::oid::regclass),
+                                            d.rows_actual, d.bytes_actual);
+        END IF;
+        tenant_id := d.tenant_id;
+        table_name := d.table_name;
+        rows_counted := d.rows_counted;
+        rows_actual := d.rows_actual;
+        bytes_counted := d.bytes_counted;
+        bytes_actual := d.bytes_actual;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- One table's counters from what it holds, the tenant's totals moved by the difference
+-- (tenant_enable, when it installs the counting on a table that may have rows). Returns how many
+-- tenants' counters changed.
+CREATE FUNCTION multitenancy._usage_recount(p_table regclass) RETURNS bigint
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    v_changed bigint := 0;
+BEGIN
+    EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', p_table);
+    FOR d IN SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id,
+                    coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count,
+                    coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
+                    coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
+               FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
+                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)
+                        AND x.tenant_id IN (SELECT id FROM multitenancy.tenants)) a
+               FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
+              ORDER BY 1 LOOP
+        CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
+        VALUES (d.tenant_id, 0::oid::regclass, d.rows_delta, d.bytes_delta)
+        ON CONFLICT (tenant_id, relid) DO UPDATE
+           SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count;
+        PERFORM multitenancy._usage_set(d.tenant_id, p_table, d.row_count, d.byte_count);
+        v_changed := v_changed + 1;
+    END LOOP;
+    RETURN v_changed;
+END
+$$;
+
+-- A table's counters leave it (TRUNCATE, tenant_disable, DROP): the totals lose its counts.
+CREATE FUNCTION multitenancy._usage_forget_table(p_table oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+BEGIN
+    IF p_table = 0 THEN
+        RETURN;
+    END IF;
+    FOR d IN SELECT u.tenant_id, u.row_count, u.byte_count FROM multitenancy.table_usage u
+              WHERE u.relid = p_table::regclass ORDER BY 1 LOOP
+        PERFORM multitenancy._usage_lock(d.tenant_id);
+        UPDATE multitenancy.table_usage
+           SET row_count = row_count - d.row_count, byte_count = byte_count - d.byte_count
+         WHERE tenant_id = d.tenant_id AND relid = 0::oid::regclass;
+    END LOOP;
+    DELETE FROM multitenancy.table_usage WHERE relid = p_table::regclass;
+END
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:47
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
 $$;
 /* </end connected objects> */
 
@@ -897,603 +1519,7 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:41
--- requires:
---   tenants
---   tenants::access::_readable_tenant
-
--- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
--- listing them. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
-                                         p_by uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_quota bigint;
-    v_members bigint;
-BEGIN
-    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
-    END IF;
-    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
-    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
-    END IF;
-    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
-    v_quota := multitenancy._quota(p_tenant, 'members');
-    IF v_quota IS NOT NULL THEN
-        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
-        IF v_members > v_quota THEN
-            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
-        END IF;
-    END IF;
-    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
-                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
-        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
-    END IF;
-END
-$$;
-
--- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
--- when the user is not a member.
-CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    slug := multitenancy._lock_tenant(p_tenant);
-    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
-    IF role IS NULL THEN
-        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
-    END IF;
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text;
-    v_role text;
-BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = 'owner' THEN
-        IF p_may_manage_owners IS NOT TRUE THEN
-            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
-        END IF;
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
-    END IF;
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
-RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text;
-    v_role text;
-BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = p_role THEN
-        RETURN NULL;
-    END IF;
-    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
-    END IF;
-    IF v_role = 'owner' THEN
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
-    END IF;
-    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy.member_list(tenant text)
-RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT m.user_id, m.role, m.joined_at, m.invited_by
-      FROM multitenancy.members m
-     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:47
--- requires:
---   tenants
---   tenants::access::_readable_tenant
---   gucs::_base_domain
-
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
-
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
-    END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_row multitenancy.domains;
-BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('domain', p_domain);
-END
-$$;
-
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
-$$;
-
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:52
--- requires:
---   tenants
---   quotas_counting
---   current_tenant_id
---   quotas::_usage_unwritten
---   quotas::_usage_lock
-
--- multitenancy quotas and usage: limit resolution, metering, reports, recounting.
--- The counting triggers and the enforcement of the rows / bytes limits are in src/quotas.rs.
-
--- The metering period (a calendar month, UTC) that `at` falls in, by its first day.
-CREATE FUNCTION multitenancy._period_start(at timestamptz) RETURNS date
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT date_trunc('month', at AT TIME ZONE 'UTC')::date
-$$;
-
--- A quota key, checked and in its stored form: 'members', 'rows', 'bytes', 'rows:<table>' of a
--- tenant-enabled table (schema-qualified), or the name of a metered counter.
-CREATE FUNCTION multitenancy._quota_key(p_key text) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_key text := btrim(coalesce(p_key, ''));
-    v_table regclass;
-BEGIN
-    IF v_key ~ '^[a-z][a-z0-9_.-]{0,62}$' THEN
-        RETURN v_key;
-    END IF;
-    IF v_key LIKE 'rows:%' THEN
-        BEGIN
-            v_table := to_regclass(substr(v_key, 6));
-        EXCEPTION WHEN OTHERS THEN
-            v_table := NULL;
-        END;
-        IF v_table IS NULL OR NOT EXISTS (SELECT 1 FROM multitenancy.enabled_tables e WHERE e.relid = v_table) THEN
-            PERFORM multitenancy._raise('quota_key_no_table', ARRAY[p_key]);
-        END IF;
-        RETURN 'rows:' || v_table::text;
-    END IF;
-    PERFORM multitenancy._raise('invalid_quota_key', ARRAY[p_key]);
-END
-$$;
-
--- A table and every table under it (partitions, inheritance children), the set a
--- 'rows:<table>' limit counts.
-CREATE FUNCTION multitenancy._usage_tables(p_table regclass) RETURNS SETOF regclass
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE t(relid) AS (
-        SELECT p_table::oid
-        UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
-    SELECT relid::regclass FROM t
-$$;
-
--- The limits of a tenant: its override if it has one (NULL quota: unlimited), else its plan's.
--- A key without a row is unlimited.
-CREATE FUNCTION multitenancy._quotas(p_tenant uuid) RETURNS TABLE (key text, quota bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(o.key, p.key), CASE WHEN o.key IS NOT NULL THEN o.quota ELSE p.quota END
-      FROM (SELECT l.key, CASE WHEN jsonb_typeof(l.value) = 'number' THEN (l.value #>> '{}')::numeric::bigint END AS quota
-              FROM multitenancy.tenants t
-              JOIN multitenancy.plans pl ON pl.name = t.plan
-             CROSS JOIN LATERAL jsonb_each(pl.limits) l
-             WHERE t.id = p_tenant) p
-      FULL JOIN (SELECT q.key, q.quota FROM multitenancy.quotas q WHERE q.tenant_id = p_tenant) o ON o.key = p.key
-$$;
-
-CREATE FUNCTION multitenancy._quota(p_tenant uuid, p_key text) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT q.quota FROM multitenancy._quotas(p_tenant) q WHERE q.key = p_key
-$$;
-
--- quota_set (p_set) and quota_reset (NOT p_set). NULL: nothing changed.
-CREATE FUNCTION multitenancy._quota_set(p_tenant uuid, p_key text, p_quota bigint, p_set boolean) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.quotas;
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT * INTO v_old FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
-    IF NOT p_set THEN
-        IF v_old.key IS NULL THEN
-            RETURN NULL;
-        END IF;
-        DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant AND key = p_key;
-        PERFORM multitenancy._usage_reconcile(p_tenant);
-        RETURN jsonb_build_object('key', p_key, 'previous', v_old.quota);
-    END IF;
-    IF v_old.key IS NOT NULL AND v_old.quota IS NOT DISTINCT FROM p_quota THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO multitenancy.quotas (tenant_id, key, quota) VALUES (p_tenant, p_key, p_quota)
-    ON CONFLICT (tenant_id, key) DO UPDATE SET quota = EXCLUDED.quota, set_at = now();
-    PERFORM multitenancy._usage_reconcile(p_tenant);
-    RETURN jsonb_build_object('key', p_key, 'quota', p_quota, 'previous', v_old.quota,
-                              'had_override', v_old.key IS NOT NULL);
-END
-$$;
-
--- usage_record: add to this month's counter, under its row lock; refuse past the limit.
-CREATE FUNCTION multitenancy._usage_record(p_tenant uuid, p_key text, p_amount bigint) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_used bigint;
-    v_quota bigint;
-BEGIN
-    INSERT INTO multitenancy.metered_usage AS m (tenant_id, key, period, used)
-    VALUES (p_tenant, p_key, multitenancy._period_start(now()), p_amount)
-    ON CONFLICT (tenant_id, key, period) DO UPDATE SET used = m.used + EXCLUDED.used, updated_at = now()
-    RETURNING m.used INTO v_used;
-    v_quota := multitenancy._quota(p_tenant, p_key);
-    IF v_used > v_quota THEN
-        PERFORM multitenancy._quota_exceeded(p_tenant, p_key, v_used - p_amount, p_amount, v_quota);
-    END IF;
-    RETURN v_used;
-END
-$$;
-
--- The stored counters plus what this session's transaction has counted and not yet written
--- (src/quotas.rs writes a held tenant's counts at commit): per table, and per tenant in total.
--- Row level security on table_usage applies to the caller. Only tenants with a rows, bytes or
--- rows:<table> limit have counters (src/quotas.rs, "Counting"); _usage_report below answers for
--- every tenant.
-CREATE FUNCTION multitenancy._usage_counters()
-RETURNS TABLE (tenant_id uuid, relid regclass, row_count bigint, byte_count bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.tenant_id, c.relid::regclass, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
-      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
-             WHERE u.relid::oid <> 0
-            UNION ALL
-            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
-     GROUP BY c.tenant_id, c.relid
-$$;
-
-CREATE FUNCTION multitenancy._usage_totals()
-RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.tenant_id, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
-      FROM (SELECT u.tenant_id, u.row_count, u.byte_count FROM multitenancy.table_usage u WHERE u.relid::oid = 0
-            UNION ALL
-            SELECT w.tenant_id, w.rows, w.bytes FROM multitenancy._usage_unwritten() w) c
-     GROUP BY c.tenant_id
-$$;
-
--- What a table holds of some tenants, read as the registry owner (see _usage_actual): per
--- tenant that has rows in it. STABLE: with the caller's snapshot (src/quotas.rs passes the
--- latest when it starts counting a tenant).
-CREATE FUNCTION multitenancy._usage_actual_in(p_table regclass, p_tenants uuid[])
-RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint FROM ONLY %s AS t '
-        'WHERE t.tenant_id = ANY ($1) GROUP BY t.tenant_id', p_table) USING p_tenants;
-END
-$$;
-
--- Usage of every tenant the caller may see (p_tenant NULL) or of one, per table (relid) and in
--- total (relid 0): the counters of counted tenants with what this transaction has not written
--- yet, and for the others what the tables hold, counted now (_usage_live, src/quotas.rs).
-CREATE FUNCTION multitenancy._usage_report(p_tenant uuid)
-RETURNS TABLE (tenant_id uuid, relid oid, row_count bigint, byte_count bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH live AS MATERIALIZED (SELECT * FROM multitenancy._usage_live(p_tenant)),
-         unwritten AS MATERIALIZED (SELECT * FROM multitenancy._usage_unwritten() w
-                                     WHERE p_tenant IS NULL OR w.tenant_id = p_tenant)
-    SELECT c.tenant_id, c.relid, sum(c.row_count)::bigint, sum(c.byte_count)::bigint
-      FROM (SELECT u.tenant_id, u.relid::oid AS relid, u.row_count, u.byte_count FROM multitenancy.table_usage u
-             WHERE p_tenant IS NULL OR u.tenant_id = p_tenant
-            UNION ALL
-            SELECT w.tenant_id, w.relid, w.rows, w.bytes FROM unwritten w
-            UNION ALL
-            SELECT w.tenant_id, 0, w.rows, w.bytes FROM unwritten w
-            UNION ALL
-            SELECT l.tenant_id, l.relid, l.row_count, l.byte_count FROM live l
-            UNION ALL
-            SELECT l.tenant_id, 0, l.row_count, l.byte_count FROM live l) c
-     GROUP BY c.tenant_id, c.relid
-$$;
-
--- What a tenant uses of a key, its limit, and (metered keys) the current period.
-CREATE FUNCTION multitenancy._usage(p_tenant uuid, p_key text)
-RETURNS TABLE (used bigint, quota bigint, period_start date, period_end date)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE
-             WHEN p_key = 'members' THEN
-                 (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = p_tenant)
-             WHEN p_key = 'rows' THEN
-                 coalesce((SELECT c.row_count FROM multitenancy._usage_report(p_tenant) c
-                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
-             WHEN p_key = 'bytes' THEN
-                 coalesce((SELECT c.byte_count FROM multitenancy._usage_report(p_tenant) c
-                            WHERE c.tenant_id = p_tenant AND c.relid = 0), 0)
-             WHEN p_key LIKE 'rows:%' THEN
-                 (SELECT coalesce(sum(u.row_count), 0)::bigint
-                    FROM multitenancy._usage_tables(to_regclass(substr(p_key, 6))) s(relid)
-                    JOIN multitenancy._usage_report(p_tenant) u ON u.tenant_id = p_tenant AND u.relid = s.relid)
-             ELSE
-                 coalesce((SELECT m.used FROM multitenancy.metered_usage m
-                            WHERE m.tenant_id = p_tenant AND m.key = p_key
-                              AND m.period = multitenancy._period_start(now())), 0)
-           END,
-           multitenancy._quota(p_tenant, p_key),
-           CASE WHEN metered THEN multitenancy._period_start(now()) END,
-           CASE WHEN metered THEN (multitenancy._period_start(now()) + interval '1 month')::date END
-      FROM (SELECT multitenancy._quota_is_metered(p_key) AS metered) k
-$$;
-
--- quota_check(key) and usage_get(key) are in src/quotas.rs: a 'rows:<table>' key names its table
--- with the caller's search_path.
-
--- The dashboard: per tenant one row of totals (table_name NULL: rows, bytes, members, this
--- month's metered usage) and one row per tenant-enabled table it has rows in. SECURITY
--- INVOKER: row level security on the registry shows an application its own tenant, a DBA all.
-CREATE FUNCTION multitenancy.tenant_stats()
-RETURNS TABLE (tenant_id uuid, slug text, table_name regclass, rows bigint, bytes bigint, members bigint, usage jsonb)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH report AS MATERIALIZED (SELECT * FROM multitenancy._usage_report(NULL)),
-         counters AS (SELECT r.tenant_id, r.relid::regclass AS relid, r.row_count, r.byte_count
-                        FROM report r WHERE r.relid <> 0),
-         totals AS (SELECT r.tenant_id, r.row_count, r.byte_count FROM report r WHERE r.relid = 0)
-    SELECT t.id, t.slug, NULL::regclass,
-           coalesce((SELECT c.row_count FROM totals c WHERE c.tenant_id = t.id), 0),
-           coalesce((SELECT c.byte_count FROM totals c WHERE c.tenant_id = t.id), 0),
-           (SELECT count(*) FROM multitenancy.members m WHERE m.tenant_id = t.id),
-           (SELECT coalesce(jsonb_object_agg(mu.key, mu.used), '{}') FROM multitenancy.metered_usage mu
-             WHERE mu.tenant_id = t.id AND mu.period = multitenancy._period_start(now()))
-      FROM multitenancy.tenants t
-    UNION ALL
-    SELECT c.tenant_id, t.slug, c.relid, c.row_count, c.byte_count, NULL, NULL
-      FROM counters c JOIN multitenancy.tenants t ON t.id = c.tenant_id
-    ORDER BY 2, 3 NULLS FIRST
-$$;
-
--- What a table holds per tenant, read as the registry owner: row_security = off makes a role
--- that row level security would filter fail instead of miscounting. STABLE: it reads with the
--- caller's snapshot, so usage_drift() compares tables and counters at one moment.
-CREATE FUNCTION multitenancy._usage_actual(p_table regclass)
-RETURNS TABLE (tenant_id uuid, row_count bigint, byte_count bigint)
-LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'SELECT t.tenant_id, count(*), coalesce(sum(multitenancy.row_bytes(t)), 0)::bigint '
-        'FROM ONLY %s AS t WHERE t.tenant_id IN (SELECT id FROM multitenancy.tenants) GROUP BY t.tenant_id', p_table);
-END
-$$;
-
--- Where counters and tables disagree: per tenant and table, and per tenant in total
--- (table_name NULL). Empty when every counter is exact.
-CREATE FUNCTION multitenancy.usage_drift()
-RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
-               bytes_counted bigint, bytes_actual bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- Tenants without a limit that needs counting have no counters to drift.
-    WITH counted AS (SELECT u.tenant_id FROM multitenancy._usage_totals() u),
-    actual AS (
-        SELECT a.tenant_id, e.relid, a.row_count, a.byte_count
-          FROM multitenancy.enabled_tables e
-          JOIN pg_class c ON c.oid = e.relid AND c.relkind = 'r'
-         CROSS JOIN LATERAL multitenancy._usage_actual(e.relid) a
-         WHERE a.tenant_id IN (SELECT tenant_id FROM counted)),
-    per_table AS (
-        SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id, coalesce(a.relid, u.relid) AS relid,
-               coalesce(u.row_count, 0) AS rc, coalesce(a.row_count, 0) AS ra,
-               coalesce(u.byte_count, 0) AS bc, coalesce(a.byte_count, 0) AS ba
-          FROM actual a FULL JOIN multitenancy._usage_counters() u ON u.tenant_id = a.tenant_id AND u.relid = a.relid),
-    totals AS (
-        SELECT coalesce(s.tenant_id, u.tenant_id) AS tenant_id, NULL::regclass AS relid,
-               coalesce(u.row_count, 0) AS rc, coalesce(s.r, 0)::bigint AS ra,
-               coalesce(u.byte_count, 0) AS bc, coalesce(s.b, 0)::bigint AS ba
-          FROM (SELECT a.tenant_id, sum(a.row_count) AS r, sum(a.byte_count) AS b FROM actual a GROUP BY 1) s
-          FULL JOIN multitenancy._usage_totals() u ON u.tenant_id = s.tenant_id)
-    SELECT * FROM (SELECT * FROM per_table UNION ALL SELECT * FROM totals) d
-     WHERE d.rc <> d.ra OR d.bc <> d.ba
-     ORDER BY 1, 2 NULLS FIRST
-$$;
-
--- Set one counter row (relid 0: the tenant's totals) to absolute values.
-CREATE FUNCTION multitenancy._usage_set(p_tenant uuid, p_relid regclass, p_rows bigint, p_bytes bigint)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
-    VALUES (p_tenant, p_relid, p_rows, p_bytes)
-    ON CONFLICT (tenant_id, relid) DO UPDATE SET row_count = EXCLUDED.row_count, byte_count = EXCLUDED.byte_count
-$$;
-
--- Set every counter to what the tables hold (after a bulk load with triggers off, say), and
--- return what was wrong. Takes SHARE locks on the tenant-enabled tables: writers wait.
-CREATE FUNCTION multitenancy.usage_recompute()
-RETURNS TABLE (tenant_id uuid, table_name regclass, rows_counted bigint, rows_actual bigint,
-               bytes_counted bigint, bytes_actual bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    v_table regclass;
-    d record;
-BEGIN
-    -- What this transaction counted and has not written is in the tables already.
-    PERFORM multitenancy._usage_settle(NULL);
-    FOR v_table IN SELECT e.relid FROM multitenancy.enabled_tables e JOIN pg_class c ON c.oid = e.relid
-                    WHERE c.relkind = 'r' ORDER BY e.relid::oid LOOP
-        EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', v_table);
-    END LOOP;
-    -- Counters for exactly the tenants with a limit that needs them (set from the tables).
-    PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
-    FOR d IN SELECT * FROM multitenancy.usage_drift() LOOP
-        PERFORM multitenancy._usage_lock(d.tenant_id);
-        IF d.table_name IS NOT NULL AND d.rows_actual = 0 AND d.bytes_actual = 0 THEN
-            DELETE FROM multitenancy.table_usage u WHERE u.tenant_id = d.tenant_id AND u.relid = d.table_name;
-        ELSE
-            PERFORM multitenancy._usage_set(d.tenant_id, coalesce(d.table_name, 0::oid::regclass),
-                                            d.rows_actual, d.bytes_actual);
-        END IF;
-        tenant_id := d.tenant_id;
-        table_name := d.table_name;
-        rows_counted := d.rows_counted;
-        rows_actual := d.rows_actual;
-        bytes_counted := d.bytes_counted;
-        bytes_actual := d.bytes_actual;
-        RETURN NEXT;
-    END LOOP;
-END
-$$;
-
--- One table's counters from what it holds, the tenant's totals moved by the difference
--- (tenant_enable, when it installs the counting on a table that may have rows). Returns how many
--- tenants' counters changed.
-CREATE FUNCTION multitenancy._usage_recount(p_table regclass) RETURNS bigint
-LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    d record;
-    v_changed bigint := 0;
-BEGIN
-    EXECUTE format('LOCK TABLE ONLY %s IN SHARE MODE', p_table);
-    FOR d IN SELECT coalesce(a.tenant_id, u.tenant_id) AS tenant_id,
-                    coalesce(a.row_count, 0) AS row_count, coalesce(a.byte_count, 0) AS byte_count,
-                    coalesce(a.row_count, 0) - coalesce(u.row_count, 0) AS rows_delta,
-                    coalesce(a.byte_count, 0) - coalesce(u.byte_count, 0) AS bytes_delta
-               FROM (SELECT * FROM multitenancy._usage_actual(p_table) x
-                      WHERE x.tenant_id IN (SELECT t.tenant_id FROM multitenancy.table_usage t WHERE t.relid = 0::oid::regclass)) a
-               FULL JOIN (SELECT * FROM multitenancy.table_usage WHERE relid = p_table) u ON u.tenant_id = a.tenant_id
-              ORDER BY 1 LOOP
-        CONTINUE WHEN d.rows_delta = 0 AND d.bytes_delta = 0;
-        PERFORM multitenancy._usage_lock(d.tenant_id);
-        INSERT INTO multitenancy.table_usage AS u (tenant_id, relid, row_count, byte_count)
-        VALUES (d.tenant_id, 0::oid::regclass, d.rows_delta, d.bytes_delta)
-        ON CONFLICT (tenant_id, relid) DO UPDATE
-           SET row_count = u.row_count + EXCLUDED.row_count, byte_count = u.byte_count + EXCLUDED.byte_count;
-        PERFORM multitenancy._usage_set(d.tenant_id, p_table, d.row_count, d.byte_count);
-        v_changed := v_changed + 1;
-    END LOOP;
-    RETURN v_changed;
-END
-$$;
-
--- A table's counters leave it (TRUNCATE, tenant_disable, DROP): the totals lose its counts.
-CREATE FUNCTION multitenancy._usage_forget_table(p_table oid) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    d record;
-BEGIN
-    IF p_table = 0 THEN
-        RETURN;
-    END IF;
-    FOR d IN SELECT u.tenant_id, u.row_count, u.byte_count FROM multitenancy.table_usage u
-              WHERE u.relid = p_table::regclass ORDER BY 1 LOOP
-        PERFORM multitenancy._usage_lock(d.tenant_id);
-        UPDATE multitenancy.table_usage
-           SET row_count = row_count - d.row_count, byte_count = byte_count - d.byte_count
-         WHERE tenant_id = d.tenant_id AND relid = 0::oid::regclass;
-    END LOOP;
-    DELETE FROM multitenancy.table_usage WHERE relid = p_table::regclass;
-END
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:59
+-- src/lib.rs:70
 -- requires:
 --   lifecycle
 --   quotas
@@ -1834,6 +1860,8 @@ BEGIN
     INSERT INTO multitenancy.metered_usage (tenant_id, key, period, used)
     SELECT v_id, u->>'key', (u->>'period')::date, (u->>'used')::bigint
       FROM jsonb_array_elements(coalesce(p_archive->'metered_usage', '[]')) u;
+    -- The archive's plan and quotas decide whether the tenant is counted from now on.
+    PERFORM multitenancy._usage_reconcile(v_id);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'result', v_id, 'tenant_id', v_id, 'slug', v_slug, 'mode', p_mode, 'archive', p_archive->>'archive_id',
         'source_tenant', v_t->>'id', 'source_slug', v_t->>'slug', 'rows_deleted', v_deleted->'rows'));
@@ -2006,7 +2034,7 @@ AS 'MODULE_PATHNAME', 'plan_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1333
+-- src/quotas.rs:1501
 -- multitenancy::quotas::quota_check
 CREATE  FUNCTION "quota_check"(
 	"key" TEXT /* Option < & str > */
@@ -2021,7 +2049,7 @@ AS 'MODULE_PATHNAME', 'quota_check_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1257
+-- src/quotas.rs:1425
 -- multitenancy::quotas::quota_reset
 CREATE  FUNCTION "quota_reset"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2033,7 +2061,7 @@ AS 'MODULE_PATHNAME', 'quota_reset_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1235
+-- src/quotas.rs:1403
 -- multitenancy::quotas::quota_set
 CREATE  FUNCTION "quota_set"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2389,7 +2417,7 @@ AS 'MODULE_PATHNAME', 'tenant_unexempt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1344
+-- src/quotas.rs:1512
 -- multitenancy::quotas::usage_get
 CREATE  FUNCTION "usage_get"(
 	"key" TEXT /* Option < & str > */
@@ -2405,7 +2433,7 @@ AS 'MODULE_PATHNAME', 'usage_get_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1274
+-- src/quotas.rs:1442
 -- multitenancy::quotas::usage_record
 CREATE  FUNCTION "usage_record"(
 	"key" TEXT, /* Option < & str > */
@@ -2432,7 +2460,7 @@ AS 'MODULE_PATHNAME', 'verify_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:60
+-- src/lib.rs:71
 -- finalize
 -- multitenancy finalize: privileges and event triggers. Runs after every function exists.
 
