@@ -387,3 +387,21 @@ pub unsafe fn string_value<'a>(node: *mut std::ffi::c_void) -> &'a std::ffi::CSt
 pub unsafe fn string_value<'a>(node: *mut std::ffi::c_void) -> &'a std::ffi::CStr {
     std::ffi::CStr::from_ptr((*(node as *mut pg_sys::String)).sval)
 }
+
+/// The oid of function `multitenancy.<name>(<args>)`, if it exists (a syscache lookup by name;
+/// no permission check). For the hooks and triggers that need to know which SQL the database has.
+pub fn extension_function(name: &CStr, args: &[pg_sys::Oid]) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup by name in a transaction; the name list is built of palloc'd
+    // strings as LookupFuncName expects, and `args` outlives the call.
+    let oid = unsafe {
+        let names = pg_sys::list_make2_impl(
+            pg_sys::NodeTag::T_List,
+            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"multitenancy".as_ptr())).cast() },
+            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(name.as_ptr())).cast() },
+        );
+        let none = pg_sys::InvalidOid;
+        let argtypes = if args.is_empty() { &none as *const pg_sys::Oid } else { args.as_ptr() };
+        pg_sys::LookupFuncName(names, args.len() as i32, argtypes, true)
+    };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}

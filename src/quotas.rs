@@ -1091,16 +1091,7 @@ fn counts_everyone() -> bool {
     if let Some(known) = COUNTS_EVERYONE.with(std::cell::Cell::get) {
         return known;
     }
-    // SAFETY: a syscache lookup by name in a transaction; the name list is palloc'd.
-    let missing = unsafe {
-        let names = pg_sys::list_make2_impl(
-            pg_sys::NodeTag::T_List,
-            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"multitenancy".as_ptr())).cast() },
-            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"_usage_reconcile".as_ptr())).cast() },
-        );
-        let arg = pg_sys::UUIDOID;
-        pg_sys::LookupFuncName(names, 1, &arg, true) == pg_sys::InvalidOid
-    };
+    let missing = crate::catalog::extension_function(c"_usage_reconcile", &[pg_sys::UUIDOID]).is_none();
     COUNTS_EVERYONE.with(|c| c.set(Some(missing)));
     missing
 }

@@ -102,32 +102,25 @@ fn function() -> Option<(pg_sys::Oid, u32)> {
     if let Some(known) = FUNCTION.with(Cell::get) {
         return known;
     }
-    // SAFETY: catalog lookups in a transaction (the planner runs in one); the name list is
-    // built of palloc'd strings as LookupFuncName expects.
-    let found = unsafe {
-        let names = pg_sys::list_make2_impl(
-            pg_sys::NodeTag::T_List,
-            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"multitenancy".as_ptr())).cast() },
-            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(c"current_tenant_id".as_ptr())).cast() },
-        );
-        let no_args = pg_sys::InvalidOid;
-        let oid = pg_sys::LookupFuncName(names, 0, &no_args, true);
-        let extension = pg_sys::get_extension_oid(c"multitenancy".as_ptr(), true);
-        // A function of that name that is not the extension's own is not replaced.
-        (oid != pg_sys::InvalidOid
-            && extension != pg_sys::InvalidOid
-            && pg_sys::getExtensionOfObject(pg_sys::ProcedureRelationId, oid) == extension)
-            .then(|| {
-                let hash = pg_sys::GetSysCacheHashValue(
-                    PROCOID,
-                    pg_sys::Datum::from(oid),
-                    pg_sys::Datum::from(0),
-                    pg_sys::Datum::from(0),
-                    pg_sys::Datum::from(0),
-                );
-                (oid, hash)
-            })
-    };
+    let found = crate::catalog::extension_function(c"current_tenant_id", &[]).and_then(|oid| {
+        // SAFETY: catalog lookups in a transaction (the planner runs in one).
+        unsafe {
+            let extension = pg_sys::get_extension_oid(c"multitenancy".as_ptr(), true);
+            // A function of that name that is not the extension's own is not replaced.
+            (extension != pg_sys::InvalidOid
+                && pg_sys::getExtensionOfObject(pg_sys::ProcedureRelationId, oid) == extension)
+                .then(|| {
+                    let hash = pg_sys::GetSysCacheHashValue(
+                        PROCOID,
+                        pg_sys::Datum::from(oid),
+                        pg_sys::Datum::from(0),
+                        pg_sys::Datum::from(0),
+                        pg_sys::Datum::from(0),
+                    );
+                    (oid, hash)
+                })
+        }
+    });
     FUNCTION.with(|f| f.set(Some(found)));
     found
 }
@@ -150,27 +143,23 @@ fn may_execute(oid: pg_sys::Oid) -> bool {
 }
 
 /// Invalidate every cached plan made with a tenant constant (they are replanned before their
-/// next use) — when the context may have moved to another tenant.
+/// next use) — when the context may have moved to another tenant. Plans that read the context
+/// at run time stay: the hash is the one only plans with a constant carry (see [`MARK`]).
 fn invalidate() {
     if PLANNED_FOR.with(|p| p.take()).is_some() {
-        struct Done;
-        impl Drop for Done {
-            fn drop(&mut self) {
-                FIRING.with(|f| f.set(false));
-            }
-        }
-        FIRING.with(|f| f.set(true));
-        let _done = Done;
-        // SAFETY: runs this backend's syscache callbacks for one pg_proc hash, the one only
-        // plans with a constant carry (see [`MARK`]): the plan cache marks them invalid; plans
-        // that read the context at run time stay. No catalog access, safe during abort.
-        unsafe { pg_sys::CallSyscacheCallbacks(PROCOID, MARK) };
+        fire(MARK);
     }
 }
 
 /// Invalidate the plans that depend on `current_tenant_id` by PostgreSQL's own record (generic
 /// plans that read the context at run time), so that they are made again with the constant.
 fn invalidate_generic(hash: u32) {
+    fire(hash);
+}
+
+/// Run this backend's syscache callbacks for one `pg_proc` hash: the plan cache marks the plans
+/// that carry it invalid. No catalog access, safe during abort.
+fn fire(hash: u32) {
     struct Done;
     impl Drop for Done {
         fn drop(&mut self) {
@@ -179,7 +168,7 @@ fn invalidate_generic(hash: u32) {
     }
     FIRING.with(|f| f.set(true));
     let _done = Done;
-    // SAFETY: as in invalidate().
+    // SAFETY: see above.
     unsafe { pg_sys::CallSyscacheCallbacks(PROCOID, hash) };
 }
 
