@@ -239,13 +239,20 @@ fn claims_contexts_follow_the_tenant() {
     let o = orders("plan_cache_claims");
     let mut app = claims_app(&o);
     let statement = app.prepare("SELECT item FROM orders WHERE item <> $1 ORDER BY item").unwrap();
+    app.batch_execute("PREPARE by_item(text) AS SELECT item FROM orders WHERE item <> $1 ORDER BY item").unwrap();
     for (round, (slug, tenant)) in visits(&o).iter().enumerate() {
         let mut tx = app.transaction().unwrap();
         tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&claims(tenant)]).unwrap();
         for i in 0..7 {
             let got = items(tx.query(&statement, &[&"none"]).unwrap());
             assert_rows_of(&o, &got, slug, tenant, &format!("claims, visit {round} ({slug}), execution {i}"));
+            let got = items(tx.query("EXECUTE by_item('none')", &[]).unwrap());
+            assert_rows_of(&o, &got, slug, tenant, &format!("claims, PREPARE, visit {round} ({slug}), execution {i}"));
         }
+        // Claims plans are discarded at the end of each transaction: a generic plan reads the
+        // context when it runs rather than being made again in every transaction.
+        let plan = explained(&mut tx, "EXECUTE by_item('none')");
+        assert!(plan.contains("InitPlan") && !plan.contains(&o.a) && !plan.contains(&o.b), "{slug}: {plan}");
         tx.commit().unwrap();
     }
 }

@@ -368,11 +368,19 @@ pub fn substitute(parse: *mut pg_sys::Query, bound_params: pg_sys::ParamListInfo
     if walk.slots.is_empty() {
         return None;
     }
-    if walk.params && bound_params.is_null() && !steady() {
+    let generic = walk.params && bound_params.is_null();
+    if generic && !steady() {
         GENERIC_WITHOUT_CONSTANT.with(|g| g.set(true));
         return None;
     }
     let (tenant, seen) = resolve(function)?;
+    if generic && !seen {
+        // A context from a setting another component owns (claims): plans with its constant are
+        // discarded when the transaction ends, so a generic plan with it would be made again in
+        // every transaction (PostgREST prepares its statements).
+        GENERIC_WITHOUT_CONSTANT.with(|g| g.set(true));
+        return None;
+    }
     for slot in walk.slots {
         // SAFETY: the slots found above, in the tree being planned.
         unsafe { *slot = constant(tenant) };
