@@ -850,7 +850,8 @@ fn limits_now(tenant: pgrx::Uuid) -> Result<Limits> {
     let uuid = tenant.into_datum().expect("a uuid datum");
     let rows = latest(
         "SELECT CASE q.key WHEN 'rows' THEN 1 WHEN 'bytes' THEN 2 ELSE 3 END::pg_catalog.int8, q.quota, \
-                COALESCE(pg_catalog.to_regclass(pg_catalog.substr(q.key, 6))::pg_catalog.oid::pg_catalog.int8, 0) \
+                COALESCE(CASE WHEN q.key OPERATOR(pg_catalog.~~) 'rows:%' \
+                              THEN pg_catalog.to_regclass(pg_catalog.substr(q.key, 6))::pg_catalog.oid::pg_catalog.int8 END, 0) \
            FROM multitenancy._quotas($1) q \
           WHERE q.quota IS NOT NULL \
             AND (q.key OPERATOR(pg_catalog.=) ANY ('{rows,bytes}'::pg_catalog.text[]) \
