@@ -407,6 +407,9 @@ unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys:
     // The limits cache holds `rows:<table>` keys resolved to tables: DDL that renames or moves a
     // table changes what they name (found by review).
     LIMITS.with(|l| l.borrow_mut().0 = u64::MAX);
+    if relid == pg_sys::InvalidOid || TABLE_USAGE.with(std::cell::Cell::get) == Some(relid) {
+        TABLE_USAGE.with(|t| t.set(None));
+    }
     CHECKED.with(|c| {
         let mut checked = c.borrow_mut();
         if relid == pg_sys::InvalidOid {
@@ -1001,11 +1004,23 @@ pub fn lock_tenant(tenant: pgrx::Uuid) -> Result<()> {
     lock_tenant_in(tenant, pg_sys::ExclusiveLock).map(|_| ())
 }
 
+thread_local! {
+    /// `multitenancy.table_usage`'s oid, forgotten with its relcache entry (`relation_changed`).
+    static TABLE_USAGE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
 /// The tenant's counting lock tag: a (table_usage, hash of the tenant) object pair.
 fn tenant_lock_tag(tenant: pgrx::Uuid) -> Result<pg_sys::LOCKTAG> {
     let b = tenant.as_bytes();
     let hash = (0..4).fold(0u32, |h, i| h ^ u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]));
-    let class = registry::relid(c"table_usage")?;
+    let class = match TABLE_USAGE.with(std::cell::Cell::get) {
+        Some(class) => class,
+        None => {
+            let class = registry::relid(c"table_usage")?;
+            TABLE_USAGE.with(|t| t.set(Some(class)));
+            class
+        }
+    };
     Ok(pg_sys::LOCKTAG {
         // SAFETY: a backend global.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),

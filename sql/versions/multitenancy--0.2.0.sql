@@ -255,6 +255,54 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/lib.rs:68
+-- requires:
+--   bootstrap
+
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
+
+CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
+    END IF;
+    -- The audit row names the key and never holds the secret.
+    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
+END
+$$;
+
+CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_retired_at timestamptz;
+BEGIN
+    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
+    END IF;
+    IF v_retired_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
+
+-- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
+CREATE FUNCTION multitenancy.signing_key_list()
+RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
+      FROM multitenancy.signing_keys k
+     ORDER BY k.created_at, k.name
+$$;
+COMMENT ON FUNCTION multitenancy.signing_key_list() IS
+    'Signing keys (name, created, retired, active), without their secrets.';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/lib.rs:69
 -- requires:
 --   bootstrap
@@ -319,6 +367,17 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/tables/guard.rs:598
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/quotas.rs:278
 -- requires:
 --   bootstrap
@@ -342,65 +401,6 @@ VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
 
 CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/tables/guard.rs:598
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
-VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:68
--- requires:
---   bootstrap
-
--- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
-
-CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
-    END IF;
-    -- The audit row names the key and never holds the secret.
-    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
-END
-$$;
-
-CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_retired_at timestamptz;
-BEGIN
-    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
-    END IF;
-    IF v_retired_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
-    RETURN jsonb_build_object('name', p_name);
-END
-$$;
-
--- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
-CREATE FUNCTION multitenancy.signing_key_list()
-RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
-      FROM multitenancy.signing_keys k
-     ORDER BY k.created_at, k.name
-$$;
-COMMENT ON FUNCTION multitenancy.signing_key_list() IS
-    'Signing keys (name, created, retired, active), without their secrets.';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -473,7 +473,7 @@ AS 'MODULE_PATHNAME', '_purge_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1369
+-- src/quotas.rs:1376
 -- multitenancy::quotas::_quota_exceeded
 CREATE  FUNCTION "_quota_exceeded"(
 	"tenant" uuid, /* pgrx :: Uuid */
@@ -555,7 +555,7 @@ AS 'MODULE_PATHNAME', '_slug_valid_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:774
+-- src/quotas.rs:777
 -- multitenancy::quotas::_usage_actual
 CREATE  FUNCTION "_usage_actual"(
 	"p_table" regclass /* crate :: catalog :: Regclass */
@@ -570,7 +570,7 @@ AS 'MODULE_PATHNAME', '_usage_actual_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:782
+-- src/quotas.rs:785
 -- multitenancy::quotas::_usage_actual_in
 CREATE  FUNCTION "_usage_actual_in"(
 	"p_table" regclass, /* crate :: catalog :: Regclass */
@@ -586,7 +586,7 @@ AS 'MODULE_PATHNAME', '_usage_actual_in_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:894
+-- src/quotas.rs:898
 -- multitenancy::quotas::_usage_live
 CREATE  FUNCTION "_usage_live"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -602,7 +602,7 @@ AS 'MODULE_PATHNAME', '_usage_live_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1114
+-- src/quotas.rs:1121
 -- multitenancy::quotas::_usage_lock
 CREATE  FUNCTION "_usage_lock"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -613,7 +613,7 @@ AS 'MODULE_PATHNAME', '_usage_lock_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:939
+-- src/quotas.rs:943
 -- multitenancy::quotas::_usage_reconcile
 CREATE  FUNCTION "_usage_reconcile"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -624,7 +624,7 @@ AS 'MODULE_PATHNAME', '_usage_reconcile_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1359
+-- src/quotas.rs:1366
 -- multitenancy::quotas::_usage_settle
 CREATE  FUNCTION "_usage_settle"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -635,7 +635,7 @@ AS 'MODULE_PATHNAME', '_usage_settle_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:967
+-- src/quotas.rs:971
 -- multitenancy::quotas::_usage_start
 CREATE  FUNCTION "_usage_start"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -866,6 +866,296 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy.members m
      WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
      ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:42
+-- requires:
+--   tenants
+--   current_tenant_id
+--   tenants::access::_readable_tenant
+
+-- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
+-- per-tenant settings. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_status THEN
+        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
+    END IF;
+    IF p_status = 'suspended' AND v_from <> 'active' THEN
+        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
+    END IF;
+    UPDATE multitenancy.tenants
+       SET status = p_status,
+           status_reason = p_reason
+     WHERE id = p_tenant;
+    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_status text;
+    v_deleted jsonb;
+BEGIN
+    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_status <> 'deleted' THEN
+        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
+    END IF;
+    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
+        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
+    END IF;
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.tenants;
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
+    END;
+    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
+                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
+    END IF;
+    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_plan THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    PERFORM multitenancy._usage_reconcile(p_tenant);
+    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
+END
+$$;
+
+CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.plans;
+BEGIN
+    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
+        PERFORM multitenancy._raise('plan_not_objects', '{}');
+    END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
+    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
+    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.plans (name, limits, features)
+    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
+    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
+    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
+        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
+    END IF;
+    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
+                              'created', v_old.name IS NULL);
+END
+$$;
+
+CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old jsonb;
+BEGIN
+    IF p_key IS NULL THEN
+        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
+    END IF;
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old IS NOT DISTINCT FROM p_value THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants
+       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
+                           ELSE settings || jsonb_build_object(p_key, p_value) END
+     WHERE id = p_tenant;
+    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
+END
+$$;
+
+CREATE FUNCTION multitenancy.setting_list(tenant text)
+RETURNS TABLE (key text, value jsonb, source text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
+         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
+    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
+    UNION ALL
+    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
+     WHERE NOT (SELECT t.settings ? d.key FROM t)
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
+      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
+     WHERE t.id = multitenancy.current_tenant_id()
+$$;
+
+CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:47
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
 $$;
 /* </end connected objects> */
 
@@ -1225,296 +1515,6 @@ BEGIN
     END LOOP;
     DELETE FROM multitenancy.table_usage WHERE relid = p_table::regclass;
 END
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:47
--- requires:
---   tenants
---   tenants::access::_readable_tenant
---   gucs::_base_domain
-
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
-
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
-    END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_row multitenancy.domains;
-BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('domain', p_domain);
-END
-$$;
-
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
-$$;
-
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:42
--- requires:
---   tenants
---   current_tenant_id
---   tenants::access::_readable_tenant
-
--- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
--- per-tenant settings. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_status THEN
-        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
-    END IF;
-    IF p_status = 'suspended' AND v_from <> 'active' THEN
-        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
-    END IF;
-    UPDATE multitenancy.tenants
-       SET status = p_status,
-           status_reason = p_reason
-     WHERE id = p_tenant;
-    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_status text;
-    v_deleted jsonb;
-BEGIN
-    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_status <> 'deleted' THEN
-        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
-    END IF;
-    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
-        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
-    END IF;
-    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
-    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
-    -- Counted rows of this transaction not yet written are gone with the counters.
-    PERFORM multitenancy._usage_settle(p_tenant);
-    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
-    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
-                              'tables', v_deleted->'tables');
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.tenants;
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
-        RETURN NULL;
-    END IF;
-    BEGIN
-        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
-    EXCEPTION WHEN unique_violation THEN
-        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
-    END;
-    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
-                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
-        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
-    END IF;
-    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_plan THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
-    PERFORM multitenancy._usage_reconcile(p_tenant);
-    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
-END
-$$;
-
-CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.plans;
-BEGIN
-    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
-        PERFORM multitenancy._raise('plan_not_objects', '{}');
-    END IF;
-    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
-    -- unlimited.
-    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
-                WHERE NOT (jsonb_typeof(l.value) = 'null'
-                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
-                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
-        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
-    END IF;
-    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
-      FROM jsonb_each(coalesce(p_limits, '{}')) l;
-    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
-    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO multitenancy.plans (name, limits, features)
-    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
-    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
-    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
-    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
-        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
-    END IF;
-    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
-                              'created', v_old.name IS NULL);
-END
-$$;
-
-CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old jsonb;
-BEGIN
-    IF p_key IS NULL THEN
-        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
-    END IF;
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old IS NOT DISTINCT FROM p_value THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants
-       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
-                           ELSE settings || jsonb_build_object(p_key, p_value) END
-     WHERE id = p_tenant;
-    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
-END
-$$;
-
-CREATE FUNCTION multitenancy.setting_list(tenant text)
-RETURNS TABLE (key text, value jsonb, source text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
-         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
-    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
-    UNION ALL
-    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
-     WHERE NOT (SELECT t.settings ? d.key FROM t)
-    ORDER BY 1
-$$;
-
-CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
-      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
-     WHERE t.id = multitenancy.current_tenant_id()
-$$;
-
-CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
 $$;
 /* </end connected objects> */
 
@@ -2034,7 +2034,7 @@ AS 'MODULE_PATHNAME', 'plan_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1501
+-- src/quotas.rs:1508
 -- multitenancy::quotas::quota_check
 CREATE  FUNCTION "quota_check"(
 	"key" TEXT /* Option < & str > */
@@ -2049,7 +2049,7 @@ AS 'MODULE_PATHNAME', 'quota_check_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1425
+-- src/quotas.rs:1432
 -- multitenancy::quotas::quota_reset
 CREATE  FUNCTION "quota_reset"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2061,7 +2061,7 @@ AS 'MODULE_PATHNAME', 'quota_reset_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1403
+-- src/quotas.rs:1410
 -- multitenancy::quotas::quota_set
 CREATE  FUNCTION "quota_set"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2417,7 +2417,7 @@ AS 'MODULE_PATHNAME', 'tenant_unexempt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1512
+-- src/quotas.rs:1519
 -- multitenancy::quotas::usage_get
 CREATE  FUNCTION "usage_get"(
 	"key" TEXT /* Option < & str > */
@@ -2433,7 +2433,7 @@ AS 'MODULE_PATHNAME', 'usage_get_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1442
+-- src/quotas.rs:1449
 -- multitenancy::quotas::usage_record
 CREATE  FUNCTION "usage_record"(
 	"key" TEXT, /* Option < & str > */
