@@ -630,9 +630,11 @@ fn add_to_counters(tenant: pgrx::Uuid, table: pg_sys::Oid, rows: i64, bytes: i64
 }
 
 /// Run one statement as the registry owner with the latest snapshot (see [`add`]); the rows it
-/// returned, each as the int8 values of its columns (NULL as 0).
+/// returned, each as the int8 values of its columns (NULL as 0). The search_path is pinned: not
+/// on the per-row path, and a name or operator the statement leaves unqualified must not resolve
+/// to the caller's schemas (the CASE of [`limits_now`] compared with `=` unqualified).
 fn latest(sql: &str, types: &mut [pg_sys::Oid], args: &mut [pg_sys::Datum]) -> Result<Vec<Vec<i64>>> {
-    registry::as_owner_qualified(|| {
+    registry::as_owner(|| {
         // SAFETY: plain SPI use between SPI_connect and SPI_finish, as in add_to_counters.
         unsafe {
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
@@ -846,13 +848,14 @@ fn write_counters(tenant: pgrx::Uuid, counts: Option<(&[TableCount], (i64, i64))
     Ok(())
 }
 
-/// The limits of a tenant as of now (after waiting for its counting lock; the latest snapshot,
-/// also under REPEATABLE READ and SERIALIZABLE, whose transaction snapshot may predate a limit),
-/// not from the cache.
+/// The limits of a tenant as the registry holds them now (the latest snapshot, also under
+/// REPEATABLE READ and SERIALIZABLE, whose transaction snapshot may predate a limit), not from
+/// the cache: after waiting for its counting lock, and to fill the cache ([`limits_of`]).
 fn limits_now(tenant: pgrx::Uuid) -> Result<Limits> {
     let uuid = tenant.into_datum().expect("a uuid datum");
     let rows = latest(
-        "SELECT CASE q.key WHEN 'rows' THEN 1 WHEN 'bytes' THEN 2 ELSE 3 END::pg_catalog.int8, q.quota, \
+        "SELECT CASE WHEN q.key OPERATOR(pg_catalog.=) 'rows' THEN 1 \
+                     WHEN q.key OPERATOR(pg_catalog.=) 'bytes' THEN 2 ELSE 3 END::pg_catalog.int8, q.quota, \
                 COALESCE(CASE WHEN q.key OPERATOR(pg_catalog.~~) 'rows:%' \
                               THEN pg_catalog.to_regclass(pg_catalog.substr(q.key, 6))::pg_catalog.oid::pg_catalog.int8 END, 0) \
            FROM multitenancy._quotas($1) q \
@@ -1283,7 +1286,7 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
     if let Some(limits) = hit {
         return Ok(limits);
     }
-    let limits = read_limits(tenant)?;
+    let limits = limits_now(tenant)?;
     // Kept only if no registry change arrived meanwhile, and not from an older snapshot.
     if tenants::current_generation() == generation && tenants::lookups_are_current() {
         LIMITS.with(|l| {
@@ -1294,38 +1297,6 @@ fn limits_of(tenant: pgrx::Uuid) -> Result<Limits> {
         });
     }
     Ok(limits)
-}
-
-/// The limits of a tenant as the registry holds them (with the active snapshot).
-fn read_limits(tenant: pgrx::Uuid) -> Result<Limits> {
-    registry::as_owner(|| {
-        Spi::connect(|client| {
-            let rows = client
-                .select(
-                    "SELECT key, quota, CASE WHEN key LIKE 'rows:%' THEN pg_catalog.to_regclass(substr(key, 6))::oid END \
-                       FROM multitenancy._quotas($1) WHERE quota IS NOT NULL",
-                    None,
-                    &[tenant.into()],
-                )
-                .ctx("quotas::limits_of")?;
-            let mut limits = Limits::default();
-            for row in rows {
-                let key = row.get::<String>(1).ctx("key")?.unwrap_or_default();
-                let quota = row.get::<i64>(2).ctx("quota")?.unwrap_or(0);
-                match key.as_str() {
-                    "rows" => limits.rows = Some(quota),
-                    "bytes" => limits.bytes = Some(quota),
-                    _ => {
-                        limits.table_keys = true;
-                        if let Some(table) = row.get::<pg_sys::Oid>(3).ctx("table")? {
-                            limits.tables.push((table, quota));
-                        }
-                    }
-                }
-            }
-            Ok::<_, MtError>(limits)
-        })
-    })
 }
 
 /// The stored counters are about to be set from the tables themselves (all tables, or one):

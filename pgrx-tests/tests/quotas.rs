@@ -1616,3 +1616,36 @@ fn review_changing_a_limits_value_locks_no_tenant() {
     tx.commit().unwrap();
     assert!(locks < 10, "a new value of an existing limit takes no counting locks ({locks} taken)");
 }
+
+/// Found by rereading the change: the limits query run as the registry owner compared keys with
+/// an unqualified `=`, under the writer's search_path. A table owner's `=` on text in a schema
+/// listed before pg_catalog then ran as the registry owner (a superuser) when the owner wrote its
+/// own table under REPEATABLE READ. Those statements now run with the search_path pinned.
+#[test]
+fn review_the_limits_query_never_runs_a_writers_operator() {
+    let o = Orders::with_rows("quota_review_operator", 2, 1);
+    let mut su = o.db.superuser();
+    su.batch_execute(&format!(
+        "CREATE SCHEMA evil AUTHORIZATION {OWNER};
+         SELECT multitenancy.quota_set('acme', 'rows', 1000);"
+    ))
+    .unwrap();
+    o.db.owner()
+        .batch_execute(
+            "CREATE FUNCTION evil.eq(text, text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
+                 $$ BEGIN RAISE NOTICE 'text = runs as %', current_user; RETURN $1 OPERATOR(pg_catalog.=) $2; END $$;
+             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.eq);",
+        )
+        .unwrap();
+    let (mut owner, notices) = o.db.connect_with_notices(OWNER);
+    owner.batch_execute("SET search_path = evil, pg_catalog, public").unwrap();
+    let mut tx = owner.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_set('acme')", &[]).unwrap();
+    tx.execute("INSERT INTO public.orders (item) VALUES ('by the owner')", &[]).unwrap();
+    tx.commit().unwrap();
+    let ran: Vec<String> = notices.take().into_iter().filter(|n| n.contains("text = runs as")).collect();
+    for notice in &ran {
+        assert!(notice.ends_with(&format!("runs as {OWNER}")), "the owner's operator ran as another role: {notice}");
+    }
+    assert_no_drift(&mut su, "after the owner's write");
+}
