@@ -401,7 +401,11 @@ pub fn transaction_ended() {
 /// (which bumps the registry cache's generation when it commits) stops working at the next
 /// transaction of every session.
 fn checked() -> Result<Checked> {
-    let raw = raw()?;
+    checked_from(raw()?)
+}
+
+/// [`checked`] of a context already read.
+fn checked_from(raw: Raw) -> Result<Checked> {
     let tenant = raw.tenant.ok_or_else(|| missing_in(&raw))?;
     if matches!(raw.origin, Origin::Purge | Origin::Moving) {
         // The tenant is deleted (that is why it is purged), or moved by an operator in any
@@ -461,9 +465,9 @@ fn checked() -> Result<Checked> {
 /// the signed context). `None` when there is no usable context: the query then reads the context
 /// when it runs and fails there, as it did before the planner knew the tenant.
 pub fn for_planning() -> Option<(pgrx::Uuid, bool)> {
-    let origin = raw().ok()?.origin;
-    let tenant = checked().ok()?.tenant;
-    Some((tenant, matches!(origin, Origin::Settings | Origin::Signed)))
+    let raw = raw().ok()?;
+    let seen = matches!(raw.origin, Origin::Settings | Origin::Signed);
+    Some((checked_from(raw).ok()?.tenant, seen))
 }
 
 /// The tenant of the current transaction; no context is an error (fail closed), and so is a
