@@ -107,6 +107,7 @@ REVOKE EXECUTE ON FUNCTION multitenancy.tenant_exempt(regclass, text) FROM PUBLI
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_unexempt(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_key_scope(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_distribute(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_template(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.template_apply(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern_remove(text) FROM PUBLIC;

@@ -11,6 +11,9 @@ use pgrx::prelude::*;
 pub enum MtError {
     /// `multitenancy.tenant_id` is unset or empty.
     NoContext,
+    /// A query reached a Citus worker without the tenant the coordinator resolved
+    /// (`multitenancy.cluster_tenant`).
+    NoClusterContext,
     /// The context's setting (`multitenancy.tenant_id`, or the claims setting) was set for the
     /// session in an earlier transaction.
     StaleSessionContext {
@@ -132,6 +135,12 @@ pub enum MtError {
     NotTableOwner {
         table: String,
         function: &'static str,
+    },
+    /// `tenant_distribute` cannot bring a table into the shape Citus distributes.
+    CannotDistribute {
+        table: String,
+        reason: String,
+        hint: String,
     },
     /// A constraint cannot be rebuilt with tenant_id.
     CannotHarden {
@@ -366,6 +375,7 @@ impl MtError {
         use PgSqlErrorCode::*;
         match self {
             MtError::NoContext
+            | MtError::NoClusterContext
             | MtError::StaleSessionContext { .. }
             | MtError::OneTenantPerTransaction { .. }
             | MtError::MalformedContext { .. }
@@ -401,7 +411,10 @@ impl MtError {
             | MtError::PublishesTenantTable { .. }
             | MtError::UnprotectedAtCommit { .. }
             | MtError::NotTableOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            MtError::TableExempt { .. } | MtError::TableEnabled { .. } | MtError::CannotHarden { .. } => {
+            MtError::TableExempt { .. }
+            | MtError::TableEnabled { .. }
+            | MtError::CannotHarden { .. }
+            | MtError::CannotDistribute { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             MtError::MissingReason => ERRCODE_INVALID_PARAMETER_VALUE,
@@ -444,6 +457,9 @@ impl MtError {
     pub fn message(&self) -> String {
         match self {
             MtError::NoContext => "no tenant context: multitenancy.tenant_id is not set in this transaction".into(),
+            MtError::NoClusterContext => {
+                "no tenant context on this Citus worker: the coordinator sent none for this transaction".into()
+            }
             MtError::StaleSessionContext { setting } => format!(
                 "no tenant context: {} was set for the session in an earlier transaction, and a tenant context \
                  lasts one transaction",
@@ -548,6 +564,9 @@ impl MtError {
             MtError::CannotHarden { table, object, reason } => {
                 format!("cannot add tenant_id to {object} of table \"{table}\": {reason}")
             }
+            MtError::CannotDistribute { table, reason, .. } => {
+                format!("cannot distribute table \"{table}\" by tenant: {reason}")
+            }
             MtError::NoUserContext => "no user context: multitenancy.user_id is not set in this transaction".into(),
             MtError::MalformedUserContext { value } => {
                 format!("invalid user context: multitenancy.user_id = \"{}\" is not a uuid", clip(value))
@@ -639,6 +658,12 @@ impl MtError {
 
     pub fn detail(&self) -> Option<String> {
         match self {
+            MtError::NoClusterContext => Some(
+                "A worker takes the tenant from the coordinator (multitenancy.cluster_tenant, which the extension \
+                 sets on the coordinator and Citus sends with the transaction's SET LOCAL commands); a query without \
+                 it fails instead of returning rows."
+                    .into(),
+            ),
             MtError::NoContext => Some(
                 "Row-level security on tenant-enabled tables needs a tenant; without one, queries fail \
                  instead of returning rows. The context lasts one transaction."
@@ -696,6 +721,10 @@ impl MtError {
     pub fn hint(&self) -> String {
         match self {
             MtError::NoContext => HINT_SET_CONTEXT.into(),
+            MtError::NoClusterContext => "Run tenant queries on the coordinator, inside BEGIN ... COMMIT with a tenant context \
+                 (Citus sends SET LOCAL commands to the workers of a transaction block only); connect applications to \
+                 the coordinator, not to workers."
+                .into(),
             MtError::StaleSessionContext { .. } => format!(
                 "{HINT_SET_CONTEXT} A DBA can let a role keep a session-level context (psql, reports, workers): \
                  ALTER ROLE <role> SET multitenancy.session_context = on."
@@ -789,6 +818,7 @@ impl MtError {
             MtError::NotTableOwner { .. } => "Run it as the table's owner (the role that runs migrations) or a \
                  superuser."
                 .into(),
+            MtError::CannotDistribute { hint, .. } => hint.clone(),
             MtError::CannotHarden { .. } => "Change the constraint so that tenant_id can join it, or drop it, and \
                  call multitenancy.tenant_enable again."
                 .into(),

@@ -9,6 +9,13 @@ pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 
 pub const TENANT_ID_NAME: &CStr = c"multitenancy.tenant_id";
 
+/// `multitenancy.cluster_tenant`: on a Citus worker, the tenant the coordinator resolved for
+/// the transaction, sent with Citus's `SET LOCAL` propagation (`context::cluster`). Read only on
+/// workers; a coordinator or a plain server ignores it.
+pub static CLUSTER_TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub const CLUSTER_TENANT_NAME: &CStr = c"multitenancy.cluster_tenant";
+
 /// `multitenancy.user_id`: the end user of the current transaction, as a uuid.
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -33,6 +40,8 @@ static SIGNED_CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString
 const SIGNED_CONTEXT_NAME: &CStr = c"multitenancy.signed_context";
 
 thread_local! {
+    /// True only while [`sending_cluster_tenant`] runs the extension's own SET LOCAL.
+    static SETTING_CLUSTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// True only while [`set_signed_context`] sets the hidden setting.
     static SETTING_SIGNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -148,6 +157,17 @@ pub fn init() {
         pg_sys::GucContext::PGC_USERSET,
         pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
         (check_user_id, None),
+    );
+    define_checked_string(
+        CLUSTER_TENANT_NAME,
+        c"Tenant of the current transaction on a Citus worker, as the coordinator resolved it.",
+        c"Set by the extension on the coordinator with SET LOCAL, which Citus sends on to the workers \
+          of the transaction. Only Citus workers read it (in place of the other context settings); \
+          like multitenancy.tenant_id it cannot be a server, database, role or connection default.",
+        &CLUSTER_TENANT,
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GUC_DISALLOW_IN_FILE | pg_sys::GUC_DISALLOW_IN_AUTO_FILE,
+        (check_cluster_tenant, None),
     );
     pgrx::GucRegistry::define_bool_guc(
         c"multitenancy.require_signed",
@@ -281,6 +301,54 @@ unsafe extern "C-unwind" fn check_tenant_id(
             c"multitenancy.tenant_id cannot have a server, database, role or connection default",
         )
     }
+}
+
+/// `multitenancy.cluster_tenant` is the extension's to set on a coordinator (or a server
+/// without Citus): a client setting it there could have Citus send the workers a tenant other
+/// than the one its context resolved to (a signed or claims session naming another tenant). On a
+/// Citus worker it is how the coordinator's connections bring the tenant, and allowed.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_cluster_tenant(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (which may be NULL).
+    let value = unsafe { *newval };
+    if unsafe { is_unset(value) } {
+        return true;
+    }
+    // SAFETY: reads backend globals.
+    let ours = SETTING_CLUSTER.with(std::cell::Cell::get) || unsafe { pg_sys::ParallelWorkerNumber } >= 0;
+    if !ours && !(unsafe { pg_sys::IsTransactionState() } && crate::citus::is_worker()) {
+        return refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            c"multitenancy.cluster_tenant can only be set by the extension, except on a Citus worker",
+            Some(c"The coordinator sends the tenant of the transaction's context to the workers itself."),
+            c"Set the tenant with SELECT multitenancy.tenant_set('<tenant>') (or the session's signed or claims context).",
+        );
+    }
+    // SAFETY: as above.
+    unsafe {
+        check_session_only(
+            value,
+            source,
+            c"multitenancy.cluster_tenant cannot have a server, database, role or connection default",
+        )
+    }
+}
+
+/// Run `f` (the extension's `SET LOCAL multitenancy.cluster_tenant`) with the setting open to it.
+pub fn sending_cluster_tenant<R>(f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            SETTING_CLUSTER.with(|s| s.set(false));
+        }
+    }
+    SETTING_CLUSTER.with(|s| s.set(true));
+    let _clear = Clear;
+    f()
 }
 
 #[pg_guard]
@@ -561,6 +629,12 @@ pub fn tenant_id_raw() -> *const c_char {
     // SAFETY: the GUC machinery keeps this pointer either NULL or pointing at a NUL-terminated
     // string it owns; we read it on the backend's main thread.
     unsafe { *TENANT_ID.as_ptr() }
+}
+
+/// The raw value of `multitenancy.cluster_tenant`; the same rules as [`tenant_id_raw`].
+pub fn cluster_tenant_raw() -> *const c_char {
+    // SAFETY: as in tenant_id_raw.
+    unsafe { *CLUSTER_TENANT.as_ptr() }
 }
 
 /// The raw value of `multitenancy.user_id`; the same rules as [`tenant_id_raw`].

@@ -90,6 +90,8 @@ unsafe extern "C-unwind" fn planner(
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
     planning::check((*query_desc).plannedstmt, eflags);
+    // On a Citus coordinator, the tenant goes to the workers before the query reaches them.
+    crate::context::cluster::send();
     match PREV_EXECUTOR_START {
         Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
         None => pg_sys::standard_ExecutorStart(query_desc, eflags),

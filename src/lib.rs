@@ -21,6 +21,7 @@
 use pgrx::prelude::*;
 
 mod catalog;
+mod citus;
 mod context;
 mod error;
 mod gucs;

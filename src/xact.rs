@@ -46,6 +46,7 @@ unsafe extern "C-unwind" fn transaction_event(event: pg_sys::XactEvent::Type, _a
     ) {
         tenants::transaction_ended();
         context::transaction_ended();
+        crate::citus::transaction_ended();
         admin::transaction_ended();
         guard::transaction_ended();
     }

@@ -251,6 +251,11 @@ impl Server {
         }
     }
 
+    /// The TCP port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self, db: &str, user: &str) -> String {
         format!("host=127.0.0.1 port={} dbname={db} user={user} application_name=multitenancy-it", self.port)
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may import modules of its own layer or below; a module path
 /// listed here covers the module and everything under it, unless a longer entry says otherwise.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("leaves", &["error", "gucs", "uuid", "catalog"]),
+    ("leaves", &["error", "gucs", "uuid", "catalog", "citus"]),
     ("registry", &["registry"]),
     ("context", &["context"]),
     ("access", &["tenants::access"]),

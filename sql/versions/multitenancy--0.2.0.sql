@@ -7,7 +7,7 @@ The ordering of items is not stable, it is driven by a dependency graph.
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:38
+-- src/lib.rs:39
 -- bootstrap
 -- multitenancy bootstrap: the registry tables. Runs before any function is created.
 --
@@ -255,55 +255,44 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:68
+-- src/quotas.rs:278
 -- requires:
 --   bootstrap
 
--- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
 
-CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
-    END IF;
-    -- The audit row names the key and never holds the secret.
-    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
-END
-$$;
-
-CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_retired_at timestamptz;
-BEGIN
-    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
-    END IF;
-    IF v_retired_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
-    RETURN jsonb_build_object('name', p_name);
-END
-$$;
-
--- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
-CREATE FUNCTION multitenancy.signing_key_list()
-RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
-      FROM multitenancy.signing_keys k
-     ORDER BY k.created_at, k.name
-$$;
-COMMENT ON FUNCTION multitenancy.signing_key_list() IS
-    'Signing keys (name, created, retired, active), without their secrets.';
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:69
+-- src/registry/tenants.rs:186
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tables/guard.rs:612
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:70
 -- requires:
 --   bootstrap
 
@@ -367,40 +356,51 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tables/guard.rs:598
+-- src/lib.rs:69
 -- requires:
 --   bootstrap
 
+-- Signing keys (src/signing.rs validates the arguments and audits; these run as the registry owner).
 
-CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
-VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
-/* </end connected objects> */
+CREATE FUNCTION multitenancy._signing_key_add(p_name text, p_secret bytea) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO multitenancy.signing_keys (name, secret) VALUES (p_name, p_secret) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_exists', ARRAY[p_name]);
+    END IF;
+    -- The audit row names the key and never holds the secret.
+    RETURN jsonb_build_object('name', p_name, 'bytes', length(p_secret));
+END
+$$;
 
-/* <begin connected objects> */
--- src/quotas.rs:278
--- requires:
---   bootstrap
+CREATE FUNCTION multitenancy._signing_key_retire(p_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_retired_at timestamptz;
+BEGIN
+    SELECT retired_at INTO v_retired_at FROM multitenancy.signing_keys WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('signing_key_not_found', ARRAY[p_name]);
+    END IF;
+    IF v_retired_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.signing_keys SET retired_at = clock_timestamp() WHERE name = p_name;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
 
-
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/registry/tenants.rs:186
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+-- The keys without their secrets, for DBAs (EXECUTE is revoked from PUBLIC).
+CREATE FUNCTION multitenancy.signing_key_list()
+RETURNS TABLE (name text, created_at timestamptz, retired_at timestamptz, active boolean)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.name, k.created_at, k.retired_at, k.retired_at IS NULL
+      FROM multitenancy.signing_keys k
+     ORDER BY k.created_at, k.name
+$$;
+COMMENT ON FUNCTION multitenancy.signing_key_list() IS
+    'Signing keys (name, created, retired, active), without their secrets.';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -413,7 +413,7 @@ AS 'MODULE_PATHNAME', '_admin_mode_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/gucs.rs:583
+-- src/gucs.rs:623
 -- multitenancy::gucs::_base_domain
 CREATE  FUNCTION "_base_domain"() RETURNS TEXT /* Option < String > */
 STRICT STABLE PARALLEL SAFE
@@ -422,7 +422,7 @@ AS 'MODULE_PATHNAME', '_base_domain_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tables/guard.rs:637
+-- src/tables/guard.rs:651
 -- multitenancy::tables::guard::_guard_ddl
 
 CREATE FUNCTION multitenancy._guard_ddl() RETURNS event_trigger
@@ -431,7 +431,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', '_guard_ddl_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tables/guard.rs:647
+-- src/tables/guard.rs:661
 -- multitenancy::tables::guard::_guard_drop
 
 CREATE FUNCTION multitenancy._guard_drop() RETURNS event_trigger
@@ -440,7 +440,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', '_guard_drop_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tables/spec.rs:70
+-- src/tables/spec.rs:105
 -- multitenancy::tables::spec::_installed
 CREATE  FUNCTION "_installed"() RETURNS bool /* bool */
 IMMUTABLE STRICT PARALLEL SAFE
@@ -473,7 +473,7 @@ AS 'MODULE_PATHNAME', '_purge_rows_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1376
+-- src/quotas.rs:1347
 -- multitenancy::quotas::_quota_exceeded
 CREATE  FUNCTION "_quota_exceeded"(
 	"tenant" uuid, /* pgrx :: Uuid */
@@ -499,7 +499,7 @@ AS 'MODULE_PATHNAME', '_quota_is_metered_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/error.rs:987
+-- src/error.rs:1017
 -- multitenancy::error::_raise
 CREATE  FUNCTION "_raise"(
 	"kind" TEXT, /* Option < & str > */
@@ -555,7 +555,7 @@ AS 'MODULE_PATHNAME', '_slug_valid_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:777
+-- src/quotas.rs:779
 -- multitenancy::quotas::_usage_actual
 CREATE  FUNCTION "_usage_actual"(
 	"p_table" regclass /* crate :: catalog :: Regclass */
@@ -570,7 +570,7 @@ AS 'MODULE_PATHNAME', '_usage_actual_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:785
+-- src/quotas.rs:787
 -- multitenancy::quotas::_usage_actual_in
 CREATE  FUNCTION "_usage_actual_in"(
 	"p_table" regclass, /* crate :: catalog :: Regclass */
@@ -586,7 +586,7 @@ AS 'MODULE_PATHNAME', '_usage_actual_in_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:898
+-- src/quotas.rs:901
 -- multitenancy::quotas::_usage_live
 CREATE  FUNCTION "_usage_live"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -602,7 +602,7 @@ AS 'MODULE_PATHNAME', '_usage_live_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1121
+-- src/quotas.rs:1124
 -- multitenancy::quotas::_usage_lock
 CREATE  FUNCTION "_usage_lock"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -613,7 +613,7 @@ AS 'MODULE_PATHNAME', '_usage_lock_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:943
+-- src/quotas.rs:946
 -- multitenancy::quotas::_usage_reconcile
 CREATE  FUNCTION "_usage_reconcile"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -624,7 +624,7 @@ AS 'MODULE_PATHNAME', '_usage_reconcile_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1366
+-- src/quotas.rs:1337
 -- multitenancy::quotas::_usage_settle
 CREATE  FUNCTION "_usage_settle"(
 	"tenant" uuid /* Option < pgrx :: Uuid > */
@@ -635,7 +635,7 @@ AS 'MODULE_PATHNAME', '_usage_settle_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:971
+-- src/quotas.rs:974
 -- multitenancy::quotas::_usage_start
 CREATE  FUNCTION "_usage_start"(
 	"tenant" uuid /* pgrx :: Uuid */
@@ -672,7 +672,7 @@ AS 'MODULE_PATHNAME', 'admin_begin_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:591
+-- src/context/mod.rs:608
 -- multitenancy::context::current_tenant_id
 CREATE  FUNCTION "current_tenant_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -681,7 +681,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:598
+-- src/context/mod.rs:615
 -- multitenancy::context::current_tenant_id_or_null
 CREATE  FUNCTION "current_tenant_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -690,7 +690,7 @@ AS 'MODULE_PATHNAME', 'current_tenant_id_or_null_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:604
+-- src/context/mod.rs:621
 -- multitenancy::context::current_user_id
 CREATE  FUNCTION "current_user_id"() RETURNS uuid /* pgrx :: Uuid */
 STRICT STABLE PARALLEL RESTRICTED
@@ -699,7 +699,7 @@ AS 'MODULE_PATHNAME', 'current_user_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:40
+-- src/lib.rs:41
 -- requires:
 --   bootstrap
 --   current_user_id
@@ -760,407 +760,7 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:41
--- requires:
---   tenants
---   tenants::access::_readable_tenant
-
--- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
--- listing them. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
-                                         p_by uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_quota bigint;
-    v_members bigint;
-BEGIN
-    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
-    END IF;
-    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
-    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
-    END IF;
-    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
-    v_quota := multitenancy._quota(p_tenant, 'members');
-    IF v_quota IS NOT NULL THEN
-        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
-        IF v_members > v_quota THEN
-            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
-        END IF;
-    END IF;
-    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
-                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
-        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
-    END IF;
-END
-$$;
-
--- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
--- when the user is not a member.
-CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    slug := multitenancy._lock_tenant(p_tenant);
-    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
-    IF role IS NULL THEN
-        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
-    END IF;
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text;
-    v_role text;
-BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = 'owner' THEN
-        IF p_may_manage_owners IS NOT TRUE THEN
-            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
-        END IF;
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
-    END IF;
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
-RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text;
-    v_role text;
-BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = p_role THEN
-        RETURN NULL;
-    END IF;
-    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
-    END IF;
-    IF v_role = 'owner' THEN
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
-    END IF;
-    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy.member_list(tenant text)
-RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT m.user_id, m.role, m.joined_at, m.invited_by
-      FROM multitenancy.members m
-     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:42
--- requires:
---   tenants
---   current_tenant_id
---   tenants::access::_readable_tenant
-
--- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
--- per-tenant settings. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_status THEN
-        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
-    END IF;
-    IF p_status = 'suspended' AND v_from <> 'active' THEN
-        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
-    END IF;
-    UPDATE multitenancy.tenants
-       SET status = p_status,
-           status_reason = p_reason
-     WHERE id = p_tenant;
-    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_status text;
-    v_deleted jsonb;
-BEGIN
-    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_status <> 'deleted' THEN
-        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
-    END IF;
-    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
-        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
-    END IF;
-    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
-    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
-    -- Counted rows of this transaction not yet written are gone with the counters.
-    PERFORM multitenancy._usage_settle(p_tenant);
-    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
-    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
-    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
-                              'tables', v_deleted->'tables');
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.tenants;
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
-        RETURN NULL;
-    END IF;
-    BEGIN
-        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
-    EXCEPTION WHEN unique_violation THEN
-        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
-    END;
-    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
-                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
-END
-$$;
-
-CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_from text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
-        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
-    END IF;
-    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_from = p_plan THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
-    PERFORM multitenancy._usage_reconcile(p_tenant);
-    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
-END
-$$;
-
-CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old multitenancy.plans;
-BEGIN
-    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
-        PERFORM multitenancy._raise('plan_not_objects', '{}');
-    END IF;
-    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
-    -- unlimited.
-    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
-                WHERE NOT (jsonb_typeof(l.value) = 'null'
-                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
-                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
-        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
-    END IF;
-    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
-      FROM jsonb_each(coalesce(p_limits, '{}')) l;
-    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
-    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO multitenancy.plans (name, limits, features)
-    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
-    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
-    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
-    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
-        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
-    END IF;
-    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
-                              'created', v_old.name IS NULL);
-END
-$$;
-
-CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_old jsonb;
-BEGIN
-    IF p_key IS NULL THEN
-        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
-    END IF;
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
-    IF v_old IS NOT DISTINCT FROM p_value THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.tenants
-       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
-                           ELSE settings || jsonb_build_object(p_key, p_value) END
-     WHERE id = p_tenant;
-    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
-END
-$$;
-
-CREATE FUNCTION multitenancy.setting_list(tenant text)
-RETURNS TABLE (key text, value jsonb, source text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
-         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
-    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
-    UNION ALL
-    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
-     WHERE NOT (SELECT t.settings ? d.key FROM t)
-    ORDER BY 1
-$$;
-
-CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
-      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
-     WHERE t.id = multitenancy.current_tenant_id()
-$$;
-
-CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:47
--- requires:
---   tenants
---   tenants::access::_readable_tenant
---   gucs::_base_domain
-
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
-
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
-    END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_row multitenancy.domains;
-BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('domain', p_domain);
-END
-$$;
-
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
-$$;
-
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:52
+-- src/lib.rs:53
 -- requires:
 --   tenants
 --   quotas_counting
@@ -1519,7 +1119,296 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:70
+-- src/lib.rs:42
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+
+-- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
+-- listing them. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
+                                         p_by uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_quota bigint;
+    v_members bigint;
+BEGIN
+    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
+    END IF;
+    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
+    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
+    END IF;
+    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
+    v_quota := multitenancy._quota(p_tenant, 'members');
+    IF v_quota IS NOT NULL THEN
+        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
+        IF v_members > v_quota THEN
+            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
+                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
+        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
+    END IF;
+END
+$$;
+
+-- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
+-- when the user is not a member.
+CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    slug := multitenancy._lock_tenant(p_tenant);
+    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
+    IF role IS NULL THEN
+        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = 'owner' THEN
+        IF p_may_manage_owners IS NOT TRUE THEN
+            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
+        END IF;
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
+    END IF;
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = p_role THEN
+        RETURN NULL;
+    END IF;
+    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
+    END IF;
+    IF v_role = 'owner' THEN
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
+    END IF;
+    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy.member_list(tenant text)
+RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.user_id, m.role, m.joined_at, m.invited_by
+      FROM multitenancy.members m
+     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:43
+-- requires:
+--   tenants
+--   current_tenant_id
+--   tenants::access::_readable_tenant
+
+-- multitenancy lifecycle (src/tenants/lifecycle.rs): status changes, purge, rename, plans and
+-- per-tenant settings. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._tenant_status(p_tenant uuid, p_status text, p_reason text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    SELECT status INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_status THEN
+        PERFORM multitenancy._raise('status_unchanged', ARRAY[v_slug, p_status]);
+    END IF;
+    IF p_status = 'suspended' AND v_from <> 'active' THEN
+        PERFORM multitenancy._raise('cannot_suspend', ARRAY[v_slug, v_from]);
+    END IF;
+    UPDATE multitenancy.tenants
+       SET status = p_status,
+           status_reason = p_reason
+     WHERE id = p_tenant;
+    RETURN jsonb_strip_nulls(jsonb_build_object('from', v_from, 'to', p_status, 'reason', p_reason));
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_purge(p_tenant uuid, p_confirm_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_status text;
+    v_deleted jsonb;
+BEGIN
+    SELECT status INTO v_status FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_status <> 'deleted' THEN
+        PERFORM multitenancy._raise('cannot_purge', ARRAY[v_slug, v_status]);
+    END IF;
+    IF p_confirm_slug IS DISTINCT FROM v_slug THEN
+        PERFORM multitenancy._raise('purge_unconfirmed', '{}');
+    END IF;
+    -- Its rows in every enabled table, as each table's owner (sql/moving.sql).
+    v_deleted := multitenancy._tenant_rows_delete(p_tenant, v_slug);
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.domains WHERE tenant_id = p_tenant;
+    -- Counted rows of this transaction not yet written are gone with the counters.
+    PERFORM multitenancy._usage_settle(p_tenant);
+    DELETE FROM multitenancy.quotas WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.metered_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.table_usage WHERE tenant_id = p_tenant;
+    DELETE FROM multitenancy.tenants WHERE id = p_tenant;
+    RETURN jsonb_build_object('result', v_deleted->'rows', 'slug', v_slug, 'rows', v_deleted->'rows',
+                              'tables', v_deleted->'tables');
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_rename(p_tenant uuid, p_name text, p_slug text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.tenants;
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT * INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old.name = p_name AND v_old.slug = coalesce(p_slug, v_old.slug) THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        UPDATE multitenancy.tenants SET name = p_name, slug = coalesce(p_slug, slug) WHERE id = p_tenant;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM multitenancy._raise('slug_taken', ARRAY[p_slug]);
+    END;
+    RETURN jsonb_build_object('from', jsonb_build_object('name', v_old.name, 'slug', v_old.slug),
+                              'to', jsonb_build_object('name', p_name, 'slug', coalesce(p_slug, v_old.slug)));
+END
+$$;
+
+CREATE FUNCTION multitenancy._tenant_change_plan(p_tenant uuid, p_plan text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_from text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.plans WHERE name = p_plan) THEN
+        PERFORM multitenancy._raise('plan_not_found', ARRAY[p_plan]);
+    END IF;
+    SELECT plan INTO v_from FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_from = p_plan THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants SET plan = p_plan WHERE id = p_tenant;
+    PERFORM multitenancy._usage_reconcile(p_tenant);
+    RETURN jsonb_build_object('from', v_from, 'to', p_plan);
+END
+$$;
+
+CREATE FUNCTION multitenancy._plan_set(p_name text, p_limits jsonb, p_features jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old multitenancy.plans;
+BEGIN
+    IF jsonb_typeof(coalesce(p_limits, '{}')) <> 'object' OR jsonb_typeof(coalesce(p_features, '{}')) <> 'object' THEN
+        PERFORM multitenancy._raise('plan_not_objects', '{}');
+    END IF;
+    -- Limits: quota keys (stored in their checked form) with a whole number >= 0, or null for
+    -- unlimited.
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(p_limits, '{}')) l
+                WHERE NOT (jsonb_typeof(l.value) = 'null'
+                           OR (jsonb_typeof(l.value) = 'number' AND (l.value #>> '{}')::numeric >= 0
+                               AND (l.value #>> '{}')::numeric = trunc((l.value #>> '{}')::numeric)))) THEN
+        PERFORM multitenancy._raise('plan_limits_not_whole', '{}');
+    END IF;
+    SELECT coalesce(jsonb_object_agg(multitenancy._quota_key(l.key), l.value), '{}') INTO p_limits
+      FROM jsonb_each(coalesce(p_limits, '{}')) l;
+    SELECT * INTO v_old FROM multitenancy.plans WHERE name = p_name FOR UPDATE;
+    IF v_old.limits = coalesce(p_limits, '{}') AND v_old.features = coalesce(p_features, '{}') THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO multitenancy.plans (name, limits, features)
+    VALUES (p_name, coalesce(p_limits, '{}'), coalesce(p_features, '{}'))
+    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, features = EXCLUDED.features, updated_at = now();
+    -- Start or stop counting the plan's tenants whose limits now need counters, or no longer do.
+    IF v_old.limits IS DISTINCT FROM coalesce(p_limits, '{}') THEN
+        PERFORM multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t WHERE t.plan = p_name ORDER BY t.id;
+    END IF;
+    RETURN jsonb_build_object('plan', p_name, 'limits', coalesce(p_limits, '{}'), 'features', coalesce(p_features, '{}'),
+                              'created', v_old.name IS NULL);
+END
+$$;
+
+CREATE FUNCTION multitenancy._setting_set(p_tenant uuid, p_key text, p_value jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_old jsonb;
+BEGIN
+    IF p_key IS NULL THEN
+        PERFORM multitenancy._raise('null_argument', ARRAY['key']);
+    END IF;
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    SELECT settings -> p_key INTO v_old FROM multitenancy.tenants WHERE id = p_tenant;
+    IF v_old IS NOT DISTINCT FROM p_value THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.tenants
+       SET settings = CASE WHEN p_value IS NULL THEN settings - p_key
+                           ELSE settings || jsonb_build_object(p_key, p_value) END
+     WHERE id = p_tenant;
+    RETURN jsonb_build_object('key', p_key, 'from', v_old, 'to', p_value);
+END
+$$;
+
+CREATE FUNCTION multitenancy.setting_list(tenant text)
+RETURNS TABLE (key text, value jsonb, source text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH t AS (SELECT settings, plan FROM multitenancy.tenants WHERE id = multitenancy._readable_tenant(tenant)),
+         plan AS (SELECT p.limits || p.features AS defaults FROM multitenancy.plans p, t WHERE p.name = t.plan)
+    SELECT s.key, s.value, 'tenant' FROM t, jsonb_each(t.settings) s
+    UNION ALL
+    SELECT d.key, d.value, 'plan' FROM plan, jsonb_each(plan.defaults) d
+     WHERE NOT (SELECT t.settings ? d.key FROM t)
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION multitenancy.setting_get(key text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.settings -> key, p.features -> key, p.limits -> key)
+      FROM multitenancy.tenants t LEFT JOIN multitenancy.plans p ON p.name = t.plan
+     WHERE t.id = multitenancy.current_tenant_id()
+$$;
+
+CREATE FUNCTION multitenancy.feature_enabled(flag text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(multitenancy.setting_get(flag) = 'true'::jsonb, false)
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:71
 -- requires:
 --   lifecycle
 --   quotas
@@ -1892,7 +1781,118 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:610
+-- src/lib.rs:48
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/context/mod.rs:627
 -- multitenancy::context::current_user_id_or_null
 CREATE  FUNCTION "current_user_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
 STRICT STABLE PARALLEL RESTRICTED
@@ -2034,7 +2034,7 @@ AS 'MODULE_PATHNAME', 'plan_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1508
+-- src/quotas.rs:1479
 -- multitenancy::quotas::quota_check
 CREATE  FUNCTION "quota_check"(
 	"key" TEXT /* Option < & str > */
@@ -2049,7 +2049,7 @@ AS 'MODULE_PATHNAME', 'quota_check_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1432
+-- src/quotas.rs:1403
 -- multitenancy::quotas::quota_reset
 CREATE  FUNCTION "quota_reset"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2061,7 +2061,7 @@ AS 'MODULE_PATHNAME', 'quota_reset_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1410
+-- src/quotas.rs:1381
 -- multitenancy::quotas::quota_set
 CREATE  FUNCTION "quota_set"(
 	"tenant" TEXT, /* Option < & str > */
@@ -2180,6 +2180,21 @@ VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_disable_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tables/distribute.rs:30
+-- multitenancy::tables::distribute::tenant_distribute
+CREATE  FUNCTION "tenant_distribute"(
+	"tbl" regclass /* Option < Regclass > */
+) RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"citus_table" TEXT  /* String */
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_distribute_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2335,7 +2350,7 @@ AS 'MODULE_PATHNAME', 'tenant_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:620
+-- src/context/mod.rs:637
 -- multitenancy::context::tenant_set
 CREATE  FUNCTION "tenant_set"(
 	"tenant" TEXT /* Option < & str > */
@@ -2346,7 +2361,7 @@ AS 'MODULE_PATHNAME', 'tenant_set_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:626
+-- src/context/mod.rs:643
 -- multitenancy::context::tenant_set_by_host
 CREATE  FUNCTION "tenant_set_by_host"(
 	"host" TEXT /* Option < & str > */
@@ -2417,7 +2432,7 @@ AS 'MODULE_PATHNAME', 'tenant_unexempt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1519
+-- src/quotas.rs:1490
 -- multitenancy::quotas::usage_get
 CREATE  FUNCTION "usage_get"(
 	"key" TEXT /* Option < & str > */
@@ -2433,7 +2448,7 @@ AS 'MODULE_PATHNAME', 'usage_get_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:1449
+-- src/quotas.rs:1420
 -- multitenancy::quotas::usage_record
 CREATE  FUNCTION "usage_record"(
 	"key" TEXT, /* Option < & str > */
@@ -2445,7 +2460,7 @@ AS 'MODULE_PATHNAME', 'usage_record_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tables/verify.rs:345
+-- src/tables/verify.rs:346
 -- multitenancy::tables::verify::verify
 CREATE  FUNCTION "verify"() RETURNS TABLE (
 	"severity" TEXT,  /* String */
@@ -2460,7 +2475,7 @@ AS 'MODULE_PATHNAME', 'verify_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:71
+-- src/lib.rs:72
 -- finalize
 -- multitenancy finalize: privileges and event triggers. Runs after every function exists.
 
@@ -2571,6 +2586,7 @@ REVOKE EXECUTE ON FUNCTION multitenancy.tenant_exempt(regclass, text) FROM PUBLI
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_unexempt(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_key_scope(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_distribute(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.tenant_template(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.template_apply(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy.exempt_pattern_remove(text) FROM PUBLIC;

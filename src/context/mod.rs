@@ -4,6 +4,7 @@
 //! sources: the plain settings and framework claims (here), a verified token ([`signed`]), and
 //! audited admin mode ([`admin`]).
 pub mod admin;
+pub mod cluster;
 pub mod planning;
 pub mod signed;
 
@@ -52,6 +53,9 @@ enum Origin {
     Claims,
     /// `multitenancy.tenant_id` and `multitenancy.user_id` (`tenant_set`, `SET LOCAL`).
     Settings,
+    /// On a Citus worker: `multitenancy.cluster_tenant`, the tenant the coordinator resolved
+    /// and checked ([`cluster`]); nothing else counts there.
+    Cluster,
 }
 
 /// The context of the current transaction as its source states it, unchecked.
@@ -86,6 +90,9 @@ fn raw() -> Result<Raw> {
     }
     if let Some(moving) = MOVING.with(Cell::get) {
         return Ok(Raw { origin: Origin::Moving, tenant: Some(moving.tenant), user: None, stale: false });
+    }
+    if crate::citus::is_worker() {
+        return cluster::raw_on_worker();
     }
     let signed = gucs::signed_context_raw();
     // SAFETY: a non-NULL value is NUL-terminated and only tenant_set_signed writes it.
@@ -134,6 +141,7 @@ fn missing(origin: Origin) -> MtError {
             }
             None => MtError::NoContext,
         },
+        Origin::Cluster => MtError::NoClusterContext,
         Origin::Purge | Origin::Moving | Origin::Signed | Origin::Settings => MtError::NoContext,
     }
 }
@@ -143,6 +151,7 @@ fn missing_in(raw: &Raw) -> MtError {
     if raw.stale {
         let setting = match (raw.origin, gucs::claims()) {
             (Origin::Claims, Some((setting, _, _))) => setting.to_string_lossy().into_owned(),
+            (Origin::Cluster, _) => gucs::CLUSTER_TENANT_NAME.to_string_lossy().into_owned(),
             _ => "multitenancy.tenant_id".to_string(),
         };
         MtError::StaleSessionContext { setting }
@@ -364,6 +373,7 @@ pub fn leave_move() {
 /// began at ends it (and one at or below the level `tenant_import_end` ran at takes the end
 /// back); a commit of that level hands it to the parent.
 pub fn subtransaction_ended(level: i32, committed: bool) {
+    cluster::subtransaction_ended(level);
     if let Some((moving, ended)) = MOVE_ENDED.with(Cell::get) {
         if !committed && level <= ended {
             MOVE_ENDED.with(|e| e.set(None));
@@ -384,6 +394,7 @@ pub fn subtransaction_ended(level: i32, committed: bool) {
 
 /// Called at the end of every top-level transaction.
 pub fn transaction_ended() {
+    cluster::transaction_ended();
     planning::transaction_ended();
     PURGING.with(|p| p.set(None));
     MOVING.with(|m| m.set(None));
@@ -407,9 +418,10 @@ fn checked() -> Result<Checked> {
 /// [`checked`] of a context already read.
 fn checked_from(raw: Raw) -> Result<Checked> {
     let tenant = raw.tenant.ok_or_else(|| missing_in(&raw))?;
-    if matches!(raw.origin, Origin::Purge | Origin::Moving) {
+    if matches!(raw.origin, Origin::Purge | Origin::Moving | Origin::Cluster) {
         // The tenant is deleted (that is why it is purged), or moved by an operator in any
-        // status: its context is not checked, and not cached for anything after.
+        // status: its context is not checked, and not cached for anything after. On a Citus
+        // worker the coordinator checked it; the registry is the coordinator's.
         return Ok(Checked { tenant, user: None, admin: false, role: None, generation: 0, transaction: 0 });
     }
     let user = raw.user;
@@ -538,6 +550,7 @@ fn remember(tenant: pgrx::Uuid) {
 fn fixed_by(raw: &Raw) -> Option<String> {
     match raw.origin {
         Origin::Settings => None,
+        Origin::Cluster => Some("this is a Citus worker: the tenant comes from the coordinator".to_string()),
         Origin::Purge => Some("a tenant is being purged".to_string()),
         Origin::Moving => Some("a tenant is being moved (tenant_export, tenant_import_begin)".to_string()),
         Origin::Signed => Some("a signed context is set in this transaction".to_string()),

@@ -10,7 +10,7 @@ use crate::registry;
 use crate::registry::tenants;
 use crate::tables::busy::Busy;
 use crate::tables::hardening;
-use crate::tables::spec::{self, Deviation, DEFAULT_SQL, POLICIES, TENANT_COLUMN, TRIGGERS};
+use crate::tables::spec::{self, Deviation, DEFAULT_SQL, DISTRIBUTED_POLICIES, POLICIES, TENANT_COLUMN, TRIGGERS};
 use pgrx::prelude::*;
 use pgrx::spi::quote_literal;
 
@@ -238,7 +238,7 @@ pub fn disable(relid: pg_sys::Oid) -> Result<()> {
     }
     let table = rel.sql();
     run(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))?;
-    for policy in POLICIES {
+    for policy in POLICIES.iter().chain(DISTRIBUTED_POLICIES.iter()) {
         run(&policy.drop_sql(&table))?;
     }
     // No more counting: the table's rows leave the tenants' usage.

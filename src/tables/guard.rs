@@ -91,6 +91,9 @@ pub fn transaction_ended() {
 
 /// The tables created in guarded schemas must be enabled or exempt when the transaction commits.
 fn check_pending(pending: Vec<pg_sys::Oid>) -> Result<()> {
+    if on_worker() {
+        return Ok(());
+    }
     if !gucs::ddl_guard() {
         log(format!("multitenancy.ddl_guard is off: {} new table(s) not checked at COMMIT", pending.len()));
         return Ok(());
@@ -187,9 +190,17 @@ fn creates_table(tag: &str) -> bool {
     matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO")
 }
 
+/// A Citus worker's tables are the shards and shell tables Citus makes from the coordinator's
+/// (checked there, by this guard) and DDL belongs on the coordinator: on a worker the guard
+/// neither checks nor enables anything. Citus's own catalog says which node this is
+/// (`crate::citus`); no client setting can make a coordinator a worker.
+pub fn on_worker() -> bool {
+    crate::citus::is_worker()
+}
+
 /// `ddl_command_end`.
 fn ddl_command_end() -> Result<()> {
-    if vetted() {
+    if vetted() || on_worker() {
         return Ok(());
     }
     if !gucs::ddl_guard() {
@@ -389,6 +400,9 @@ struct Dropped {
 /// regclass, and the usage totals lose its rows); the extension's policies and triggers and the
 /// tenant index of enabled tables stay.
 fn sql_drop() -> Result<()> {
+    if on_worker() {
+        return Ok(());
+    }
     if vetted() {
         // Indexes without tenant_id (see `statement`): no table, nothing of the protected shape.
         DROPPING_INDEXES_OF.with(|d| d.borrow_mut().take());
@@ -509,7 +523,7 @@ fn sql_drop() -> Result<()> {
 /// # Safety
 /// `stmt` is the parse tree of the statement about to run.
 unsafe fn drop_would_open(stmt: *mut pg_sys::Node) -> Result<()> {
-    if stmt.is_null() {
+    if stmt.is_null() || on_worker() {
         return Ok(());
     }
     let extension = pg_sys::get_extension_oid(c"multitenancy".as_ptr(), true);

@@ -45,7 +45,7 @@ fn tenant_key_scope(tbl: Option<Regclass>, scope: Option<&str>) {
 }
 
 /// Rebuild the primary key for `scope`.
-fn set(rel: &Relation, scope: &str) -> Result<()> {
+pub fn set(rel: &Relation, scope: &str) -> Result<()> {
     let Some((name, columns)) = catalog::primary_key(rel.oid)? else { return Ok(()) };
     let with_tenant = columns.iter().any(|c| c == TENANT_COLUMN);
     let columns: Vec<String> = columns.iter().map(quote_identifier).collect();

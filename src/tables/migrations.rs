@@ -103,6 +103,13 @@ pub unsafe fn around_utility(
     run: impl FnOnce(*mut pg_sys::PlannedStmt, bool),
 ) -> Result<()> {
     // With the guard off (a superuser's maintenance, a restore) DDL runs exactly as written.
+    if registry::installed() && guard::on_worker() {
+        // A Citus worker applies the coordinator's DDL to shards; its foreign keys between
+        // shards are validated with FORCE lifted, as on the coordinator (see below).
+        let _noforce = only_foreign_keys((*pstmt).utilityStmt).then(registry::NoForceRls::enter);
+        guard::statement(false, || run(pstmt, read_only_tree));
+        return Ok(());
+    }
     if !registry::installed() || !crate::gucs::ddl_guard() {
         guard::statement(false, || run(pstmt, read_only_tree));
         return Ok(());
@@ -130,6 +137,29 @@ pub unsafe fn around_utility(
     let _noforce = registry::NoForceRls::enter();
     guard::statement(plan.vetted, || run(pstmt, read_only_tree));
     Ok(())
+}
+
+/// Whether a statement is an ALTER TABLE that only adds or validates foreign keys: no default,
+/// expression or check of the owner's runs in it.
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+unsafe fn only_foreign_keys(stmt: *mut pg_sys::Node) -> bool {
+    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_AlterTableStmt {
+        return false;
+    }
+    let cmds = elements((*(stmt as *mut pg_sys::AlterTableStmt)).cmds);
+    !cmds.is_empty()
+        && cmds.into_iter().all(|cmd| {
+            let cmd = cmd as *mut pg_sys::AlterTableCmd;
+            match (*cmd).subtype {
+                pg_sys::AlterTableType::AT_AddConstraint if !(*cmd).def.is_null() => {
+                    (*((*cmd).def as *mut pg_sys::Constraint)).contype == pg_sys::ConstrType::CONSTR_FOREIGN
+                }
+                pg_sys::AlterTableType::AT_ValidateConstraint => true,
+                _ => false,
+            }
+        })
 }
 
 /// `EXPLAIN ANALYZE CREATE TABLE ... AS` / `CREATE MATERIALIZED VIEW` / `SELECT INTO` creates

@@ -3,9 +3,11 @@
 //! grants beyond the policies; [`busy`], which tables the extension's own DDL is changing;
 //! [`guard`], the event triggers that keep the shape through later DDL; and [`verify`], the
 //! catalog audit; [`migrations`] adjusts frameworks' DDL and upserts on enabled tables;
-//! [`keys`] sets a table's key scope and [`templates`] the rows every tenant gets. All
+//! [`keys`] sets a table's key scope and [`templates`] the rows every tenant gets; [`distribute`]
+//! scales enabled tables out with Citus. All
 //! compare against `spec` and `hardening`, nothing else.
 pub mod busy;
+pub mod distribute;
 pub mod enable;
 pub mod guard;
 pub mod hardening;

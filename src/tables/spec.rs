@@ -27,6 +27,9 @@ pub struct PolicySpec {
     /// `true`: the policy's USING and WITH CHECK are the tenant predicate; `false`:
     /// [`PERMIT_SQL`].
     pub tenant_predicate: bool,
+    /// The predicate calls the context function directly instead of through a sub-select:
+    /// the form Citus accepts on a distributed table ([`DISTRIBUTED_POLICIES`]).
+    pub bare: bool,
 }
 
 /// Both policies apply to all commands and all roles, with USING and WITH CHECK.
@@ -38,9 +41,41 @@ pub struct PolicySpec {
 /// policy only opens the default-deny; keeping the predicate out of it means the planner sees
 /// the context once per query (one initPlan, one filter), not twice.
 pub const POLICIES: [PolicySpec; 2] = [
-    PolicySpec { name: "multitenancy_access", permissive: true, tenant_predicate: false },
-    PolicySpec { name: "multitenancy_isolation", permissive: false, tenant_predicate: true },
+    PolicySpec { name: "multitenancy_access", permissive: true, tenant_predicate: false, bare: false },
+    PolicySpec { name: "multitenancy_isolation", permissive: false, tenant_predicate: true, bare: false },
 ];
+
+/// The one policy of a table distributed by Citus (`tenant_distribute`). Citus copies a
+/// table's policies onto its shards without their AS RESTRICTIVE (it deparses every policy as
+/// permissive), and refuses sub-selects in policies. So a distributed table has exactly one
+/// policy, the isolation predicate, permissive — with no other policy to OR with, permissive is
+/// as strict as restrictive — and calling `current_tenant_id()` directly. The planner puts the
+/// tenant in as a constant before Citus plans the query (`context::planning`), which is what
+/// routes a tenant's query to its one shard; on the workers the function reads the context the
+/// coordinator sent (`context::cluster`). Any other policy on a distributed table is a deviation
+/// ([`Deviation::PolicyOnDistributed`]).
+pub const DISTRIBUTED_POLICIES: [PolicySpec; 1] =
+    [PolicySpec { name: "multitenancy_isolation_distributed", permissive: true, tenant_predicate: true, bare: true }];
+
+/// The extension's policies of a table in its shape (distributed by Citus or not).
+pub fn policies(distributed: bool) -> &'static [PolicySpec] {
+    if distributed {
+        &DISTRIBUTED_POLICIES
+    } else {
+        &POLICIES
+    }
+}
+
+/// The counting triggers of a table in its shape: none on a distributed table (Citus runs a
+/// shard's triggers on the worker, away from the coordinator's counters; tenants' usage does not
+/// count distributed tables).
+pub fn triggers(distributed: bool) -> &'static [TriggerSpec] {
+    if distributed {
+        &[]
+    } else {
+        &TRIGGERS
+    }
+}
 
 /// The permissive policy's expression: true while the extension is installed. `USING (true)`
 /// would outlive the extension: `DROP EXTENSION multitenancy CASCADE` drops what depends on its
@@ -142,15 +177,24 @@ pub fn predicate_sql() -> String {
     format!("{TENANT_COLUMN} = {CONTEXT_SQL} OR {ADMIN_SQL}")
 }
 
+/// The predicate of a distributed table's policy ([`DISTRIBUTED_POLICIES`]).
+pub fn bare_predicate_sql() -> String {
+    format!("{TENANT_COLUMN} = {DEFAULT_SQL} OR {ADMIN_SQL}")
+}
+
 /// How PostgreSQL prints [`predicate_sql`] back (pg_get_expr under `search_path = pg_catalog`).
 const PREDICATE_DEPARSED: &str =
     "((tenant_id = ( SELECT multitenancy.current_tenant_id() AS current_tenant_id)) OR multitenancy._admin_mode())";
+/// How PostgreSQL prints [`bare_predicate_sql`] back.
+const BARE_PREDICATE_DEPARSED: &str = "((tenant_id = multitenancy.current_tenant_id()) OR multitenancy._admin_mode())";
 /// How PostgreSQL prints [`DEFAULT_SQL`] back.
 const DEFAULT_DEPARSED: &str = "multitenancy.current_tenant_id()";
 
 impl PolicySpec {
     fn expression_sql(&self) -> String {
-        if self.tenant_predicate {
+        if self.tenant_predicate && self.bare {
+            bare_predicate_sql()
+        } else if self.tenant_predicate {
             predicate_sql()
         } else {
             permit_sql().to_string()
@@ -159,7 +203,9 @@ impl PolicySpec {
 
     /// How PostgreSQL prints the expression back; `permit` is [`permit_sql`].
     fn expression_deparsed(&self, permit: &'static str) -> &'static str {
-        if self.tenant_predicate {
+        if self.tenant_predicate && self.bare {
+            BARE_PREDICATE_DEPARSED
+        } else if self.tenant_predicate {
             PREDICATE_DEPARSED
         } else {
             permit
@@ -238,6 +284,12 @@ pub enum Deviation {
     TenantChangingAction {
         name: String,
     },
+    /// A policy other than the extension's on a table distributed by Citus, which recreates it
+    /// on the shards as PERMISSIVE: ORed with the isolation policy, it widens what a tenant
+    /// reads and writes.
+    PolicyOnDistributed {
+        name: String,
+    },
 }
 
 impl Deviation {
@@ -277,6 +329,10 @@ impl Deviation {
                  which runs as whoever reads the table: in admin mode with the admin's rights and every tenant's rows \
                  in view"
             ),
+            Deviation::PolicyOnDistributed { name } => format!(
+                "policy {name} is on a table distributed by Citus, which recreates every policy on the shards as \
+                 PERMISSIVE: ORed with the isolation policy, it would let tenants read and write other tenants' rows"
+            ),
             Deviation::TenantChangingAction { name } => format!(
                 "foreign key {name} sets tenant_id in its ON DELETE / ON UPDATE action (SET NULL or SET DEFAULT): \
                  deleting a parent row would move the child rows of another tenant"
@@ -315,6 +371,11 @@ impl Deviation {
                  have a superuser mark the function LEAKPROOF once it reveals nothing and changes nothing.",
                 pgrx::spi::quote_identifier(name)
             ),
+            Deviation::PolicyOnDistributed { name } => format!(
+                "DROP POLICY {} ON {table}: on a distributed table the extension's isolation policy is the only one \
+                 (put the condition in a view with security_invoker, or in the application's queries).",
+                pgrx::spi::quote_identifier(name)
+            ),
             Deviation::TenantChangingAction { name } => format!(
                 "Drop foreign key {} of {table} and add it again with SET NULL / SET DEFAULT limited to its own columns \
                  (ON DELETE SET NULL (<columns>), PostgreSQL 15 and later; the extension writes it that way when it \
@@ -328,7 +389,8 @@ impl Deviation {
     /// The statements that repair this deviation on an empty or fully assigned table; `None`
     /// when it cannot be repaired without a decision (a wrong column type, rows to assign).
     pub fn repair_sql(&self, table: &str) -> Option<Vec<String>> {
-        let policy = |name: &str| POLICIES.iter().find(|p| p.name == name).expect("known policy");
+        let policy =
+            |name: &str| POLICIES.iter().chain(DISTRIBUTED_POLICIES.iter()).find(|p| p.name == name).expect("known policy");
         let trigger = |name: &str| TRIGGERS.iter().find(|t| t.name == name).expect("known trigger");
         Some(match self {
             // Added without a default first: PostgreSQL evaluates a non-volatile default of a new
@@ -346,6 +408,7 @@ impl Deviation {
             | Deviation::LeakyPolicy { .. }
             | Deviation::PolicyRunsOwnerCode { .. }
             | Deviation::TenantChangingAction { .. }
+            | Deviation::PolicyOnDistributed { .. }
             | Deviation::PrimaryKeyScope => return None,
             Deviation::ColumnNullable => {
                 vec![format!("ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} SET NOT NULL")]
@@ -433,6 +496,7 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
     }
 
     let permit = permit_sql();
+    let distributed = crate::citus::is_distributed(rel.oid)?;
     Spi::connect(|client| {
         let attnum = column.as_ref().map(|c| c.attnum).unwrap_or(0);
         let flags = client
@@ -462,7 +526,7 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
             found.push(Deviation::RowSecurityNotForced);
         }
 
-        for spec in POLICIES {
+        for spec in policies(distributed) {
             let rows = client
                 .select(
                     "SELECT p.polpermissive, p.polcmd = '*', p.polroles = '{0}'::pg_catalog.oid[], \
@@ -489,7 +553,7 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
             }
         }
 
-        for spec in TRIGGERS {
+        for spec in triggers(distributed) {
             let rows = client
                 .select(
                     "SELECT t.tgenabled IN ('O', 'A') AND t.tgtype = $3 AND t.tgfoid = $4::pg_catalog.regproc \
@@ -551,7 +615,7 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
         // VOLATILE and runs no query (the XML exports do), or one of the extension's read-only
         // context functions; or uses a type that is not built in (the input of a domain, or of
         // an array, composite or range over one, runs its checks).
-        let policies = client
+        let owner_policies = client
             .select(
                 "SELECT p.polname::text, p.polqual::text, EXISTS ( \
                         SELECT 1 FROM pg_catalog.regexp_matches( \
@@ -573,15 +637,17 @@ fn inspect_pinned(rel: &Relation) -> Result<Vec<Deviation>> {
                 None,
                 &[
                     rel.oid.into(),
-                    POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().into(),
+                    policies(distributed).iter().map(|p| p.name).collect::<Vec<_>>().into(),
                     POLICY_FUNCTIONS.to_vec().into(),
                 ],
             )
             .ctx("spec::inspect owner policies")?;
-        for row in policies {
+        for row in owner_policies {
             let name = row.get::<String>(1).ctx("polname")?.unwrap_or_default();
             let qual = row.get::<String>(2).ctx("polqual")?;
-            if qual.is_some_and(|qual| leaks_row_values(&qual)) {
+            if distributed {
+                found.push(Deviation::PolicyOnDistributed { name });
+            } else if qual.is_some_and(|qual| leaks_row_values(&qual)) {
                 found.push(Deviation::LeakyPolicy { name });
             } else if row.get::<bool>(3).ctx("owner code")?.unwrap_or(false) {
                 found.push(Deviation::PolicyRunsOwnerCode { name });

@@ -294,7 +294,8 @@ fn info(object: impl Into<String>, problem: impl Into<String>, fix: impl Into<St
 fn owner_code(rel: &Relation) -> Result<Vec<Finding>> {
     let mut found = Vec::new();
     let ours_triggers: Vec<&str> = spec::TRIGGERS.iter().map(|t| t.name).collect();
-    let ours_policies: Vec<&str> = spec::POLICIES.iter().map(|p| p.name).collect();
+    let ours_policies: Vec<&str> =
+        spec::POLICIES.iter().chain(spec::DISTRIBUTED_POLICIES.iter()).map(|p| p.name).collect();
     Spi::connect(|client| {
         let rows = client
             .select(

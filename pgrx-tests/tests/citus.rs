@@ -1,0 +1,441 @@
+//! Scaling out with Citus, on a real three-node cluster: a coordinator and two workers, each a
+//! PostgreSQL started here with `shared_preload_libraries = 'citus,multitenancy'` (Citus first,
+//! so the extension's planner hook puts the tenant in before Citus plans). Citus is built from
+//! the vendored source by `scripts/citus.sh`; these tests are `#[ignore]`d in the ordinary
+//! integration runs and run by the test command's Citus tier (`-- --ignored`, one at a time) on
+//! the PostgreSQL major Citus supports there.
+//!
+//! Every test works as the real roles: the app role (NOBYPASSRLS, owns nothing) through the
+//! coordinator, the owner for migrations, the superuser only for setup and ground truth (which
+//! Citus reads from the workers as the superuser, past row level security).
+use multitenancy_integration::*;
+use std::sync::OnceLock;
+
+struct Cluster {
+    coordinator: &'static Server,
+    workers: Vec<&'static Server>,
+}
+
+const DB: &str = "postgres";
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        // The servers run as the postgres OS user with root's environment: no client certificates.
+        let options = "-c shared_preload_libraries=citus,multitenancy -c citus.shard_count=8 -c citus.node_conninfo=sslmode=disable \
+                       -c wal_level=logical -c output_plugin_libraries=pgoutput,citus";
+        let coordinator = Server::private(options);
+        let workers = vec![Server::private(options), Server::private(options)];
+        for server in std::iter::once(coordinator).chain(workers.iter().copied()) {
+            server.connect(DB, SUPERUSER).batch_execute("CREATE EXTENSION citus").unwrap();
+        }
+        let mut su = coordinator.connect(DB, SUPERUSER);
+        su.execute("SELECT citus_set_coordinator_host('127.0.0.1', $1)", &[&i32::from(coordinator.port())]).unwrap();
+        for worker in &workers {
+            su.execute("SELECT citus_add_node('127.0.0.1', $1)", &[&i32::from(worker.port())]).unwrap();
+        }
+        // Citus sends CREATE EXTENSION (and the GRANTs) on to the workers it knows.
+        su.batch_execute(&format!(
+            "CREATE EXTENSION multitenancy;
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE, USAGE ON SCHEMA public TO {OWNER};
+             GRANT EXECUTE ON FUNCTION multitenancy.tenant_enable(regclass, uuid),
+                                       multitenancy.tenant_exempt(regclass, text),
+                                       multitenancy.tenant_key_scope(regclass, text),
+                                       multitenancy.tenant_distribute(regclass) TO {OWNER};"
+        ))
+        .unwrap();
+        Cluster { coordinator, workers }
+    })
+}
+
+impl Cluster {
+    fn superuser(&self) -> Client {
+        self.coordinator.connect(DB, SUPERUSER)
+    }
+    fn owner(&self) -> Client {
+        self.coordinator.connect(DB, OWNER)
+    }
+    fn app(&self) -> Client {
+        self.coordinator.connect(DB, APP)
+    }
+}
+
+/// Two tenants of a test: (id of a, id of b).
+fn tenants(prefix: &str) -> (String, String) {
+    let mut su = cluster().superuser();
+    let mut create = |slug: String| -> String {
+        su.query_one("SELECT multitenancy.tenant_create($1, $1)::text", &[&slug]).unwrap().get(0)
+    };
+    (create(format!("{prefix}-a")), create(format!("{prefix}-b")))
+}
+
+/// The family of a test: `<p>_countries` (global: a reference table), `<p>_customers` and
+/// `<p>_orders` (tenant data, `orders` → `customers` by a per-tenant foreign key, `customers` →
+/// `countries`), distributed with one `tenant_distribute` call, as a migration would.
+fn distributed_family(p: &str) -> Vec<(String, String)> {
+    let mut owner = cluster().owner();
+    let mut tx = owner.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "CREATE TABLE {p}_countries (code text PRIMARY KEY, name text);
+         SELECT multitenancy.tenant_exempt('{p}_countries', 'ISO 3166 list, the same for every tenant');
+         CREATE TABLE {p}_customers (id bigint PRIMARY KEY, name text, country text REFERENCES {p}_countries);
+         CREATE TABLE {p}_orders (id bigint PRIMARY KEY, customer_id bigint, total int);
+         SELECT multitenancy.tenant_enable('{p}_customers');
+         SELECT multitenancy.tenant_enable('{p}_orders');
+         SELECT multitenancy.tenant_key_scope('{p}_customers', 'tenant');
+         ALTER TABLE {p}_orders ADD FOREIGN KEY (tenant_id, customer_id) REFERENCES {p}_customers (tenant_id, id);"
+    ))
+    .unwrap();
+    tx.commit().unwrap();
+    owner.batch_execute(&format!("INSERT INTO {p}_countries VALUES ('de', 'Germany'), ('fr', 'France')")).unwrap();
+    let done: Vec<(String, String)> = owner
+        .query(&format!("SELECT table_name, citus_table FROM multitenancy.tenant_distribute('{p}_orders')"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // One statement each: Citus refuses DDL on a reference table after parallel DDL on
+    // distributed tables in one transaction.
+    owner.batch_execute(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {p}_customers, {p}_orders TO {APP}")).unwrap();
+    owner.batch_execute(&format!("GRANT SELECT ON {p}_countries TO {APP}")).unwrap();
+    done
+}
+
+/// Rows of each tenant, written by the app role in the tenant's own transactions.
+fn fill(p: &str, a: &str, b: &str) {
+    let mut app = cluster().app();
+    for (tenant, name, base) in [(a, "a", 0i64), (b, "b", 100)] {
+        let mut tx = begin_as(&mut app, tenant);
+        for i in 1..=3i64 {
+            tx.execute(
+                &format!("INSERT INTO {p}_customers (id, name, country) VALUES ($1, $2, 'de')"),
+                &[&(base + i), &format!("{name}{i}")],
+            )
+            .unwrap();
+            tx.execute(
+                &format!("INSERT INTO {p}_orders (id, customer_id, total) VALUES ($1, $2, $3)"),
+                &[&(base + i), &(base + i), &((base + i) as i32 * 10)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Ground truth: the ids of a tenant's rows as the superuser reads them (past row level
+/// security, on the workers too).
+fn truth(p: &str, table: &str, tenant: &str) -> Vec<i64> {
+    let mut su = cluster().superuser();
+    su.query(&format!("SELECT id FROM {p}_{table} WHERE tenant_id = $1::text::uuid ORDER BY id"), &[&tenant])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn ids(tx: &mut Transaction, sql: &str) -> Vec<i64> {
+    tx.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+/// The number of tasks in Citus's plan of `sql`, as the app with `tenant`'s context.
+fn task_count(p: &str, tenant: &str, sql: &str) -> i64 {
+    let mut app = cluster().app();
+    let mut tx = begin_as(&mut app, tenant);
+    let plan: Vec<String> =
+        tx.query(&format!("EXPLAIN {}", sql.replace("{p}", p)), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let line = plan.iter().find(|l| l.contains("Task Count:")).unwrap_or_else(|| panic!("no Citus plan: {plan:?}"));
+    line.trim().trim_start_matches("Task Count:").trim().parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn a_family_distributes_by_tenant_and_its_global_table_becomes_a_reference_table() {
+    let done = distributed_family("fam");
+    assert_eq!(
+        done,
+        vec![
+            ("public.fam_countries".to_string(), "reference".to_string()),
+            ("public.fam_customers".to_string(), "distributed".to_string()),
+            ("public.fam_orders".to_string(), "distributed".to_string()),
+        ]
+    );
+    let mut su = cluster().superuser();
+    let colocated: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT colocationid) FROM pg_dist_partition \
+              WHERE logicalrelid IN ('fam_customers'::regclass, 'fam_orders'::regclass) AND partmethod = 'h' \
+                AND partkey IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(colocated, 1, "the enabled tables of a family share one colocation group");
+    // The shape on every shard: exactly one policy, the isolation predicate (Citus makes every
+    // policy permissive there, so there may be no other), forced row level security.
+    for worker in &cluster().workers {
+        let mut w = worker.connect(DB, SUPERUSER);
+        // Citus hides shards from catalog queries of clients it does not know.
+        w.batch_execute("SET citus.show_shards_for_app_name_prefixes = '*'").unwrap();
+        let rows = w
+            .query(
+                "SELECT c.relname::text, c.relforcerowsecurity, count(p.*), \
+                        bool_and(pg_get_expr(p.polqual, p.polrelid) LIKE '%tenant_id = multitenancy.current_tenant_id()%') \
+                   FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid \
+                  WHERE c.relname ~ '^fam_(customers|orders)_[0-9]+$' GROUP BY 1, 2",
+                &[],
+            )
+            .unwrap();
+        assert!(!rows.is_empty(), "the worker holds shards");
+        for row in rows {
+            let shard: String = row.get(0);
+            assert!(row.get::<_, bool>(1), "{shard}: row level security forced");
+            assert_eq!(row.get::<_, i64>(2), 1, "{shard}: one policy");
+            assert!(row.get::<_, bool>(3), "{shard}: the policy is the tenant predicate");
+        }
+    }
+    assert_eq!(verify_all(&mut su), vec![], "verify() finds nothing to fix");
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn the_app_sees_and_changes_only_its_tenants_rows_on_the_cluster() {
+    distributed_family("iso");
+    let (a, b) = tenants("iso");
+    fill("iso", &a, &b);
+    let (a_orders, b_orders) = (truth("iso", "orders", &a), truth("iso", "orders", &b));
+    assert_eq!((a_orders.len(), b_orders.len()), (3, 3), "ground truth: both tenants have rows");
+
+    let mut app = cluster().app();
+    let mut tx = begin_as(&mut app, &a);
+    assert_eq!(ids(&mut tx, "SELECT id FROM iso_orders ORDER BY id"), a_orders);
+    assert_eq!(ids(&mut tx, "SELECT id FROM iso_customers ORDER BY id"), truth("iso", "customers", &a));
+    assert_eq!(
+        ids(&mut tx, "SELECT o.id FROM iso_orders o JOIN iso_customers c USING (tenant_id) ORDER BY 1 LIMIT 1"),
+        vec![a_orders[0]]
+    );
+    // Another tenant's rows, named by id: invisible, and not changed.
+    let b_id = b_orders[0];
+    assert_eq!(ids(&mut tx, &format!("SELECT id FROM iso_orders WHERE id = {b_id}")), Vec::<i64>::new());
+    assert_eq!(tx.execute(&format!("UPDATE iso_orders SET total = 0 WHERE id = {b_id}"), &[]).unwrap(), 0);
+    assert_eq!(tx.execute(&format!("DELETE FROM iso_orders WHERE id = {b_id}"), &[]).unwrap(), 0);
+    assert_eq!(tx.execute("UPDATE iso_orders SET total = total + 1", &[]).unwrap(), 3, "its own rows");
+    // Writing a row for the other tenant, or moving one there: refused by the policy.
+    expect_sqlstate(
+        tx.execute(&format!("INSERT INTO iso_customers (id, name, tenant_id) VALUES (50, 'x', '{b}')"), &[]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    drop(tx);
+    // Moving a row to the other tenant: the policy's WITH CHECK refuses it, and so does Citus
+    // (a distribution column does not change).
+    let mut tx = begin_as(&mut app, &a);
+    let error = tx.execute(&format!("UPDATE iso_customers SET tenant_id = '{b}' WHERE id = 1"), &[]).unwrap_err();
+    let code = db_error(&error).code().clone();
+    assert!(
+        [SqlState::INSUFFICIENT_PRIVILEGE, SqlState::FEATURE_NOT_SUPPORTED].contains(&code),
+        "refused: {error}"
+    );
+    drop(tx);
+    // The global table: every tenant reads it.
+    let mut tx = begin_as(&mut app, &b);
+    let countries: i64 = tx.query_one("SELECT count(*) FROM iso_countries", &[]).unwrap().get(0);
+    assert_eq!(countries, 2);
+    tx.commit().unwrap();
+
+    let mut su = cluster().superuser();
+    let untouched: Vec<(i64, i32)> = su
+        .query("SELECT id, total FROM iso_orders WHERE tenant_id = $1::text::uuid ORDER BY id", &[&b])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(untouched, vec![(101, 1010), (102, 1020), (103, 1030)], "tenant b's rows are as b wrote them");
+    assert_eq!(truth("iso", "customers", &b).len(), 3);
+
+    // No context: 28000, outside a transaction block and inside one.
+    let error = expect_sqlstate(app.query("SELECT count(*) FROM iso_orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    assert!(error.message().contains("no tenant context"), "{}", error.message());
+    let mut tx = app.transaction().unwrap();
+    expect_sqlstate(tx.query("SELECT count(*) FROM iso_orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn a_tenants_point_range_and_join_queries_go_to_one_shard() {
+    distributed_family("rt");
+    let (a, b) = tenants("rt");
+    fill("rt", &a, &b);
+    for sql in [
+        "SELECT * FROM {p}_orders WHERE id = 1",
+        "SELECT * FROM {p}_orders WHERE total BETWEEN 10 AND 30",
+        "SELECT * FROM {p}_orders",
+        "SELECT o.id, c.name FROM {p}_orders o JOIN {p}_customers c ON c.tenant_id = o.tenant_id AND c.id = o.customer_id",
+    ] {
+        assert_eq!(task_count("rt", &a, sql), 1, "{sql}");
+        assert_eq!(task_count("rt", &b, sql), 1, "{sql}");
+    }
+    // The same filter without a constant the planner knows (a role past row level security,
+    // a context function the planner does not replace) fans out to every shard: what the
+    // plan-time tenant saves.
+    let mut su = cluster().superuser();
+    let mut tx = begin_as(&mut su, &a);
+    let plan: Vec<String> = tx
+        .query("EXPLAIN SELECT * FROM rt_orders WHERE tenant_id = multitenancy.current_tenant_id_or_null()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(tx);
+    let shards: i64 = su
+        .query_one("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'rt_orders'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert!(shards > 1);
+    assert!(plan.iter().any(|l| l.trim() == format!("Task Count: {shards}")), "{plan:?}");
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn a_prepared_statement_switching_tenants_returns_only_the_current_tenants_rows() {
+    distributed_family("prep");
+    let (a, b) = tenants("prep");
+    fill("prep", &a, &b);
+    let (a_orders, b_orders) = (truth("prep", "orders", &a), truth("prep", "orders", &b));
+    let mut app = cluster().app();
+    // A named server-side statement: after five custom plans PostgreSQL may use a generic one.
+    let statement = app.prepare("SELECT id FROM prep_orders WHERE total > $1 ORDER BY id").unwrap();
+    for round in 0..14 {
+        let (tenant, expected) = if round % 3 == 2 { (&b, &b_orders) } else { (&a, &a_orders) };
+        let mut tx = begin_as(&mut app, tenant);
+        let got: Vec<i64> = tx.query(&statement, &[&0i32]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(&got, expected, "round {round}");
+        tx.commit().unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn a_tenant_isolated_to_its_own_shard_still_routes_and_is_isolated() {
+    distributed_family("big");
+    let (a, b) = tenants("big");
+    fill("big", &a, &b);
+    let mut su = cluster().superuser();
+    let shard: i64 = su
+        .query_one("SELECT isolate_tenant_to_new_shard('big_orders', $1::text::uuid, 'CASCADE')", &[&a])
+        .unwrap()
+        .get(0);
+    let (tenants_on_shard, rows_on_shard): (i64, i64) = {
+        let row = su
+            .query_one(
+                "SELECT count(DISTINCT tenant_id), count(*) FROM big_orders \
+                  WHERE get_shard_id_for_distribution_column('big_orders', tenant_id) = $1",
+                &[&shard],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((tenants_on_shard, rows_on_shard), (1, 3), "the new shard holds tenant a's rows only");
+    assert_eq!(task_count("big", &a, "SELECT * FROM {p}_orders"), 1);
+    let mut app = cluster().app();
+    let mut tx = begin_as(&mut app, &a);
+    assert_eq!(ids(&mut tx, "SELECT id FROM big_orders ORDER BY id"), truth("big", "orders", &a));
+    assert_eq!(tx.execute("DELETE FROM big_orders WHERE id > 100", &[]).unwrap(), 0, "b's rows are out of reach");
+    drop(tx);
+    let mut tx = begin_as(&mut app, &b);
+    assert_eq!(ids(&mut tx, "SELECT id FROM big_orders ORDER BY id"), truth("big", "orders", &b));
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn the_app_cannot_name_the_tenant_the_workers_see() {
+    distributed_family("fake");
+    let (a, b) = tenants("fake");
+    fill("fake", &a, &b);
+    let mut app = cluster().app();
+    let mut tx = begin_as(&mut app, &a);
+    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
+    expect_sqlstate(
+        tx.batch_execute(&format!("SET LOCAL multitenancy.cluster_tenant = '{b}'")),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    drop(tx);
+    let mut tx = begin_as(&mut app, &a);
+    expect_sqlstate(
+        tx.query_one("SELECT set_config('multitenancy.cluster_tenant', $1, true)", &[&b]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    drop(tx);
+    // A worker reached without the coordinator's tenant fails closed.
+    let mut tx = app.transaction().unwrap();
+    let results: Vec<String> = tx
+        .query("SELECT result FROM run_command_on_shards('fake_orders', $$SELECT count(*) FROM %s$$)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!results.is_empty());
+    for result in results {
+        assert!(result.contains("no tenant context on this Citus worker"), "{result}");
+    }
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn the_guard_keeps_a_distributed_table_to_its_one_policy() {
+    distributed_family("grd");
+    let mut owner = cluster().owner();
+    let error = expect_sqlstate(
+        owner.batch_execute("CREATE POLICY open ON grd_orders AS PERMISSIVE FOR SELECT USING (true)"),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    assert!(error.message().contains("PERMISSIVE"), "{}", error.message());
+    expect_sqlstate(
+        owner.batch_execute("DROP POLICY multitenancy_isolation_distributed ON grd_orders"),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    let mut su = cluster().superuser();
+    let policies: i64 =
+        su.query_one("SELECT count(*) FROM pg_policy WHERE polrelid = 'grd_orders'::regclass", &[]).unwrap().get(0);
+    assert_eq!(policies, 1);
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn what_citus_cannot_distribute_is_refused_before_anything_changes() {
+    let mut owner = cluster().owner();
+    let mut tx = owner.transaction().unwrap();
+    // A policy of the owner's: Citus would make it permissive on the shards, ORed with the
+    // isolation policy.
+    tx.batch_execute(
+        "CREATE TABLE bad_accounts (id bigint PRIMARY KEY, email text);
+         SELECT multitenancy.tenant_enable('bad_accounts');
+         CREATE POLICY everyone_reads ON bad_accounts FOR SELECT USING (true);",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let error = expect_sqlstate(
+        owner.query("SELECT * FROM multitenancy.tenant_distribute('bad_accounts')", &[]),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+    );
+    assert!(error.message().contains("policies of its own (everyone_reads)"), "{}", error.message());
+    assert!(error.hint().is_some());
+    let mut su = cluster().superuser();
+    let (distributed, policies, pkey): (bool, i64, String) = {
+        let row = su
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'bad_accounts'::regclass), \
+                        (SELECT count(*) FROM pg_policy WHERE polrelid = 'bad_accounts'::regclass), \
+                        (SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+                          WHERE conrelid = 'bad_accounts'::regclass AND contype = 'p')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!((distributed, policies, pkey.as_str()), (false, 3, "PRIMARY KEY (id)"), "nothing changed");
+    // Not enabled at all.
+    owner.batch_execute("BEGIN; CREATE TABLE bad_plain (id int); SELECT multitenancy.tenant_exempt('bad_plain', 'x'); COMMIT").unwrap();
+    expect_sqlstate(
+        owner.query("SELECT * FROM multitenancy.tenant_distribute('bad_plain')", &[]),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+    );
+}
