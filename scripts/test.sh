@@ -7,7 +7,10 @@
 #   2. integration suites (pgrx-tests/) on every supported major: a server started by the tests,
 #      driven by a Postgres client as real roles (non-superuser NOBYPASSRLS app role, owner, DBA);
 #      the upgrade suite updates every released version (sql/versions/) to this one there
-#   3. schema snapshot: the generated SQL is the committed SQL of this version, and every
+#   3. Citus: on the majors Citus supports (16-18), Citus is built from the vendored source once
+#      per machine (scripts/citus.sh) and pgrx-tests/tests/citus.rs starts a coordinator and two
+#      workers and runs its (otherwise ignored) suite there
+#   4. schema snapshot: the generated SQL is the committed SQL of this version, and every
 #      released version has an upgrade path to it (scripts/schema.sh)
 #
 # Installs whatever is missing first (scripts/setup.sh). Ends with each tier's totals.
@@ -48,6 +51,13 @@ for major in $PG_MAJORS; do
     run_tier "integration, PostgreSQL $major" bash -c "
         cargo pgrx install --pg-config '${PG_CONFIG[$major]}' >/dev/null &&
         MT_PG_CONFIG='${PG_CONFIG[$major]}' cargo test -p multitenancy-integration --no-fail-fast"
+done
+for major in $PG_MAJORS; do
+    case " $CITUS_MAJORS " in *" $major "*) ;; *) continue ;; esac
+    run_tier "Citus cluster, PostgreSQL $major" bash -c "
+        scripts/citus.sh '${PG_CONFIG[$major]}' &&
+        cargo pgrx install --pg-config '${PG_CONFIG[$major]}' >/dev/null &&
+        MT_PG_CONFIG='${PG_CONFIG[$major]}' cargo test -p multitenancy-integration --test citus -- --ignored --test-threads=1"
 done
 run_tier "schema snapshot" scripts/schema.sh
 

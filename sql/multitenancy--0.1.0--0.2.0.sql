@@ -792,3 +792,17 @@ REVOKE EXECUTE ON FUNCTION multitenancy._usage_reconcile(uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy._usage_start(uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION multitenancy._usage_actual(regclass) FROM PUBLIC;
 SELECT multitenancy._usage_reconcile(t.id) FROM multitenancy.tenants t ORDER BY t.id;
+
+-- Scaling out with Citus (src/tables/distribute.rs): distribute an enabled table's foreign-key
+-- family by tenant_id. The table owner's, granted by a DBA.
+CREATE  FUNCTION "tenant_distribute"(
+	"tbl" regclass /* Option < Regclass > */
+) RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"citus_table" TEXT  /* String */
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_distribute_wrapper';
+REVOKE EXECUTE ON FUNCTION multitenancy.tenant_distribute(regclass) FROM PUBLIC;

@@ -57,15 +57,14 @@ fn local_group() -> Option<i32> {
     // transaction; the tuple is read before the scan ends. groupid is its first column, an
     // int4 that is never NULL.
     unsafe {
-        let relid = pg_sys::get_relname_relid(
-            c"pg_dist_local_group".as_ptr(),
-            pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE),
-        );
+        let relid =
+            pg_sys::get_relname_relid(c"pg_dist_local_group".as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE));
         if relid == pg_sys::InvalidOid {
             return None;
         }
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let scan = pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, std::ptr::null_mut(), 0, std::ptr::null_mut());
+        let scan =
+            pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, std::ptr::null_mut(), 0, std::ptr::null_mut());
         let tuple = pg_sys::systable_getnext(scan);
         let group = if tuple.is_null() {
             None
@@ -84,7 +83,9 @@ fn local_group() -> Option<i32> {
 /// may be in the middle of being created.
 fn catalog_exists(name: &std::ffi::CStr) -> bool {
     // SAFETY: a syscache lookup by name.
-    unsafe { pg_sys::get_relname_relid(name.as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE)) != pg_sys::InvalidOid }
+    unsafe {
+        pg_sys::get_relname_relid(name.as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE)) != pg_sys::InvalidOid
+    }
 }
 
 /// Whether this server is a Citus worker.

@@ -136,6 +136,11 @@ pub enum MtError {
         table: String,
         function: &'static str,
     },
+    /// A Citus function that runs SQL text on other nodes, called by a role row level security
+    /// binds, on a coordinator with the extension.
+    CitusRemoteSql {
+        function: String,
+    },
     /// `tenant_distribute` cannot bring a table into the shape Citus distributes.
     CannotDistribute {
         table: String,
@@ -410,13 +415,12 @@ impl MtError {
             | MtError::MaterializedViewFunction { .. }
             | MtError::PublishesTenantTable { .. }
             | MtError::UnprotectedAtCommit { .. }
-            | MtError::NotTableOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            | MtError::NotTableOwner { .. }
+            | MtError::CitusRemoteSql { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::TableExempt { .. }
             | MtError::TableEnabled { .. }
             | MtError::CannotHarden { .. }
-            | MtError::CannotDistribute { .. } => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
+            | MtError::CannotDistribute { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MtError::MissingReason => ERRCODE_INVALID_PARAMETER_VALUE,
             MtError::TenantColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             MtError::BackfillRequired { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -564,6 +568,11 @@ impl MtError {
             MtError::CannotHarden { table, object, reason } => {
                 format!("cannot add tenant_id to {object} of table \"{table}\": {reason}")
             }
+            MtError::CitusRemoteSql { function } => format!(
+                "{} is refused for roles bound by row level security: it runs SQL text on the Citus workers, where a \
+                 role could name any tenant",
+                clip(function)
+            ),
             MtError::CannotDistribute { table, reason, .. } => {
                 format!("cannot distribute table \"{table}\" by tenant: {reason}")
             }
@@ -819,6 +828,9 @@ impl MtError {
                  superuser."
                 .into(),
             MtError::CannotDistribute { hint, .. } => hint.clone(),
+            MtError::CitusRemoteSql { .. } => "Run it as a superuser or a BYPASSRLS role (row level security does not \
+                 bind them anyway); applications query the distributed tables through the coordinator."
+                .into(),
             MtError::CannotHarden { .. } => "Change the constraint so that tenant_id can join it, or drop it, and \
                  call multitenancy.tenant_enable again."
                 .into(),

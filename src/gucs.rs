@@ -303,10 +303,14 @@ unsafe extern "C-unwind" fn check_tenant_id(
     }
 }
 
-/// `multitenancy.cluster_tenant` is the extension's to set on a coordinator (or a server
-/// without Citus): a client setting it there could have Citus send the workers a tenant other
-/// than the one its context resolved to (a signed or claims session naming another tenant). On a
-/// Citus worker it is how the coordinator's connections bring the tenant, and allowed.
+/// `multitenancy.cluster_tenant` is set only by the extension: on a coordinator by
+/// `context::cluster::send` (a client setting it there could have Citus send the workers a tenant
+/// other than the one its context resolved to), and on a Citus worker by a top-level `SET`
+/// statement of the connection — how Citus brings the coordinator's `SET LOCAL` — which
+/// `crate::hooks` lets through ([`sending_cluster_tenant`]). Never by `set_config()`, a function's
+/// or `DO` block's `SET`, or anything else that runs inside a query: a query the coordinator
+/// pushes down to a worker could otherwise name another tenant for the rest of the transaction
+/// on that worker connection (review finding).
 #[pg_guard]
 unsafe extern "C-unwind" fn check_cluster_tenant(
     newval: *mut *mut c_char,
@@ -320,10 +324,10 @@ unsafe extern "C-unwind" fn check_cluster_tenant(
     }
     // SAFETY: reads backend globals.
     let ours = SETTING_CLUSTER.with(std::cell::Cell::get) || unsafe { pg_sys::ParallelWorkerNumber } >= 0;
-    if !ours && !(unsafe { pg_sys::IsTransactionState() } && crate::citus::is_worker()) {
+    if !ours {
         return refuse(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            c"multitenancy.cluster_tenant can only be set by the extension, except on a Citus worker",
+            c"multitenancy.cluster_tenant can only be set by the extension (on a Citus worker: by a SET statement of its own)",
             Some(c"The coordinator sends the tenant of the transaction's context to the workers itself."),
             c"Set the tenant with SELECT multitenancy.tenant_set('<tenant>') (or the session's signed or claims context).",
         );
@@ -338,16 +342,26 @@ unsafe extern "C-unwind" fn check_cluster_tenant(
     }
 }
 
+/// While alive, `multitenancy.cluster_tenant` is open to being set: the extension's `SET LOCAL`
+/// on a coordinator, a top-level `SET` of it on a worker.
+pub struct ClusterTenantOpen;
+
+impl ClusterTenantOpen {
+    pub fn enter() -> ClusterTenantOpen {
+        SETTING_CLUSTER.with(|s| s.set(true));
+        ClusterTenantOpen
+    }
+}
+
+impl Drop for ClusterTenantOpen {
+    fn drop(&mut self) {
+        SETTING_CLUSTER.with(|s| s.set(false));
+    }
+}
+
 /// Run `f` (the extension's `SET LOCAL multitenancy.cluster_tenant`) with the setting open to it.
 pub fn sending_cluster_tenant<R>(f: impl FnOnce() -> R) -> R {
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            SETTING_CLUSTER.with(|s| s.set(false));
-        }
-    }
-    SETTING_CLUSTER.with(|s| s.set(true));
-    let _clear = Clear;
+    let _open = ClusterTenantOpen::enter();
     f()
 }
 

@@ -43,6 +43,11 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     signed::check_utility((*pstmt).utilityStmt).or_raise();
+    // On a Citus worker, the coordinator's tenant arrives as a top-level SET statement.
+    let _open = (context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
+        && crate::context::cluster::sets_cluster_tenant((*pstmt).utilityStmt)
+        && crate::citus::is_worker())
+    .then(crate::gucs::ClusterTenantOpen::enter);
     // Another library's hook is C: an ERROR in it must unwind through our frames as a Rust
     // panic (pg_guard_ffi_boundary), so that what we set up around it is taken down.
     migrations::around_utility(pstmt, read_only_tree, |pstmt, read_only_tree| match PREV_PROCESS_UTILITY {
@@ -76,6 +81,8 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: std::ffi::c_int,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
+    // On a Citus coordinator: no SQL text to the workers from roles row level security binds.
+    crate::context::cluster::refuse_remote_sql(parse);
     let tenant = planning::substitute(parse, bound_params);
     let plan = match PREV_PLANNER {
         Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound_params)),

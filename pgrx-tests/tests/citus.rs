@@ -96,7 +96,9 @@ fn distributed_family(p: &str) -> Vec<(String, String)> {
         .collect();
     // One statement each: Citus refuses DDL on a reference table after parallel DDL on
     // distributed tables in one transaction.
-    owner.batch_execute(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {p}_customers, {p}_orders TO {APP}")).unwrap();
+    owner
+        .batch_execute(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {p}_customers, {p}_orders TO {APP}"))
+        .unwrap();
     owner.batch_execute(&format!("GRANT SELECT ON {p}_countries TO {APP}")).unwrap();
     done
 }
@@ -230,10 +232,12 @@ fn the_app_sees_and_changes_only_its_tenants_rows_on_the_cluster() {
     let mut tx = begin_as(&mut app, &a);
     let error = tx.execute(&format!("UPDATE iso_customers SET tenant_id = '{b}' WHERE id = 1"), &[]).unwrap_err();
     let code = db_error(&error).code().clone();
-    assert!(
-        [SqlState::INSUFFICIENT_PRIVILEGE, SqlState::FEATURE_NOT_SUPPORTED].contains(&code),
-        "refused: {error}"
-    );
+    assert!([SqlState::INSUFFICIENT_PRIVILEGE, SqlState::FEATURE_NOT_SUPPORTED].contains(&code), "refused: {error}");
+    drop(tx);
+    // Usage statistics leave distributed tables out (review finding: they failed with 28000).
+    let mut tx = begin_as(&mut app, &a);
+    let stats: i64 = tx.query_one("SELECT count(*) FROM multitenancy.tenant_stats()", &[]).unwrap().get(0);
+    assert!(stats >= 0);
     drop(tx);
     // The global table: every tenant reads it.
     let mut tx = begin_as(&mut app, &b);
@@ -250,9 +254,13 @@ fn the_app_sees_and_changes_only_its_tenants_rows_on_the_cluster() {
         .collect();
     assert_eq!(untouched, vec![(101, 1010), (102, 1020), (103, 1030)], "tenant b's rows are as b wrote them");
     assert_eq!(truth("iso", "customers", &b).len(), 3);
+    assert_eq!(usage_drift(&mut su), Vec::<String>::new(), "usage_drift() runs, with nothing to report");
 
     // No context: 28000, outside a transaction block and inside one.
-    let error = expect_sqlstate(app.query("SELECT count(*) FROM iso_orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    let error = expect_sqlstate(
+        app.query("SELECT count(*) FROM iso_orders", &[]),
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    );
     assert!(error.message().contains("no tenant context"), "{}", error.message());
     let mut tx = app.transaction().unwrap();
     expect_sqlstate(tx.query("SELECT count(*) FROM iso_orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
@@ -364,18 +372,53 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
         &SqlState::INSUFFICIENT_PRIVILEGE,
     );
     drop(tx);
-    // A worker reached without the coordinator's tenant fails closed.
-    let mut tx = app.transaction().unwrap();
-    let results: Vec<String> = tx
-        .query("SELECT result FROM run_command_on_shards('fake_orders', $$SELECT count(*) FROM %s$$)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(!results.is_empty());
-    for result in results {
-        assert!(result.contains("no tenant context on this Citus worker"), "{result}");
+    // Citus's functions that run SQL text on the workers: refused for the app and the owner
+    // (through them the app could name a tenant on a worker, the owner drop a shard's policy).
+    for (role, sql) in [
+        (APP, "SELECT result FROM run_command_on_shards('fake_orders', $$SELECT count(*) FROM %s$$)"),
+        (APP, "SELECT * FROM run_command_on_workers($$SELECT 1$$)"),
+        (OWNER, "SELECT * FROM run_command_on_placements('fake_orders', $$ALTER TABLE %s NO FORCE ROW LEVEL SECURITY$$)"),
+    ] {
+        let mut client = cluster().coordinator.connect(DB, role);
+        let error = expect_sqlstate(client.query(sql, &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
+        assert!(error.message().contains("runs SQL text on the Citus workers"), "{}", error.message());
+        // Also from inside a DO block (planned there).
+        let body = sql.replace("$$", "$q$");
+        expect_sqlstate(
+            client.batch_execute(&format!("DO $d$ BEGIN PERFORM * FROM ({body}) s; END $d$")),
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+        );
     }
+    // A query pushed down to a worker cannot change the tenant there: set_config() of the
+    // setting runs inside a query (review finding: the next statements of the transaction on
+    // that worker connection read the other tenant's rows).
+    let mut tx = begin_as(&mut app, &a);
+    tx.batch_execute("SET LOCAL citus.max_adaptive_executor_pool_size = 1").unwrap();
+    let attempt = tx.query(
+        &format!("SELECT count(*) FROM fake_orders WHERE (SELECT set_config('multitenancy.cluster_tenant', '{b}', true)) IS NOT NULL"),
+        &[],
+    );
+    expect_sqlstate(attempt, &SqlState::INSUFFICIENT_PRIVILEGE);
+    drop(tx);
+    let mut tx = begin_as(&mut app, &a);
+    assert_eq!(ids(&mut tx, &format!("SELECT id FROM fake_orders WHERE tenant_id = '{b}'")), Vec::<i64>::new());
+    drop(tx);
+    // A worker reached directly: without the setting no tenant (28000); set_config() is refused.
+    let worker = cluster().workers[0];
+    let mut direct = worker.connect(DB, APP);
+    direct.batch_execute("SET citus.show_shards_for_app_name_prefixes = '*'").unwrap();
+    let shard: String = direct
+        .query_one("SELECT relname::text FROM pg_class WHERE relname ~ '^fake_orders_[0-9]+$' LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    let mut tx = direct.transaction().unwrap();
+    expect_sqlstate(tx.query(&format!("SELECT count(*) FROM {shard}"), &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    drop(tx);
+    let mut tx = direct.transaction().unwrap();
+    expect_sqlstate(
+        tx.query_one("SELECT set_config('multitenancy.cluster_tenant', $1, true)", &[&b]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
 }
 
 #[test]
@@ -396,6 +439,44 @@ fn the_guard_keeps_a_distributed_table_to_its_one_policy() {
     let policies: i64 =
         su.query_one("SELECT count(*) FROM pg_policy WHERE polrelid = 'grd_orders'::regclass", &[]).unwrap().get(0);
     assert_eq!(policies, 1);
+    // On a worker, where the coordinator's guard does not look (the owner's code gets there as
+    // a function Citus pushes down, or a direct connection): the shard keeps its protection.
+    for worker in &cluster().workers {
+        let mut direct = worker.connect(DB, OWNER);
+        direct.batch_execute("SET citus.show_shards_for_app_name_prefixes = '*'").unwrap();
+        let shard: String = direct
+            .query_one("SELECT relname::text FROM pg_class WHERE relname ~ '^grd_orders_[0-9]+$' LIMIT 1", &[])
+            .unwrap()
+            .get(0);
+        for attempt in [
+            format!("ALTER TABLE {shard} NO FORCE ROW LEVEL SECURITY"),
+            format!("ALTER TABLE {shard} DISABLE ROW LEVEL SECURITY"),
+            format!("DROP POLICY multitenancy_isolation_distributed ON {shard}"),
+            format!("ALTER POLICY multitenancy_isolation_distributed ON {shard} USING (true)"),
+            format!("ALTER POLICY multitenancy_isolation_distributed ON {shard} RENAME TO gone"),
+            format!("CREATE POLICY open ON {shard} USING (true)"),
+            format!("DO $$ BEGIN EXECUTE 'ALTER TABLE {shard} NO FORCE ROW LEVEL SECURITY'; END $$"),
+        ] {
+            let error = expect_sqlstate(direct.batch_execute(&attempt), &SqlState::INSUFFICIENT_PRIVILEGE);
+            assert!(error.message().contains("Citus worker"), "{attempt}: {}", error.message());
+        }
+        let mut w = worker.connect(DB, SUPERUSER);
+        w.batch_execute("SET citus.show_shards_for_app_name_prefixes = '*'").unwrap();
+        let (forced, policies): (bool, i64) = {
+            let row = w
+                .query_one(
+                    &format!(
+                        "SELECT relforcerowsecurity AND relrowsecurity, \
+                                (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) \
+                           FROM pg_class c WHERE relname = '{shard}'"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!((forced, policies), (true, 1), "{shard} as it was");
+    }
 }
 
 #[test]
@@ -433,7 +514,11 @@ fn what_citus_cannot_distribute_is_refused_before_anything_changes() {
     };
     assert_eq!((distributed, policies, pkey.as_str()), (false, 3, "PRIMARY KEY (id)"), "nothing changed");
     // Not enabled at all.
-    owner.batch_execute("BEGIN; CREATE TABLE bad_plain (id int); SELECT multitenancy.tenant_exempt('bad_plain', 'x'); COMMIT").unwrap();
+    owner
+        .batch_execute(
+            "BEGIN; CREATE TABLE bad_plain (id int); SELECT multitenancy.tenant_exempt('bad_plain', 'x'); COMMIT",
+        )
+        .unwrap();
     expect_sqlstate(
         owner.query("SELECT * FROM multitenancy.tenant_distribute('bad_plain')", &[]),
         &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,

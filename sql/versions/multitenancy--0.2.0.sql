@@ -255,43 +255,6 @@ COMMENT ON TABLE multitenancy.signing_keys IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/quotas.rs:278
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
-COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
-    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
-CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
-CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/registry/tenants.rs:186
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/tables/guard.rs:612
--- requires:
---   bootstrap
-
-
-CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
-VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
-/* </end connected objects> */
-
-/* <begin connected objects> */
 -- src/lib.rs:70
 -- requires:
 --   bootstrap
@@ -356,6 +319,22 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/quotas.rs:278
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy.row_bytes(record) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_row_bytes';
+COMMENT ON FUNCTION multitenancy.row_bytes(record) IS
+    'The size a row counts for in the bytes quota: the uncompressed sizes of its non-null values.';
+CREATE FUNCTION multitenancy._usage_row() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_row';
+CREATE FUNCTION multitenancy._usage_statement() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_usage_statement';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/lib.rs:69
 -- requires:
 --   bootstrap
@@ -404,6 +383,27 @@ COMMENT ON FUNCTION multitenancy.signing_key_list() IS
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/registry/tenants.rs:186
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._registry_changed() RETURNS trigger
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'mt_registry_changed';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/tables/guard.rs:612
+-- requires:
+--   bootstrap
+
+
+CREATE FUNCTION multitenancy._guard_start() RETURNS event_trigger
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'mt_guard_start';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/context/admin.rs:91
 -- multitenancy::context::admin::_admin_mode
 CREATE  FUNCTION "_admin_mode"() RETURNS bool /* bool */
@@ -413,7 +413,7 @@ AS 'MODULE_PATHNAME', '_admin_mode_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/gucs.rs:623
+-- src/gucs.rs:657
 -- multitenancy::gucs::_base_domain
 CREATE  FUNCTION "_base_domain"() RETURNS TEXT /* Option < String > */
 STRICT STABLE PARALLEL SAFE
@@ -756,6 +756,227 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM multitenancy.members m JOIN multitenancy.tenants t ON t.id = m.tenant_id
      WHERE m.user_id = multitenancy.current_user_id() AND t.status <> 'deleted'
      ORDER BY t.slug
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:42
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+
+-- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
+-- listing them. Internal functions as described in sql/tenants.sql.
+
+CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
+                                         p_by uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_quota bigint;
+    v_members bigint;
+BEGIN
+    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
+    END IF;
+    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
+    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
+    END IF;
+    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
+    v_quota := multitenancy._quota(p_tenant, 'members');
+    IF v_quota IS NOT NULL THEN
+        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
+        IF v_members > v_quota THEN
+            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
+                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
+        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
+    END IF;
+END
+$$;
+
+-- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
+-- when the user is not a member.
+CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    slug := multitenancy._lock_tenant(p_tenant);
+    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
+    IF role IS NULL THEN
+        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = 'owner' THEN
+        IF p_may_manage_owners IS NOT TRUE THEN
+            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
+        END IF;
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
+    END IF;
+    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text;
+    v_role text;
+BEGIN
+    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
+    IF v_role = p_role THEN
+        RETURN NULL;
+    END IF;
+    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
+        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
+    END IF;
+    IF v_role = 'owner' THEN
+        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
+    END IF;
+    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
+    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
+END
+$$;
+
+CREATE FUNCTION multitenancy.member_list(tenant text)
+RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.user_id, m.role, m.joined_at, m.invited_by
+      FROM multitenancy.members m
+     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/lib.rs:48
+-- requires:
+--   tenants
+--   tenants::access::_readable_tenant
+--   gucs::_base_domain
+
+-- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
+-- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
+-- Internal functions as described in sql/tenants.sql.
+
+-- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
+-- domain they cannot prove is theirs); a fresh or verified one is refused.
+CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slug text := multitenancy._lock_tenant(p_tenant);
+    v_existing multitenancy.domains;
+    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+BEGIN
+    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
+    IF p_primary THEN
+        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
+    END IF;
+    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
+    -- claim is unverified and expired.
+    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
+    VALUES (p_domain, p_tenant, p_primary, v_token)
+    ON CONFLICT (domain) DO UPDATE
+       SET is_primary = EXCLUDED.is_primary,
+           tenant_id = EXCLUDED.tenant_id,
+           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
+           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
+                             THEN multitenancy.domains.created_at ELSE now() END
+    WHERE multitenancy.domains.tenant_id = p_tenant
+       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
+    RETURNING verification_token INTO v_token;
+    IF v_token IS NULL THEN
+        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
+        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
+        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
+                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row multitenancy.domains;
+BEGIN
+    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
+    IF v_row.domain IS NULL THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verification_token IS DISTINCT FROM p_token THEN
+        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
+    END IF;
+    IF v_row.verified_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
+    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
+END
+$$;
+
+CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM multitenancy._lock_tenant(p_tenant);
+    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
+    END IF;
+    RETURN jsonb_build_object('domain', p_domain);
+END
+$$;
+
+CREATE FUNCTION multitenancy.domain_list(tenant text)
+RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
+      FROM multitenancy.domains d
+     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
+     ORDER BY d.is_primary DESC, d.domain
+$$;
+
+-- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
+-- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
+-- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
+CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH h AS (
+        SELECT multitenancy.domain_normalize(host) AS host,
+               coalesce(multitenancy._base_domain(), '') AS base
+    ), r AS (
+        SELECT h.host, h.base,
+               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
+          FROM h
+    )
+    SELECT CASE WHEN r.under_base
+                THEN (SELECT t.id FROM multitenancy.tenants t
+                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
+                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
+                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
+      FROM r
 $$;
 /* </end connected objects> */
 
@@ -1115,116 +1336,6 @@ BEGIN
     END LOOP;
     DELETE FROM multitenancy.table_usage WHERE relid = p_table::regclass;
 END
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- src/lib.rs:42
--- requires:
---   tenants
---   tenants::access::_readable_tenant
-
--- multitenancy members (src/tenants/members.rs): adding, removing and re-ranking members, and
--- listing them. Internal functions as described in sql/tenants.sql.
-
-CREATE FUNCTION multitenancy._member_add(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean,
-                                         p_by uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_quota bigint;
-    v_members bigint;
-BEGIN
-    IF p_role = 'owner' AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_add', ARRAY[v_slug]);
-    END IF;
-    INSERT INTO multitenancy.members (tenant_id, user_id, role, invited_by)
-    VALUES (p_tenant, p_user, p_role, p_by) ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('already_member', ARRAY[p_user::text, v_slug]);
-    END IF;
-    -- Counted under the tenant's lock: concurrent additions queue, so the limit is exact.
-    v_quota := multitenancy._quota(p_tenant, 'members');
-    IF v_quota IS NOT NULL THEN
-        SELECT count(*) INTO v_members FROM multitenancy.members WHERE tenant_id = p_tenant;
-        IF v_members > v_quota THEN
-            PERFORM multitenancy._quota_exceeded(p_tenant, 'members', v_members - 1, 1, v_quota);
-        END IF;
-    END IF;
-    RETURN jsonb_build_object('user_id', p_user, 'role', p_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy._last_owner_check(p_tenant uuid, p_slug text, p_user uuid, p_verb text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM multitenancy.members
-                    WHERE tenant_id = p_tenant AND role = 'owner' AND user_id <> p_user) THEN
-        PERFORM multitenancy._raise('last_owner', ARRAY[p_verb, p_slug]);
-    END IF;
-END
-$$;
-
--- The tenant's slug and the member's role, with the tenant locked (see _lock_tenant); 42704
--- when the user is not a member.
-CREATE FUNCTION multitenancy._lock_member(p_tenant uuid, p_user uuid, OUT slug text, OUT role text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    slug := multitenancy._lock_tenant(p_tenant);
-    SELECT m.role INTO role FROM multitenancy.members m WHERE m.tenant_id = p_tenant AND m.user_id = p_user;
-    IF role IS NULL THEN
-        PERFORM multitenancy._raise('member_not_found', ARRAY[p_user::text, slug]);
-    END IF;
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_remove(p_tenant uuid, p_user uuid, p_may_manage_owners boolean) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text;
-    v_role text;
-BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = 'owner' THEN
-        IF p_may_manage_owners IS NOT TRUE THEN
-            PERFORM multitenancy._raise('owners_only_remove', ARRAY[v_slug]);
-        END IF;
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'remove');
-    END IF;
-    DELETE FROM multitenancy.members WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'role', v_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy._member_set_role(p_tenant uuid, p_user uuid, p_role text, p_may_manage_owners boolean)
-RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text;
-    v_role text;
-BEGIN
-    SELECT slug, role INTO v_slug, v_role FROM multitenancy._lock_member(p_tenant, p_user);
-    IF v_role = p_role THEN
-        RETURN NULL;
-    END IF;
-    IF (v_role = 'owner' OR p_role = 'owner') AND p_may_manage_owners IS NOT TRUE THEN
-        PERFORM multitenancy._raise('owners_only_change', ARRAY[v_slug]);
-    END IF;
-    IF v_role = 'owner' THEN
-        PERFORM multitenancy._last_owner_check(p_tenant, v_slug, p_user, 'demote');
-    END IF;
-    UPDATE multitenancy.members SET role = p_role WHERE tenant_id = p_tenant AND user_id = p_user;
-    RETURN jsonb_build_object('user_id', p_user, 'from', v_role, 'to', p_role);
-END
-$$;
-
-CREATE FUNCTION multitenancy.member_list(tenant text)
-RETURNS TABLE (user_id uuid, role text, joined_at timestamptz, invited_by uuid)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT m.user_id, m.role, m.joined_at, m.invited_by
-      FROM multitenancy.members m
-     WHERE m.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY multitenancy._role_rank(m.role) DESC, m.joined_at, m.user_id
 $$;
 /* </end connected objects> */
 
@@ -1781,117 +1892,6 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:48
--- requires:
---   tenants
---   tenants::access::_readable_tenant
---   gucs::_base_domain
-
--- multitenancy domains (src/tenants/domains.rs): custom domains and host routing (the host name
--- rule, domain_normalize, is in sql/bootstrap.sql: the domains table's CHECK needs it).
--- Internal functions as described in sql/tenants.sql.
-
--- An unverified claim of another tenant's older than p_claim_ttl is taken over (nobody holds a
--- domain they cannot prove is theirs); a fresh or verified one is refused.
-CREATE FUNCTION multitenancy._domain_add(p_tenant uuid, p_domain text, p_primary boolean, p_claim_ttl interval) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_slug text := multitenancy._lock_tenant(p_tenant);
-    v_existing multitenancy.domains;
-    v_token text := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-BEGIN
-    SELECT * INTO v_existing FROM multitenancy.domains WHERE domain = p_domain;
-    IF p_primary THEN
-        UPDATE multitenancy.domains SET is_primary = false WHERE tenant_id = p_tenant AND is_primary;
-    END IF;
-    -- Another tenant's domain (also one registered concurrently) returns no row, unless its
-    -- claim is unverified and expired.
-    INSERT INTO multitenancy.domains (domain, tenant_id, is_primary, verification_token)
-    VALUES (p_domain, p_tenant, p_primary, v_token)
-    ON CONFLICT (domain) DO UPDATE
-       SET is_primary = EXCLUDED.is_primary,
-           tenant_id = EXCLUDED.tenant_id,
-           verification_token = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                                     THEN multitenancy.domains.verification_token ELSE EXCLUDED.verification_token END,
-           created_at = CASE WHEN multitenancy.domains.tenant_id = p_tenant
-                             THEN multitenancy.domains.created_at ELSE now() END
-    WHERE multitenancy.domains.tenant_id = p_tenant
-       OR (multitenancy.domains.verified_at IS NULL AND multitenancy.domains.created_at < now() - p_claim_ttl)
-    RETURNING verification_token INTO v_token;
-    IF v_token IS NULL THEN
-        PERFORM multitenancy._raise('domain_taken', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('result', v_token, 'domain', p_domain, 'is_primary', p_primary)
-        -- The audit row is the taker's (its tenant reads it): it does not name the other tenant.
-        || CASE WHEN v_existing.tenant_id IS DISTINCT FROM p_tenant AND v_existing.tenant_id IS NOT NULL
-                THEN jsonb_build_object('took_over_expired_claim', true) ELSE '{}' END;
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_verify(p_domain text, p_token text) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_row multitenancy.domains;
-BEGIN
-    SELECT * INTO v_row FROM multitenancy.domains WHERE domain = p_domain FOR UPDATE;
-    IF v_row.domain IS NULL THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verification_token IS DISTINCT FROM p_token THEN
-        PERFORM multitenancy._raise('wrong_verification_token', ARRAY[p_domain]);
-    END IF;
-    IF v_row.verified_at IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    UPDATE multitenancy.domains SET verified_at = now() WHERE domain = p_domain;
-    RETURN jsonb_build_object('domain', p_domain, 'tenant_id', v_row.tenant_id);
-END
-$$;
-
-CREATE FUNCTION multitenancy._domain_remove(p_domain text, p_tenant uuid) RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM multitenancy._lock_tenant(p_tenant);
-    DELETE FROM multitenancy.domains WHERE domain = p_domain AND tenant_id = p_tenant;
-    IF NOT FOUND THEN
-        PERFORM multitenancy._raise('host_not_found', ARRAY[p_domain]);
-    END IF;
-    RETURN jsonb_build_object('domain', p_domain);
-END
-$$;
-
-CREATE FUNCTION multitenancy.domain_list(tenant text)
-RETURNS TABLE (domain text, is_primary boolean, verified boolean, created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT d.domain, d.is_primary, d.verified_at IS NOT NULL, d.created_at
-      FROM multitenancy.domains d
-     WHERE d.tenant_id = multitenancy._readable_tenant(tenant)
-     ORDER BY d.is_primary DESC, d.domain
-$$;
-
--- Hosts under multitenancy.base_domain route by slug only: no custom domain (verified or not)
--- can take another tenant's <slug>.<base_domain>. Only active tenants are routed to: a
--- suspended or deleted tenant's host resolves to nothing, as an unknown one does.
-CREATE FUNCTION multitenancy.tenant_resolve(host text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH h AS (
-        SELECT multitenancy.domain_normalize(host) AS host,
-               coalesce(multitenancy._base_domain(), '') AS base
-    ), r AS (
-        SELECT h.host, h.base,
-               h.base <> '' AND (h.host = h.base OR right(h.host, length(h.base) + 1) = '.' || h.base) AS under_base
-          FROM h
-    )
-    SELECT CASE WHEN r.under_base
-                THEN (SELECT t.id FROM multitenancy.tenants t
-                       WHERE t.slug = left(r.host, length(r.host) - length(r.base) - 1) AND t.status = 'active')
-                ELSE (SELECT d.tenant_id FROM multitenancy.domains d JOIN multitenancy.tenants t ON t.id = d.tenant_id
-                       WHERE d.domain = r.host AND d.verified_at IS NOT NULL AND t.status = 'active') END
-      FROM r
-$$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
 -- src/context/mod.rs:627
 -- multitenancy::context::current_user_id_or_null
 CREATE  FUNCTION "current_user_id_or_null"() RETURNS uuid /* Option < pgrx :: Uuid > */
@@ -2183,7 +2183,7 @@ AS 'MODULE_PATHNAME', 'tenant_disable_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/tables/distribute.rs:30
+-- src/tables/distribute.rs:31
 -- multitenancy::tables::distribute::tenant_distribute
 CREATE  FUNCTION "tenant_distribute"(
 	"tbl" regclass /* Option < Regclass > */

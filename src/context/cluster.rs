@@ -32,8 +32,8 @@ thread_local! {
 
 /// The context on a Citus worker: `multitenancy.cluster_tenant`, set in this transaction.
 pub(super) fn raw_on_worker() -> Result<Raw> {
-    let tenant = super::read_uuid_setting(gucs::cluster_tenant_raw())
-        .map_err(|value| MtError::MalformedContext { value })?;
+    let tenant =
+        super::read_uuid_setting(gucs::cluster_tenant_raw()).map_err(|value| MtError::MalformedContext { value })?;
     let current = gucs::set_in_this_transaction(gucs::CLUSTER_TENANT_NAME);
     Ok(Raw {
         origin: Origin::Cluster,
@@ -67,9 +67,11 @@ pub fn send() {
     // is switched on for our command alone and put back as it was.
     let propagate = gucs::value_of(c"citus.propagate_set_commands");
     // SAFETY: NULL or a NUL-terminated string owned by the GUC machinery, copied at once.
-    let previous = (!propagate.is_null())
-        .then(|| unsafe { std::ffi::CStr::from_ptr(propagate) }.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "none".into());
+    let previous = if propagate.is_null() {
+        "none".to_string()
+    } else {
+        unsafe { std::ffi::CStr::from_ptr(propagate) }.to_string_lossy().into_owned()
+    };
     let mut commands = Vec::new();
     if previous != "local" {
         commands.push("SET LOCAL citus.propagate_set_commands TO 'local'".to_string());
@@ -89,6 +91,87 @@ pub fn send() {
     // SAFETY: reads transaction state.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     SENT.with(|s| s.set(Some((tenant, level))));
+}
+
+/// Citus's functions that send SQL text of the caller's to other nodes, as the caller: on a
+/// worker that text could set the tenant (a top-level SET there) or change a shard's protection
+/// (as its owner), where the coordinator's guard does not see it.
+pub const REMOTE_SQL: [&str; 6] = [
+    "run_command_on_workers",
+    "run_command_on_all_nodes",
+    "run_command_on_shards",
+    "run_command_on_placements",
+    "run_command_on_colocated_placements",
+    "master_run_on_worker",
+];
+
+/// On a Citus coordinator with the extension, refuse a query that calls one of [`REMOTE_SQL`]
+/// unless the role is a superuser or BYPASSRLS (whom row level security does not bind anyway).
+/// Called by the planner hook for every query, so a call inside a function, view or `DO` block
+/// is refused where it is planned (review finding: through them the application named another
+/// tenant on the workers, and a table owner dropped a shard's policy).
+///
+/// # Safety
+/// `parse` is the query being planned.
+pub unsafe fn refuse_remote_sql(parse: *mut pg_sys::Query) {
+    if parse.is_null() || citus::node() != Node::Coordinator || !crate::registry::installed() {
+        return;
+    }
+    // SAFETY: reads the current role.
+    let user = unsafe { pg_sys::GetUserId() };
+    if unsafe { pg_sys::superuser_arg(user) || pg_sys::has_bypassrls_privilege(user) } {
+        return;
+    }
+    let mut found: Option<String> = None;
+    // SAFETY: walks the tree being planned; the walker only reads.
+    unsafe { remote_sql_walker(parse.cast(), (&raw mut found).cast()) };
+    if let Some(function) = found {
+        MtError::CitusRemoteSql { function }.raise();
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn remote_sql_walker(node: *mut pg_sys::Node, context: *mut std::ffi::c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: `context` is the Option<String> of `refuse_remote_sql`; nodes are the tree being
+    // planned, read only.
+    unsafe {
+        use pg_sys::NodeTag::*;
+        match (*node).type_ {
+            T_Query => return pg_sys::query_tree_walker(node.cast(), Some(remote_sql_walker), context, 0),
+            T_FuncExpr => {
+                let funcid = (*node.cast::<pg_sys::FuncExpr>()).funcid;
+                if pg_sys::get_func_namespace(funcid) == pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE) {
+                    let name = pg_sys::get_func_name(funcid);
+                    if !name.is_null() {
+                        let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
+                        if REMOTE_SQL.contains(&name.as_str()) {
+                            *context.cast::<Option<String>>() = Some(name);
+                            return true;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        pg_sys::expression_tree_walker(node, Some(remote_sql_walker), context)
+    }
+}
+
+/// Whether a utility statement is a `SET` (or `SET LOCAL`) of `multitenancy.cluster_tenant`.
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+pub unsafe fn sets_cluster_tenant(stmt: *mut pg_sys::Node) -> bool {
+    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
+        return false;
+    }
+    let set = stmt as *mut pg_sys::VariableSetStmt;
+    (*set).kind == pg_sys::VariableSetKind::VAR_SET_VALUE
+        && !(*set).name.is_null()
+        && std::ffi::CStr::from_ptr((*set).name).to_bytes().eq_ignore_ascii_case(gucs::CLUSTER_TENANT_NAME.to_bytes())
 }
 
 /// A subtransaction at `level` ended (committed or not): Citus dropped the SET LOCAL commands

@@ -44,14 +44,12 @@ fn refuse(rel: &Relation, reason: impl Into<String>, hint: impl Into<String>) ->
 pub fn distribute(relid: pg_sys::Oid) -> Result<Vec<(String, String)>> {
     let rel = Relation::lookup(relid)?;
     match citus::node() {
-        Node::Plain => {
-            return Err(refuse(
-                &rel,
-                "the Citus extension is not installed in this database",
-                "Load Citus before multitenancy (shared_preload_libraries = 'citus,multitenancy'), run CREATE EXTENSION \
+        Node::Plain => return Err(refuse(
+            &rel,
+            "the Citus extension is not installed in this database",
+            "Load Citus before multitenancy (shared_preload_libraries = 'citus,multitenancy'), run CREATE EXTENSION \
                  citus on every node and add the workers (citus_add_node) first; README, Scaling out with Citus.",
-            ))
-        }
+        )),
         Node::Worker => {
             return Err(refuse(
                 &rel,
@@ -255,9 +253,10 @@ fn reference(rel: &Relation) -> Result<String> {
             ))
         }
     }
-    Spi::run_with_args("SELECT pg_catalog.create_reference_table($1::pg_catalog.oid::pg_catalog.regclass)", &[rel
-        .oid
-        .into()])
+    Spi::run_with_args(
+        "SELECT pg_catalog.create_reference_table($1::pg_catalog.oid::pg_catalog.regclass)",
+        &[rel.oid.into()],
+    )
     .ctx("distribute: create_reference_table")?;
     Ok("reference".into())
 }

@@ -198,6 +198,113 @@ pub fn on_worker() -> bool {
     crate::citus::is_worker()
 }
 
+/// On a Citus worker, what no role but a superuser may do to a shard of a tenant-distributed
+/// table (one with the distributed isolation policy): disable or un-force its row level
+/// security, drop, alter or rename that policy, or add another policy. The shards' policies are
+/// the only isolation of a distributed table (the coordinator adds none of its own), and the
+/// owner's code reaches a worker as the owner — a function Citus pushes down to the shards, a
+/// direct connection — where the coordinator's guard does not look (review finding). Citus's
+/// own shard DDL adds only that policy, and moves shards as a superuser.
+///
+/// # Safety
+/// `stmt` is a parsed utility statement.
+pub unsafe fn check_on_worker(stmt: *mut pg_sys::Node) -> Result<()> {
+    if stmt.is_null() || pg_sys::superuser() {
+        return Ok(());
+    }
+    let ours = spec::DISTRIBUTED_POLICIES[0].name;
+    let is_ours = |name: *const std::ffi::c_char| {
+        !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == ours.as_bytes()
+    };
+    let has_ours = |rv: *mut pg_sys::RangeVar| -> Result<Option<pg_sys::Oid>> {
+        if rv.is_null() {
+            return Ok(None);
+        }
+        let relid = pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        );
+        if relid == pg_sys::InvalidOid {
+            return Ok(None);
+        }
+        let found = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = $2)",
+            &[relid.into(), ours.into()],
+        )
+        .ctx("guard: shard policy")?
+        .unwrap_or(false);
+        Ok(found.then_some(relid))
+    };
+    let refused = |what: &str, relid: Option<pg_sys::Oid>| -> Result<()> {
+        let table = match relid {
+            Some(relid) => Relation::lookup(relid)?.display(),
+            None => format!("a shard's policy {ours}"),
+        };
+        Err(MtError::GuardWeakens {
+            command: what.to_string(),
+            table,
+            what: "on a Citus worker, a shard of a tenant-distributed table keeps row level security, forced, with the \
+                   isolation policy as its only policy"
+                .into(),
+            fix: Some("Change distributed tables on the coordinator; the extension's guard checks it there.".into()),
+        })
+    };
+    use pg_sys::NodeTag::*;
+    match (*stmt).type_ {
+        T_AlterTableStmt => {
+            let alter = stmt as *mut pg_sys::AlterTableStmt;
+            let weakens = elements((*alter).cmds).into_iter().any(|cmd| {
+                matches!(
+                    (*(cmd as *mut pg_sys::AlterTableCmd)).subtype,
+                    pg_sys::AlterTableType::AT_DisableRowSecurity | pg_sys::AlterTableType::AT_NoForceRowSecurity
+                )
+            });
+            if weakens {
+                if let Some(relid) = has_ours((*alter).relation)? {
+                    return refused("ALTER TABLE", Some(relid));
+                }
+            }
+        }
+        T_CreatePolicyStmt => {
+            let create = stmt as *mut pg_sys::CreatePolicyStmt;
+            if !is_ours((*create).policy_name) {
+                if let Some(relid) = has_ours((*create).table)? {
+                    return refused("CREATE POLICY", Some(relid));
+                }
+            }
+        }
+        T_AlterPolicyStmt => {
+            if is_ours((*(stmt as *mut pg_sys::AlterPolicyStmt)).policy_name) {
+                return refused("ALTER POLICY", None);
+            }
+        }
+        T_RenameStmt => {
+            let rename = stmt as *mut pg_sys::RenameStmt;
+            if (*rename).renameType == pg_sys::ObjectType::OBJECT_POLICY && is_ours((*rename).subname) {
+                return refused("ALTER POLICY ... RENAME", None);
+            }
+        }
+        T_DropStmt => {
+            let drop = stmt as *mut pg_sys::DropStmt;
+            if (*drop).removeType == pg_sys::ObjectType::OBJECT_POLICY {
+                for object in elements((*drop).objects) {
+                    let names = elements(object as *mut pg_sys::List);
+                    if let Some(&last) = names.last() {
+                        if is_ours(string_value(last).as_ptr()) {
+                            return refused("DROP POLICY", None);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// `ddl_command_end`.
 fn ddl_command_end() -> Result<()> {
     if vetted() || on_worker() {

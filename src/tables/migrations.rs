@@ -104,6 +104,7 @@ pub unsafe fn around_utility(
 ) -> Result<()> {
     // With the guard off (a superuser's maintenance, a restore) DDL runs exactly as written.
     if registry::installed() && guard::on_worker() {
+        guard::check_on_worker((*pstmt).utilityStmt)?;
         // A Citus worker applies the coordinator's DDL to shards; its foreign keys between
         // shards are validated with FORCE lifted, as on the coordinator (see below).
         let _noforce = only_foreign_keys((*pstmt).utilityStmt).then(registry::NoForceRls::enter);

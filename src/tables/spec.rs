@@ -389,8 +389,9 @@ impl Deviation {
     /// The statements that repair this deviation on an empty or fully assigned table; `None`
     /// when it cannot be repaired without a decision (a wrong column type, rows to assign).
     pub fn repair_sql(&self, table: &str) -> Option<Vec<String>> {
-        let policy =
-            |name: &str| POLICIES.iter().chain(DISTRIBUTED_POLICIES.iter()).find(|p| p.name == name).expect("known policy");
+        let policy = |name: &str| {
+            POLICIES.iter().chain(DISTRIBUTED_POLICIES.iter()).find(|p| p.name == name).expect("known policy")
+        };
         let trigger = |name: &str| TRIGGERS.iter().find(|t| t.name == name).expect("known trigger");
         Some(match self {
             // Added without a default first: PostgreSQL evaluates a non-volatile default of a new
