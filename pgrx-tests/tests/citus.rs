@@ -377,7 +377,10 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
     for (role, sql) in [
         (APP, "SELECT result FROM run_command_on_shards('fake_orders', $$SELECT count(*) FROM %s$$)"),
         (APP, "SELECT * FROM run_command_on_workers($$SELECT 1$$)"),
-        (OWNER, "SELECT * FROM run_command_on_placements('fake_orders', $$ALTER TABLE %s NO FORCE ROW LEVEL SECURITY$$)"),
+        (
+            OWNER,
+            "SELECT * FROM run_command_on_placements('fake_orders', $$ALTER TABLE %s NO FORCE ROW LEVEL SECURITY$$)",
+        ),
     ] {
         let mut client = cluster().coordinator.connect(DB, role);
         let error = expect_sqlstate(client.query(sql, &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
@@ -412,7 +415,10 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
         .unwrap()
         .get(0);
     let mut tx = direct.transaction().unwrap();
-    expect_sqlstate(tx.query(&format!("SELECT count(*) FROM {shard}"), &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    expect_sqlstate(
+        tx.query(&format!("SELECT count(*) FROM {shard}"), &[]),
+        &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    );
     drop(tx);
     let mut tx = direct.transaction().unwrap();
     expect_sqlstate(

@@ -213,9 +213,8 @@ pub unsafe fn check_on_worker(stmt: *mut pg_sys::Node) -> Result<()> {
         return Ok(());
     }
     let ours = spec::DISTRIBUTED_POLICIES[0].name;
-    let is_ours = |name: *const std::ffi::c_char| {
-        !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == ours.as_bytes()
-    };
+    let is_ours =
+        |name: *const std::ffi::c_char| !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == ours.as_bytes();
     let has_ours = |rv: *mut pg_sys::RangeVar| -> Result<Option<pg_sys::Oid>> {
         if rv.is_null() {
             return Ok(None);
@@ -246,9 +245,10 @@ pub unsafe fn check_on_worker(stmt: *mut pg_sys::Node) -> Result<()> {
         Err(MtError::GuardWeakens {
             command: what.to_string(),
             table,
-            what: "on a Citus worker, a shard of a tenant-distributed table keeps row level security, forced, with the \
+            what:
+                "on a Citus worker, a shard of a tenant-distributed table keeps row level security, forced, with the \
                    isolation policy as its only policy"
-                .into(),
+                    .into(),
             fix: Some("Change distributed tables on the coordinator; the extension's guard checks it there.".into()),
         })
     };
@@ -276,16 +276,14 @@ pub unsafe fn check_on_worker(stmt: *mut pg_sys::Node) -> Result<()> {
                 }
             }
         }
-        T_AlterPolicyStmt => {
-            if is_ours((*(stmt as *mut pg_sys::AlterPolicyStmt)).policy_name) {
-                return refused("ALTER POLICY", None);
-            }
+        T_AlterPolicyStmt if is_ours((*(stmt as *mut pg_sys::AlterPolicyStmt)).policy_name) => {
+            return refused("ALTER POLICY", None);
         }
-        T_RenameStmt => {
-            let rename = stmt as *mut pg_sys::RenameStmt;
-            if (*rename).renameType == pg_sys::ObjectType::OBJECT_POLICY && is_ours((*rename).subname) {
-                return refused("ALTER POLICY ... RENAME", None);
-            }
+        T_RenameStmt
+            if (*(stmt as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_POLICY
+                && is_ours((*(stmt as *mut pg_sys::RenameStmt)).subname) =>
+        {
+            return refused("ALTER POLICY ... RENAME", None);
         }
         T_DropStmt => {
             let drop = stmt as *mut pg_sys::DropStmt;

@@ -283,7 +283,6 @@ fn findings_pinned() -> Result<Vec<Finding>> {
     Ok(found)
 }
 
-
 fn info(object: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding { severity: "info", object: object.into(), problem: problem.into(), fix: fix.into() }
 }
