@@ -405,3 +405,21 @@ pub fn extension_function(name: &CStr, args: &[pg_sys::Oid]) -> Option<pg_sys::O
     };
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
+
+/// The relation a RangeVar names, resolved as the statement will resolve it (`None`: none).
+///
+/// # Safety
+/// `rv` is NULL or a valid RangeVar.
+pub unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    if rv.is_null() {
+        return None;
+    }
+    let oid = pg_sys::RangeVarGetRelidExtended(
+        rv,
+        pg_sys::NoLock as i32,
+        pg_sys::RVROption::RVR_MISSING_OK,
+        None,
+        std::ptr::null_mut(),
+    );
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}

@@ -216,19 +216,7 @@ pub unsafe fn check_on_worker(stmt: *mut pg_sys::Node) -> Result<()> {
     let is_ours =
         |name: *const std::ffi::c_char| !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == ours.as_bytes();
     let has_ours = |rv: *mut pg_sys::RangeVar| -> Result<Option<pg_sys::Oid>> {
-        if rv.is_null() {
-            return Ok(None);
-        }
-        let relid = pg_sys::RangeVarGetRelidExtended(
-            rv,
-            pg_sys::NoLock as i32,
-            pg_sys::RVROption::RVR_MISSING_OK,
-            None,
-            std::ptr::null_mut(),
-        );
-        if relid == pg_sys::InvalidOid {
-            return Ok(None);
-        }
+        let Some(relid) = crate::catalog::relid_of(rv) else { return Ok(None) };
         let found = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = $2)",
             &[relid.into(), ours.into()],

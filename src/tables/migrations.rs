@@ -18,7 +18,7 @@
 //! Only statements on tables that are enabled change; nothing else is looked at twice. These
 //! rewrites need the library loaded before the statement: `shared_preload_libraries` (or
 //! `session_preload_libraries` for the migration role).
-use crate::catalog::{elements, string_value};
+use crate::catalog::{elements, relid_of, string_value};
 use crate::error::{MtError, NoRowIsNone, Result, SpiContext};
 use crate::registry;
 use crate::tables::busy;
@@ -43,24 +43,6 @@ unsafe fn name_node(name: &CStr) -> *mut c_void {
 /// `list` is NULL or a list of String nodes.
 unsafe fn names_tenant(list: *mut pg_sys::List) -> bool {
     elements(list).into_iter().any(|node| string_value(node) == TENANT)
-}
-
-/// The relation a RangeVar names, resolved as the statement will resolve it (`None`: none).
-///
-/// # Safety
-/// `rv` is NULL or a valid RangeVar.
-unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
-    if rv.is_null() {
-        return None;
-    }
-    let oid = pg_sys::RangeVarGetRelidExtended(
-        rv,
-        pg_sys::NoLock as i32,
-        pg_sys::RVROption::RVR_MISSING_OK,
-        None,
-        std::ptr::null_mut(),
-    );
-    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 fn enabled(relid: Option<pg_sys::Oid>) -> Result<Option<pg_sys::Oid>> {
