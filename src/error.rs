@@ -141,6 +141,11 @@ pub enum MtError {
     CitusRemoteSql {
         function: String,
     },
+    /// A SET statement Citus would forward to the workers as it was written, in a form that could
+    /// read differently there (more statements in the string, standard_conforming_strings off).
+    CitusForwardedSet {
+        why: &'static str,
+    },
     /// `tenant_distribute` cannot bring a table into the shape Citus distributes.
     CannotDistribute {
         table: String,
@@ -416,7 +421,8 @@ impl MtError {
             | MtError::PublishesTenantTable { .. }
             | MtError::UnprotectedAtCommit { .. }
             | MtError::NotTableOwner { .. }
-            | MtError::CitusRemoteSql { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            | MtError::CitusRemoteSql { .. }
+            | MtError::CitusForwardedSet { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::TableExempt { .. }
             | MtError::TableEnabled { .. }
             | MtError::CannotHarden { .. }
@@ -572,6 +578,10 @@ impl MtError {
                 "{} is refused for roles bound by row level security: it runs SQL text on the Citus workers, where a \
                  role could name any tenant",
                 clip(function)
+            ),
+            MtError::CitusForwardedSet { why } => format!(
+                "refused: Citus would send this SET to the workers as written, {why}, where it could run as other \
+                 statements"
             ),
             MtError::CannotDistribute { table, reason, .. } => {
                 format!("cannot distribute table \"{table}\" by tenant: {reason}")
@@ -828,6 +838,10 @@ impl MtError {
                  superuser."
                 .into(),
             MtError::CannotDistribute { hint, .. } => hint.clone(),
+            MtError::CitusForwardedSet { .. } => "Send SET LOCAL as a statement of its own (not in a string with other \
+                 statements), with standard_conforming_strings on; or SET LOCAL citus.propagate_set_commands = none if \
+                 the workers need not see it."
+                .into(),
             MtError::CitusRemoteSql { .. } => "Run it as a superuser or a BYPASSRLS role (row level security does not \
                  bind them anyway); applications query the distributed tables through the coordinator."
                 .into(),

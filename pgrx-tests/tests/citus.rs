@@ -406,6 +406,57 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
     let mut tx = begin_as(&mut app, &a);
     assert_eq!(ids(&mut tx, &format!("SELECT id FROM fake_orders WHERE tenant_id = '{b}'")), Vec::<i64>::new());
     drop(tx);
+    // Citus forwards the text of a SET LOCAL to the workers as written: refused where it could
+    // read as other statements there (review finding: standard_conforming_strings off here, on
+    // there, turned one SET into a SET of the cluster tenant).
+    let mut tx = begin_as(&mut app, &a);
+    tx.batch_execute("SELECT 1").unwrap();
+    tx.batch_execute("SET LOCAL standard_conforming_strings = off").unwrap();
+    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
+    let error = expect_sqlstate(
+        tx.batch_execute(&format!("SET LOCAL myapp.x = 'x\\'; SET LOCAL multitenancy.cluster_tenant = $${b}$$; -- '")),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    assert!(error.message().contains("standard_conforming_strings"), "{}", error.message());
+    drop(tx);
+    let mut tx = begin_as(&mut app, &a);
+    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
+    expect_sqlstate(tx.batch_execute("SET LOCAL myapp.y = '1'; SELECT 1"), &SqlState::INSUFFICIENT_PRIVILEGE);
+    drop(tx);
+    let mut tx = begin_as(&mut app, &a);
+    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
+    tx.batch_execute("SET LOCAL statement_timeout = '5s'").unwrap();
+    assert_eq!(
+        ids(&mut tx, "SELECT id FROM fake_orders ORDER BY id"),
+        truth("fake", "orders", &a),
+        "a lone SET LOCAL is fine"
+    );
+    assert_eq!(ids(&mut tx, &format!("SELECT id FROM fake_orders WHERE tenant_id = '{b}'")), Vec::<i64>::new());
+    drop(tx);
+    // Code the coordinator delegates to a worker cannot call them there either (review
+    // finding: a distributed function with force_delegation ran run_command_on_workers).
+    let mut owner = cluster().owner();
+    owner
+        .batch_execute(
+            "CREATE FUNCTION public.fake_leak(tid uuid, cmd text) RETURNS text LANGUAGE plpgsql AS $f$
+             DECLARE r text; BEGIN
+               SELECT string_agg(result, ',') INTO r FROM run_command_on_workers(cmd); RETURN r; END $f$",
+        )
+        .unwrap();
+    owner
+        .query(
+            "SELECT create_distributed_function('public.fake_leak(uuid,text)', 'tid', colocate_with := 'fake_orders', \
+                    force_delegation := true)",
+            &[],
+        )
+        .unwrap();
+    let mut tx = begin_as(&mut owner, &a);
+    let error = expect_sqlstate(
+        tx.query_one("SELECT public.fake_leak($1::text::uuid, 'SELECT 1')", &[&a]),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+    );
+    assert!(error.message().contains("runs SQL text on the Citus workers"), "{}", error.message());
+    drop(tx);
     // A worker reached directly: without the setting no tenant (28000); set_config() is refused.
     let worker = cluster().workers[0];
     let mut direct = worker.connect(DB, APP);
@@ -461,6 +512,12 @@ fn the_guard_keeps_a_distributed_table_to_its_one_policy() {
             format!("ALTER POLICY multitenancy_isolation_distributed ON {shard} USING (true)"),
             format!("ALTER POLICY multitenancy_isolation_distributed ON {shard} RENAME TO gone"),
             format!("CREATE POLICY open ON {shard} USING (true)"),
+            format!("ALTER TABLE {shard} RENAME TO {shard}_old"),
+            format!("CREATE RULE copy_out AS ON INSERT TO {shard} DO ALSO NOTIFY leak"),
+            format!(
+                "CREATE TRIGGER copy_out BEFORE UPDATE ON {shard} FOR EACH ROW \
+                 EXECUTE FUNCTION suppress_redundant_updates_trigger()"
+            ),
             format!("DO $$ BEGIN EXECUTE 'ALTER TABLE {shard} NO FORCE ROW LEVEL SECURITY'; END $$"),
         ] {
             let error = expect_sqlstate(direct.batch_execute(&attempt), &SqlState::INSUFFICIENT_PRIVILEGE);

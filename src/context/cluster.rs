@@ -114,7 +114,9 @@ pub const REMOTE_SQL: [&str; 6] = [
 /// # Safety
 /// `parse` is the query being planned.
 pub unsafe fn refuse_remote_sql(parse: *mut pg_sys::Query) {
-    if parse.is_null() || citus::node() != Node::Coordinator || !crate::registry::installed() {
+    // On every Citus node: code the coordinator pushes down (a delegated function) runs on a
+    // worker, which can call these too (review finding).
+    if parse.is_null() || citus::node() == Node::Plain || !crate::registry::installed() {
         return;
     }
     // SAFETY: reads the current role.
@@ -158,6 +160,55 @@ unsafe extern "C-unwind" fn remote_sql_walker(node: *mut pg_sys::Node, context: 
         }
         pg_sys::expression_tree_walker(node, Some(remote_sql_walker), context)
     }
+}
+
+/// With `citus.propagate_set_commands = local`, Citus sends the text of a `SET LOCAL` (and of
+/// `RESET` and `SET TRANSACTION`) to the workers as it received it: the whole query string the
+/// statement came in, which the workers run as top-level statements. For a role row level
+/// security binds that text must be the one statement the coordinator checked, and read the same
+/// there: alone in its string, with `standard_conforming_strings` on (workers' connections have
+/// it on; with it off here, `'x\'; SET ...; --'` is one statement here and three there). Review
+/// finding: through it the application set `multitenancy.cluster_tenant` on the workers.
+///
+/// # Safety
+/// `pstmt` and `query_string` are the ProcessUtility hook's arguments.
+pub unsafe fn refuse_forwarded_set(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char) {
+    let stmt = (*pstmt).utilityStmt;
+    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_VariableSetStmt || SENDING.with(Cell::get) {
+        return;
+    }
+    let set = stmt as *mut pg_sys::VariableSetStmt;
+    use pg_sys::VariableSetKind::*;
+    let forwarded = match (*set).kind {
+        VAR_SET_VALUE | VAR_SET_CURRENT | VAR_SET_DEFAULT => (*set).is_local,
+        _ => true,
+    };
+    if !forwarded || citus::node() == Node::Plain {
+        return;
+    }
+    let propagate = gucs::value_of(c"citus.propagate_set_commands");
+    if propagate.is_null() || !std::ffi::CStr::from_ptr(propagate).to_bytes().eq_ignore_ascii_case(b"local") {
+        return;
+    }
+    let user = pg_sys::GetUserId();
+    if pg_sys::superuser_arg(user) || pg_sys::has_bypassrls_privilege(user) {
+        return;
+    }
+    let text = if query_string.is_null() { &b""[..] } else { std::ffi::CStr::from_ptr(query_string).to_bytes() };
+    let (start, len) = ((*pstmt).stmt_location.max(0) as usize, (*pstmt).stmt_len.max(0) as usize);
+    let end = if len == 0 { text.len() } else { (start + len).min(text.len()) };
+    let outside = text[..start.min(text.len())].iter().chain(text[end..].iter());
+    let alone = outside.copied().all(|b| b.is_ascii_whitespace() || b == b';');
+    let scs = gucs::value_of(c"standard_conforming_strings");
+    let scs_on = !scs.is_null() && std::ffi::CStr::from_ptr(scs).to_bytes().eq_ignore_ascii_case(b"on");
+    let why = if !alone {
+        "with the other statements of its query string"
+    } else if !scs_on {
+        "with standard_conforming_strings off here and on there"
+    } else {
+        return;
+    };
+    MtError::CitusForwardedSet { why }.raise();
 }
 
 /// Whether a utility statement is a `SET` (or `SET LOCAL`) of `multitenancy.cluster_tenant`.

@@ -273,6 +273,23 @@ pub unsafe fn check_on_worker(stmt: *mut pg_sys::Node) -> Result<()> {
         {
             return refused("ALTER POLICY ... RENAME", None);
         }
+        // Renaming the shard (and creating a table of its name), or code of the owner's that
+        // fires on its rows.
+        T_RenameStmt if (*(stmt as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_TABLE => {
+            if let Some(relid) = has_ours((*(stmt as *mut pg_sys::RenameStmt)).relation)? {
+                return refused("ALTER TABLE ... RENAME", Some(relid));
+            }
+        }
+        T_CreateTrigStmt => {
+            if let Some(relid) = has_ours((*(stmt as *mut pg_sys::CreateTrigStmt)).relation)? {
+                return refused("CREATE TRIGGER", Some(relid));
+            }
+        }
+        T_RuleStmt => {
+            if let Some(relid) = has_ours((*(stmt as *mut pg_sys::RuleStmt)).relation)? {
+                return refused("CREATE RULE", Some(relid));
+            }
+        }
         T_DropStmt => {
             let drop = stmt as *mut pg_sys::DropStmt;
             if (*drop).removeType == pg_sys::ObjectType::OBJECT_POLICY {
