@@ -141,11 +141,9 @@ pub enum MtError {
     CitusRemoteSql {
         function: String,
     },
-    /// A SET statement Citus would forward to the workers as it was written, in a form that could
-    /// read differently there (more statements in the string, standard_conforming_strings off).
-    CitusForwardedSet {
-        why: &'static str,
-    },
+    /// A SET statement Citus would forward to the workers as text, by a role row level security
+    /// binds.
+    CitusForwardedSet,
     /// `tenant_distribute` cannot bring a table into the shape Citus distributes.
     CannotDistribute {
         table: String,
@@ -422,7 +420,7 @@ impl MtError {
             | MtError::UnprotectedAtCommit { .. }
             | MtError::NotTableOwner { .. }
             | MtError::CitusRemoteSql { .. }
-            | MtError::CitusForwardedSet { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            | MtError::CitusForwardedSet => ERRCODE_INSUFFICIENT_PRIVILEGE,
             MtError::TableExempt { .. }
             | MtError::TableEnabled { .. }
             | MtError::CannotHarden { .. }
@@ -579,10 +577,10 @@ impl MtError {
                  role could name any tenant",
                 clip(function)
             ),
-            MtError::CitusForwardedSet { why } => format!(
-                "refused: Citus would send this SET to the workers as written, {why}, where it could run as other \
-                 statements"
-            ),
+            MtError::CitusForwardedSet => "refused: with citus.propagate_set_commands = local, Citus would send the \
+                 text of this statement to the workers, where it runs as top-level statements; roles bound by row level \
+                 security may not have SET statements forwarded"
+                .into(),
             MtError::CannotDistribute { table, reason, .. } => {
                 format!("cannot distribute table \"{table}\" by tenant: {reason}")
             }
@@ -838,9 +836,9 @@ impl MtError {
                  superuser."
                 .into(),
             MtError::CannotDistribute { hint, .. } => hint.clone(),
-            MtError::CitusForwardedSet { .. } => "Send SET LOCAL as a statement of its own (not in a string with other \
-                 statements), with standard_conforming_strings on; or SET LOCAL citus.propagate_set_commands = none if \
-                 the workers need not see it."
+            MtError::CitusForwardedSet => "SET LOCAL citus.propagate_set_commands = none (the default) first. The \
+                 extension sends the tenant to the workers itself (use multitenancy.tenant_set() for the context); give \
+                 the workers other settings as role defaults (ALTER ROLE ... SET, which Citus propagates)."
                 .into(),
             MtError::CitusRemoteSql { .. } => "Run it as a superuser or a BYPASSRLS role (row level security does not \
                  bind them anyway); applications query the distributed tables through the coordinator."

@@ -43,7 +43,7 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     signed::check_utility((*pstmt).utilityStmt).or_raise();
-    crate::context::cluster::refuse_forwarded_set(pstmt, query_string);
+    crate::context::cluster::refuse_forwarded_set(pstmt);
     // On a Citus worker, the coordinator's tenant arrives as a top-level SET statement.
     let _open = (context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
         && crate::context::cluster::sets_cluster_tenant((*pstmt).utilityStmt)

@@ -406,31 +406,42 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
     let mut tx = begin_as(&mut app, &a);
     assert_eq!(ids(&mut tx, &format!("SELECT id FROM fake_orders WHERE tenant_id = '{b}'")), Vec::<i64>::new());
     drop(tx);
-    // Citus forwards the text of a SET LOCAL to the workers as written: refused where it could
-    // read as other statements there (review finding: standard_conforming_strings off here, on
-    // there, turned one SET into a SET of the cluster tenant).
+    // Citus forwards the text of a SET LOCAL to the workers, and joins the texts of a transaction
+    // into the query that opens each later worker connection: no SET of an RLS-bound role is
+    // forwarded (review findings: standard_conforming_strings off here and on there, and a
+    // trailing comment swallowing the next text, each smuggled a SET of the cluster tenant).
+    let attacks: [Vec<String>; 3] = [
+        vec![
+            "SET LOCAL standard_conforming_strings = off".into(),
+            format!("SET LOCAL myapp.x = 'x\\'; SET LOCAL multitenancy.cluster_tenant = $${b}$$; -- '"),
+        ],
+        vec![
+            "SET LOCAL myapp.a TO 'x' --".into(),
+            format!("SET LOCAL myapp.b TO '\n;SET LOCAL multitenancy.cluster_tenant TO \"{b}\";/*' -- */"),
+        ],
+        vec!["SET LOCAL statement_timeout = '5s'".into()],
+    ];
+    for attack in attacks {
+        let mut tx = begin_as(&mut app, &a);
+        tx.batch_execute("SELECT 1").unwrap();
+        tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
+        let mut refused = None;
+        for sql in &attack {
+            if let Err(e) = tx.batch_execute(sql) {
+                refused = Some(e);
+                break;
+            }
+        }
+        let error = refused.unwrap_or_else(|| panic!("{attack:?} went through"));
+        let error = db_error(&error);
+        assert_eq!(error.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "{attack:?}: {}", error.message());
+        assert!(error.message().contains("citus.propagate_set_commands"), "{}", error.message());
+    }
+    // Without forwarding, SET LOCAL is the coordinator's business; the tenant still reaches the
+    // workers, and only it.
     let mut tx = begin_as(&mut app, &a);
-    tx.batch_execute("SELECT 1").unwrap();
-    tx.batch_execute("SET LOCAL standard_conforming_strings = off").unwrap();
-    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
-    let error = expect_sqlstate(
-        tx.batch_execute(&format!("SET LOCAL myapp.x = 'x\\'; SET LOCAL multitenancy.cluster_tenant = $${b}$$; -- '")),
-        &SqlState::INSUFFICIENT_PRIVILEGE,
-    );
-    assert!(error.message().contains("standard_conforming_strings"), "{}", error.message());
-    drop(tx);
-    let mut tx = begin_as(&mut app, &a);
-    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
-    expect_sqlstate(tx.batch_execute("SET LOCAL myapp.y = '1'; SELECT 1"), &SqlState::INSUFFICIENT_PRIVILEGE);
-    drop(tx);
-    let mut tx = begin_as(&mut app, &a);
-    tx.batch_execute("SET LOCAL citus.propagate_set_commands = 'local'").unwrap();
     tx.batch_execute("SET LOCAL statement_timeout = '5s'").unwrap();
-    assert_eq!(
-        ids(&mut tx, "SELECT id FROM fake_orders ORDER BY id"),
-        truth("fake", "orders", &a),
-        "a lone SET LOCAL is fine"
-    );
+    assert_eq!(ids(&mut tx, "SELECT id FROM fake_orders ORDER BY id"), truth("fake", "orders", &a));
     assert_eq!(ids(&mut tx, &format!("SELECT id FROM fake_orders WHERE tenant_id = '{b}'")), Vec::<i64>::new());
     drop(tx);
     // Code the coordinator delegates to a worker cannot call them there either (review

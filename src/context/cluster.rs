@@ -163,16 +163,18 @@ unsafe extern "C-unwind" fn remote_sql_walker(node: *mut pg_sys::Node, context: 
 }
 
 /// With `citus.propagate_set_commands = local`, Citus sends the text of a `SET LOCAL` (and of
-/// `RESET` and `SET TRANSACTION`) to the workers as it received it: the whole query string the
-/// statement came in, which the workers run as top-level statements. For a role row level
-/// security binds that text must be the one statement the coordinator checked, and read the same
-/// there: alone in its string, with `standard_conforming_strings` on (workers' connections have
-/// it on; with it off here, `'x\'; SET ...; --'` is one statement here and three there). Review
-/// finding: through it the application set `multitenancy.cluster_tenant` on the workers.
+/// `RESET` and `SET TRANSACTION`) to the workers as it received it — the whole query string —
+/// and joins the texts of a transaction into the one query that opens each later worker
+/// connection, which the workers run as top-level statements. No check of one statement's text
+/// can make that safe (review findings: `standard_conforming_strings` off here and on there, and
+/// a trailing `--` that swallowed the start of the next text, each turned harmless SETs into a
+/// SET of `multitenancy.cluster_tenant` on the workers). So roles row level security binds have
+/// no SET forwarded at all: with the setting on, their propagatable SET statements are refused.
+/// The extension's own (`send`) is exempt; it sends a text it wrote.
 ///
 /// # Safety
-/// `pstmt` and `query_string` are the ProcessUtility hook's arguments.
-pub unsafe fn refuse_forwarded_set(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char) {
+/// `pstmt` is the ProcessUtility hook's argument.
+pub unsafe fn refuse_forwarded_set(pstmt: *mut pg_sys::PlannedStmt) {
     let stmt = (*pstmt).utilityStmt;
     if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_VariableSetStmt || SENDING.with(Cell::get) {
         return;
@@ -194,21 +196,7 @@ pub unsafe fn refuse_forwarded_set(pstmt: *mut pg_sys::PlannedStmt, query_string
     if pg_sys::superuser_arg(user) || pg_sys::has_bypassrls_privilege(user) {
         return;
     }
-    let text = if query_string.is_null() { &b""[..] } else { std::ffi::CStr::from_ptr(query_string).to_bytes() };
-    let (start, len) = ((*pstmt).stmt_location.max(0) as usize, (*pstmt).stmt_len.max(0) as usize);
-    let end = if len == 0 { text.len() } else { (start + len).min(text.len()) };
-    let outside = text[..start.min(text.len())].iter().chain(text[end..].iter());
-    let alone = outside.copied().all(|b| b.is_ascii_whitespace() || b == b';');
-    let scs = gucs::value_of(c"standard_conforming_strings");
-    let scs_on = !scs.is_null() && std::ffi::CStr::from_ptr(scs).to_bytes().eq_ignore_ascii_case(b"on");
-    let why = if !alone {
-        "with the other statements of its query string"
-    } else if !scs_on {
-        "with standard_conforming_strings off here and on there"
-    } else {
-        return;
-    };
-    MtError::CitusForwardedSet { why }.raise();
+    MtError::CitusForwardedSet.raise();
 }
 
 /// Whether a utility statement is a `SET` (or `SET LOCAL`) of `multitenancy.cluster_tenant`.
