@@ -47,7 +47,8 @@ unsafe extern "C-unwind" fn process_utility(
     // On a Citus worker, the coordinator's tenant arrives as a top-level SET statement.
     let _open = (context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
         && crate::context::cluster::sets_cluster_tenant((*pstmt).utilityStmt)
-        && crate::citus::is_worker())
+        && crate::citus::is_worker()
+        && crate::context::cluster::framed_by_citus(pstmt, query_string))
     .then(crate::gucs::ClusterTenantOpen::enter);
     // Another library's hook is C: an ERROR in it must unwind through our frames as a Rust
     // panic (pg_guard_ffi_boundary), so that what we set up around it is taken down.

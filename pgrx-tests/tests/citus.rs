@@ -491,6 +491,76 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
 
 #[test]
 #[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn a_literal_that_splits_on_the_worker_cannot_set_the_tenant_there() {
+    // Review finding: a role default of standard_conforming_strings = off (Citus copies ALTER
+    // ROLE ... SET to the workers) made the shard query Citus deparsed from the app's 'x\' split
+    // into statements on the worker (with the binary protocol off, sent as one simple query),
+    // one of them a top-level SET of the cluster tenant: the app read and wrote another tenant's
+    // rows. A worker takes the setting only from Citus's own framing, with the setting on.
+    let mut owner = cluster().owner();
+    let mut tx = owner.transaction().unwrap();
+    tx.batch_execute(
+        "CREATE TABLE inj_t (id bigint PRIMARY KEY, secret text); SELECT multitenancy.tenant_enable('inj_t');",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    owner.query("SELECT * FROM multitenancy.tenant_distribute('inj_t')", &[]).unwrap();
+    let mut su = cluster().superuser();
+    // A role made on the coordinator after Citus: Citus propagates it, and its ALTER ROLE.
+    su.batch_execute("CREATE ROLE inj_app LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON inj_t TO inj_app").unwrap();
+    let (a, b) = tenants("inj");
+    for (tenant, id, secret) in [(&a, 1i64, "a-secret"), (&b, 2, "b-secret")] {
+        let mut c = cluster().coordinator.connect(DB, "inj_app");
+        let mut tx = begin_as(&mut c, tenant);
+        tx.execute("INSERT INTO inj_t (id, secret) VALUES ($1, $2)", &[&id, &secret]).unwrap();
+        tx.commit().unwrap();
+    }
+    let shard: String = su
+        .query_one(
+            "SELECT shard_name('inj_t'::regclass, get_shard_id_for_distribution_column('inj_t', $1::text::uuid))",
+            &[&a],
+        )
+        .unwrap()
+        .get(0);
+    cluster()
+        .coordinator
+        .connect(DB, "inj_app")
+        .batch_execute("ALTER ROLE inj_app SET standard_conforming_strings = off")
+        .unwrap();
+    let mut c = cluster().coordinator.connect(DB, "inj_app");
+    c.batch_execute("SET standard_conforming_strings = on; SET citus.enable_binary_protocol = off").unwrap();
+    let mut tx = begin_as(&mut c, &a);
+    let attack = format!(
+        "SELECT * FROM inj_t WHERE secret <> 'x\\' OR secret = ')); COMMIT; BEGIN; \
+         SET LOCAL multitenancy.cluster_tenant = $q${b}$q$; \
+         INSERT INTO {shard} (id, secret, tenant_id) VALUES (71, $q$planted$q$, $q${b}$q$); COMMIT --'"
+    );
+    let result = tx.query(&attack, &[]);
+    drop(tx);
+    let planted: i64 = su
+        .query_one(
+            "SELECT count(*) FROM run_command_on_shards('inj_t', $$SELECT count(*) FROM %s WHERE id = 71$$) r \
+              WHERE r.result <> '0'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(planted, 0, "no row was planted for tenant b (the query: {result:?})");
+    // With standard_conforming_strings off on the workers' connections the tenant does not
+    // reach them at all: the role's queries fail closed until its default is gone.
+    let mut c = cluster().coordinator.connect(DB, "inj_app");
+    let mut tx = begin_as(&mut c, &b);
+    expect_sqlstate(tx.query("SELECT id FROM inj_t", &[]), &SqlState::INSUFFICIENT_PRIVILEGE);
+    drop(tx);
+    c.batch_execute("ALTER ROLE inj_app RESET standard_conforming_strings").unwrap();
+    let mut c = cluster().coordinator.connect(DB, "inj_app");
+    let mut tx = begin_as(&mut c, &b);
+    let ids: Vec<i64> = tx.query("SELECT id FROM inj_t ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![2], "tenant b's rows are b's own");
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
 fn the_guard_keeps_a_distributed_table_to_its_one_policy() {
     distributed_family("grd");
     let mut owner = cluster().owner();

@@ -199,6 +199,33 @@ pub unsafe fn refuse_forwarded_set(pstmt: *mut pg_sys::PlannedStmt) {
     MtError::CitusForwardedSet.raise();
 }
 
+/// On a worker, whether a top-level `SET multitenancy.cluster_tenant` comes the way Citus brings
+/// the coordinator's `SET LOCAL`, and nothing else: the whole query string is this one statement
+/// (a SET sent to a connection already in the transaction), or the string is Citus's opening of
+/// a remote transaction (`BEGIN TRANSACTION ISOLATION LEVEL ...; <SET LOCALs>; SELECT
+/// assign_distributed_transaction_id(...)`); and `standard_conforming_strings` is on, as Citus's
+/// connections have it. Review finding: with a role default of `standard_conforming_strings =
+/// off` (which Citus copies to the workers) the shard query Citus deparsed from the app's
+/// literal `'x\'` split into statements on the worker, one of them a top-level SET of this
+/// setting. A SET inside any other string is not the coordinator's.
+///
+/// # Safety
+/// `pstmt` and `query_string` are the ProcessUtility hook's arguments.
+pub unsafe fn framed_by_citus(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char) -> bool {
+    if query_string.is_null() {
+        return false;
+    }
+    let scs = gucs::value_of(c"standard_conforming_strings");
+    if scs.is_null() || !std::ffi::CStr::from_ptr(scs).to_bytes().eq_ignore_ascii_case(b"on") {
+        return false;
+    }
+    let text = std::ffi::CStr::from_ptr(query_string).to_bytes();
+    let (start, len) = ((*pstmt).stmt_location.max(0) as usize, (*pstmt).stmt_len.max(0) as usize);
+    let end = if len == 0 { text.len() } else { (start + len).min(text.len()) };
+    let whole = start == 0 && text[end..].iter().all(|&b| b.is_ascii_whitespace() || b == b';');
+    whole || text.starts_with(b"BEGIN TRANSACTION ISOLATION LEVEL ")
+}
+
 /// Whether a utility statement is a `SET` (or `SET LOCAL`) of `multitenancy.cluster_tenant`.
 ///
 /// # Safety
