@@ -491,6 +491,46 @@ fn the_app_cannot_name_the_tenant_the_workers_see() {
 
 #[test]
 #[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
+fn every_context_mode_reaches_the_workers() {
+    distributed_family("modes");
+    let (a, b) = tenants("modes");
+    fill("modes", &a, &b);
+    let (a_orders, b_orders) = (truth("modes", "orders", &a), truth("modes", "orders", &b));
+    let mut su = cluster().superuser();
+    su.batch_execute(
+        "CREATE ROLE modes_signed LOGIN; CREATE ROLE modes_claims LOGIN;
+         GRANT SELECT ON modes_orders TO modes_signed, modes_claims;
+         ALTER ROLE modes_signed SET multitenancy.require_signed = on;
+         ALTER ROLE modes_claims SET multitenancy.claims_setting = 'request.jwt.claims';
+         SELECT multitenancy.signing_key_add('cluster-k1', decode(repeat('ab', 32), 'hex'));",
+    )
+    .unwrap();
+    // Plain mode, SET LOCAL of the setting itself.
+    let mut app = cluster().app();
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute(&format!("SET LOCAL multitenancy.tenant_id = '{a}'")).unwrap();
+    assert_eq!(ids(&mut tx, "SELECT id FROM modes_orders ORDER BY id"), a_orders, "SET LOCAL");
+    drop(tx);
+    // Signed mode: a token names the tenant; the session cannot choose another.
+    let token: String = su.query_one("SELECT multitenancy.tenant_token($1)", &[&b]).unwrap().get(0);
+    let mut signed = cluster().coordinator.connect(DB, "modes_signed");
+    let mut tx = signed.transaction().unwrap();
+    tx.query_one("SELECT multitenancy.tenant_set_signed($1)", &[&token]).unwrap();
+    assert_eq!(ids(&mut tx, "SELECT id FROM modes_orders ORDER BY id"), b_orders, "signed");
+    assert_eq!(ids(&mut tx, &format!("SELECT id FROM modes_orders WHERE tenant_id = '{a}'")), Vec::<i64>::new());
+    drop(tx);
+    let mut tx = signed.transaction().unwrap();
+    expect_sqlstate(tx.query("SELECT id FROM modes_orders", &[]), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    drop(tx);
+    // Claims mode: the tenant comes from the framework's JSON claims.
+    let mut claims = cluster().coordinator.connect(DB, "modes_claims");
+    let mut tx = claims.transaction().unwrap();
+    tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&format!("{{\"tenant_id\": \"{a}\"}}")]).unwrap();
+    assert_eq!(ids(&mut tx, "SELECT id FROM modes_orders ORDER BY id"), a_orders, "claims");
+}
+
+#[test]
+#[ignore = "needs the Citus cluster: run by scripts/test.sh's Citus tier"]
 fn a_literal_that_splits_on_the_worker_cannot_set_the_tenant_there() {
     // Review finding: a role default of standard_conforming_strings = off (Citus copies ALTER
     // ROLE ... SET to the workers) made the shard query Citus deparsed from the app's 'x\' split
