@@ -57,11 +57,7 @@ fn local_group() -> Option<i32> {
     // transaction; the tuple is read before the scan ends. groupid is its first column, an
     // int4 that is never NULL.
     unsafe {
-        let relid =
-            pg_sys::get_relname_relid(c"pg_dist_local_group".as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE));
-        if relid == pg_sys::InvalidOid {
-            return None;
-        }
+        let relid = catalog_relid(c"pg_dist_local_group")?;
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let scan =
             pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, std::ptr::null_mut(), 0, std::ptr::null_mut());
@@ -79,13 +75,12 @@ fn local_group() -> Option<i32> {
     }
 }
 
-/// Whether Citus's catalog table `pg_catalog.<name>` exists (a syscache lookup): the extension
+/// Citus's catalog table `pg_catalog.<name>`, if it exists (a syscache lookup): the extension
 /// may be in the middle of being created.
-fn catalog_exists(name: &std::ffi::CStr) -> bool {
+fn catalog_relid(name: &std::ffi::CStr) -> Option<pg_sys::Oid> {
     // SAFETY: a syscache lookup by name.
-    unsafe {
-        pg_sys::get_relname_relid(name.as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE)) != pg_sys::InvalidOid
-    }
+    let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE)) };
+    (relid != pg_sys::InvalidOid).then_some(relid)
 }
 
 /// Whether this server is a Citus worker.
@@ -113,7 +108,7 @@ pub enum Distribution {
 
 /// How Citus distributes `relid`.
 pub fn distribution(relid: pg_sys::Oid) -> Result<Distribution> {
-    if node() == Node::Plain || !catalog_exists(c"pg_dist_partition") {
+    if node() == Node::Plain || catalog_relid(c"pg_dist_partition").is_none() {
         return Ok(Distribution::Local);
     }
     let found = Spi::get_one_with_args::<String>(

@@ -65,20 +65,15 @@ pub fn send() {
     }
     // Citus sends SET LOCAL commands on only with citus.propagate_set_commands = local; that
     // is switched on for our command alone and put back as it was.
-    let propagate = gucs::value_of(c"citus.propagate_set_commands");
-    // SAFETY: NULL or a NUL-terminated string owned by the GUC machinery, copied at once.
-    let previous = if propagate.is_null() {
-        "none".to_string()
-    } else {
-        unsafe { std::ffi::CStr::from_ptr(propagate) }.to_string_lossy().into_owned()
-    };
+    let previous = setting(c"citus.propagate_set_commands").unwrap_or_else(|| "none".into());
+    let switch = !previous.eq_ignore_ascii_case("local");
     let mut commands = Vec::new();
-    if previous != "local" {
+    if switch {
         commands.push("SET LOCAL citus.propagate_set_commands TO 'local'".to_string());
     }
     // A uuid we formatted: no quoting needed, none possible to get wrong.
     commands.push(format!("SET LOCAL multitenancy.cluster_tenant TO '{tenant}'"));
-    if previous != "local" {
+    if switch {
         commands.push(format!("SET LOCAL citus.propagate_set_commands TO {}", pgrx::spi::quote_literal(&previous)));
     }
     gucs::sending_cluster_tenant(|| {
@@ -105,7 +100,7 @@ pub const REMOTE_SQL: [&str; 6] = [
     "master_run_on_worker",
 ];
 
-/// On a Citus coordinator with the extension, refuse a query that calls one of [`REMOTE_SQL`]
+/// On a node of a Citus cluster with the extension, refuse a query that calls one of [`REMOTE_SQL`]
 /// unless the role is a superuser or BYPASSRLS (whom row level security does not bind anyway).
 /// Called by the planner hook for every query, so a call inside a function, view or `DO` block
 /// is refused where it is planned (review finding: through them the application named another
@@ -119,9 +114,7 @@ pub unsafe fn refuse_remote_sql(parse: *mut pg_sys::Query) {
     if parse.is_null() || citus::node() == Node::Plain || !crate::registry::installed() {
         return;
     }
-    // SAFETY: reads the current role.
-    let user = unsafe { pg_sys::GetUserId() };
-    if unsafe { pg_sys::superuser_arg(user) || pg_sys::has_bypassrls_privilege(user) } {
+    if !bound_by_rls() {
         return;
     }
     let mut found: Option<String> = None;
@@ -188,12 +181,7 @@ pub unsafe fn refuse_forwarded_set(pstmt: *mut pg_sys::PlannedStmt) {
     if !forwarded || citus::node() == Node::Plain {
         return;
     }
-    let propagate = gucs::value_of(c"citus.propagate_set_commands");
-    if propagate.is_null() || !std::ffi::CStr::from_ptr(propagate).to_bytes().eq_ignore_ascii_case(b"local") {
-        return;
-    }
-    let user = pg_sys::GetUserId();
-    if pg_sys::superuser_arg(user) || pg_sys::has_bypassrls_privilege(user) {
+    if !setting_is(c"citus.propagate_set_commands", "local") || !bound_by_rls() {
         return;
     }
     MtError::CitusForwardedSet.raise();
@@ -215,8 +203,7 @@ pub unsafe fn framed_by_citus(pstmt: *mut pg_sys::PlannedStmt, query_string: *co
     if query_string.is_null() {
         return false;
     }
-    let scs = gucs::value_of(c"standard_conforming_strings");
-    if scs.is_null() || !std::ffi::CStr::from_ptr(scs).to_bytes().eq_ignore_ascii_case(b"on") {
+    if !setting_is(c"standard_conforming_strings", "on") {
         return false;
     }
     let text = std::ffi::CStr::from_ptr(query_string).to_bytes();
@@ -238,6 +225,27 @@ pub unsafe fn sets_cluster_tenant(stmt: *mut pg_sys::Node) -> bool {
     (*set).kind == pg_sys::VariableSetKind::VAR_SET_VALUE
         && !(*set).name.is_null()
         && std::ffi::CStr::from_ptr((*set).name).to_bytes().eq_ignore_ascii_case(gucs::CLUSTER_TENANT_NAME.to_bytes())
+}
+
+/// The value of a setting (`None`: it does not exist), copied.
+fn setting(name: &std::ffi::CStr) -> Option<String> {
+    let value = gucs::value_of(name);
+    // SAFETY: NULL or a NUL-terminated string owned by the GUC machinery, copied at once.
+    (!value.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(value) }.to_string_lossy().into_owned())
+}
+
+/// Whether a setting exists and has `value` (as PostgreSQL prints it, compared without case).
+fn setting_is(name: &std::ffi::CStr, value: &str) -> bool {
+    setting(name).is_some_and(|v| v.eq_ignore_ascii_case(value))
+}
+
+/// Whether row level security binds the current role: not a superuser, not BYPASSRLS.
+fn bound_by_rls() -> bool {
+    // SAFETY: reads the current role and its catalog attributes.
+    unsafe {
+        let user = pg_sys::GetUserId();
+        !(pg_sys::superuser_arg(user) || pg_sys::has_bypassrls_privilege(user))
+    }
 }
 
 /// A subtransaction at `level` ended (committed or not): Citus dropped the SET LOCAL commands

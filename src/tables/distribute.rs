@@ -233,7 +233,7 @@ fn colocation_anchor(enabled: &HashSet<pg_sys::Oid>) -> Result<Option<Relation>>
         "SELECT logicalrelid::pg_catalog.oid FROM pg_catalog.pg_dist_partition WHERE partmethod = 'h' ORDER BY 1",
         &[],
     )? {
-        if enabled.contains(&oid) && citus::is_distributed(oid)? {
+        if enabled.contains(&oid) {
             return Ok(Some(Relation::lookup(oid)?));
         }
     }
